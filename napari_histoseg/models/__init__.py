@@ -1,0 +1,22 @@
+"""Segmentation architectures, their registry, and safetensors checkpoints."""
+
+from . import unet  # noqa: F401  (registers the U-Nets)
+from .checkpoint import (
+    CheckpointError,
+    ModelMeta,
+    load_checkpoint,
+    read_meta,
+    save_checkpoint,
+)
+from .registry import build_model, list_architectures, register
+
+__all__ = [
+    "CheckpointError",
+    "ModelMeta",
+    "build_model",
+    "list_architectures",
+    "load_checkpoint",
+    "read_meta",
+    "register",
+    "save_checkpoint",
+]
