@@ -1,0 +1,125 @@
+"""``histoseg train`` and ``histoseg evaluate`` subcommands.
+
+``cli.py`` calls :func:`register` with its subparsers; :func:`main` runs the two
+commands on their own (``python -m napari_histoseg.cli_train train ...``)::
+
+    histoseg train DATASET [DATASET ...] -o MODEL.safetensors [--arch NAME] [--epochs N]
+                   [--init-encoder PATH] [--resume] [--time-budget MIN] ...
+    histoseg evaluate DATASET [--model PATH] [--split test] [--refine] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a segmentation model on training-data folders",
+                       description="Train on the 'train' tiles of one or more training-data folders, "
+                                   "validating on a hold-out by group, keeping the best checkpoint.")
+    p.add_argument("dataset", nargs="+", help="training-data folder(s) (dataset.json, images/, masks/)")
+    p.add_argument("-o", "--output", required=True, help="checkpoint to write (.safetensors)")
+    p.add_argument("--arch", default="unet-mobilenet_v2", help="registered architecture")
+    p.add_argument("--arch-kwargs", default="{}", help="JSON of extra architecture arguments")
+    p.add_argument("--epochs", type=int, default=100, help="maximum epochs (default 100)")
+    p.add_argument("--init-encoder", default=None, help="safetensors encoder weights to start from")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT's .state.safetensors")
+    p.add_argument("--time-budget", type=float, default=None, metavar="MIN", help="stop after MIN minutes")
+    p.add_argument("--patch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--steps-per-epoch", type=int, default=None)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--optimizer", choices=["adam", "sgd-adam"], default="adam")
+    p.add_argument("--sgd-epochs", type=int, default=10, help="SGD epochs before Adam (sgd-adam)")
+    p.add_argument("--loss", choices=["soft", "generalized"], default="soft",
+                   help="Dice term: soft Dice (default) or generalised Dice, plus weighted CE")
+    p.add_argument("--val-fraction", type=float, default=0.15)
+    p.add_argument("--patience", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--name", default="histoseg-model")
+    p.add_argument("--model-version", default="0")
+    p.add_argument("--half-weights", action="store_true", help="store weights as float16")
+    p.add_argument("--summary", default=None, help="write the training summary JSON here")
+    p.set_defaults(func=_run_train)
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="evaluate a model on a training-data folder",
+                       description="Per-image and mean Dice, IoU, precision, recall, pixel AUC and "
+                                   "boundary F (tolerance 5 px by default).")
+    p.add_argument("dataset", help="training-data folder")
+    p.add_argument("--model", default=None, help="checkpoint (default: the bundled model)")
+    p.add_argument("--split", default="test", help="train, val, test or all (default test)")
+    p.add_argument("--refine", action="store_true", help="refine the prediction (if available)")
+    p.add_argument("--json", default=None, metavar="OUT", help="write per-image and mean metrics")
+    p.add_argument("--tolerance", type=float, default=5.0, help="boundary F tolerance in px")
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.set_defaults(func=_run_evaluate)
+
+
+def register(subparsers) -> None:
+    """Add the ``train`` and ``evaluate`` subcommands to an argparse subparsers object."""
+    _add_train(subparsers)
+    _add_evaluate(subparsers)
+
+
+def _run_train(args) -> int:
+    from .train import train
+
+    summary = train(
+        args.dataset, args.output, arch=args.arch, arch_kwargs=json.loads(args.arch_kwargs),
+        epochs=args.epochs, init_encoder=args.init_encoder, resume=args.resume,
+        time_budget=args.time_budget, patch_size=args.patch_size, batch_size=args.batch_size,
+        steps_per_epoch=args.steps_per_epoch, lr=args.lr, optimizer=args.optimizer,
+        sgd_epochs=args.sgd_epochs, loss=args.loss, val_fraction=args.val_fraction,
+        patience=args.patience, seed=args.seed, threads=args.threads, name=args.name,
+        model_version=args.model_version, half_weights=args.half_weights,
+        log=lambda s: print(s, flush=True),
+    )
+    if args.summary:
+        with open(args.summary, "w") as f:
+            json.dump(summary, f, indent=2)
+    return 0
+
+
+def format_table(result: dict) -> str:
+    """Plain-text table of per-image and mean metrics from :func:`evaluate`."""
+    cols = ["dice", "iou", "precision", "recall", "auc", "boundary_f"]
+    fmt = lambda v: "   nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:6.3f}"  # noqa: E731
+    width = max([len(r["id"]) for r in result["per_image"]] + [4])
+    lines = [f"{'tile':<{width}}  " + "  ".join(f"{c[:6]:>6}" for c in cols)]
+    for r in result["per_image"]:
+        lines.append(f"{r['id']:<{width}}  " + "  ".join(fmt(r[c]) for c in cols))
+    m = result["mean"]
+    lines.append(f"{'mean':<{width}}  " + "  ".join(fmt(m[f'mean_{c}']) for c in cols))
+    lines.append(f"pooled Dice {m['pooled_dice']:.4f}  pooled IoU {m['pooled_iou']:.4f}  "
+                 f"({m['n_images']} images; boundary F tolerance {result['tolerance']} px)")
+    return "\n".join(lines)
+
+
+def _run_evaluate(args) -> int:
+    from .evaluate import evaluate
+
+    result = evaluate(args.dataset, args.model, split=args.split, refine=args.refine,
+                      tolerance=args.tolerance, threshold=args.threshold)
+    print(format_table(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
+def main(argv=None) -> int:
+    """Run ``train`` or ``evaluate`` from the command line."""
+    parser = argparse.ArgumentParser(prog="histoseg")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
