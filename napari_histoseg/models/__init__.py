@@ -1,6 +1,6 @@
 """Segmentation architectures, their registry, and safetensors checkpoints."""
 
-from . import unet  # noqa: F401  (registers the U-Nets)
+from . import lightmuseg, unet  # noqa: F401  (register the architectures)
 from .checkpoint import (
     CheckpointError,
     ModelMeta,
