@@ -1,0 +1,100 @@
+"""The public API: plain numpy in, numpy out.
+
+>>> from napari_histoseg import load_model, segment      # doctest: +SKIP
+>>> model = load_model()                  # the bundled default model, best device
+>>> prob = segment(rgb, model)            # float32 tumour probability (H, W)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .models.checkpoint import CheckpointError
+
+DEFAULT_MODEL = Path(__file__).parent / "weights" / "default.safetensors"
+
+
+def bundled_model_path() -> Path:
+    """Path of the bundled default model; :class:`CheckpointError` if this install lacks it."""
+    if not DEFAULT_MODEL.is_file():
+        raise CheckpointError(
+            f"the bundled default model ({DEFAULT_MODEL.name}) is not in this install; "
+            "pass the path of a .safetensors checkpoint instead"
+        )
+    return DEFAULT_MODEL
+
+
+def load_model(path: str | Path | None = None, device: str = "auto", engine: str = "torch"):
+    """Load a segmentation model.
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        A ``.safetensors`` checkpoint with histoseg metadata; None for the bundled
+        default model.
+    device : {"auto", "cpu", "cuda", "mps"}
+        ``"auto"`` picks cuda, then mps, then cpu. Half precision is used on cuda.
+    engine : {"torch", "onnx"}
+        ``"onnx"`` runs the same weights through ONNX Runtime on the CPU (needs the
+        ``onnx`` extra); often faster than eager PyTorch on a CPU.
+
+    Returns
+    -------
+    Segmenter
+        Takes uint8 RGB batches and returns probabilities; pass it to :func:`segment`.
+    """
+    from .models.segmenter import Segmenter
+
+    model = Segmenter.from_checkpoint(path if path is not None else bundled_model_path(), device=device)
+    if path is None:
+        model.source = "bundled"
+    if engine == "onnx":
+        from .models.onnx_engine import OnnxSegmenter
+
+        return OnnxSegmenter(model)
+    if engine != "torch":
+        raise ValueError(f"engine must be 'torch' or 'onnx', not {engine!r}")
+    return model
+
+
+def segment(
+    image: np.ndarray,
+    model=None,
+    *,
+    tile: int | None = None,
+    overlap: int = 64,
+    batch_size: int = 4,
+    preprocess=None,
+    region=None,
+    progress=None,
+    should_stop=None,
+) -> np.ndarray:
+    """Tumour probability of an RGB H&E image, tile by tile.
+
+    Parameters
+    ----------
+    image : array-like (H, W, 3)
+        RGB uint8 (RGBA and 16-bit are converted with a warning). Lazy arrays (a slide
+        level) are read tile by tile.
+    model : Segmenter, str or Path, optional
+        A loaded model, a checkpoint path, or None for the bundled default.
+    tile, overlap, batch_size, preprocess, region, progress, should_stop
+        See :func:`napari_histoseg.inference.predict`; ``tile`` defaults to the
+        model's training tile size.
+
+    Returns
+    -------
+    ndarray, float32
+        (H, W) tumour probability for a binary model, (C, H, W) for a multi-class one.
+    """
+    from .inference import predict
+
+    if model is None or isinstance(model, (str, Path)):
+        model = load_model(model)
+    tile = tile or model.meta.tile_size
+    return predict(
+        image, model, tile=tile, overlap=overlap, batch_size=batch_size,
+        preprocess=preprocess, region=region, progress=progress, should_stop=should_stop,
+    ).probability

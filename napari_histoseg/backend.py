@@ -1,0 +1,66 @@
+"""Where the work runs.
+
+The widgets reach models through one small backend object and never through torch
+directly. :class:`LocalBackend` runs the core in this process on cuda, mps or cpu; a
+remote backend with the same methods can later send the same calls to a GPU server.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Generator, Protocol
+
+from .inference import Prediction, iter_predict
+
+BUNDLED = "bundled"
+
+
+class Backend(Protocol):
+    """What a widget may ask of the place where models run."""
+
+    name: str
+
+    def list_models(self) -> list[str]:
+        """Model references a user can choose (``"bundled"`` and checkpoint paths)."""
+
+    def describe(self, model_ref: str, device: str = "auto", engine: str = "torch") -> str:
+        """One line naming the model, its version and where it runs."""
+
+    def segment(self, image, model_ref: str = BUNDLED, **options) -> Generator[tuple[int, int], None, Prediction]:
+        """Generator: yields ``(done, total)`` tiles, returns the :class:`Prediction`."""
+
+
+class LocalBackend:
+    """Runs models in this process; loaded models are cached per (model, device, engine)."""
+
+    name = "this computer"
+
+    def __init__(self):
+        self._models: dict[tuple[str, str, str], object] = {}
+        self._known: list[str] = []
+        self._lock = threading.Lock()
+
+    def list_models(self) -> list[str]:
+        return [BUNDLED, *self._known]
+
+    def model(self, model_ref: str = BUNDLED, device: str = "auto", engine: str = "torch"):
+        """The loaded model for ``model_ref`` (loading it on first use)."""
+        from .api import load_model
+
+        key = (str(model_ref), str(device), str(engine))
+        with self._lock:
+            if key not in self._models:
+                path = None if model_ref in (None, "", BUNDLED) else model_ref
+                self._models[key] = load_model(path, device=device, engine=engine)
+                if path is not None and str(path) not in self._known:
+                    self._known.append(str(path))
+            return self._models[key]
+
+    def describe(self, model_ref: str = BUNDLED, device: str = "auto", engine: str = "torch") -> str:
+        m = self.model(model_ref, device, engine)
+        return f"{m.description} on {m.device.type}"
+
+    def segment(self, image, model_ref: str = BUNDLED, *, device: str = "auto", engine: str = "torch", tile=None, **options):
+        model = self.model(model_ref, device, engine)
+        tile = tile or model.meta.tile_size
+        return (yield from iter_predict(image, model, tile=tile, **options))

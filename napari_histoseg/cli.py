@@ -1,0 +1,115 @@
+"""The ``histoseg`` command line: segment, demo (and train, evaluate where installed).
+
+    histoseg segment IMAGE -o MASK [--prob PROB.tif] [--model PATH] [--device auto]
+                     [--tile N] [--overlap N] [--threshold T] [--level L] [--engine torch|onnx]
+    histoseg demo [--screenshot PNG]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _write_mask(path: Path, mask):
+    """uint8 class codes (0 not tumour, 1 tumour) as PNG or compressed TIFF."""
+    import tifffile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() in {".tif", ".tiff"}:
+        tifffile.imwrite(path, mask, compression="zlib")
+    elif path.suffix.lower() == ".png":
+        from skimage.io import imsave
+
+        imsave(path, mask, check_contrast=False)
+    else:
+        raise SystemExit(f"histoseg: cannot write {path.name}: use .png, .tif or .tiff")
+
+
+def cmd_segment(args) -> int:
+    from tqdm import tqdm
+
+    from .api import load_model
+    from .inference import predict
+    from .io import open_image
+
+    model = load_model(args.model, device=args.device, engine=args.engine)
+    with open_image(args.image) as slide:
+        if not 0 <= args.level < len(slide.levels):
+            raise SystemExit(f"histoseg: level {args.level} does not exist; {args.image} has {len(slide.levels)}")
+        image = slide.levels[args.level]
+        bar = tqdm(total=None, unit="tile", desc=f"segmenting {Path(args.image).name}")
+
+        def progress(done, total):
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        pred = predict(image, model, tile=args.tile or model.meta.tile_size, overlap=args.overlap,
+                       threshold=args.threshold, batch_size=args.batch_size, progress=progress)
+        bar.close()
+    _write_mask(Path(args.output), pred.mask)
+    if args.prob:
+        import tifffile
+
+        tifffile.imwrite(args.prob, pred.probability, compression="zlib")
+    frac = 100.0 * float(pred.mask.mean())
+    print(f"{args.output}: {pred.mask.shape[1]} x {pred.mask.shape[0]} px, {frac:.1f} % tumour "
+          f"(model {model.description}, {model.device.type})")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .widgets.demo import run_demo
+
+    return run_demo(image=args.image, screenshot=args.screenshot, model=args.model)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="histoseg", description="H&E tumour segmentation (napari-histoseg)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("segment", help="segment an image or slide into a tumour mask")
+    s.add_argument("image", help="PNG, JPEG, TIFF, OME-TIFF or SVS")
+    s.add_argument("-o", "--output", required=True, help="mask to write (.png or .tif): 0 not tumour, 1 tumour")
+    s.add_argument("--prob", help="also write the float32 tumour probability (.tif)")
+    s.add_argument("--model", help="a .safetensors checkpoint (default: the bundled model)")
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    s.add_argument("--engine", default="torch", choices=["torch", "onnx"], help="onnx: ONNX Runtime on the CPU")
+    s.add_argument("--tile", type=int, default=None, help="tile edge in px (default: the model's)")
+    s.add_argument("--overlap", type=int, default=64, help="tile overlap in px (default 64)")
+    s.add_argument("--threshold", type=float, default=0.5)
+    s.add_argument("--batch-size", type=int, default=4)
+    s.add_argument("--level", type=int, default=0, help="pyramid level (0 = full resolution)")
+    s.set_defaults(func=cmd_segment)
+
+    d = sub.add_parser("demo", help="open napari with the sample image and its segmentation")
+    d.add_argument("--image", help="an image to open instead of the bundled sample")
+    d.add_argument("--model", help="a .safetensors checkpoint (default: the bundled model)")
+    d.add_argument("--screenshot", help="save a screenshot of the window to this PNG and quit")
+    d.set_defaults(func=cmd_demo)
+
+    try:
+        from . import cli_train
+    except ImportError:
+        pass
+    else:
+        cli_train.register(sub)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("histoseg: interrupted", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, ValueError) as e:  # bad input: a message, not a traceback
+        print(f"histoseg: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""Tiled sliding-window prediction for images of any size.
+
+The image is covered by overlapping tiles (a multiple of 32 px, the encoder's stride);
+tiles are read lazily (only the window in hand is decoded from a slide), batched, run
+through the model, and blended back with a window that is 1 in the tile's centre and
+falls off smoothly across the overlap, so the probability map has no seams. Tiles that
+stick out of the image are filled by mirroring the image, never by black or white.
+
+The engine only needs a model with ``predict(uint8 (N, h, w, 3)) -> float32 (N, C, h, w)``
+and ``out_channels`` (:class:`~napari_histoseg.models.segmenter.Segmenter`, or its ONNX
+Runtime twin).
+
+Example
+-------
+>>> from napari_histoseg.models.segmenter import Segmenter
+>>> rgb = np.full((300, 700, 3), 200, np.uint8)
+>>> pred = predict(rgb, Segmenter.random(), tile=256, overlap=64)
+>>> pred.probability.shape, pred.mask.dtype
+((300, 700), dtype('uint8'))
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Generator, Optional
+
+import numpy as np
+
+from .io.validate import ImageFormatError, ensure_rgb_uint8
+
+STRIDE = 32  # the encoders downsample by 32; tiles must be multiples of it
+
+
+class Cancelled(RuntimeError):
+    """Raised by :func:`predict` when ``should_stop()`` returned True."""
+
+
+@dataclass
+class Prediction:
+    """Result of a tiled prediction.
+
+    Attributes
+    ----------
+    probability : ndarray, float32
+        Tumour probability (H, W) for a one-channel model, or (C, H, W) class
+        probabilities for a multi-class model.
+    mask : ndarray, uint8
+        Class codes (H, W): probability >= threshold for one channel, argmax otherwise.
+    region : tuple of int
+        ``(y, x, h, w)`` of the predicted window in the input image's pixels.
+    """
+
+    probability: np.ndarray
+    mask: np.ndarray
+    region: tuple[int, int, int, int]
+
+
+def tile_starts(length: int, tile: int, stride: int) -> list[int]:
+    """Start offsets that cover ``[0, length)`` with windows of ``tile`` every ``stride``.
+
+    The last window is aligned to the end, so no window leaves the image unless the
+    image is shorter than one tile (then the single window starts at 0).
+    """
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, stride))
+    starts.append(length - tile)
+    return starts
+
+
+def blend_window(height: int, width: int, overlap: int) -> np.ndarray:
+    """Separable weight window: 1 inside, a raised-cosine ramp over ``overlap`` px at each edge.
+
+    The weights never reach zero (the outermost pixel gets a small positive weight), so
+    every pixel of the image is covered by a positive total weight.
+    """
+
+    def ramp(n: int) -> np.ndarray:
+        r = np.ones(n, np.float32)
+        k = min(overlap, n // 2)
+        if k > 0:
+            t = (np.arange(k, dtype=np.float32) + 0.5) / k
+            edge = 0.5 - 0.5 * np.cos(np.pi * t)
+            r[:k] = edge
+            r[n - k:] = edge[::-1]
+        return r
+
+    return np.outer(ramp(height), ramp(width)).astype(np.float32)
+
+
+def _round_tile(tile: int) -> int:
+    return max(STRIDE * 2, int(tile) // STRIDE * STRIDE)
+
+
+def _read(image, y0: int, x0: int, h: int, w: int) -> np.ndarray:
+    """Read ``image[y0:y0+h, x0:x0+w]`` as uint8 RGB, mirrored where it leaves the image."""
+    H, W = image.shape[:2]
+    y1, x1 = min(y0 + h, H), min(x0 + w, W)
+    ys, xs = max(y0, 0), max(x0, 0)
+    patch = np.asarray(image[ys:y1, xs:x1])
+    if patch.dtype != np.uint8 or patch.shape[-1] != 3:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            patch, _ = ensure_rgb_uint8(patch)
+    pad = ((ys - y0, y0 + h - y1), (xs - x0, x0 + w - x1), (0, 0))
+    if any(p for pair in pad[:2] for p in pair):
+        patch = np.pad(patch, pad, mode="symmetric")
+    return patch
+
+
+def _check_image(image):
+    """Validate the input; numpy arrays are converted to RGB uint8 once, lazy arrays are
+    checked by shape only (never read whole) and converted tile by tile."""
+    shape = getattr(image, "shape", None)
+    if shape is None:
+        raise TypeError(f"expected an image array, got {type(image).__name__}")
+    if isinstance(image, np.ndarray):
+        rgb, notes = ensure_rgb_uint8(image)
+        for note in notes:
+            warnings.warn(note, stacklevel=3)
+        return rgb
+    if len(shape) != 3 or shape[-1] not in (3, 4):
+        raise ImageFormatError(
+            f"napari-histoseg needs an RGB H&E image (H, W, 3); got an array of shape {tuple(shape)}"
+        )
+    return image
+
+
+def iter_predict(
+    image,
+    model,
+    *,
+    tile: int = 512,
+    overlap: int = 64,
+    batch_size: int = 4,
+    threshold: float = 0.5,
+    region: Optional[tuple[int, int, int, int]] = None,
+    preprocess: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+) -> Generator[tuple[int, int], None, Prediction]:
+    """Generator form of :func:`predict`: yields ``(tiles_done, tiles_total)`` after each
+    batch and returns the :class:`Prediction` (``result = yield from iter_predict(...)``).
+
+    Closing the generator (or a napari worker's ``quit()``) cancels between batches.
+    """
+    image = _check_image(image)
+    H, W = image.shape[:2]
+    if region is None:
+        region = (0, 0, H, W)
+    ry, rx, rh, rw = (int(v) for v in region)
+    if rh <= 0 or rw <= 0 or ry < 0 or rx < 0 or ry + rh > H or rx + rw > W:
+        raise ValueError(f"region {region} is not inside the image of {H} x {W} px")
+    tile = _round_tile(tile)
+    overlap = int(np.clip(overlap, 0, tile // 2))
+    # Context: predict a margin around the region so that its edges are not tile edges.
+    m = overlap
+    cy0, cx0 = max(ry - m, 0), max(rx - m, 0)
+    cy1, cx1 = min(ry + rh + m, H), min(rx + rw + m, W)
+    ch, cw = cy1 - cy0, cx1 - cx0
+    th = min(tile, math.ceil(ch / STRIDE) * STRIDE)
+    tw = min(tile, math.ceil(cw / STRIDE) * STRIDE)
+    window = blend_window(th, tw, overlap)
+    stride_y, stride_x = max(th - overlap, STRIDE), max(tw - overlap, STRIDE)
+    origins = [(y, x) for y in tile_starts(ch, th, stride_y) for x in tile_starts(cw, tw, stride_x)]
+
+    C = int(model.out_channels)
+    acc = np.zeros((C, ch, cw), np.float32)
+    weight = np.zeros((ch, cw), np.float32)
+    total = len(origins)
+    yield 0, total
+    for b in range(0, total, batch_size):
+        chunk = origins[b:b + batch_size]
+        tiles = [_read(image, cy0 + y, cx0 + x, th, tw) for y, x in chunk]
+        if preprocess is not None:
+            tiles = [preprocess(t) for t in tiles]
+        probs = model.predict(np.stack(tiles))
+        for (y, x), p in zip(chunk, probs):
+            h, w = min(th, ch - y), min(tw, cw - x)
+            acc[:, y:y + h, x:x + w] += p[:, :h, :w] * window[:h, :w]
+            weight[y:y + h, x:x + w] += window[:h, :w]
+        yield min(b + batch_size, total), total
+
+    oy, ox = ry - cy0, rx - cx0
+    prob = acc[:, oy:oy + rh, ox:ox + rw] / weight[oy:oy + rh, ox:ox + rw]
+    if C == 1:
+        prob = prob[0]
+        mask = (prob >= threshold).astype(np.uint8)
+    else:
+        mask = prob.argmax(0).astype(np.uint8)
+    return Prediction(np.ascontiguousarray(prob, dtype=np.float32), mask, (ry, rx, rh, rw))
+
+
+def predict(
+    image,
+    model,
+    *,
+    progress: Optional[Callable[[int, int], None]] = None,
+    should_stop: Optional[Callable[[], bool]] = None,
+    **kwargs,
+) -> Prediction:
+    """Predict tumour probability over ``image`` (or a region of it) tile by tile.
+
+    Parameters
+    ----------
+    image : array-like, (H, W, 3)
+        RGB image: a numpy array, or a lazy array (zarr, dask, a slide level) of which
+        only the tiles in hand are read. RGBA and 16-bit input are converted with a
+        warning; grayscale is refused with :class:`~napari_histoseg.io.validate.ImageFormatError`.
+    model : Segmenter
+        The model (see :func:`napari_histoseg.load_model`).
+    tile : int
+        Tile edge in pixels, rounded down to a multiple of 32 (default 512).
+    overlap : int
+        Overlap between neighbouring tiles in pixels, blended smoothly (default 64).
+    batch_size : int
+        Tiles per forward pass.
+    threshold : float
+        Probability at or above which a pixel is tumour in ``mask``.
+    region : (y, x, h, w), optional
+        Predict only this window (plus ``overlap`` px of context around it).
+    preprocess : callable, optional
+        Applied to every uint8 tile before the model (e.g. a fitted
+        :class:`~napari_histoseg.preprocess.Preprocessor`).
+    progress : callable, optional
+        Called as ``progress(tiles_done, tiles_total)``.
+    should_stop : callable, optional
+        Polled between batches; when it returns True, :class:`Cancelled` is raised.
+
+    Returns
+    -------
+    Prediction
+    """
+    gen = iter_predict(image, model, **kwargs)
+    try:
+        while True:
+            done, total = next(gen)
+            if progress is not None:
+                progress(done, total)
+            if should_stop is not None and should_stop():
+                gen.close()
+                raise Cancelled(f"prediction cancelled after {done} of {total} tiles")
+    except StopIteration as stop:
+        return stop.value

@@ -1,0 +1,43 @@
+"""``histoseg demo``: napari with the sample image, the Segment widget and its result."""
+
+from __future__ import annotations
+
+
+def run_demo(image=None, screenshot=None, model=None) -> int:
+    import napari
+
+    from .._sample_data import breast_carcinoma
+    from .segment import MODEL_FILE, SegmentWidget
+
+    viewer = napari.Viewer(title="napari-histoseg demo")
+    if image:
+        layers = viewer.open(image, plugin="napari-histoseg")
+        layer = layers[0]
+    else:
+        data, kwargs, _ = breast_carcinoma()[0]
+        layer = viewer.add_image(data, **kwargs)
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Segment tumour", area="right")
+    widget.image.value = layer
+    if model:
+        widget.model.value = MODEL_FILE
+        widget.model_file.value = model
+    worker = widget.run()
+
+    if screenshot:
+        from qtpy.QtCore import QTimer
+
+        def shoot(*_):
+            def grab():
+                viewer.screenshot(screenshot, canvas_only=False)
+                print(f"screenshot written to {screenshot}")
+                viewer.close()
+
+            QTimer.singleShot(500, grab)
+
+        if worker is None:
+            shoot()
+        else:
+            worker.finished.connect(shoot)
+    napari.run()
+    return 0

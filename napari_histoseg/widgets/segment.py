@@ -1,0 +1,191 @@
+"""The Segment dock widget: run the tumour model over an image layer."""
+
+from __future__ import annotations
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox, ComboBox, Container, FileEdit, FloatSlider, Label, PushButton, SpinBox,
+)
+from napari.layers import Image
+from napari.qt.threading import thread_worker
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_info, show_warning
+
+from ..backend import BUNDLED, LocalBackend
+from ..device import available_devices
+from ._layers import level_data, placement, put_image, put_labels, tumour_colormap
+
+MODEL_FILE = "checkpoint file…"
+STAIN_CHOICES = [("none", None), ("Macenko", "macenko"), ("Reinhard", "reinhard")]
+
+
+class _Failed:
+    """An exception carried out of the worker as a value."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+class SegmentWidget(Container):
+    """Choose an image, a model and the tiling; Run segments in a worker, Cancel stops it.
+
+    Results: an Image layer ``tumour probability`` (float32, 0–1) and a Labels layer
+    ``tumour`` (1 = tumour), placed on the image (same scale and translate).
+    """
+
+    def __init__(self, viewer, backend=None):
+        super().__init__(labels=True)
+        self.viewer = viewer
+        self.backend = backend or LocalBackend()
+        self.worker = None
+        self._progress = None
+
+        self.image = ComboBox(label="Image", choices=self._image_choices,
+                              tooltip="The H&E image layer to segment")
+        self.level = SpinBox(label="Pyramid level", min=0, max=0, value=0, visible=False,
+                             tooltip="0 = full resolution; higher levels are coarser and faster")
+        self.model = ComboBox(label="Model", choices=[("bundled default", BUNDLED), (MODEL_FILE, MODEL_FILE)],
+                              tooltip="The bundled default model or a .safetensors checkpoint")
+        self.model_file = FileEdit(label="Checkpoint", mode="r", filter="*.safetensors", visible=False)
+        self.device = ComboBox(label="Device", choices=available_devices(), value="auto",
+                               tooltip="auto: cuda, then mps, then cpu")
+        self.tile = SpinBox(label="Tile (px)", min=64, max=4096, step=32, value=512,
+                            tooltip="Edge of the square windows the model sees (multiple of 32)")
+        self.overlap = SpinBox(label="Overlap (px)", min=0, max=512, step=8, value=64,
+                               tooltip="Neighbouring tiles overlap by this much and are blended")
+        self.threshold = FloatSlider(label="Threshold", min=0.05, max=0.95, step=0.05, value=0.5,
+                                     tooltip="Probability at or above which a pixel is tumour")
+        self.stain = ComboBox(label="Stain normalisation", choices=STAIN_CHOICES, value=None)
+        self.clahe = CheckBox(text="CLAHE (local contrast)", value=False)
+        self.standardise = CheckBox(text="Per-channel standardisation", value=False)
+        self.run_button = PushButton(text="Run")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.status = Label(value="")
+        self.extend([
+            self.image, self.level, self.model, self.model_file, self.device, self.tile,
+            self.overlap, self.threshold, self.stain, self.clahe, self.standardise,
+            Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
+            self.status,
+        ])
+        self.model.changed.connect(self._on_model)
+        self.image.changed.connect(self._on_image)
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        for ev in (viewer.layers.events.inserted, viewer.layers.events.removed):
+            ev.connect(lambda e=None: self.image.reset_choices())
+        self.image.reset_choices()
+        self._on_image()
+
+    # -- choices -----------------------------------------------------------------
+    def _image_choices(self, _widget=None):
+        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image)]
+
+    def _on_image(self, _=None):
+        layer = self.image.value
+        n = len(layer.data) if (layer is not None and layer.multiscale) else 1
+        self.level.max = n - 1
+        self.level.visible = n > 1
+
+    def _on_model(self, value):
+        self.model_file.visible = value == MODEL_FILE
+
+    def model_ref(self) -> str:
+        if self.model.value == MODEL_FILE:
+            path = str(self.model_file.value)
+            if not path or path == "." or not path.endswith(".safetensors"):
+                raise ValueError("choose a .safetensors checkpoint file for the model")
+            return path
+        return BUNDLED
+
+    def preprocessor(self, data):
+        """A fitted Preprocessor for the chosen options, or None when all are off."""
+        if self.stain.value is None and not self.clahe.value and not self.standardise.value:
+            return None
+        from ..preprocess import PreprocessConfig, Preprocessor
+
+        config = PreprocessConfig(stain_norm=self.stain.value, clahe=self.clahe.value,
+                                  standardise=self.standardise.value)
+        step = max(1, max(data.shape[:2]) // 1024)
+        return Preprocessor(config).fit(np.asarray(data[::step, ::step]))
+
+    # -- running -----------------------------------------------------------------
+    def run(self):
+        """Start segmenting the chosen image in a worker (returns the worker)."""
+        layer = self.image.value
+        if layer is None:
+            show_warning("Open an H&E image first: there is no image layer to segment.")
+            return None
+        if self.worker is not None:
+            show_info("A segmentation is already running.")
+            return None
+        try:
+            if not layer.rgb:
+                raise ValueError(
+                    f"'{layer.name}' is not an RGB image; napari-histoseg needs an RGB H&E image"
+                )
+            level = int(self.level.value)
+            data = level_data(layer, level)
+            ref = self.model_ref()
+            pre = self.preprocessor(data)
+        except Exception as e:  # shown, never raised into Qt
+            show_error(f"Cannot segment: {e}")
+            return None
+        opts = dict(device=self.device.value, tile=self.tile.value, overlap=self.overlap.value,
+                    threshold=self.threshold.value, preprocess=pre)
+        place = placement(layer, level)
+        worker = thread_worker(self._job, start_thread=False)(data, ref, opts)
+        worker.yielded.connect(self._on_progress)
+        worker.returned.connect(lambda out: self._on_result(out, layer, place, ref, level))
+        worker.errored.connect(lambda e: self._finish(f"Failed: {e}"))
+        worker.aborted.connect(lambda: self._on_cancelled())
+        self.worker = worker
+        self.run_button.enabled, self.cancel_button.enabled = False, True
+        self.status.value = "Loading the model…"
+        worker.start()
+        return worker
+
+    def _job(self, data, ref, opts):
+        """Runs in the worker thread. Errors are returned, not raised, so the main thread
+        turns them into one readable notification (cancelling still closes the generator)."""
+        try:
+            return (yield from self.backend.segment(data, ref, **opts))
+        except Exception as e:  # noqa: BLE001 - reported to the user in _on_result
+            return _Failed(e)  # (superqt would re-raise a returned exception)
+
+    def cancel(self):
+        if self.worker is not None:
+            self.status.value = "Cancelling…"
+            self.worker.quit()
+
+    def _on_progress(self, value):
+        done, total = value
+        if self._progress is None:
+            self._progress = progress(total=total, desc="Segmenting tumour")
+        self._progress.n = done
+        self._progress.refresh()
+        self.status.value = f"Segmenting: {done} / {total} tiles"
+
+    def _on_result(self, pred, layer, place, ref, level):
+        if isinstance(pred, _Failed):
+            show_error(f"Segmentation failed: {pred.error}")
+            self._finish(f"Failed: {pred.error}")
+            return
+        meta = {"model": ref, "level": level, "threshold": self.threshold.value}
+        put_image(self.viewer, "tumour probability", pred.probability, place, colormap="inferno",
+                  contrast_limits=(0.0, 1.0), opacity=0.5, visible=False, metadata=meta)
+        labels = put_labels(self.viewer, "tumour", pred.mask, layer, place, meta)
+        labels.colormap = tumour_colormap()
+        frac = float(pred.mask.mean()) * 100
+        self._finish(f"Done: {frac:.1f} % of the image is tumour (model: {self.backend.describe(ref, self.device.value)})")
+
+    def _on_cancelled(self):
+        self._finish("Cancelled; the layers were left as they were.")
+        show_info("Segmentation cancelled.")
+
+    def _finish(self, message: str):
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+        self.worker = None
+        self.run_button.enabled, self.cancel_button.enabled = True, False
+        self.status.value = message

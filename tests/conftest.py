@@ -1,0 +1,46 @@
+"""Shared fixtures. Real data is read from ../shared beside the checkout; tests that
+need it skip with a reason where it is absent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(__import__("os").environ.get("HISTOSEG_SHARED", REPO.parent / "shared"))
+
+
+def shared_path(*parts) -> Path:
+    """A path under ../shared, or skip the test when it is missing."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is not here (../shared holds the real data and weights)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def he_image() -> np.ndarray:
+    """The bundled 1000 x 1000 breast carcinoma sample, RGB uint8."""
+    from napari_histoseg._sample_data import breast_carcinoma
+
+    data = breast_carcinoma()[0][0]
+    return np.asarray(data)
+
+
+@pytest.fixture(scope="session")
+def random_model():
+    """A randomly initialised default architecture on the CPU (no weights needed)."""
+    from napari_histoseg.models.segmenter import Segmenter
+
+    return Segmenter.random("unet-mobilenet_v2", seed=0, device="cpu")
+
+
+@pytest.fixture
+def random_checkpoint(tmp_path, random_model):
+    """The random model saved as a .safetensors checkpoint with small tiles."""
+    from napari_histoseg.models import save_checkpoint
+
+    random_model.meta.tile_size = 256
+    return save_checkpoint(random_model.module, tmp_path / "random.safetensors", random_model.meta)

@@ -1,0 +1,118 @@
+"""Tiled inference: equal to untiled inference, seamless, any size, cancellable."""
+
+import numpy as np
+import pytest
+import torch
+
+from napari_histoseg.inference import Cancelled, blend_window, iter_predict, predict, tile_starts
+from napari_histoseg.io.validate import ImageFormatError
+from napari_histoseg.models.segmenter import Segmenter
+
+
+@pytest.fixture(scope="module")
+def sharp_model():
+    """A random model whose head is scaled so its probabilities span 0..1 (a random
+    head alone stays near 0.5, which would make any comparison meaningless)."""
+    m = Segmenter.random(seed=0)
+    with torch.no_grad():
+        m.module.net.segmentation_head[0].weight.mul_(200)
+    return m
+
+
+@pytest.fixture(scope="module")
+def crop(he_image):
+    return np.ascontiguousarray(he_image[:512, :768])
+
+
+def seam_ratio(prob, starts):
+    """Mean horizontal gradient on the columns where tiles start, over the mean gradient."""
+    g = np.abs(np.diff(prob, axis=1))
+    return g[:, [s - 1 for s in starts[1:]]].mean() / g.mean()
+
+
+def test_tiled_equals_untiled_away_from_borders(sharp_model, crop):
+    full = sharp_model.predict(crop[None])[0, 0]
+    assert full.std() > 0.2  # the reference really varies
+    tiled = predict(crop, sharp_model, tile=256, overlap=64).probability
+    diff = np.abs(tiled - full)[32:-32, 32:-32]
+    assert diff.max() < 0.05 and diff.mean() < 1e-3
+
+
+def test_blending_leaves_no_seams_where_hard_tiling_does(sharp_model, crop):
+    blended = predict(crop, sharp_model, tile=256, overlap=64).probability
+    hard = predict(crop, sharp_model, tile=256, overlap=0).probability
+    assert seam_ratio(blended, tile_starts(768, 256, 192)) < 1.2
+    assert seam_ratio(hard, tile_starts(768, 256, 256)) > 2.0  # the test can see seams
+
+
+def test_any_size_including_smaller_than_a_tile(random_model):
+    for shape in [(300, 700), (37, 53), (1, 1), (512, 64)]:
+        img = np.random.default_rng(0).integers(0, 255, shape + (3,), dtype=np.uint8)
+        pred = predict(img, random_model, tile=256, overlap=32)
+        assert pred.probability.shape == shape and pred.probability.dtype == np.float32
+        assert pred.mask.shape == shape and set(np.unique(pred.mask)) <= {0, 1}
+        assert np.isfinite(pred.probability).all()
+
+
+def test_region_matches_the_same_window_of_the_whole(sharp_model, crop):
+    whole = predict(crop, sharp_model, tile=256, overlap=64).probability
+    part = predict(crop, sharp_model, tile=256, overlap=64, region=(100, 200, 200, 300))
+    assert part.probability.shape == (200, 300) and part.region == (100, 200, 200, 300)
+    assert np.abs(part.probability - whole[100:300, 200:500]).max() < 0.05
+    with pytest.raises(ValueError, match="not inside the image"):
+        predict(crop, sharp_model, region=(400, 0, 200, 10))
+
+
+class CountingArray:
+    """A lazy array that records which windows were read."""
+
+    def __init__(self, data):
+        self.data, self.reads = data, []
+        self.shape, self.dtype = data.shape, data.dtype
+
+    def __getitem__(self, key):
+        self.reads.append(key)
+        return self.data[key]
+
+
+def test_lazy_input_is_read_tile_by_tile_and_only_near_the_region(random_model, crop):
+    lazy = CountingArray(crop)
+    predict(lazy, random_model, tile=128, overlap=32, region=(0, 0, 100, 100))
+    read = sum((k[0].stop - k[0].start) * (k[1].stop - k[1].start) for k in lazy.reads)
+    assert read < 0.25 * crop.shape[0] * crop.shape[1]
+    assert all((k[0].stop - k[0].start) <= 128 for k in lazy.reads)
+
+
+def test_progress_and_cancel(random_model, crop):
+    seen = []
+    predict(crop, random_model, tile=128, overlap=32, batch_size=2, progress=lambda d, t: seen.append((d, t)))
+    total = seen[-1][1]
+    assert seen[0] == (0, total) and seen[-1] == (total, total) and total > 4
+    done = []
+    with pytest.raises(Cancelled, match="cancelled after 4 of"):
+        predict(crop, random_model, tile=128, overlap=32, batch_size=2,
+                progress=lambda d, t: done.append(d), should_stop=lambda: done[-1] >= 4)
+    assert done[-1] == 4  # no batch ran after the stop
+
+
+def test_generator_closes_cleanly_between_batches(random_model, crop):
+    gen = iter_predict(crop, random_model, tile=128, overlap=32)
+    assert next(gen)[0] == 0
+    next(gen)
+    gen.close()  # what napari's worker.quit() does
+
+
+def test_bad_images_are_refused_or_converted(random_model):
+    with pytest.raises(ImageFormatError, match="grayscale"):
+        predict(np.zeros((64, 64), np.uint8), random_model)
+    rgba = np.full((64, 64, 4), 128, np.uint8)
+    with pytest.warns(UserWarning, match="alpha"):
+        assert predict(rgba, random_model).probability.shape == (64, 64)
+    deep = np.full((64, 64, 3), 30000, np.uint16)
+    with pytest.warns(UserWarning, match="16-bit|uint16"):
+        assert predict(deep, random_model).probability.shape == (64, 64)
+
+
+def test_blend_window_is_positive_and_flat_inside():
+    w = blend_window(256, 256, 64)
+    assert w.min() > 0 and w[64:192, 64:192].min() == 1.0 and w.max() == 1.0

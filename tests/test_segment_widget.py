@@ -1,0 +1,116 @@
+"""The Segment widget in a real napari viewer (under Xvfb)."""
+
+import numpy as np
+import pytest
+
+from napari_histoseg.models import ModelMeta, build_model, save_checkpoint
+from napari_histoseg.widgets.segment import MODEL_FILE, SegmentWidget
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+@pytest.fixture
+def widget(make_napari_viewer, he_image, random_checkpoint):
+    viewer = make_napari_viewer()
+    viewer.add_image(he_image, name="slide", rgb=True, scale=(0.5, 0.5), translate=(100.0, 40.0))
+    w = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.model.value = MODEL_FILE
+    w.model_file.value = random_checkpoint
+    w.tile.value, w.overlap.value = 256, 32
+    return w
+
+
+def run_and_wait(w, qtbot, timeout=60_000):
+    worker = w.run()
+    assert worker is not None
+    with qtbot.waitSignal(worker.finished, timeout=timeout):
+        pass
+    qtbot.waitUntil(lambda: w.worker is None, timeout=5000)
+    return worker
+
+
+def test_run_adds_layers_placed_on_the_image(widget, qtbot, he_image):
+    viewer = widget.viewer
+    run_and_wait(widget, qtbot)
+    prob, mask = viewer.layers["tumour probability"], viewer.layers["tumour"]
+    assert prob.data.shape == mask.data.shape == he_image.shape[:2]
+    assert prob.data.dtype == np.float32 and 0 <= prob.data.min() <= prob.data.max() <= 1
+    assert set(np.unique(mask.data)) <= {0, 1}
+    for layer in (prob, mask):
+        np.testing.assert_allclose(layer.scale, (0.5, 0.5))
+        np.testing.assert_allclose(layer.translate, (100.0, 40.0))
+    assert widget.status.value.startswith("Done")
+    assert widget.run_button.enabled and not widget.cancel_button.enabled
+
+
+def test_cancel_stops_the_run_and_leaves_layers_alone(widget, qtbot):
+    viewer = widget.viewer
+    widget.tile.value, widget.overlap.value = 64, 0  # many small tiles: a long run
+    worker = widget.run()
+    with qtbot.waitSignal(worker.yielded, timeout=30_000):
+        pass
+    with qtbot.waitSignal(worker.aborted, timeout=30_000):
+        widget.cancel_button.clicked.emit()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=5000)
+    assert "tumour" not in viewer.layers and "tumour probability" not in viewer.layers
+    assert widget.status.value.startswith("Cancelled") and widget.run_button.enabled
+
+
+def test_rerun_never_overwrites_hand_edits(widget, qtbot):
+    viewer = widget.viewer
+    run_and_wait(widget, qtbot)
+    mask = viewer.layers["tumour"]
+    mask.data[:10, :10] = 1 - mask.data[:10, :10]  # a person's brush stroke
+    mask.refresh()
+    edited = mask.data.copy()
+    run_and_wait(widget, qtbot)
+    assert np.array_equal(viewer.layers["tumour"].data, edited)
+    assert len([ly for ly in viewer.layers if ly.name.startswith("tumour [")]) == 1
+
+
+def test_checkpoint_of_another_architecture_becomes_a_notification(widget, qtbot, tmp_path, monkeypatch):
+    shown = []
+    monkeypatch.setattr("napari_histoseg.widgets.segment.show_error", shown.append)
+    bad = tmp_path / "resnet_claiming_mobilenet.safetensors"
+    net = build_model("unet-resnet50")
+    import json
+
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(bad),
+              metadata={"histoseg": json.dumps(ModelMeta(arch="unet-mobilenet_v2").to_json())})
+    widget.model_file.value = bad
+    worker = widget.run()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=30_000)
+    assert "do not match the architecture" in widget.status.value
+    assert shown and "Segmentation failed" in shown[-1] and "unet-mobilenet_v2" in shown[-1]
+    assert "tumour" not in widget.viewer.layers
+
+
+def test_grayscale_layer_and_missing_checkpoint_give_messages(widget, monkeypatch):
+    shown = []
+    monkeypatch.setattr("napari_histoseg.widgets.segment.show_error", shown.append)
+    viewer = widget.viewer
+    viewer.add_image(np.zeros((64, 64), np.uint8), name="gray")
+    widget.image.value = viewer.layers["gray"]
+    assert widget.run() is None and "not an RGB image" in shown[-1]
+    widget.image.value = viewer.layers["slide"]
+    widget.model_file.value = ""
+    assert widget.run() is None and ".safetensors" in shown[-1]
+
+
+def test_multiscale_level_choice_places_coarse_result(make_napari_viewer, he_image, random_checkpoint, qtbot):
+    viewer = make_napari_viewer()
+    pyramid = [he_image, np.ascontiguousarray(he_image[::2, ::2])]
+    viewer.add_image(pyramid, name="slide", rgb=True, multiscale=True)
+    w = SegmentWidget(viewer)
+    w.model.value, w.model_file.value = MODEL_FILE, random_checkpoint
+    assert w.level.native.isVisibleTo(w.native) and w.level.max == 1
+    w.level.value, w.tile.value = 1, 256
+    run_and_wait(w, qtbot)
+    mask = viewer.layers["tumour"]
+    assert mask.data.shape == (500, 500)
+    np.testing.assert_allclose(mask.scale, (2.0, 2.0))
+    # the coarse result covers the same extent as the full-resolution image
+    np.testing.assert_allclose(np.array(mask.extent.world)[1], np.array(viewer.layers["slide"].extent.world)[1], atol=1.5)
