@@ -5,10 +5,19 @@ Public API (plain numpy in, numpy out)::
     from napari_histoseg import load_model, segment
     model = load_model()                 # the bundled default model
     prob = segment(rgb, model)           # float32 tumour probability, (H, W)
+
+The names are imported lazily: importing the package (as napari does for the reader
+and the sample data) does not import torch.
 """
 
 __version__ = "0.1.0"
 
-from .api import load_model, segment  # noqa: E402
-
 __all__ = ["__version__", "load_model", "segment"]
+
+
+def __getattr__(name):
+    if name in ("load_model", "segment"):
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'napari_histoseg' has no attribute {name!r}")

@@ -114,3 +114,24 @@ def test_multiscale_level_choice_places_coarse_result(make_napari_viewer, he_ima
     np.testing.assert_allclose(mask.scale, (2.0, 2.0))
     # the coarse result covers the same extent as the full-resolution image
     np.testing.assert_allclose(np.array(mask.extent.world)[1], np.array(viewer.layers["slide"].extent.world)[1], atol=1.5)
+
+
+def test_plugin_loaded_after_the_viewer_does_not_crash_it(tmp_path, random_checkpoint):
+    """napari imports the widget (and so torch) after its OpenGL canvas exists; with
+    Mesa's software renderer that once killed the process (triton's LLVM vs Mesa's)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import napari, numpy as np
+        viewer = napari.Viewer(show=False)
+        viewer.open({str(__import__('napari_histoseg._sample_data', fromlist=['x']).sample_path('skin_slide'))!r}, plugin="napari-histoseg")
+        from napari_histoseg.widgets.segment import SegmentWidget
+        from napari_histoseg.models.segmenter import Segmenter
+        m = Segmenter.from_checkpoint({str(random_checkpoint)!r})
+        print("alive", viewer.layers[0].multiscale, m.predict(np.zeros((1, 64, 64, 3), np.uint8)).shape)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "alive True (1, 1, 64, 64)" in out.stdout

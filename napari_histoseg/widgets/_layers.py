@@ -81,10 +81,10 @@ def put_image(viewer, name: str, data, place: dict, **kwargs) -> Image:
 
 
 def tumour_colormap():
-    """Label colours of the mask contract: 1 tumour (red), 255 ignore (grey), 0 clear."""
+    """Label colours of the mask contract: 1 tumour (green, which stands out on pink and purple H&E), 255 ignore (grey), 0 clear."""
     from napari.utils.colormaps import DirectLabelColormap
 
     return DirectLabelColormap(color_dict={
-        None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: (0.9, 0.1, 0.15, 1.0), 2: (0.1, 0.6, 1.0, 1.0),
+        None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: (0.1, 0.95, 0.3, 1.0), 2: (0.2, 0.5, 1.0, 1.0),
         255: (0.5, 0.5, 0.5, 1.0),
     })

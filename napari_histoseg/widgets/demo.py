@@ -10,6 +10,7 @@ def run_demo(image=None, screenshot=None, model=None) -> int:
     from .segment import MODEL_FILE, SegmentWidget
 
     viewer = napari.Viewer(title="napari-histoseg demo")
+    viewer.window.resize(1500, 950)
     if image:
         layers = viewer.open(image, plugin="napari-histoseg")
         layer = layers[0]
@@ -22,18 +23,21 @@ def run_demo(image=None, screenshot=None, model=None) -> int:
     if model:
         widget.model.value = MODEL_FILE
         widget.model_file.value = model
+    viewer.reset_view()
     worker = widget.run()
 
     if screenshot:
         from qtpy.QtCore import QTimer
 
         def shoot(*_):
+            viewer.reset_view()
+
             def grab():
                 viewer.screenshot(screenshot, canvas_only=False)
                 print(f"screenshot written to {screenshot}")
                 viewer.close()
 
-            QTimer.singleShot(500, grab)
+            QTimer.singleShot(1500, grab)
 
         if worker is None:
             shoot()

@@ -60,10 +60,12 @@ class SegmentWidget(Container):
         self.standardise = CheckBox(text="Per-channel standardisation", value=False)
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
-        self.status = Label(value="")
+        self.status = Label(value="Choose an image and press Run.")
+        self.status.native.setWordWrap(True)
+        self.preprocessing = Label(value="<b>Preprocessing</b> (optional)")
         self.extend([
             self.image, self.level, self.model, self.model_file, self.device, self.tile,
-            self.overlap, self.threshold, self.stain, self.clahe, self.standardise,
+            self.overlap, self.threshold, self.preprocessing, self.stain, self.clahe, self.standardise,
             Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
             self.status,
         ])
@@ -75,6 +77,7 @@ class SegmentWidget(Container):
             ev.connect(lambda e=None: self.image.reset_choices())
         self.image.reset_choices()
         self._on_image()
+        self.native.setMaximumWidth(460)
 
     # -- choices -----------------------------------------------------------------
     def _image_choices(self, _widget=None):
