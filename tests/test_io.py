@@ -409,10 +409,9 @@ def _manifest_installed() -> bool:
 
 
 @pytest.mark.skipif(not _manifest_installed(), reason="napari-histoseg manifest not installed")
-def test_viewer_model_opens_svs_through_plugin(svs_pyramid):
-    from napari.components import ViewerModel
-
-    viewer = ViewerModel()
+def test_real_viewer_opens_svs_through_plugin_as_multiscale(make_napari_viewer, svs_pyramid):
+    viewer = make_napari_viewer()
     [layer] = viewer.open(str(svs_pyramid), plugin="napari-histoseg")
+    assert len(layer.data) == 3 and layer.data[0].shape == (512, 768, 3)
     assert layer.multiscale and layer.rgb and layer.name == "pyramid"
     assert layer.metadata["mpp"] == pytest.approx(0.252)

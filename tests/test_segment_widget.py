@@ -135,3 +135,21 @@ def test_plugin_loaded_after_the_viewer_does_not_crash_it(tmp_path, random_check
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "alive True (1, 1, 64, 64)" in out.stdout
+
+
+def test_visible_area_segments_only_what_is_on_screen(make_napari_viewer, he_image, random_checkpoint, qtbot):
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(he_image, name="slide", rgb=True, translate=(5.0, 7.0))
+    w = SegmentWidget(viewer)
+    w.model.value, w.model_file.value = MODEL_FILE, random_checkpoint
+    w.tile.value = 256
+    viewer.camera.center = (0, 255, 255)
+    viewer.camera.zoom *= 4
+    qtbot.waitUntil(lambda: viewer.layers["slide"].corner_pixels[1, 0] < 900, timeout=5000)
+    w.region.value = "visible area"
+    run_and_wait(w, qtbot)
+    mask = viewer.layers["tumour"]
+    h, wid = mask.data.shape
+    assert 0 < h < 900 and 0 < wid < 900
+    y0, x0 = np.asarray(mask.translate) - (5.0, 7.0)
+    assert 0 <= y0 < 400 and 0 <= x0 < 400  # the window around the camera's centre

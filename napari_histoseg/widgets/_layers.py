@@ -22,6 +22,19 @@ def level_downsample(layer: Image, level: int) -> float:
     return float(layer.data[0].shape[0]) / float(layer.data[level].shape[0])
 
 
+def visible_region(layer: Image, level: int = 0) -> tuple[int, int, int, int]:
+    """``(y, x, h, w)`` in pixels of ``level`` of what the canvas shows of ``layer`` now."""
+    corners = np.asarray(layer.corner_pixels, float)[:, -2:]
+    shown = layer.data_level if layer.multiscale else 0
+    factor = level_downsample(layer, shown) / level_downsample(layer, level)
+    shape = level_data(layer, level).shape[:2]
+    lo = np.clip(np.floor(corners[0] * factor), 0, shape).astype(int)
+    hi = np.clip(np.ceil((corners[1] + 1) * factor), 0, shape).astype(int)
+    if np.any(hi - lo < 1):
+        raise ValueError("the image is not in view: pan or zoom to it, or choose 'whole image'")
+    return int(lo[0]), int(lo[1]), int(hi[0] - lo[0]), int(hi[1] - lo[1])
+
+
 def placement(layer: Image, level: int = 0, offset_px=(0, 0)) -> dict:
     """``scale``, ``translate`` and ``units`` for a result computed on ``level`` of ``layer``,
     starting ``offset_px`` (y, x) level pixels into it, so the result lies on the image."""

@@ -13,10 +13,16 @@ from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..backend import BUNDLED, LocalBackend
 from ..device import available_devices
-from ._layers import level_data, placement, put_image, put_labels, tumour_colormap
+from ._layers import level_data, placement, put_image, put_labels, tumour_colormap, visible_region
 
 MODEL_FILE = "checkpoint file…"
 STAIN_CHOICES = [("none", None), ("Macenko", "macenko"), ("Reinhard", "reinhard")]
+
+
+def _has_onnxruntime() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime") is not None
 
 
 class _Failed:
@@ -42,6 +48,8 @@ class SegmentWidget(Container):
 
         self.image = ComboBox(label="Image", choices=self._image_choices,
                               tooltip="The H&E image layer to segment")
+        self.region = ComboBox(label="Region", choices=["whole image", "visible area"], value="whole image",
+                               tooltip="visible area: only what the canvas shows now (fast on a whole slide)")
         self.level = SpinBox(label="Pyramid level", min=0, max=0, value=0, visible=False,
                              tooltip="0 = full resolution; higher levels are coarser and faster")
         self.model = ComboBox(label="Model", choices=[("bundled default", BUNDLED), (MODEL_FILE, MODEL_FILE)],
@@ -49,6 +57,9 @@ class SegmentWidget(Container):
         self.model_file = FileEdit(label="Checkpoint", mode="r", filter="*.safetensors", visible=False)
         self.device = ComboBox(label="Device", choices=available_devices(), value="auto",
                                tooltip="auto: cuda, then mps, then cpu")
+        self.engine = ComboBox(label="Engine", choices=[("PyTorch", "torch"), ("ONNX Runtime (CPU)", "onnx")],
+                               value="torch", visible=_has_onnxruntime(),
+                               tooltip="ONNX Runtime runs the same weights faster on a CPU")
         self.tile = SpinBox(label="Tile (px)", min=64, max=4096, step=32, value=512,
                             tooltip="Edge of the square windows the model sees (multiple of 32)")
         self.overlap = SpinBox(label="Overlap (px)", min=0, max=512, step=8, value=64,
@@ -64,12 +75,14 @@ class SegmentWidget(Container):
         self.status.native.setWordWrap(True)
         self.preprocessing = Label(value="<b>Preprocessing</b> (optional)")
         self.extend([
-            self.image, self.level, self.model, self.model_file, self.device, self.tile,
+            self.image, self.region, self.level, self.model, self.model_file, self.device, self.engine, self.tile,
             self.overlap, self.threshold, self.preprocessing, self.stain, self.clahe, self.standardise,
             Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
             self.status,
         ])
+        self._model_pre: dict = {}
         self.model.changed.connect(self._on_model)
+        self.model_file.changed.connect(self._sync_to_model)
         self.image.changed.connect(self._on_image)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
@@ -77,6 +90,7 @@ class SegmentWidget(Container):
             ev.connect(lambda e=None: self.image.reset_choices())
         self.image.reset_choices()
         self._on_image()
+        self._sync_to_model()
         self.native.setMaximumWidth(460)
 
     # -- choices -----------------------------------------------------------------
@@ -89,8 +103,30 @@ class SegmentWidget(Container):
         self.level.max = n - 1
         self.level.visible = n > 1
 
-    def _on_model(self, value):
-        self.model_file.visible = value == MODEL_FILE
+    def _on_model(self, value=None):
+        self.model_file.visible = self.model.value == MODEL_FILE
+        self._sync_to_model()
+
+    def _sync_to_model(self, _=None):
+        """Take the tile size and preprocessing the chosen model was trained with."""
+        from ..models.checkpoint import read_meta
+
+        try:
+            ref = self.model_ref()
+            if ref == BUNDLED:
+                from ..api import bundled_model_path
+
+                ref = bundled_model_path()
+            meta = read_meta(ref)
+        except Exception as e:  # noqa: BLE001 - shown in the status line
+            self.status.value = f"Model: {e}"
+            return
+        self._model_pre = dict(meta.preprocessing or {})
+        self.tile.value = int(meta.tile_size)
+        self.stain.value = self._model_pre.get("stain_norm")
+        self.clahe.value = bool(self._model_pre.get("clahe", False))
+        self.standardise.value = bool(self._model_pre.get("standardise", False))
+        self.status.value = f"Model: {meta.name} v{meta.model_version} ({meta.arch}), trained on {meta.tile_size} px tiles"
 
     def model_ref(self) -> str:
         if self.model.value == MODEL_FILE:
@@ -106,8 +142,8 @@ class SegmentWidget(Container):
             return None
         from ..preprocess import PreprocessConfig, Preprocessor
 
-        config = PreprocessConfig(stain_norm=self.stain.value, clahe=self.clahe.value,
-                                  standardise=self.standardise.value)
+        config = PreprocessConfig.from_dict({**self._model_pre, "stain_norm": self.stain.value,
+                                             "clahe": self.clahe.value, "standardise": self.standardise.value})
         step = max(1, max(data.shape[:2]) // 1024)
         return Preprocessor(config).fit(np.asarray(data[::step, ::step]))
 
@@ -128,14 +164,18 @@ class SegmentWidget(Container):
                 )
             level = int(self.level.value)
             data = level_data(layer, level)
+            offset = (0, 0)
+            if self.region.value == "visible area":
+                y0, x0, h, w = visible_region(layer, level)
+                data, offset = data[y0:y0 + h, x0:x0 + w], (y0, x0)
             ref = self.model_ref()
             pre = self.preprocessor(data)
         except Exception as e:  # shown, never raised into Qt
             show_error(f"Cannot segment: {e}")
             return None
-        opts = dict(device=self.device.value, tile=self.tile.value, overlap=self.overlap.value,
+        opts = dict(device=self.device.value, engine=self.engine.value, tile=self.tile.value, overlap=self.overlap.value,
                     threshold=self.threshold.value, preprocess=pre)
-        place = placement(layer, level)
+        place = placement(layer, level, offset)
         worker = thread_worker(self._job, start_thread=False)(data, ref, opts)
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(lambda out: self._on_result(out, layer, place, ref, level))
@@ -179,7 +219,8 @@ class SegmentWidget(Container):
         labels = put_labels(self.viewer, "tumour", pred.mask, layer, place, meta)
         labels.colormap = tumour_colormap()
         frac = float(pred.mask.mean()) * 100
-        self._finish(f"Done: {frac:.1f} % of the image is tumour (model: {self.backend.describe(ref, self.device.value)})")
+        where = self.backend.describe(ref, self.device.value, self.engine.value)
+        self._finish(f"Done: {frac:.1f} % of the {self.region.value} is tumour. Model: {where}")
 
     def _on_cancelled(self):
         self._finish("Cancelled; the layers were left as they were.")

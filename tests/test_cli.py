@@ -1,0 +1,61 @@
+"""The histoseg command line, run as a user would run it."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+from skimage.io import imread, imsave
+
+from napari_histoseg._sample_data import sample_path
+from napari_histoseg.cli import main
+
+
+def test_segment_writes_mask_and_probability(tmp_path, random_checkpoint, capsys):
+    image = tmp_path / "crop.png"
+    imsave(image, imread(sample_path("breast_carcinoma"))[:300, :400])
+    mask, prob = tmp_path / "out" / "mask.png", tmp_path / "prob.tif"
+    rc = main(["segment", str(image), "-o", str(mask), "--prob", str(prob), "--model",
+               str(random_checkpoint), "--device", "cpu", "--tile", "128", "--overlap", "32"])
+    assert rc == 0
+    m, p = imread(mask), tifffile.imread(prob)
+    assert m.shape == p.shape == (300, 400) and m.dtype == np.uint8 and p.dtype == np.float32
+    assert np.array_equal(m, (p >= 0.5).astype(np.uint8))
+    assert "% tumour" in capsys.readouterr().out
+
+
+def test_segment_reads_a_slide_region_of_the_svs(tmp_path, random_checkpoint):
+    mask = tmp_path / "svs.tif"
+    rc = main(["segment", str(sample_path("skin_slide")), "-o", str(mask), "--model",
+               str(random_checkpoint), "--tile", "512", "--overlap", "0", "--batch-size", "8"])
+    assert rc == 0 and tifffile.imread(mask).shape == (2967, 2220)
+
+
+@pytest.mark.parametrize("content,suffix,message", [
+    (b"not an image", ".tif", "crop"),
+    (None, ".png", "No such image file"),
+])
+def test_bad_input_gives_a_message_not_a_traceback(tmp_path, random_checkpoint, content, suffix, message):
+    path = tmp_path / f"crop{suffix}"
+    if content is not None:
+        path.write_bytes(content)
+    out = subprocess.run(
+        [sys.executable, "-m", "napari_histoseg.cli", "segment", str(path), "-o", str(tmp_path / "m.png"),
+         "--model", str(random_checkpoint)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr and out.stderr.startswith("histoseg: ")
+    import re
+
+    assert re.search(message, out.stderr)
+
+
+def test_grayscale_image_and_pickle_model_are_refused(tmp_path, random_checkpoint, capsys):
+    gray = tmp_path / "gray.png"
+    imsave(gray, np.zeros((64, 64), np.uint8), check_contrast=False)
+    assert main(["segment", str(gray), "-o", str(tmp_path / "m.png"), "--model", str(random_checkpoint)]) == 2
+    assert "grayscale" in capsys.readouterr().err
+    pth = tmp_path / "model.pth"
+    pth.write_bytes(b"\x80\x04")
+    assert main(["segment", str(gray), "-o", str(tmp_path / "m.png"), "--model", str(pth)]) == 2
+    assert "pickled" in capsys.readouterr().err
