@@ -188,9 +188,11 @@ def train(
         safetensors state dict loaded into ``model.encoder`` (e.g. the ImageNet
         MobileNetV2 of ``../shared/weights``); None = random start.
     resume : bool
-        Continue from the state file of an earlier run with the same ``out_path``.
+        Continue from the state file of an earlier run with the same ``out_path``
+        (weights, optimiser moments, history, best score, elapsed time).
     time_budget : float or None
-        Minutes of wall time; training stops cleanly after the epoch that passes it.
+        Minutes of training wall time, counting the earlier runs of a resumed job;
+        training stops cleanly after the epoch that passes it.
     optimizer : {"adam", "sgd-adam"}
         Adam throughout, or SGD (momentum 0.9, lr × 10) for ``sgd_epochs`` then Adam.
     loss : {"soft", "generalized"}
@@ -239,12 +241,13 @@ def train(
         steps_per_epoch = max(1, math.ceil(area / patch_size**2 / batch_size))
     kind = "sgd" if optimizer == "sgd-adam" else "adam"
     opt = _make_optimizer(kind, params, lr)
-    history, start_epoch, best, best_epoch, bad = [], 0, -1.0, -1, 0
+    history, start_epoch, best, best_epoch, bad, elapsed = [], 0, -1.0, -1, 0, 0.0
     if resume and state_path.is_file():
         info, opt, kind = _load_state(state_path, model, params)
         history, start_epoch = info["history"], info["epoch"] + 1
         best, best_epoch, bad = info["best"], info["best_epoch"], info["bad"]
-        log(f"resumed from {state_path} at epoch {start_epoch}")
+        elapsed = float(info.get("elapsed", sum(h.get("seconds", 0) for h in history)))
+        log(f"resumed from {state_path} at epoch {start_epoch} ({elapsed / 60:.1f} min trained)")
     rng = np.random.default_rng(seed + 1000 * start_epoch)
     aug = AugmentConfig()
     meta = ModelMeta(arch=arch, arch_kwargs=kwargs, classes=classes, mean=[MEAN] * 3, std=[STD] * 3,
@@ -257,7 +260,8 @@ def train(
     log(f"{arch}: {n_params:,} parameters ({n_trainable:,} trainable); {steps_per_epoch} steps of "
         f"{batch_size}x{patch_size}² per epoch; class weights {[round(w, 3) for w in weights]}")
     stop_reason, patches = "max epochs", 0
-    train_start = time.time()
+    run_start = time.time()
+    train_start = run_start - elapsed  # the time budget counts earlier runs of a resumed job
     bar_off = (not sys.stderr.isatty()) if show_bar is None else (not show_bar)
     from tqdm.auto import tqdm
 
@@ -309,7 +313,8 @@ def train(
         else:
             bad += 1
         _save_state(state_path, model, opt, kind, {"epoch": epoch, "history": history, "best": best,
-                                                   "best_epoch": best_epoch, "bad": bad})
+                                                   "best_epoch": best_epoch, "bad": bad,
+                                                   "elapsed": time.time() - train_start})
         log(f"epoch {epoch:3d}  loss {rec['train_loss']:.4f}  val Dice {val:.4f}  lr {rec['lr']:.2e}  "
             f"{rec['seconds']:.0f}s{'  *best*' if improved else ''}")
         if progress:
@@ -326,7 +331,7 @@ def train(
     seconds = time.time() - train_start
     summary = {"checkpoint": str(out_path), "arch": arch, "best_epoch": best_epoch, "best_val_dice": best,
                "epochs_run": len(history), "stop_reason": stop_reason, "seconds": round(seconds, 1),
-               "patches_per_s": round(patches / max(seconds, 1e-9), 3), "parameters": n_params,
+               "patches_per_s": round(patches / max(time.time() - run_start, 1e-9), 3), "parameters": n_params,
                "trainable_parameters": n_trainable, "history": history, "data": prov,
                "total_seconds": round(time.time() - t0, 1)}
     log(f"done: {stop_reason}; best val Dice {best:.4f} at epoch {best_epoch}; "

@@ -1,0 +1,137 @@
+"""Training: losses, a few steps lower the loss, checkpoints load, resume, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from skimage.io import imsave
+
+from napari_histoseg.losses import (
+    SegmentationLoss,
+    class_weights,
+    generalized_dice_loss,
+    soft_dice_loss,
+    weighted_cross_entropy,
+)
+from napari_histoseg.models import build_model, load_checkpoint
+from napari_histoseg.train import to_input, train
+
+SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
+
+
+def make_dataset(root: Path, n: int = 6, size: int = 64) -> Path:
+    """Tiny dataset: tumour (1) is dark purple, the rest pale pink; 4 train, 2 test."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    tiles = []
+    for i in range(n):
+        mask = np.zeros((size, size), np.uint8)
+        mask[8 + i : 40 + i, 10:50] = 1
+        img = np.where(mask[..., None] == 1, [90, 40, 120], [230, 200, 220]).astype(float)
+        img = np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
+        imsave(root / "images" / f"t{i}.png", img, check_contrast=False)
+        imsave(root / "masks" / f"t{i}.png", mask, check_contrast=False)
+        tiles.append({"id": f"t{i}", "image": f"images/t{i}.png", "mask": f"masks/t{i}.png",
+                      "split": "test" if i >= 4 else "train", "source": "synthetic",
+                      "x": 0, "y": 0, "width": size, "height": size})
+    (root / "dataset.json").write_text(json.dumps({"format": "histoseg-dataset", "version": 1,
+                                                   "classes": {"0": "not tumour", "1": "tumour"},
+                                                   "ignore_index": 255, "tiles": tiles}))
+    return root
+
+
+def test_losses_by_value():
+    target = torch.zeros(1, 4, 4, dtype=torch.long)
+    target[0, :2] = 1
+    perfect = torch.where(target[:, None] == 1, 20.0, -20.0).float()
+    assert soft_dice_loss(perfect, target) < 1e-4
+    assert generalized_dice_loss(perfect, target) < 1e-4
+    assert soft_dice_loss(-perfect, target) > 0.99
+    ign = target.clone()
+    ign[0, 2:] = 255  # wrong logits only on ignored pixels: no loss from them
+    half_wrong = perfect.clone()
+    half_wrong[0, 0, 2:] = 20.0
+    assert soft_dice_loss(half_wrong, ign) < 1e-4
+    assert weighted_cross_entropy(half_wrong, ign, [1.0, 1.0]) < 1e-4
+    assert class_weights([0.75, 0.25]) == pytest.approx([0.5, 1.5])
+    multi = torch.randn(2, 3, 8, 8, requires_grad=True)
+    loss = SegmentationLoss(dice="generalized")(multi, torch.randint(0, 3, (2, 8, 8)))
+    loss.backward()
+    assert multi.grad is not None
+
+
+def test_a_few_steps_lower_the_loss():
+    torch.manual_seed(0)
+    model = build_model("unet-mobilenet_v2", classes=1, dropout=0.0)
+    rng = np.random.default_rng(0)
+    mask = np.zeros((2, 32, 32), np.uint8)
+    mask[:, 8:24, 4:20] = 1
+    img = np.where(mask[..., None] == 1, [90, 40, 120], [230, 200, 220]).astype(np.uint8)
+    img = np.clip(img + rng.normal(0, 5, img.shape), 0, 255).astype(np.uint8)
+    x, y = to_input(img), torch.from_numpy(mask).long()
+    crit = SegmentationLoss(weights=[1.0, 1.0])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(6):
+        loss = crit(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0] * 0.9
+
+
+def test_train_writes_a_loadable_checkpoint_and_resumes(tmp_path):
+    data = make_dataset(tmp_path / "d")
+    out = tmp_path / "m.safetensors"
+    events = []
+    s = train(data, out, epochs=2, patch_size=32, batch_size=2, steps_per_epoch=1, val_fraction=0.25,
+              seed=1, name="tiny", log=lambda *_: None, progress=events.append, half_weights=True)
+    assert s["epochs_run"] == 2 and out.is_file() and out.with_suffix(".json").is_file()
+    assert {e["kind"] for e in events} == {"step", "epoch"}
+    assert s["data"][0]["train_tiles"] == 3 and s["data"][0]["val_tiles"] == 1
+    module, meta = load_checkpoint(out)  # float16 file, float32 module
+    assert meta.name == "tiny" and meta.arch == "unet-mobilenet_v2" and meta.mean == [127.5] * 3
+    assert next(module.parameters()).dtype == torch.float32
+    assert meta.training["data"][0]["val_ids"] and "settings" in meta.training
+    s2 = train(data, out, epochs=3, patch_size=32, batch_size=2, steps_per_epoch=1, val_fraction=0.25,
+               seed=1, resume=True, log=lambda *_: None)
+    assert [h["epoch"] for h in s2["history"]] == [0, 1, 2]
+
+
+def test_should_stop_and_frozen_encoder(tmp_path):
+    data = make_dataset(tmp_path / "d")
+    s = train(data, tmp_path / "v1.safetensors", arch="lightmuseg-v1", epochs=5, patch_size=32,
+              batch_size=2, steps_per_epoch=3, optimizer="sgd-adam", sgd_epochs=1, loss="generalized",
+              should_stop=lambda: True, log=lambda *_: None)
+    assert s["stop_reason"] == "stopped by request" and s["epochs_run"] == 1
+    assert s["trainable_parameters"] < s["parameters"]
+
+
+def test_cli_train_and_evaluate(tmp_path, capsys):
+    from napari_histoseg.cli_train import main
+
+    data = make_dataset(tmp_path / "d")
+    out = tmp_path / "c.safetensors"
+    assert main(["train", str(data), "-o", str(out), "--epochs", "1", "--patch-size", "32",
+                 "--batch-size", "2", "--steps-per-epoch", "1", "--summary", str(tmp_path / "s.json")]) == 0
+    assert json.loads((tmp_path / "s.json").read_text())["epochs_run"] == 1
+    assert main(["evaluate", str(data), "--model", str(out), "--json", str(tmp_path / "e.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "boundary F tolerance 5.0 px" in printed
+    assert len(json.loads((tmp_path / "e.json").read_text())["per_image"]) == 2
+
+
+@pytest.mark.skipif(not (SHARED / "weights" / "mobilenet_v2_imagenet.safetensors").is_file(),
+                    reason="../shared/weights absent")
+def test_imagenet_encoder_loads_into_both_mobilenet_models():
+    from safetensors.torch import load_file
+
+    state = load_file(str(SHARED / "weights" / "mobilenet_v2_imagenet.safetensors"))
+    for arch in ("unet-mobilenet_v2", "lightmuseg-v2"):
+        build_model(arch).encoder.load_state_dict(state)
