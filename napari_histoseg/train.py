@@ -339,10 +339,23 @@ def train(
     return summary
 
 
-def load_trained(path: str | Path):
-    """Load a checkpoint written by :func:`train` (floating weights as float32)."""
-    module, meta = load_checkpoint(path)
-    return module.float(), meta
+def export_checkpoint(src: str | Path, dst: str | Path, half: bool = True, **meta_updates) -> Path:
+    """Copy a trained checkpoint to ``dst`` (+ sidecar JSON), optionally as float16.
+
+    ``meta_updates`` replace :class:`ModelMeta` fields (``name``, ``model_version``,
+    ``metrics``, ...). float16 halves the file; :func:`load_checkpoint` loads it into the
+    float32 module (``load_state_dict`` copies, and so casts, each tensor), so users
+    get float32 weights that differ from the trained ones by float16 rounding only.
+    """
+    module, meta = load_checkpoint(src)
+    for k, v in meta_updates.items():
+        if not hasattr(meta, k):
+            raise ValueError(f"ModelMeta has no field {k!r}")
+        setattr(meta, k, v)
+    if half:
+        module = module.half()
+        meta.preprocessing = {**meta.preprocessing, "stored_dtype": "float16"}
+    return save_checkpoint(module, dst, meta, sidecar=True)
 
 
 if __name__ == "__main__":  # python -m napari_histoseg.train DATASET ... (same as histoseg train)
