@@ -128,17 +128,31 @@ def _load_datasets(dirs, val_fraction, seed, log):
 
 
 @torch.no_grad()
-def validate(model, images, masks, threshold=0.5, batch=2) -> float:
-    """Mean per-image Dice of whole tiles (eval mode; one-channel models)."""
+def validate(model, images, masks, threshold=0.5, batch=2, ignore_index=255) -> tuple[float, float]:
+    """``(pooled Dice, mean per-image Dice)`` of whole tiles, in eval mode.
+
+    Pooled Dice sums true/false positives and negatives over all validation tiles
+    before dividing; it is what early stopping and checkpoint selection use, because
+    the per-image mean swings with tiles that hold almost no tumour (a handful of
+    pixels decide their Dice).
+    """
+    from .metrics import confusion
+
     model.eval()
-    scores = []
+    scores, tp, fp, fn = [], 0, 0, 0
     for i in range(0, len(images), batch):
         x = to_input(np.stack(images[i : i + batch]))
         out = _main_output(model(x))
         prob = torch.sigmoid(out[:, 0]) if out.shape[1] == 1 else out.argmax(1).float()
         for p, m in zip(prob.numpy(), masks[i : i + batch]):
-            scores.append(dice_score((p >= threshold).astype(np.uint8), m))
-    return float(np.mean(scores)) if scores else math.nan
+            pred = (p >= threshold).astype(np.uint8)
+            a, b, c, _ = confusion(pred, m, ignore_index=ignore_index)
+            tp, fp, fn = tp + a, fp + b, fn + c
+            scores.append(dice_score(pred, m, ignore_index=ignore_index))
+    if not scores:
+        return math.nan, math.nan
+    pooled = 2 * tp / (2 * tp + fp + fn) if (tp + fp + fn) else 1.0
+    return float(pooled), float(np.mean(scores))
 
 
 def train(
@@ -198,7 +212,8 @@ def train(
     loss : {"soft", "generalized"}
         Soft Dice or generalised Dice, each plus class-weighted cross-entropy.
     patience : int
-        Early stopping: epochs without a better validation Dice.
+        Early stopping: epochs without a better validation Dice (pooled over the
+        validation tiles, see :func:`validate`).
     progress : callable or None
         Called with a dict after every step (``kind="step"``) and epoch (``kind="epoch"``).
     should_stop : callable or None
@@ -296,8 +311,12 @@ def train(
             if should_stop and should_stop():
                 stopped = True
                 break
-        val = validate(model, va_imgs, va_masks) if va_imgs else -float(np.mean(losses))
+        if va_imgs:
+            val, val_mean = validate(model, va_imgs, va_masks, ignore_index=ignore)
+        else:  # no validation tiles: select by training loss
+            val, val_mean = -float(np.mean(losses)), math.nan
         rec = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_dice": val,
+               "val_dice_mean_per_image": val_mean,
                "lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - ep_t0, 1)}
         history.append(rec)
         improved = val > best
@@ -315,7 +334,7 @@ def train(
         _save_state(state_path, model, opt, kind, {"epoch": epoch, "history": history, "best": best,
                                                    "best_epoch": best_epoch, "bad": bad,
                                                    "elapsed": time.time() - train_start})
-        log(f"epoch {epoch:3d}  loss {rec['train_loss']:.4f}  val Dice {val:.4f}  lr {rec['lr']:.2e}  "
+        log(f"epoch {epoch:3d}  loss {rec['train_loss']:.4f}  val Dice {val:.4f} (per-image {val_mean:.4f})  lr {rec['lr']:.2e}  "
             f"{rec['seconds']:.0f}s{'  *best*' if improved else ''}")
         if progress:
             progress({"kind": "epoch", **rec, "best_val_dice": best})
