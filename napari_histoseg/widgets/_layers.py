@@ -101,3 +101,25 @@ def tumour_colormap():
         None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: (0.1, 0.95, 0.3, 1.0), 2: (0.2, 0.5, 1.0, 1.0),
         255: (0.5, 0.5, 0.5, 1.0),
     })
+
+
+def image_under(mask: Labels, image: Image) -> np.ndarray:
+    """The pixels of ``image`` that lie under ``mask`` (same grid), as an array.
+
+    ``mask`` may cover a window (a 'visible area' result) or a coarser pyramid level of
+    ``image``; its scale and translate say which. Raises ValueError when no level of the
+    image has the mask's pixel size.
+    """
+    base = np.asarray(image.scale[-2:], float)
+    ds = float(np.asarray(mask.scale[-2:], float)[0] / base[0])
+    levels = range(len(image.data)) if image.multiscale else [0]
+    level = next((k for k in levels if abs(level_downsample(image, k) - ds) < 0.02 * ds), None)
+    if level is None:
+        raise ValueError(f"'{mask.name}' has pixels {ds:g} x the image's, which no level of '{image.name}' has")
+    origin = np.asarray(image.translate[-2:], float) + (ds - 1) / 2 * base
+    offset = np.round((np.asarray(mask.translate[-2:], float) - origin) / (base * ds)).astype(int)
+    h, w = mask.data.shape[-2:]
+    data = level_data(image, level)
+    if offset.min() < 0 or offset[0] + h > data.shape[0] or offset[1] + w > data.shape[1]:
+        raise ValueError(f"'{mask.name}' reaches outside '{image.name}'")
+    return np.asarray(data[offset[0]:offset[0] + h, offset[1]:offset[1] + w])

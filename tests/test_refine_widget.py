@@ -1,0 +1,100 @@
+"""The Refine widget in a real viewer: strokes refine, undo/redo, hand edits kept."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari_histoseg.refine")
+from napari_histoseg.widgets.refine import RefineWidget  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+def two_tissues(h=160, w=200):
+    """Left: pale pink stroma-like; right: dark purple nuclei-like; a sharp edge at x=100."""
+    rng = np.random.default_rng(0)
+    img = np.empty((h, w, 3), np.float32)
+    img[:, :100] = (235, 170, 200)
+    img[:, 100:] = (90, 50, 140)
+    img += rng.normal(0, 4, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def refining(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    viewer.add_image(two_tissues(), name="slide", rgb=True, scale=(0.5, 0.5), translate=(3.0, 4.0))
+    viewer.add_labels(np.zeros((160, 200), np.uint8), name="tumour", scale=(0.5, 0.5), translate=(3.0, 4.0))
+    w = RefineWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.prior.value = None
+    worker = w.start()
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        pass
+    qtbot.waitUntil(lambda: w.session is not None, timeout=5000)
+    return w
+
+
+def wait_idle(w, qtbot):
+    qtbot.waitUntil(lambda: w._worker is None and not w._pending, timeout=30_000)
+
+
+def test_a_stroke_refines_the_mask_without_crossing_the_edge(refining, qtbot):
+    w = refining
+    assert w.seeds.name == "seeds" and w.seeds.mode == "paint" and w.seeds.selected_label == 1
+    np.testing.assert_allclose(w.seeds.scale, (0.5, 0.5))
+    w.add_click((80, 150), 1)  # one click on the purple side
+    wait_idle(w, qtbot)
+    mask = w.viewer.layers["tumour"].data
+    assert mask[:, 110:].mean() > 0.95 and mask[:, :90].mean() < 0.05
+
+
+def test_undo_and_redo_restore_exactly(refining, qtbot):
+    w = refining
+    w.add_click((80, 150), 1)
+    wait_idle(w, qtbot)
+    first = w.viewer.layers["tumour"].data.copy()
+    w.add_click((80, 40), 1)
+    wait_idle(w, qtbot)
+    second = w.viewer.layers["tumour"].data.copy()
+    assert not np.array_equal(first, second)
+    w.undo()
+    assert np.array_equal(w.viewer.layers["tumour"].data, first)
+    w.undo()
+    assert not w.viewer.layers["tumour"].data.any() and not w.seeds.data.any()
+    w.redo()
+    w.redo()
+    assert np.array_equal(w.viewer.layers["tumour"].data, second)
+
+
+def test_hand_edits_on_the_mask_are_never_overwritten(refining, qtbot):
+    w = refining
+    mask = w.viewer.layers["tumour"]
+    hand = (np.arange(100, 110), np.arange(20, 30))
+    mask.data_setitem(hand, 1)  # a person brushes tumour onto the pink side by hand
+    w.add_click((80, 150), 1)
+    wait_idle(w, qtbot)
+    assert (mask.data[hand] == 1).all()  # kept, although the colour says otherwise
+    assert mask.data[:, 110:].mean() > 0.9 and mask.data[:, :90].mean() < 0.05
+
+
+def test_not_tumour_click_and_accept_records_edits(refining, qtbot):
+    w = refining
+    w.add_click((80, 150), 1)
+    wait_idle(w, qtbot)
+    w.add_click((20, 190), 2)
+    wait_idle(w, qtbot)
+    mask = w.viewer.layers["tumour"]
+    assert mask.data[20, 190] == 0  # a not-tumour seed is always honoured
+    w.accept()
+    edits = mask.metadata["histoseg_edits"]
+    assert edits.shape == mask.data.shape and edits.sum() == (mask.data != 0).sum()
+    assert not w.seeds.data.any()
+
+
+def test_start_without_a_mask_says_why(make_napari_viewer, monkeypatch):
+    shown = []
+    monkeypatch.setattr("napari_histoseg.widgets.refine.show_error", shown.append)
+    viewer = make_napari_viewer()
+    viewer.add_image(two_tissues(), name="slide", rgb=True)
+    w = RefineWidget(viewer)
+    assert w.start() is None and "run Segment first" in shown[-1]
