@@ -1,5 +1,9 @@
 """Segmentation architectures, their registry, and safetensors checkpoints."""
 
+from .._triton_guard import guard as _guard
+
+_guard()  # before smp/timm/torchvision: see napari_histoseg._triton_guard
+
 from . import lightmuseg, unet  # noqa: F401  (register the architectures)
 from .checkpoint import (
     CheckpointError,
