@@ -67,8 +67,12 @@ class RefineWidget(Container):
             row(self.tumour_brush, self.not_tumour_brush), self.click_mode,
             row(self.undo_button, self.redo_button), row(self.reset_button, self.accept_button),
         ])
-        self.native.layout().addWidget(fold)
         self.append(self.status)
+        layout = self.native.layout()
+        row_of_status = next(i for i in range(layout.count())
+                             if layout.itemAt(i).widget() is not None
+                             and layout.itemAt(i).widget().isAncestorOf(self.status.native))
+        layout.insertWidget(row_of_status, fold)
         self.native.setMaximumWidth(460)
 
         self.start_button.clicked.connect(self.start)
