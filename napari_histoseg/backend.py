@@ -29,6 +29,9 @@ class Backend(Protocol):
     def segment(self, image, model_ref: str = BUNDLED, **options) -> Generator[tuple[int, int], None, Prediction]:
         """Generator: yields ``(done, total)`` tiles, returns the :class:`Prediction`."""
 
+    def explain(self, image, model_ref: str = BUNDLED, method: str = "gradcam", **options):
+        """Generator: yields ``(done, total)`` tiles, returns the float32 heat map."""
+
 
 class LocalBackend:
     """Runs models in this process; loaded models are cached per (model, device, engine)."""
@@ -64,3 +67,11 @@ class LocalBackend:
         model = self.model(model_ref, device, engine)
         tile = tile or model.meta.tile_size
         return (yield from iter_predict(image, model, tile=tile, **options))
+
+    def explain(self, image, model_ref: str = BUNDLED, method: str = "gradcam", *, device: str = "auto",
+                tile=None, **options):
+        from .explain import iter_explain
+
+        model = self.model(model_ref, device, "torch")
+        tile = tile or model.meta.tile_size
+        return (yield from iter_explain(image, model, method, tile=tile, **options))

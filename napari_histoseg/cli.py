@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         cli_train.register(sub)
+    from .refine import cli as cli_refine
+
+    cli_refine.register(sub)
     return p
 
 

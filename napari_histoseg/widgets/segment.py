@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import numpy as np
-from magicgui.widgets import (
-    CheckBox, ComboBox, Container, FileEdit, FloatSlider, Label, PushButton, SpinBox,
-)
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, Label, PushButton, SpinBox
 from napari.layers import Image
 from napari.qt.threading import thread_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from ..backend import BUNDLED, LocalBackend
+from ..backend import LocalBackend
 from ..device import available_devices
+from ._model_choice import MODEL_FILE, ModelChoice  # noqa: F401 (MODEL_FILE re-exported)
 from ._layers import level_data, placement, put_image, put_labels, tumour_colormap, visible_region
 
-MODEL_FILE = "checkpoint file…"
 STAIN_CHOICES = [("none", None), ("Macenko", "macenko"), ("Reinhard", "reinhard")]
 
 
@@ -52,9 +50,8 @@ class SegmentWidget(Container):
                                tooltip="visible area: only what the canvas shows now (fast on a whole slide)")
         self.level = SpinBox(label="Pyramid level", min=0, max=0, value=0, visible=False,
                              tooltip="0 = full resolution; higher levels are coarser and faster")
-        self.model = ComboBox(label="Model", choices=[("bundled default", BUNDLED), (MODEL_FILE, MODEL_FILE)],
-                              tooltip="The bundled default model or a .safetensors checkpoint")
-        self.model_file = FileEdit(label="Checkpoint", mode="r", filter="*.safetensors", visible=False)
+        self.model_choice = ModelChoice(on_change=self._sync_to_model)
+        self.model, self.model_file = self.model_choice.widgets
         self.device = ComboBox(label="Device", choices=available_devices(), value="auto",
                                tooltip="auto: cuda, then mps, then cpu")
         self.engine = ComboBox(label="Engine", choices=[("PyTorch", "torch"), ("ONNX Runtime (CPU)", "onnx")],
@@ -81,8 +78,6 @@ class SegmentWidget(Container):
             self.status,
         ])
         self._model_pre: dict = {}
-        self.model.changed.connect(self._on_model)
-        self.model_file.changed.connect(self._sync_to_model)
         self.image.changed.connect(self._on_image)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
@@ -103,21 +98,10 @@ class SegmentWidget(Container):
         self.level.max = n - 1
         self.level.visible = n > 1
 
-    def _on_model(self, value=None):
-        self.model_file.visible = self.model.value == MODEL_FILE
-        self._sync_to_model()
-
     def _sync_to_model(self, _=None):
         """Take the tile size and preprocessing the chosen model was trained with."""
-        from ..models.checkpoint import read_meta
-
         try:
-            ref = self.model_ref()
-            if ref == BUNDLED:
-                from ..api import bundled_model_path
-
-                ref = bundled_model_path()
-            meta = read_meta(ref)
+            meta = self.model_choice.meta()
         except Exception as e:  # noqa: BLE001 - shown in the status line
             self.status.value = f"Model: {e}"
             return
@@ -129,12 +113,7 @@ class SegmentWidget(Container):
         self.status.value = f"Model: {meta.name} v{meta.model_version} ({meta.arch}), trained on {meta.tile_size} px tiles"
 
     def model_ref(self) -> str:
-        if self.model.value == MODEL_FILE:
-            path = str(self.model_file.value)
-            if not path or path == "." or not path.endswith(".safetensors"):
-                raise ValueError("choose a .safetensors checkpoint file for the model")
-            return path
-        return BUNDLED
+        return self.model_choice.ref()
 
     def preprocessor(self, data):
         """A fitted Preprocessor for the chosen options, or None when all are off."""

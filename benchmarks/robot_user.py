@@ -1,0 +1,234 @@
+"""The simulated annotator of DESIGN.md over the real test splits in ../shared/data.
+
+For every test tile of camelyon and bcss (``--limit`` per set): the robot clicks on the
+largest error, this project's refinement (a warm RefineSession, one update per click) and
+skimage's random_walker (mode cg_mg, seeds only: it cannot use a prior) answer, and Dice
+is recorded after 0..20 clicks. Two arms: without a prior, and with the model's
+probability as prior (the bundled model, or ``--model``). Prints mean Dice after 0, 1, 2,
+3, 5, 10, 20 clicks and NoC@90 per set, arm and method.
+
+    python benchmarks/robot_user.py                      # default: 4 tiles per set
+    python benchmarks/robot_user.py --limit 0 --no-rw    # every test tile, ours only
+    python benchmarks/robot_user.py --postprocess        # coarse vs coarse + LP (paper, a)
+    python benchmarks/robot_user.py --colour-spaces      # which colour separates tumour edges
+
+Needs ../shared/data (skips with a message where it is absent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+SHARED = REPO.parent / "shared" / "data"
+AT = (0, 1, 2, 3, 5, 10, 20)
+
+
+def tiles(name: str, split: str = "test", limit: int = 0):
+    from skimage.io import imread
+
+    root = SHARED / name
+    meta = json.loads((root / "dataset.json").read_text())
+    chosen = [t for t in meta["tiles"] if t.get("split") == split]
+    if limit:
+        step = max(1, len(chosen) // limit)  # spread over the set, deterministic
+        chosen = chosen[::step][:limit]
+    for t in chosen:
+        yield t["id"], imread(root / t["image"])[..., :3], imread(root / t["mask"])
+
+
+def load_prior_fn(model_path, cache=None):
+    """``fn(image, set_name, tile_id) -> probability``; reads/writes ``cache/SET-ID.npy``."""
+    if cache:
+        Path(cache).mkdir(parents=True, exist_ok=True)
+    model = []
+
+    def fn(img, name, tid):
+        path = Path(cache) / f"{name}-{tid}.npy" if cache else None
+        if path is not None and path.exists():
+            return np.load(path)
+        if not model:
+            model.append(_load_model(model_path))
+        from napari_histoseg import segment
+
+        p = segment(img, model[0]).astype(np.float32)
+        if path is not None:
+            np.save(path, p)
+        return p
+
+    try:
+        if not cache or not any(Path(cache).glob("*.npy")):
+            model.append(_load_model(model_path))
+    except Exception as e:  # no bundled model yet
+        print(f"# no model ({e}); the prior arm is skipped")
+        return None
+    print(f"# prior: model {model_path or 'bundled'}" + (f", cached in {cache}" if cache else ""))
+    return fn
+
+
+def _load_model(model_path):
+    from napari_histoseg import load_model
+
+    return load_model(model_path, device="cpu")
+
+
+def parse_params(items):
+    out = {}
+    for kv in items or ():
+        k, v = kv.split("=", 1)
+        out[k] = None if v == "None" else (v if k == "color_space" else float(v))
+    return out
+
+
+def run_robot(args):
+    from napari_histoseg.robot import noc, random_walker_refiner, session_refiner, simulate_clicks
+
+    params = parse_params(args.param)
+    prior_fn = None if args.no_prior_arm else load_prior_fn(args.model, args.prior_cache)
+    arms = ["none"] + (["model"] if prior_fn else [])
+    methods = {"LP (ours)": lambda: session_refiner(**params)}
+    if not args.no_rw:
+        methods["random_walker"] = lambda: random_walker_refiner()
+    print(f"# params {params or 'defaults'}; clicks {args.clicks}; limit {args.limit or 'all'} per set")
+    for name in args.sets:
+        if not (SHARED / name).exists():
+            print(f"# {SHARED / name} is absent: skipped")
+            continue
+        res = {(a, m): [] for a in arms for m in methods}
+        times = {m: [] for m in methods}
+        for tid, img, truth in tiles(name, "test", args.limit):
+            prior = prior_fn(img, name, tid) if prior_fn else None
+            for arm in arms:
+                for m, make in methods.items():
+                    if m == "random_walker" and arm != "none":
+                        continue  # seeds only: the same as the no-prior arm
+                    fn = make()
+                    t0 = time.perf_counter()
+                    d = simulate_clicks(img, truth, fn, prior=prior if arm == "model" else None,
+                                        max_clicks=args.clicks)
+                    times[m].append((time.perf_counter() - t0) / args.clicks)
+                    res[(arm, m)].append(d)
+        n = len(next(iter(res.values())))
+        print(f"\n## {name} test split, {n} tiles (512 x 512)")
+        print("| prior | method | " + " | ".join(f"Dice@{k}" for k in AT if k <= args.clicks) + " | NoC@90 |")
+        print("|---|---|" + "---|" * (sum(k <= args.clicks for k in AT) + 1))
+        for (arm, m), ds in res.items():
+            if not ds:
+                continue
+            a = np.array(ds)
+            cells = " | ".join(f"{a[:, k].mean():.3f}" for k in AT if k <= args.clicks)
+            nocs = np.mean([noc(d, 0.9) for d in ds])
+            print(f"| {arm} | {m} | {cells} | {nocs:.1f} |")
+        for m, t in times.items():
+            print(f"# {name}: {m}: mean {np.mean(t) * 1000:.0f} ms per click (incl. session setup)")
+
+
+def run_postprocess(args):
+    from napari_histoseg.metrics import boundary_f, dice
+    from napari_histoseg.refine import RefineSession
+
+    prior_fn = load_prior_fn(args.model, args.prior_cache)
+    if prior_fn is None:
+        return
+    params = parse_params(args.param)
+    alpha = params.pop("postprocess_alpha", 0.9)
+    for name in args.sets:
+        rows = []
+        for tid, img, truth in tiles(name, "test", args.limit):
+            p = prior_fn(img, name, tid)
+            coarse = (p >= 0.5).astype(np.uint8)
+            lp = RefineSession(img, p, **params).postprocess(alpha=alpha)
+            rows.append((dice(coarse, truth), dice(lp, truth), boundary_f(coarse, truth), boundary_f(lp, truth)))
+        a = np.array(rows)
+        print(f"## {name} test split, {len(rows)} tiles: coarse vs coarse + LP (alpha {alpha})")
+        print(f"Dice {a[:, 0].mean():.4f} -> {a[:, 1].mean():.4f} ({100 * (a[:, 1].mean() / a[:, 0].mean() - 1):+.2f} %); "
+              f"boundary F (5 px) {a[:, 2].mean():.4f} -> {a[:, 3].mean():.4f} "
+              f"({100 * (a[:, 3].mean() / a[:, 2].mean() - 1):+.2f} %); "
+              f"tiles improved (Dice) {(a[:, 1] > a[:, 0]).sum()}/{len(rows)}")
+
+
+def run_colour_spaces(args):
+    """AUC of neighbouring-superpixel colour distance: tumour|other pairs vs same-class pairs."""
+    from scipy.stats import rankdata
+
+    from napari_histoseg.refine.graph import _lab, regional_colour, superpixels
+    from napari_histoseg.stain import deconvolve, optical_density
+
+    def auc(y, d):
+        r = rankdata(d)
+        n1 = y.sum()
+        return (r[y].sum() - n1 * (n1 + 1) / 2) / (n1 * (len(y) - n1))
+
+    spaces = {"lab": _lab, "rgb": lambda im: im.astype(np.float32), "od": optical_density,
+              "hed": lambda im: deconvolve(im)[..., :2]}
+    for name in args.sets:
+        res = {}
+        for tid, img, truth in tiles(name, "test" if args.limit else "all", args.limit):
+            sp = superpixels(_lab(img), 16)
+            n, fl = sp.max() + 1, sp.ravel()
+            cnt = np.bincount(fl, minlength=n)
+            a = np.concatenate([sp[:, :-1].ravel(), sp[:-1].ravel()])
+            b = np.concatenate([sp[:, 1:].ravel(), sp[1:].ravel()])
+            k = a != b
+            e = np.unique(np.stack([np.minimum(a[k], b[k]), np.maximum(a[k], b[k])], 1), axis=0)
+            frac = np.bincount(fl, truth.ravel() == 1, minlength=n) / cnt
+            pure = (frac < 0.1) | (frac > 0.9)
+            e = e[pure[e[:, 0]] & pure[e[:, 1]]]
+            y = (frac[e[:, 0]] > 0.5) != (frac[e[:, 1]] > 0.5)
+            if y.sum() < 20:
+                continue
+            yy, xx = np.divmod(np.arange(fl.size), sp.shape[1])
+            cy = (np.bincount(fl, yy, minlength=n) / cnt)
+            cx = (np.bincount(fl, xx, minlength=n) / cnt)
+            for sname, f in spaces.items():
+                feat = f(img).astype(np.float32)
+                for scale in (0, 16):
+                    if scale:
+                        sm, kf = regional_colour(feat, scale)
+                        mu = sm[np.clip((cy / kf).astype(int), 0, sm.shape[0] - 1),
+                                np.clip((cx / kf).astype(int), 0, sm.shape[1] - 1)]
+                    else:
+                        ff = feat.reshape(-1, feat.shape[-1])
+                        mu = np.stack([np.bincount(fl, ff[:, c], minlength=n) for c in range(ff.shape[1])], 1) / cnt[:, None]
+                    d = ((mu[e[:, 0]] - mu[e[:, 1]]) ** 2).sum(1)
+                    res.setdefault((sname, scale), []).append(auc(y, d))
+        print(f"## {name}: AUC of superpixel colour distance (cross-class vs same-class neighbours), "
+              f"{len(next(iter(res.values())))} tiles")
+        for (sname, scale), v in res.items():
+            print(f"{sname:4s} {'superpixel mean' if scale == 0 else 'regional (sigma 16 px)':24s} {np.mean(v):.3f}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sets", nargs="+", default=["camelyon", "bcss"])
+    ap.add_argument("--limit", type=int, default=4, help="tiles per set (0 = all test tiles)")
+    ap.add_argument("--clicks", type=int, default=20)
+    ap.add_argument("--model", default=None, help="checkpoint for the prior (default: bundled)")
+    ap.add_argument("--prior-cache", help="folder for the model's probabilities (SET-ID.npy), reused")
+    ap.add_argument("--no-rw", action="store_true", help="skip random_walker")
+    ap.add_argument("--no-prior-arm", action="store_true")
+    ap.add_argument("--param", action="append", help="refinement parameter key=value (repeatable)")
+    ap.add_argument("--postprocess", action="store_true", help="coarse vs coarse + LP post-processing")
+    ap.add_argument("--colour-spaces", action="store_true", help="colour-space separability table")
+    args = ap.parse_args(argv)
+    if not SHARED.exists():
+        print(f"{SHARED} is absent: nothing to measure")
+        return 0
+    if args.colour_spaces:
+        run_colour_spaces(args)
+    elif args.postprocess:
+        run_postprocess(args)
+    else:
+        run_robot(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""The label-propagation refinement engine (napari_histoseg.refine), its CLI and the robot."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from skimage.io import imread, imsave
+
+from napari_histoseg.refine import RefineSession, SeedError, postprocess, refine
+from napari_histoseg.robot import next_click, noc, simulate_clicks
+
+PINK, PURPLE = (232, 190, 215), (110, 50, 140)
+
+
+def disk_image(size=512, radius=150, noise=8.0, seed=0):
+    """Pale pink with a purple disk 300 px wide in the middle, plus noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    inside = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 <= radius ** 2
+    img = np.where(inside[..., None], PURPLE, PINK).astype(np.float32)
+    img = np.clip(img + rng.normal(0, noise, img.shape), 0, 255).astype(np.uint8)
+    return img, inside
+
+
+def click(shape, y, x, label, r=5):
+    s = np.zeros(shape, np.uint8)
+    s[max(0, y - r):y + r + 1, max(0, x - r):x + r + 1] = label
+    return s
+
+
+@pytest.fixture(scope="module")
+def real():
+    """A 384 x 384 crop of the bundled breast carcinoma sample and a smooth prior."""
+    from scipy import ndimage
+
+    from napari_histoseg._sample_data import breast_carcinoma
+
+    img = np.asarray(breast_carcinoma()[0][0])[300:684, 300:684, :3].copy()
+    dark = 255.0 - img.mean(-1)
+    prior = ndimage.gaussian_filter(dark, 12)
+    prior = ((prior - prior.min()) / (np.ptp(prior) + 1e-6)).astype(np.float32)
+    return img, prior
+
+
+@pytest.mark.parametrize("with_prior", [False, True])
+def test_one_click_flips_a_uniform_region_and_stops_at_its_edge(with_prior):
+    img, inside = disk_image()
+    prior = np.full(inside.shape, 0.2, np.float32) if with_prior else None  # model: no tumour
+    labels = refine(img, click(inside.shape, 256, 256, 1), prior=prior)
+    assert labels.dtype == np.uint8 and labels.shape == inside.shape
+    assert set(np.unique(labels)) <= {0, 1}
+    from scipy import ndimage
+
+    core = ndimage.binary_erosion(inside, iterations=3)
+    outside = ~ndimage.binary_dilation(inside, iterations=3)
+    assert labels[core].mean() > 0.99, "the whole 300 px disk flips to tumour"
+    assert labels[outside].mean() < 0.01, "no tumour across the strong colour edge"
+
+
+def test_not_tumour_click_removes_a_false_region_and_keeps_the_rest():
+    img, inside = disk_image()
+    prior = np.where(inside, 0.8, 0.2).astype(np.float32)
+    prior[:, :60] = 0.8  # a false tumour strip on the pink side, 60 px wide
+    labels = refine(img, click(inside.shape, 256, 20, 2), prior=prior)
+    assert labels[:, :50].mean() < 0.01
+    assert labels[inside].mean() > 0.99
+
+
+def test_seeds_are_always_honoured(real):
+    img, prior = real
+    rng = np.random.default_rng(1)
+    seeds = np.zeros(img.shape[:2], np.uint8)
+    ys, xs = rng.integers(0, 384, 40), rng.integers(0, 384, 40)
+    seeds[ys[:20], xs[:20]] = 1
+    seeds[ys[20:], xs[20:]] = 2
+    seeds[100:104, 100:140] = 2  # a stroke of one class inside the other's area
+    seeds[200:203, 50:300] = 1
+    for p in (None, prior, 1.0 - prior):
+        labels = refine(img, seeds, prior=p)
+        assert np.all(labels[seeds == 1] == 1) and np.all(labels[seeds == 2] == 0)
+
+
+@pytest.mark.parametrize("seeds,match", [
+    (np.zeros((10, 10), np.uint8), "shape"),
+    (np.full((64, 64), 3, np.uint8), "label value.*3.*only 0"),
+    (np.zeros((64, 64), np.uint8), "no seeds"),
+    (np.full((64, 64), -1, np.int16), "label value.*-1"),
+    (np.full((64, 64), 0.5), "whole numbers"),
+])
+def test_bad_seeds_raise_seed_error_with_a_clear_message(seeds, match):
+    img = np.zeros((64, 64, 3), np.uint8)
+    with pytest.raises(SeedError, match=match):
+        refine(img, seeds)
+    session = RefineSession(np.full((64, 64, 3), 200, np.uint8))
+    with pytest.raises(SeedError, match=match):
+        session.update(seeds)
+    assert issubclass(SeedError, ValueError)
+
+
+def test_warm_updates_agree_with_a_cold_refine(real):
+    img, prior = real
+    session = RefineSession(img, prior)
+    seeds = np.zeros(img.shape[:2], np.uint8)
+    truth = prior > 0.35  # a made-up truth for the robot's clicks
+    pred = (prior >= 0.5).astype(np.uint8)
+    for _ in range(6):
+        c = next_click(pred, truth.astype(np.uint8))
+        seeds |= click(seeds.shape, c[0], c[1], c[2]) * (seeds == 0)
+        pred = session.update(seeds)
+    cold = refine(img, seeds, prior=prior)
+    assert np.mean(pred != cold) < 0.005
+    assert session.timings["total"] < 5
+
+
+def test_view_limits_the_redraw_and_a_later_full_update_catches_up():
+    from scipy import ndimage
+
+    img, inside = disk_image()
+    core = ndimage.binary_erosion(inside, iterations=3)
+    session = RefineSession(img, np.full(inside.shape, 0.2, np.float32))
+    before = session.labels
+    seeds = click(inside.shape, 256, 256, 1)
+    labels = session.update(seeds, view=(0, 0, 256, 512))  # the top half is on screen
+    assert np.array_equal(labels[300:], before[300:])
+    assert labels[120:240][core[120:240]].mean() > 0.99
+    full = session.update(seeds)
+    assert full[core & (np.arange(512)[:, None] > 300)].mean() > 0.99
+
+
+def test_postprocess_returns_labels_of_the_image_shape(real):
+    img, prior = real
+    for labels in (RefineSession(img, prior).postprocess(), postprocess(img, prior)):
+        assert labels.shape == prior.shape and labels.dtype == np.uint8
+        assert set(np.unique(labels)) <= {0, 1}
+        assert np.mean(labels == (prior >= 0.5)) > 0.9  # a smoothing, not a new answer
+    with pytest.raises(ValueError, match="prior"):
+        RefineSession(img).postprocess()
+
+
+def test_cli_writes_a_01_png(tmp_path, capsys):
+    import tifffile
+
+    from napari_histoseg.cli import main
+
+    img, inside = disk_image(256, 80)
+    imsave(tmp_path / "img.png", img, check_contrast=False)
+    imsave(tmp_path / "seeds.png", click(inside.shape, 128, 128, 1) + click(inside.shape, 10, 10, 2),
+           check_contrast=False)
+    tifffile.imwrite(tmp_path / "prob.tif", np.full(inside.shape, 0.3, np.float32))
+    out = tmp_path / "out" / "mask.png"
+    rc = main(["refine", str(tmp_path / "img.png"), "--seeds", str(tmp_path / "seeds.png"),
+               "--prior", str(tmp_path / "prob.tif"), "-o", str(out)])
+    assert rc == 0
+    m = imread(out)
+    assert m.dtype == np.uint8 and m.shape == inside.shape and set(np.unique(m)) <= {0, 1}
+    assert m[inside].mean() > 0.95 and m[~inside].mean() < 0.05
+    assert "% tumour" in capsys.readouterr().out
+    imsave(tmp_path / "bad.png", np.full((256, 256), 7, np.uint8), check_contrast=False)
+    rc = main(["refine", str(tmp_path / "img.png"), "--seeds", str(tmp_path / "bad.png"), "-o", str(out)])
+    assert rc == 2 and "only 0" in capsys.readouterr().err
+
+
+def test_robot_clicks_into_the_largest_error_and_counts_clicks():
+    truth = np.zeros((100, 100), np.uint8)
+    truth[10:60, 10:60] = 1  # 50 x 50 missed
+    pred = np.zeros_like(truth)
+    pred[80:90, 80:90] = 1  # 10 x 10 false
+    assert next_click(pred, truth) == (34, 34, 1) or next_click(pred, truth)[2] == 1
+    assert next_click(truth, truth) is None
+    img, inside = disk_image(256, 80)
+    dices = simulate_clicks(img, inside.astype(np.uint8), refine, max_clicks=3)
+    assert len(dices) == 4 and dices[0] == 0.0 and dices[1] > 0.9
+    assert noc(dices) == 1 and noc([0.1, 0.2]) == 1
