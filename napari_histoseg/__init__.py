@@ -12,7 +12,7 @@ and the sample data) does not import torch.
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_model", "segment"]
+__all__ = ["__version__", "load_model", "segment", "explain"]
 
 
 def __getattr__(name):
@@ -20,4 +20,8 @@ def __getattr__(name):
         from . import api
 
         return getattr(api, name)
+    if name == "explain":
+        from .explain import explain
+
+        return explain
     raise AttributeError(f"module 'napari_histoseg' has no attribute {name!r}")

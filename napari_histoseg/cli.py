@@ -99,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .refine import cli as cli_refine
 
     cli_refine.register(sub)
+    try:
+        from . import explain_cli
+    except ImportError:
+        pass
+    else:
+        explain_cli.register(sub)
     return p
 
 
