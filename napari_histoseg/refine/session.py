@@ -40,7 +40,7 @@ __all__ = ["RefineSession", "DEFAULTS"]
 
 DEFAULTS = dict(prior_weight=0.5, sigma_color=None, color_sensitivity=1.0, alpha=0.999,
                 alpha_fine=0.9999, superpixel_size=16, color_space="lab", no_prior_bias=0.05,
-                change_tol=1e-3)
+                change_tol=1e-2, tol=1e-2)
 
 
 class RefineSession:
@@ -78,7 +78,10 @@ class RefineSession:
         stop at its edges instead of flooding the image. Default 0.05.
     change_tol : float
         Superpixels whose coarse ``G`` moved less than this keep their pixels (and
-        superpixels with ``|G|`` below it get no pixel-level solve).
+        superpixels with ``|G|`` below it get no pixel-level solve). Default 0.01.
+    tol : float
+        Relative residual at which the pixel-level conjugate gradients stop (the
+        superpixel level uses at most 1e-3). Default 0.01.
 
     Attributes
     ----------
@@ -196,7 +199,8 @@ class RefineSession:
         tot = self._nt + self._nn
         clamped = tot > 0
         target = (self._nt - self._nn) / np.maximum(tot, 1)
-        G = solve_clamped(self._S, np.zeros(n), clamped, target - self._yc, p["alpha"], x0=self._G)
+        G = solve_clamped(self._S, np.zeros(n), clamped, target - self._yc, p["alpha"], x0=self._G,
+                          tol=min(p["tol"], 1e-3))
         Lc = self._yc + G > 0
         e = self.graph.edges
         active = np.abs(G) > p["change_tol"]
@@ -205,26 +209,39 @@ class RefineSession:
         band[e[cut, 0]] = True
         band[e[cut, 1]] = True
         t2 = time.perf_counter()
+        tol = p["change_tol"]
         if self._G is None:
-            work = np.abs(G) > 0
+            changed = np.abs(G) > 0
+            big = changed.copy()
+            shift = np.zeros(n)
         else:
-            work = (np.abs(G - self._G) > p["change_tol"]) | (band != self._band) | touched
-            work |= band & ((self._adj @ work.astype(np.float64)) > 0)
-        work |= self._dirty
+            shift = G - self._G
+            changed = (np.abs(shift) > tol) | (band != self._band) | touched
+            # the pixel-level solve is redone where the coarse answer moved a lot, where
+            # a superpixel joined the band, and around new seeds; elsewhere in the band
+            # the last pixel solution is shifted by the coarse change
+            big = (np.abs(shift) > 5 * tol) | (band & ~self._band) | touched
+            big |= band & ((self._adj @ touched.astype(np.float64)) > 0)
+        big |= self._dirty
+        changed |= self._dirty
         if view is not None:
             inside = self._in_view(view)
-            self._dirty = work & ~inside
-            work &= inside
+            self._dirty = changed & ~inside
+            changed &= inside
+            big &= inside
         else:
             self._dirty[:] = False
         self._G, self._band = G, band
-        nodes = np.flatnonzero(work)
-        plain = nodes[~band[nodes]]
+        plain = np.flatnonzero(changed & ~band)
         pix = plain_pix = self._pixels(plain)
         gp = np.repeat(G[plain], self._count[plain]).astype(np.float32)
         self._Gpix[pix] = gp
         self._labels[pix] = self._y[pix] + gp > 0
-        fine = nodes[band[nodes]]
+        moved = np.flatnonzero(changed & band & ~big)
+        pix = moved_pix = self._pixels(moved)
+        self._Gpix[pix] += np.repeat(shift[moved], self._count[moved]).astype(np.float32)
+        self._labels[pix] = self._y[pix] + self._Gpix[pix] > 0
+        fine = np.flatnonzero(big & band)
         pix = self._pixels(fine)
         sd = self._seeds[pix]
         seeded = sd > 0
@@ -232,16 +249,16 @@ class RefineSession:
         self._Gpix[sp_] = np.where(sd[seeded] == TUMOUR, 1.0, -1.0) - self._y[sp_]
         U = pix[~seeded]
         Gu = solve_pixels(U, np.zeros(U.size), self._Gpix, self.affinity, p["alpha_fine"], self._pos,
-                          x0=self._Gpix[U].astype(np.float64))
+                          x0=self._Gpix[U].astype(np.float64), tol=p["tol"])
         self._Gpix[U] = Gu
         self._labels[U] = self._y[U] + Gu > 0
-        allpix = np.concatenate([plain_pix, pix])
+        allpix = np.concatenate([plain_pix, moved_pix, pix])
         sd = self._seeds[allpix]
         hit = sd > 0
         self._labels[allpix[hit]] = sd[hit] == TUMOUR
         t3 = time.perf_counter()
         self.timings.update(seeds=t1 - t0, coarse=t2 - t1, fine=t3 - t2, total=t3 - t0,
-                            fine_pixels=int(U.size), nodes=int(nodes.size))
+                            fine_pixels=int(U.size), redrawn=int(changed.sum()))
         return self.labels
 
     def postprocess(self, alpha: float = 0.9) -> np.ndarray:

@@ -1,0 +1,148 @@
+"""Time per interaction of the refinement, beside skimage's random_walker, in one run.
+
+Images: real H&E at 1024 x 1024 (the top-left of BCSS region 1015, the bcss test split
+in ../shared/data, with its tumour mask) and 4096 x 4096 (that 4096 x 2048 region over
+its mirror image). Without ../shared the bundled TIAToolbox sample is tiled up instead
+(and the clicks come from a mask made of its dark regions).
+
+Clicks: the simulated annotator of DESIGN.md (largest error, disk of 5 px) drives a warm
+RefineSession for ``--clicks`` clicks without a prior; each ``update`` (one new click on
+top of the earlier ones) is timed. random_walker (mode cg_mg, pyamg, beta 130) is timed
+on the same image with the same seeds after several of those clicks (``--rw-at``); at
+4096^2 it runs once (after the last click) because one run takes about a minute.
+Prints median and 95th percentile per interaction and the ratio of medians.
+
+    python benchmarks/bench_refine.py                  # 1024^2 and 4096^2
+    python benchmarks/bench_refine.py --sizes 1024 --clicks 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+BCSS = REPO.parent / "shared" / "data" / "bcss"
+
+
+def bcss_region(group: str = "1015"):
+    from skimage.io import imread
+
+    meta = json.loads((BCSS / "dataset.json").read_text())
+    ts = [t for t in meta["tiles"] if t.get("group") == group]
+    h = max(t["y"] + t["height"] for t in ts)
+    w = max(t["x"] + t["width"] for t in ts)
+    img, mask = np.zeros((h, w, 3), np.uint8), np.zeros((h, w), np.uint8)
+    for t in ts:
+        ys, xs = slice(t["y"], t["y"] + t["height"]), slice(t["x"], t["x"] + t["width"])
+        img[ys, xs] = imread(BCSS / t["image"])[..., :3]
+        mask[ys, xs] = imread(BCSS / t["mask"])
+    return img, mask
+
+
+def test_image(size: int):
+    """(image, truth, description) of ``size`` x ``size`` real H&E."""
+    if (BCSS / "dataset.json").exists():
+        img, mask = bcss_region()
+        while img.shape[0] < size or img.shape[1] < size:
+            img = np.concatenate([img, img[::-1]], axis=0) if img.shape[0] < size else np.concatenate([img, img[:, ::-1]], 1)
+            mask = np.concatenate([mask, mask[::-1]], axis=0) if mask.shape[0] < size else np.concatenate([mask, mask[:, ::-1]], 1)
+        return img[:size, :size].copy(), mask[:size, :size].copy(), "BCSS region 1015 (bcss test split)"
+    from scipy import ndimage
+
+    from napari_histoseg._sample_data import breast_carcinoma
+
+    tile = np.asarray(breast_carcinoma()[0][0])[..., :3]
+    reps = -(-size // tile.shape[0])
+    img = np.tile(tile, (reps, reps, 1))[:size, :size].copy()
+    dark = ndimage.gaussian_filter(255.0 - img.mean(-1), 8)
+    return img, (dark > np.percentile(dark, 60)).astype(np.uint8), "bundled TIAToolbox sample, tiled"
+
+
+def pct(a, q):
+    return float(np.percentile(np.asarray(a) * 1000.0, q))
+
+
+def run(size: int, clicks: int, rw_at, view):
+    from skimage.segmentation import random_walker
+
+    from napari_histoseg.metrics import dice
+    from napari_histoseg.refine import RefineSession
+    from napari_histoseg.robot import _paint, next_click
+
+    img, truth, what = test_image(size)
+    print(f"\n## {size} x {size}: {what}")
+    t0 = time.perf_counter()
+    session = RefineSession(img)
+    setup = time.perf_counter() - t0
+    print(f"session setup (colour, SLIC, graphs): {setup:.2f} s; {session.graph.n} superpixels")
+    seeds = np.zeros(truth.shape, np.uint8)
+    pred = np.zeros(truth.shape, np.uint8)
+    times, snapshots = [], {}
+    for k in range(1, clicks + 1):
+        if view:  # the person clicks on what is on screen
+            vy, vx, vh, vw = view
+            c = next_click(pred[vy:vy + vh, vx:vx + vw], truth[vy:vy + vh, vx:vx + vw])
+            c = None if c is None else (c[0] + vy, c[1] + vx, c[2])
+        else:
+            c = next_click(pred, truth)
+        if c is None:
+            break
+        _paint(seeds, *c)
+        t = time.perf_counter()
+        pred = session.update(seeds, view=view)
+        times.append(time.perf_counter() - t)
+        if k in rw_at:
+            snapshots[k] = (seeds.copy(), pred.copy())
+    warm = times[1:]
+    print(f"ours: {len(times)} clicks; per interaction (clicks 2..{len(times)}, warm): median "
+          f"{pct(warm, 50):.1f} ms, 95th percentile {pct(warm, 95):.1f} ms, max {pct(warm, 100):.1f} ms; "
+          f"first click {times[0] * 1000:.1f} ms; Dice after {len(times)} clicks {dice(pred, truth):.3f}"
+          + (f"; view {view}" if view else ""))
+    rw_times = []
+    for k, (s, ours) in sorted(snapshots.items()):
+        if np.unique(s[s > 0]).size < 2:
+            continue  # random_walker needs both classes
+        t = time.perf_counter()
+        rw = random_walker(img, s.astype(np.int32), beta=130, mode="cg_mg", channel_axis=-1)
+        rw_times.append(time.perf_counter() - t)
+        agree = float(np.mean((rw == 1) == (ours == 1)))
+        print(f"random_walker cg_mg after click {k}: {rw_times[-1]:.2f} s "
+              f"(Dice {dice((rw == 1).astype(np.uint8), truth):.3f}, agrees with ours on {100 * agree:.1f} % of pixels)")
+    if rw_times:
+        ratio = np.median(rw_times) / np.median(warm)
+        print(f"random_walker: {len(rw_times)} run(s), median {np.median(rw_times):.2f} s; "
+              f"ratio of medians random_walker / ours = {ratio:.0f}x")
+    return dict(size=size, setup_s=setup, median_ms=pct(warm, 50), p95_ms=pct(warm, 95),
+                rw_s=[float(x) for x in rw_times])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096])
+    ap.add_argument("--clicks", type=int, default=20)
+    ap.add_argument("--rw-at", type=int, nargs="+", default=[5, 10, 20],
+                    help="clicks after which random_walker runs (at 1024^2; 4096^2: the last only)")
+    ap.add_argument("--view", type=int, default=0,
+                    help="also time 4096^2 with a view of this many px square around the image centre")
+    args = ap.parse_args(argv)
+    import os
+
+    print(f"# CPU cores: {os.cpu_count()}; numpy {np.__version__}")
+    for size in args.sizes:
+        rw_at = set(args.rw_at) if size <= 2048 else {max(args.rw_at)}
+        run(size, args.clicks, rw_at, None)
+        if args.view and size > args.view:
+            v = ((size - args.view) // 2, (size - args.view) // 2, args.view, args.view)
+            run(size, args.clicks, set(), v)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
