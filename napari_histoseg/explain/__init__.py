@@ -42,7 +42,8 @@ from __future__ import annotations
 import sys
 import types
 
-from .core import METHODS, TARGETS, ExplainError, explain, iter_explain
+from ._common import METHODS, TARGETS, ExplainError
+from .core import explain, iter_explain
 
 __all__ = ["METHODS", "TARGETS", "ExplainError", "explain", "iter_explain"]
 

@@ -1,87 +1,31 @@
-"""The entry points :func:`explain` and :func:`iter_explain`, targets and the tiled driver.
+"""The entry points :func:`explain` and :func:`iter_explain`.
 
-Tiling follows :mod:`napari_histoseg.inference` exactly (same tile starts, same
-raised-cosine blend window, same mirrored reads, same context margin around a region),
-so a heat map lines up pixel for pixel with the probability map of the same view.
+They check the request, pick the per-tile explainer (:mod:`.gradcam`, :mod:`.shap`,
+:mod:`.uncertainty`) and run it over the inference engine's tiles (:mod:`.tiled`), so a
+heat map lines up pixel for pixel with the probability map of the same view.
+Predictive entropy comes straight from :func:`~napari_histoseg.inference.iter_predict`.
 
-How each kind of map is put together from tiles:
-
-* **gradcam** and **mc-dropout** maps are per-location quantities (activations, moments
-  of a probability). They are blended like predictions: a weighted mean of the tiles
-  that cover a pixel.
-* **shap** attributions are additive (they sum to the change of the target). The
-  target of the whole view is the blended logit summed over the target pixels, so each
-  tile explains its share of it: target pixel ``p`` counts in tile ``t`` with weight
-  ``w_t(p) / sum_s w_s(p)``, and the tiles' attributions are *summed*. That is the exact
-  gradient decomposition of the blended target (up to the receptive field cut at a
-  tile's edge) and leaves no seams.
-* **entropy** is computed from the blended probability of
-  :func:`~napari_histoseg.inference.iter_predict`.
-
-Normalisation (Grad-CAM to [0, 1], SHAP to [-1, 1]) is done **once, after blending**,
-over the whole output, never per tile: tiles stay comparable, and a tile with little
-evidence stays dim instead of being stretched to full red.
+Normalisation (Grad-CAM to [0, 1], SHAP to [-1, 1], by the largest absolute value) is
+done **once, after blending**, over the whole output, never per tile: tiles stay
+comparable, and a tile with little evidence stays dim instead of being stretched to
+full red. The uncertainty maps are absolute (bits, probability spread) and never
+normalised, so two views can be compared.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Generator, Optional
 
 import numpy as np
 
-from ..inference import STRIDE, Cancelled, _check_image, _read, _round_tile, blend_window, tile_starts
+from ..inference import Cancelled, _check_image
+from ._common import METHODS, TARGETS, ExplainError
+from .tiled import iter_tiles, plan_tiles, target_array
 
-METHODS = ("gradcam", "shap", "entropy", "mc-dropout")
-TARGETS = ("mask", "all", "view")
+__all__ = ["METHODS", "TARGETS", "ExplainError", "explain", "iter_explain", "tumour_channel"]
 
 _DEFAULT_SAMPLES = {"shap": 8, "mc-dropout": 16}
-
-
-class ExplainError(ValueError):
-    """An explanation that cannot be computed as asked; the message says why and what to do."""
-
-
-@dataclass
-class _Plan:
-    """Tiling of the context window around a region, as in ``inference.iter_predict``."""
-
-    region: tuple[int, int, int, int]   # (ry, rx, rh, rw) in image pixels
-    context: tuple[int, int, int, int]  # (cy0, cx0, ch, cw) in image pixels
-    tile: tuple[int, int]               # (th, tw)
-    origins: list                       # tile origins (y, x) in context pixels
-    window: np.ndarray                  # (th, tw) blend weights
-
-    def weight_sum(self) -> np.ndarray:
-        """Total blend weight of every context pixel (as the inference engine accumulates it)."""
-        _, _, ch, cw = self.context
-        th, tw = self.tile
-        weight = np.zeros((ch, cw), np.float32)
-        for y, x in self.origins:
-            h, w = min(th, ch - y), min(tw, cw - x)
-            weight[y:y + h, x:x + w] += self.window[:h, :w]
-        return weight
-
-
-def _plan(shape, region, tile: int, overlap: int) -> _Plan:
-    H, W = shape[:2]
-    if region is None:
-        region = (0, 0, H, W)
-    ry, rx, rh, rw = (int(v) for v in region)
-    if rh <= 0 or rw <= 0 or ry < 0 or rx < 0 or ry + rh > H or rx + rw > W:
-        raise ValueError(f"region {tuple(region)} is not inside the image of {H} x {W} px")
-    tile = _round_tile(tile)
-    overlap = int(np.clip(overlap, 0, tile // 2))
-    m = overlap
-    cy0, cx0 = max(ry - m, 0), max(rx - m, 0)
-    ch, cw = min(ry + rh + m, H) - cy0, min(rx + rw + m, W) - cx0
-    th = min(tile, math.ceil(ch / STRIDE) * STRIDE)
-    tw = min(tile, math.ceil(cw / STRIDE) * STRIDE)
-    sy, sx = max(th - overlap, STRIDE), max(tw - overlap, STRIDE)
-    origins = [(y, x) for y in tile_starts(ch, th, sy) for x in tile_starts(cw, tw, sx)]
-    return _Plan((ry, rx, rh, rw), (cy0, cx0, ch, cw), (th, tw), origins, blend_window(th, tw, overlap))
 
 
 def _resolve_model(model):
@@ -129,31 +73,6 @@ def tumour_channel(model) -> int:
     return 1
 
 
-def _target_array(target, plan: _Plan, image_shape) -> Optional[np.ndarray]:
-    """A drawn (H, W) or region-shaped target as a boolean array over the context window."""
-    arr = np.asarray(target)
-    if arr.dtype != bool:
-        if not np.issubdtype(arr.dtype, np.number):
-            raise ExplainError(f"target must be one of {TARGETS} or a boolean (H, W) array")
-        arr = arr != 0
-    ry, rx, rh, rw = plan.region
-    cy0, cx0, ch, cw = plan.context
-    out = np.zeros((ch, cw), bool)
-    oy, ox = ry - cy0, rx - cx0
-    if arr.shape == tuple(image_shape[:2]):
-        out[oy:oy + rh, ox:ox + rw] = arr[ry:ry + rh, rx:rx + rw]
-    elif arr.shape == (rh, rw):
-        out[oy:oy + rh, ox:ox + rw] = arr
-    else:
-        raise ExplainError(
-            f"a target array must have the image's shape {tuple(image_shape[:2])} or the "
-            f"region's ({rh}, {rw}); got {arr.shape}"
-        )
-    if not out.any():
-        raise ExplainError("the target region is empty (no pixel inside the image or region)")
-    return out
-
-
 def iter_explain(
     image,
     model=None,
@@ -197,7 +116,7 @@ def iter_explain(
         return entropy_bits(pred.probability)
 
     segmenter = _private_copy(_torch_model(model, method))
-    plan = _plan(image.shape, region, tile, overlap)
+    plan = plan_tiles(image.shape, region, tile, overlap)
     n = int(samples) if samples is not None else _DEFAULT_SAMPLES.get(method, 0)
     if method in _DEFAULT_SAMPLES and n < 1:
         raise ExplainError(f"samples must be at least 1 for {method!r}, got {samples}")
@@ -206,65 +125,19 @@ def iter_explain(
         from .gradcam import GradCam
 
         engine = GradCam(segmenter, layer=layer, channel=ch_index)
-        combine, depth = "blend", 1
     elif method == "shap":
         from .shap import GradShap
 
         engine = GradShap(segmenter, channel=ch_index, samples=n, batch_size=batch_size,
                           baseline=baseline, blur_sigma=blur_sigma, stdevs=stdevs, seed=seed)
-        combine, depth = "sum", 1
     else:  # mc-dropout
         from .uncertainty import McDropout
 
         engine = McDropout(segmenter, channel=ch_index, samples=n, seed=seed)
-        combine, depth = "blend", 2
 
-    ry, rx, rh, rw = plan.region
-    cy0, cx0, ch, cw = plan.context
-    th, tw = plan.tile
-    oy, ox = ry - cy0, rx - cx0
-    inside = np.zeros((ch, cw), bool)  # target pixels may only lie in the region
-    inside[oy:oy + rh, ox:ox + rw] = True
-    drawn = None if isinstance(target, str) else _target_array(target, plan, image.shape)
+    drawn = None if isinstance(target, str) else target_array(target, plan, image.shape)
     use_prediction = isinstance(target, str) and target == "mask"
-    tgt = inside if drawn is None else drawn
-    total_weight = plan.weight_sum()
-    share = np.where(inside, 1.0 / np.maximum(total_weight, 1e-12), 0).astype(np.float32)
-
-    acc = np.zeros((depth, ch, cw), np.float32)
-    weight = np.zeros((ch, cw), np.float32)
-    total = len(plan.origins)
-    yield 0, total
-    for i, (y, x) in enumerate(plan.origins):
-        h, w = min(th, ch - y), min(tw, cw - x)
-        tile_rgb = _read(image, cy0 + y, cx0 + x, th, tw)
-        if preprocess is not None:
-            tile_rgb = preprocess(tile_rgb)
-        tw_target = np.zeros((th, tw), np.float32)
-        tw_target[:h, :w] = tgt[y:y + h, x:x + w]
-        if combine == "sum":
-            tw_target[:h, :w] *= plan.window[:h, :w] * share[y:y + h, x:x + w]
-        extra = {}
-        if method == "shap" and engine.margin and tw_target.any():
-            # the baseline is blurred from a wider window, so it does not depend on the tiling
-            m = engine.margin
-            surround = _read(image, cy0 + y - m, cx0 + x - m, th + 2 * m, tw + 2 * m)
-            extra["surround"] = preprocess(surround) if preprocess is not None else surround
-        if method == "mc-dropout" or tw_target.any():
-            out = engine(tile_rgb, tw_target, use_prediction=use_prediction, index=i, **extra)
-        else:  # nothing of the target in this tile: nothing to explain here
-            out = np.zeros((depth, th, tw), np.float32)
-        out = out.reshape(depth, th, tw)
-        if combine == "sum":
-            acc[:, y:y + h, x:x + w] += out[:, :h, :w]
-        else:
-            acc[:, y:y + h, x:x + w] += out[:, :h, :w] * plan.window[:h, :w]
-            weight[y:y + h, x:x + w] += plan.window[:h, :w]
-        yield i + 1, total
-
-    acc = acc[:, oy:oy + rh, ox:ox + rw]
-    if combine == "blend":
-        acc = acc / weight[oy:oy + rh, ox:ox + rw]
+    acc = yield from iter_tiles(image, engine, plan, drawn, use_prediction=use_prediction, preprocess=preprocess)
     if method == "mc-dropout":
         heat = np.sqrt(np.clip(acc[1] - acc[0] ** 2, 0, None))
     else:

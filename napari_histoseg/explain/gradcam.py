@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 from captum.attr import LayerAttribution, LayerGradCam
 
-from .core import ExplainError
+from ._common import ExplainError
 
 #: Default Grad-CAM layer by architecture class. See :func:`default_layer`.
 DEFAULT_LAYERS = {
@@ -152,6 +152,8 @@ class GradCam:
     channel : int
         Output channel of the tumour class.
     """
+
+    combine, depth, margin, always = "blend", 1, 0, False  # see explain.tiled
 
     def __init__(self, model, layer=None, channel: int = 0):
         self.model = model

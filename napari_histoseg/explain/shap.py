@@ -24,7 +24,7 @@ import torch
 from captum.attr import GradientShap
 from scipy.ndimage import gaussian_filter
 
-from .core import ExplainError
+from ._common import ExplainError
 from .gradcam import target_mask_from_logits
 
 BASELINES = ("blur", "white", "blur+white")
@@ -77,6 +77,8 @@ class GradShap:
     seed : int
         Seed of the sampling; tile ``i`` uses ``seed + i``.
     """
+
+    combine, depth, always = "sum", 1, False  # see explain.tiled
 
     def __init__(self, model, channel=0, samples=8, batch_size=4, baseline="blur", blur_sigma=24.0,
                  stdevs=0.0, seed=0):

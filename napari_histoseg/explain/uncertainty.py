@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .core import ExplainError
+from ._common import ExplainError
 
 
 def entropy_bits(prob: np.ndarray) -> np.ndarray:
@@ -60,6 +60,8 @@ class McDropout:
     seed : int
         Seed of the dropout masks; tile ``i`` uses ``seed + i``.
     """
+
+    combine, depth, margin, always = "blend", 2, 0, True  # see explain.tiled
 
     def __init__(self, model, channel: int = 0, samples: int = 16, seed: int = 0):
         self.layers = dropout_layers(model.module)
