@@ -8,14 +8,13 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, Label, LineEdit, PushButton
 from napari.layers import Image, Shapes
 from napari.qt.threading import thread_worker
-from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QFrame
 
 from ..backend import LocalBackend
 from ._layers import level_data, placement, put_image, visible_region
 from ._model_choice import ModelChoice
-from .segment import _Failed
+from ._worker import Failed, TileProgress, guarded
 
 METHODS = [("Grad-CAM", "gradcam"), ("SHAP (GradientShap)", "shap"),
            ("Uncertainty: entropy", "entropy"), ("Uncertainty: MC dropout", "mc-dropout")]
@@ -42,7 +41,7 @@ class ExplainWidget(Container):
         self.viewer = viewer
         self.backend = backend or LocalBackend()
         self.worker = None
-        self._progress = None
+        self._progress = TileProgress("Explaining")
         self.cache: dict[str, np.ndarray] = {}
 
         self.image = ComboBox(label="Image", choices=self._choices(Image, rgb=True))
@@ -148,13 +147,7 @@ class ExplainWidget(Container):
             self.status.value = "Shown from the cache (computed earlier)."
             return None
 
-        def job():
-            try:
-                return (yield from self.backend.explain(data, ref, method, **opts))
-            except Exception as e:  # noqa: BLE001
-                return _Failed(e)
-
-        worker = thread_worker(job, start_thread=False)()
+        worker = thread_worker(guarded, start_thread=False)(self.backend.explain, data, ref, method, **opts)
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(lambda heat: self._on_result(heat, key, method, place))
         worker.aborted.connect(lambda: self._finish("Cancelled; nothing was added."))
@@ -169,14 +162,10 @@ class ExplainWidget(Container):
             self.worker.quit()
 
     def _on_progress(self, value):
-        done, total = value
-        if self._progress is None:
-            self._progress = progress(total=total, desc="Explaining")
-        self._progress.n = done
-        self._progress.refresh()
+        self.status.value = self._progress.update(value)
 
     def _on_result(self, heat, key, method, place):
-        if isinstance(heat, _Failed):
+        if isinstance(heat, Failed):
             show_error(f"Explanation failed: {heat.error}")
             self._finish(f"Failed: {heat.error}")
             return
@@ -193,9 +182,7 @@ class ExplainWidget(Container):
         layer.colormap, layer.contrast_limits = "bwr", (lo, hi)
 
     def _finish(self, message):
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
+        self._progress.close()
         self.worker = None
         self.run_button.enabled, self.cancel_button.enabled = True, False
         self.status.value = message

@@ -18,7 +18,7 @@ from qtpy.QtCore import QTimer
 from superqt import QCollapsible
 
 from ._layers import hand_edited, image_under, mask_digest, tumour_colormap, visible_region
-from .segment import _Failed
+from ._worker import Failed
 
 SEEDS = "seeds"
 CLICK_RADIUS = 5
@@ -227,7 +227,7 @@ class RefineWidget(Container):
             try:
                 return fn(*a)
             except Exception as e:  # noqa: BLE001
-                return _Failed(e)
+                return Failed(e)
             yield  # a generator, so that quit() can stop it
 
         worker = thread_worker(job, start_thread=False)(*args)
@@ -238,7 +238,7 @@ class RefineWidget(Container):
 
     def _on_returned(self, out):
         self._worker = None
-        if isinstance(out, _Failed):
+        if isinstance(out, Failed):
             show_error(f"Refinement failed: {out.error}")
             self.status.value = f"Failed: {out.error}"
         elif out[0] == "session":

@@ -6,11 +6,11 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, Label, PushButton, SpinBox
 from napari.layers import Image
 from napari.qt.threading import thread_worker
-from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..backend import LocalBackend
 from ..device import available_devices
+from ._worker import Failed, TileProgress, guarded
 from ._model_choice import MODEL_FILE, ModelChoice  # noqa: F401 (MODEL_FILE re-exported)
 from ._layers import level_data, placement, put_image, put_labels, tumour_colormap, visible_region
 
@@ -21,13 +21,6 @@ def _has_onnxruntime() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("onnxruntime") is not None
-
-
-class _Failed:
-    """An exception carried out of the worker as a value."""
-
-    def __init__(self, error: Exception):
-        self.error = error
 
 
 class SegmentWidget(Container):
@@ -42,7 +35,7 @@ class SegmentWidget(Container):
         self.viewer = viewer
         self.backend = backend or LocalBackend()
         self.worker = None
-        self._progress = None
+        self._progress = TileProgress("Segmenting tumour")
 
         self.image = ComboBox(label="Image", choices=self._image_choices,
                               tooltip="The H&E image layer to segment")
@@ -155,7 +148,7 @@ class SegmentWidget(Container):
         opts = dict(device=self.device.value, engine=self.engine.value, tile=self.tile.value, overlap=self.overlap.value,
                     threshold=self.threshold.value, preprocess=pre)
         place = placement(layer, level, offset)
-        worker = thread_worker(self._job, start_thread=False)(data, ref, opts)
+        worker = thread_worker(guarded, start_thread=False)(self.backend.segment, data, ref, **opts)
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(lambda out: self._on_result(out, layer, place, ref, level))
         worker.errored.connect(lambda e: self._finish(f"Failed: {e}"))
@@ -166,29 +159,16 @@ class SegmentWidget(Container):
         worker.start()
         return worker
 
-    def _job(self, data, ref, opts):
-        """Runs in the worker thread. Errors are returned, not raised, so the main thread
-        turns them into one readable notification (cancelling still closes the generator)."""
-        try:
-            return (yield from self.backend.segment(data, ref, **opts))
-        except Exception as e:  # noqa: BLE001 - reported to the user in _on_result
-            return _Failed(e)  # (superqt would re-raise a returned exception)
-
     def cancel(self):
         if self.worker is not None:
             self.status.value = "Cancelling…"
             self.worker.quit()
 
     def _on_progress(self, value):
-        done, total = value
-        if self._progress is None:
-            self._progress = progress(total=total, desc="Segmenting tumour")
-        self._progress.n = done
-        self._progress.refresh()
-        self.status.value = f"Segmenting: {done} / {total} tiles"
+        self.status.value = self._progress.update(value)
 
     def _on_result(self, pred, layer, place, ref, level):
-        if isinstance(pred, _Failed):
+        if isinstance(pred, Failed):
             show_error(f"Segmentation failed: {pred.error}")
             self._finish(f"Failed: {pred.error}")
             return
@@ -206,9 +186,7 @@ class SegmentWidget(Container):
         show_info("Segmentation cancelled.")
 
     def _finish(self, message: str):
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
+        self._progress.close()
         self.worker = None
         self.run_button.enabled, self.cancel_button.enabled = True, False
         self.status.value = message

@@ -1,0 +1,44 @@
+"""What the widgets share about running core generators in napari thread workers."""
+
+from __future__ import annotations
+
+from napari.utils import progress
+
+
+class Failed:
+    """An exception carried out of a worker as a value: the widget turns it into one
+    readable notification (superqt would re-raise a returned exception, and napari
+    would show the whole traceback)."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+def guarded(gen_fn, *args, **kwargs):
+    """Generator that runs ``gen_fn(*args, **kwargs)`` and returns its result, or a
+    :class:`Failed` for an exception. Closing it (``worker.quit()``) still cancels."""
+    try:
+        return (yield from gen_fn(*args, **kwargs))
+    except Exception as e:  # noqa: BLE001 - reported by the widget
+        return Failed(e)
+
+
+class TileProgress:
+    """napari's progress bar, fed with the ``(done, total)`` pairs the core yields."""
+
+    def __init__(self, desc: str):
+        self.desc = desc
+        self._bar = None
+
+    def update(self, value) -> str:
+        done, total = value
+        if self._bar is None:
+            self._bar = progress(total=total, desc=self.desc)
+        self._bar.n = done
+        self._bar.refresh()
+        return f"{self.desc}: {done} / {total} tiles"
+
+    def close(self):
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
