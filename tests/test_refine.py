@@ -108,7 +108,7 @@ def test_warm_updates_agree_with_a_cold_refine(real):
         seeds |= click(seeds.shape, c[0], c[1], c[2]) * (seeds == 0)
         pred = session.update(seeds)
     cold = refine(img, seeds, prior=prior)
-    assert np.mean(pred != cold) < 0.01  # measured 0.6 % at the defaults (change_tol, tol 0.01)
+    assert np.mean(pred != cold) < 0.01  # measured 0.47 % at the defaults
     assert session.timings["total"] < 5
 
 

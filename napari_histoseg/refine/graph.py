@@ -6,24 +6,26 @@ Affinities are computed in CIELAB by default. L*a*b* is close to perceptually un
 so one Euclidean ``sigma`` means the same colour step in pale stroma and in dark tumour
 nests; optical density (OD) and its stain decomposition (HED) stretch the dark end (a
 step of 10 grey levels is ten times larger in OD at intensity 25 than at 250), so JPEG
-noise in dense nuclei dominates their distances, and HED throws away the residual
-channel. Measured on the shared real tiles (SLIC superpixels of ~16 px, superpixel-mean
-colour distance between neighbours, area under the ROC curve of "tumour on one side and
-not tumour on the other" against "same class on both sides"; every third tile):
-BCSS Lab 0.695, RGB 0.686, OD 0.652, HED 0.597; CAMELYON Lab 0.564, OD 0.549,
-HED 0.549, RGB 0.543 (``python benchmarks/robot_user.py --colour-spaces``). ``"od"``
-and ``"rgb"`` remain available through ``color_space``.
+noise in dense nuclei dominates their distances, and HED drops the residual channel.
+Measured on the shared real tiles: the area under the ROC curve of the colour distance
+between neighbouring superpixels, "tumour on one side, not tumour on the other" against
+"same class on both sides" (``python benchmarks/robot_user.py --colour-spaces``; the
+figures are in BENCHMARKS.md, section Refinement). Lab separates best, and the
+*regional* colour (smoothed over about one superpixel) separates better than the
+superpixel mean. ``"od"`` and ``"rgb"`` remain available through ``color_space``.
 
 Two graphs
 ----------
-*Coarse*: SLIC superpixels (scikit-image) joined where they touch, with
-``w_IJ = exp(-|c_I - c_J|^2 / (2 s_c^2)) exp(-|x_I - x_J|^2 / (2 s_x^2))`` on the mean
-colour ``c`` and centroid ``x`` (Zhou et al.'s colour-and-position affinity), for reach.
-*Fine*: the 4-connected pixel grid with ``w_ij = exp(-|c_i - c_j|^2 / (2 s_f^2))`` on
-lightly smoothed colour (neighbours are one pixel apart, so the position factor is a
-constant), used near the boundary for precision. Both colour sigmas are taken from the
-image (root mean square of the colour differences along the graph's edges) and divided
-by ``color_sensitivity``, unless given.
+*Coarse* (reach): SLIC superpixels (scikit-image) joined where they touch, with Zhou et
+al.'s colour-and-position affinity ``w_IJ = exp(-d_IJ^2 / (2 s_c^2)) exp(-|x_I - x_J|^2
+/ (2 s_x^2))``; ``d_IJ`` is the smaller of the mean-colour and the regional-colour
+distance, ``x`` the centroids, ``s_x`` twice the superpixel spacing.
+*Fine* (precision): the 4-connected pixel grid with ``w_ij = exp(-d_ij^2 / (2 s_f^2))``,
+``d_ij`` the smaller of the raw and the lightly smoothed colour difference (neighbours
+are one pixel apart, so the position factor is a constant). The colour sigmas come from
+the image unless given: the median neighbour distance on the coarse graph (at least 2
+Lab units), the root mean square one on the pixel grid, each divided by
+``color_sensitivity``.
 """
 
 from __future__ import annotations
@@ -101,7 +103,11 @@ def superpixels(features: np.ndarray, size: int = 16, compactness: float = 10.0,
 
     h, w = features.shape[:2]
     n = max(1, int(round(h * w / float(size * size))))
-    labels = slic(features, n_segments=n, compactness=compactness, max_num_iter=max_num_iter,
+    # slic rescales a float image to [0, 1] over all channels before clustering (its
+    # own Lab conversion comes after that); rescale the compactness the same way so
+    # that it means what it means for Lab (10: colour dominates, edges are followed)
+    span = float(features.max() - features.min()) or 1.0
+    labels = slic(features, n_segments=n, compactness=compactness / span, max_num_iter=max_num_iter,
                   channel_axis=-1, convert2lab=False, start_label=0, enforce_connectivity=True)
     _, inverse = np.unique(labels, return_inverse=True)  # relabel densely
     return inverse.reshape(h, w).astype(np.int32)
@@ -161,7 +167,7 @@ def coarse_graph(labels: np.ndarray, features: np.ndarray, sigma: float | None =
         Colour features (:func:`colour_features`).
     sigma : float, optional
         Colour sigma; default: the median colour difference over the edges divided by
-        ``sensitivity`` (at least 0.5).
+        ``sensitivity`` (at least 2, about one just-noticeable Lab difference).
     scale : float, optional
         Sigma (px) of the regional smoothing; 0 for plain superpixel means.
     sigma_position : float, optional
@@ -194,7 +200,7 @@ def coarse_graph(labels: np.ndarray, features: np.ndarray, sigma: float | None =
     if regional is not None:
         d2 = np.minimum(d2, ((regional[edges[:, 0]] - regional[edges[:, 1]]) ** 2).sum(1))
     if sigma is None:
-        sigma = max(float(np.sqrt(np.median(d2))) if d2.size else 1.0, 0.5) / max(sensitivity, 1e-6)
+        sigma = max(float(np.sqrt(np.median(d2))) if d2.size else 1.0, 2.0) / max(sensitivity, 1e-6)
     if sigma_position is None:
         sigma_position = 2.0 * spacing
     x2 = ((centroid[edges[:, 0]] - centroid[edges[:, 1]]) ** 2).sum(1)
@@ -221,16 +227,22 @@ def pixel_affinity(features: np.ndarray, sigma: float | None = None, sensitivity
                    smooth: float = 1.0) -> PixelAffinity:
     """Colour affinities of the pixel grid (see the module docstring).
 
-    ``smooth`` is the sigma (px) of a Gaussian applied to the features first, so that
-    JPEG noise and single dark pixels do not cut the graph.
+    Neighbours differ by the smaller of their raw colour difference and their
+    difference after a Gaussian of sigma ``smooth`` px: smoothing keeps JPEG noise and
+    single dark pixels from cutting the graph, the raw difference keeps a one-pixel
+    edge one pixel wide (smoothing alone spreads it over three and strands the pixels
+    in between).
     """
     f = features
-    if smooth > 0:
-        f = np.stack([ndimage.gaussian_filter(f[..., c], smooth, mode="nearest") for c in range(f.shape[-1])], -1)
     dr = np.zeros(f.shape[:2], np.float32)
     dd = np.zeros(f.shape[:2], np.float32)
     dr[:, :-1] = ((f[:, 1:] - f[:, :-1]) ** 2).sum(-1)
     dd[:-1, :] = ((f[1:, :] - f[:-1, :]) ** 2).sum(-1)
+    if smooth > 0:
+        f = np.stack([ndimage.gaussian_filter(f[..., c], smooth, mode="nearest") for c in range(f.shape[-1])], -1)
+        np.minimum(dr[:, :-1], ((f[:, 1:] - f[:, :-1]) ** 2).sum(-1), out=dr[:, :-1])
+        np.minimum(dd[:-1, :], ((f[1:, :] - f[:-1, :]) ** 2).sum(-1), out=dd[:-1, :])
+    del f
     if sigma is None:
         m = (dr[:, :-1].sum() + dd[:-1, :].sum()) / max(dr[:, :-1].size + dd[:-1, :].size, 1)
         sigma = float(np.sqrt(m)) / max(sensitivity, 1e-6)

@@ -40,7 +40,7 @@ __all__ = ["RefineSession", "DEFAULTS"]
 
 DEFAULTS = dict(prior_weight=0.5, sigma_color=None, color_sensitivity=1.0, alpha=0.999,
                 alpha_fine=0.9999, superpixel_size=16, color_space="lab", no_prior_bias=0.05,
-                change_tol=1e-2, tol=1e-2)
+                change_tol=1e-2, tol=1e-3, compactness=10.0)
 
 
 class RefineSession:
@@ -70,6 +70,9 @@ class RefineSession:
         Propagation weight on the pixel grid near the boundary. Default 0.9999.
     superpixel_size : int
         Mean superpixel edge in pixels. Default 16.
+    compactness : float
+        SLIC compactness on the Lab scale: lower follows colour edges more closely,
+        higher gives squarer superpixels. Default 10.
     color_space : {"lab", "od", "rgb"}
         Colour features of the affinities (see :mod:`napari_histoseg.refine.graph`).
     no_prior_bias : float
@@ -80,8 +83,7 @@ class RefineSession:
         Superpixels whose coarse ``G`` moved less than this keep their pixels (and
         superpixels with ``|G|`` below it get no pixel-level solve). Default 0.01.
     tol : float
-        Relative residual at which the pixel-level conjugate gradients stop (the
-        superpixel level uses at most 1e-3). Default 0.01.
+        Relative residual at which the conjugate gradients stop. Default 1e-3.
 
     Attributes
     ----------
@@ -108,7 +110,7 @@ class RefineSession:
         h, w = self.shape = self.image.shape[:2]
         self.prior = check_prior(prior, self.shape)
         feat = colour_features(self.image, p["color_space"])
-        self.superpixels = sp = superpixels(feat, int(p["superpixel_size"]))
+        self.superpixels = sp = superpixels(feat, int(p["superpixel_size"]), p["compactness"])
         self.graph = g = coarse_graph(sp, feat, p["sigma_color"], p["color_sensitivity"])
         self._S = normalise(g.weights)
         self.affinity = pixel_affinity(feat, p["sigma_color"], p["color_sensitivity"])
@@ -199,8 +201,7 @@ class RefineSession:
         tot = self._nt + self._nn
         clamped = tot > 0
         target = (self._nt - self._nn) / np.maximum(tot, 1)
-        G = solve_clamped(self._S, np.zeros(n), clamped, target - self._yc, p["alpha"], x0=self._G,
-                          tol=min(p["tol"], 1e-3))
+        G = solve_clamped(self._S, np.zeros(n), clamped, target - self._yc, p["alpha"], x0=self._G, tol=p["tol"])
         Lc = self._yc + G > 0
         e = self.graph.edges
         active = np.abs(G) > p["change_tol"]
@@ -211,7 +212,7 @@ class RefineSession:
         t2 = time.perf_counter()
         tol = p["change_tol"]
         if self._G is None:
-            changed = np.abs(G) > 0
+            changed = np.ones(n, bool)
             big = changed.copy()
             shift = np.zeros(n)
         else:
