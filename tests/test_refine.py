@@ -127,6 +127,21 @@ def test_view_limits_the_redraw_and_a_later_full_update_catches_up():
     assert full[core & (np.arange(512)[:, None] > 300)].mean() > 0.99
 
 
+def test_set_params_recomputes_like_a_new_session(real):
+    img, prior = real
+    seeds = click(prior.shape, 200, 200, 1) + click(prior.shape, 40, 40, 2)
+    session = RefineSession(img, prior)
+    session.update(seeds)
+    session.set_params(prior_weight=0.2, color_sensitivity=2.0)
+    warm = session.update(seeds)
+    cold = refine(img, seeds, prior=prior, prior_weight=0.2, color_sensitivity=2.0)
+    assert np.mean(warm != cold) < 0.01
+    with pytest.raises(ValueError, match="new RefineSession"):
+        session.set_params(superpixel_size=8)
+    with pytest.raises(TypeError, match="unknown"):
+        RefineSession(img, prior, colour_sensitivity=2)
+
+
 def test_postprocess_returns_labels_of_the_image_shape(real):
     img, prior = real
     for labels in (RefineSession(img, prior).postprocess(), postprocess(img, prior)):

@@ -30,7 +30,7 @@ Lab units), the root mean square one on the pixel grid, each divided by
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.sparse as sp_
@@ -116,19 +116,33 @@ def superpixels(features: np.ndarray, size: int = 16, compactness: float = 10.0,
 @dataclass
 class CoarseGraph:
     """Superpixel graph: ``weights`` (n, n) symmetric CSR, per-node ``colour`` means,
-    ``centroid`` (y, x), pixel ``count``, the edge list ``edges`` (m, 2) and the colour
-    ``sigma`` used."""
+    ``centroid`` (y, x), pixel ``count``, the edge list ``edges`` (m, 2), their squared
+    colour (``d2``) and centroid (``x2``) distances, the colour ``sigma`` used and the
+    automatic one (``sigma_auto``, before ``color_sensitivity``)."""
 
     weights: sp_.csr_matrix
     colour: np.ndarray
     centroid: np.ndarray
     count: np.ndarray
     edges: np.ndarray
+    d2: np.ndarray
+    x2: np.ndarray
     sigma: float
+    sigma_auto: float
+    sigma_position: float
 
     @property
     def n(self) -> int:
         return self.count.size
+
+    def reweighted(self, sigma: float) -> "CoarseGraph":
+        """The same graph with colour sigma ``sigma``."""
+        e = self.edges
+        wts = np.exp(-self.d2 / (2 * sigma ** 2) - self.x2 / (2 * self.sigma_position ** 2)) + 1e-10
+        W = sp_.coo_matrix((np.concatenate([wts, wts]), (np.concatenate([e[:, 0], e[:, 1]]),
+                                                         np.concatenate([e[:, 1], e[:, 0]]))),
+                           shape=(self.n, self.n)).tocsr()
+        return replace(self, weights=W, sigma=float(sigma))
 
 
 def regional_colour(features: np.ndarray, scale: float) -> np.ndarray:
@@ -199,28 +213,41 @@ def coarse_graph(labels: np.ndarray, features: np.ndarray, sigma: float | None =
     d2 = ((colour[edges[:, 0]] - colour[edges[:, 1]]) ** 2).sum(1)
     if regional is not None:
         d2 = np.minimum(d2, ((regional[edges[:, 0]] - regional[edges[:, 1]]) ** 2).sum(1))
-    if sigma is None:
-        sigma = max(float(np.sqrt(np.median(d2))) if d2.size else 1.0, 2.0) / max(sensitivity, 1e-6)
+    auto = max(float(np.sqrt(np.median(d2))) if d2.size else 1.0, 2.0)
     if sigma_position is None:
         sigma_position = 2.0 * spacing
     x2 = ((centroid[edges[:, 0]] - centroid[edges[:, 1]]) ** 2).sum(1)
-    wts = np.exp(-d2 / (2 * sigma ** 2) - x2 / (2 * sigma_position ** 2)) + 1e-10
-    W = sp_.coo_matrix((np.concatenate([wts, wts]),
-                        (np.concatenate([edges[:, 0], edges[:, 1]]), np.concatenate([edges[:, 1], edges[:, 0]]))),
-                       shape=(n, n)).tocsr()
-    return CoarseGraph(W, colour.astype(np.float32), centroid.astype(np.float32), count, edges, float(sigma))
+    g = CoarseGraph(None, colour.astype(np.float32), centroid.astype(np.float32), count, edges, d2, x2,
+                    0.0, auto, float(sigma_position))
+    return g.reweighted(sigma if sigma is not None else auto / max(sensitivity, 1e-6))
 
 
 @dataclass
 class PixelAffinity:
     """4-connected pixel affinities: ``right[y, x]`` joins (y, x) and (y, x + 1),
     ``down[y, x]`` joins (y, x) and (y + 1, x) (0 on the last column / row); ``degree``
-    is each pixel's sum of weights. All (H, W) float32."""
+    is each pixel's sum of weights; ``d_right``, ``d_down`` the squared colour
+    differences they come from. All (H, W) float32."""
 
     right: np.ndarray
     down: np.ndarray
     degree: np.ndarray
+    d_right: np.ndarray
+    d_down: np.ndarray
     sigma: float
+    sigma_auto: float
+
+    def reweighted(self, sigma: float) -> "PixelAffinity":
+        """The same grid with colour sigma ``sigma``."""
+        k = np.float32(-1.0 / (2 * max(sigma, 1e-3) ** 2))
+        right = np.exp(self.d_right * k) + np.float32(1e-6)
+        down = np.exp(self.d_down * k) + np.float32(1e-6)
+        right[:, -1] = 0
+        down[-1, :] = 0
+        degree = right + down
+        degree[:, 1:] += right[:, :-1]
+        degree[1:, :] += down[:-1, :]
+        return replace(self, right=right, down=down, degree=degree, sigma=float(sigma))
 
 
 def pixel_affinity(features: np.ndarray, sigma: float | None = None, sensitivity: float = 1.0,
@@ -243,16 +270,7 @@ def pixel_affinity(features: np.ndarray, sigma: float | None = None, sensitivity
         np.minimum(dr[:, :-1], ((f[:, 1:] - f[:, :-1]) ** 2).sum(-1), out=dr[:, :-1])
         np.minimum(dd[:-1, :], ((f[1:, :] - f[:-1, :]) ** 2).sum(-1), out=dd[:-1, :])
     del f
-    if sigma is None:
-        m = (dr[:, :-1].sum() + dd[:-1, :].sum()) / max(dr[:, :-1].size + dd[:-1, :].size, 1)
-        sigma = float(np.sqrt(m)) / max(sensitivity, 1e-6)
-        sigma = max(sigma, 1e-3)
-    k = np.float32(-1.0 / (2 * sigma ** 2))
-    right = np.exp(dr * k) + np.float32(1e-6)
-    down = np.exp(dd * k) + np.float32(1e-6)
-    right[:, -1] = 0
-    down[-1, :] = 0
-    degree = right + down
-    degree[:, 1:] += right[:, :-1]
-    degree[1:, :] += down[:-1, :]
-    return PixelAffinity(right, down, degree, float(sigma))
+    m = (dr[:, :-1].sum() + dd[:-1, :].sum()) / max(dr[:, :-1].size + dd[:-1, :].size, 1)
+    auto = max(float(np.sqrt(m)), 1e-3)
+    a = PixelAffinity(None, None, None, dr, dd, 0.0, auto)
+    return a.reweighted(sigma if sigma is not None else auto / max(sensitivity, 1e-6))

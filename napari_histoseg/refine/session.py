@@ -33,6 +33,7 @@ import time
 import numpy as np
 
 from .graph import coarse_graph, colour_features, pixel_affinity, superpixels
+from .index import SuperpixelIndex
 from .seeds import NOT_TUMOUR, TUMOUR, check_image, check_prior, check_seeds
 from .solver import normalise, propagate_grid, solve_clamped, solve_pixels
 
@@ -118,18 +119,9 @@ class RefineSession:
         flat = sp.ravel()
         self._sp = flat
         n = g.n
-        if self.prior is None:
-            self._y = np.full(h * w, -p["no_prior_bias"], np.float32)
-        else:
-            self._y = (np.float32(p["prior_weight"]) * (2.0 * self.prior - 1.0)).ravel().astype(np.float32)
-        self._yc = np.bincount(flat, self._y, minlength=n) / g.count
-        self._order = np.argsort(flat, kind="stable")
-        self._count = g.count.astype(np.int64)
-        self._starts = np.concatenate([[0], np.cumsum(self._count)[:-1]])
-        ys, xs = np.divmod(self._order, w)
-        self._box = np.stack([np.minimum.reduceat(ys, self._starts), np.maximum.reduceat(ys, self._starts),
-                              np.minimum.reduceat(xs, self._starts), np.maximum.reduceat(xs, self._starts)], 1)
-        del ys, xs
+        self._set_prior_term()
+        self._index = SuperpixelIndex(sp)
+        self._count = self._index.count
         self._adj = g.weights.copy()
         self._adj.data[:] = 1.0
         self._seeds = np.zeros(h * w, np.uint8)
@@ -144,18 +136,42 @@ class RefineSession:
         self.timings = {"setup": time.perf_counter() - t0}
 
     # -- helpers --------------------------------------------------------------------
-    def _pixels(self, nodes: np.ndarray) -> np.ndarray:
-        """Flat pixel indices of the given superpixels (vectorised gather)."""
-        if nodes.size == 0:
-            return np.zeros(0, np.int64)
-        ln = self._count[nodes]
-        excl = np.cumsum(ln) - ln
-        return self._order[np.repeat(self._starts[nodes] - excl, ln) + np.arange(int(ln.sum()))]
+    def _set_prior_term(self) -> None:
+        """``P`` per pixel (``_y``) and its superpixel means (``_yc``)."""
+        p, (h, w) = self.params, self.shape
+        if self.prior is None:
+            self._y = np.full(h * w, -p["no_prior_bias"], np.float32)
+        else:
+            self._y = (np.float32(p["prior_weight"]) * (2.0 * self.prior - 1.0)).ravel().astype(np.float32)
+        self._yc = np.bincount(self._sp, self._y, minlength=self.graph.n) / self.graph.count
 
-    def _in_view(self, view) -> np.ndarray:
-        y, x, vh, vw = (int(v) for v in view)
-        b = self._box
-        return (b[:, 1] >= y) & (b[:, 0] < y + vh) & (b[:, 3] >= x) & (b[:, 2] < x + vw)
+    def set_params(self, **params) -> None:
+        """Change parameters of a running session; the next :meth:`update` recomputes
+        from all seeds so far (cold, about the cost of a first click).
+
+        Colour (``sigma_color``, ``color_sensitivity``) re-weights the stored graphs;
+        ``prior_weight``, ``no_prior_bias``, ``alpha``, ``alpha_fine``, ``change_tol`` and
+        ``tol`` are simply taken. ``superpixel_size``, ``compactness`` and
+        ``color_space`` change the graphs themselves: make a new session for those.
+        """
+        unknown = set(params) - set(DEFAULTS)
+        if unknown:
+            raise TypeError(f"unknown refinement parameter(s): {', '.join(sorted(unknown))}")
+        rebuild = [k for k in ("superpixel_size", "compactness", "color_space")
+                   if k in params and params[k] != self.params[k]]
+        if rebuild:
+            raise ValueError(f"changing {', '.join(rebuild)} needs a new RefineSession")
+        self.params.update(params)
+        p = self.params
+        if {"sigma_color", "color_sensitivity"} & set(params):
+            sens = max(p["color_sensitivity"], 1e-6)
+            sc = p["sigma_color"]
+            self.graph = self.graph.reweighted(sc if sc is not None else self.graph.sigma_auto / sens)
+            self._S = normalise(self.graph.weights)
+            self.affinity = self.affinity.reweighted(sc if sc is not None else self.affinity.sigma_auto / sens)
+        self._set_prior_term()
+        self._G = None
+        self._dirty[:] = False
 
     @property
     def labels(self) -> np.ndarray:
@@ -226,7 +242,7 @@ class RefineSession:
         big |= self._dirty
         changed |= self._dirty
         if view is not None:
-            inside = self._in_view(view)
+            inside = self._index.in_view(view)
             self._dirty = changed & ~inside
             changed &= inside
             big &= inside
@@ -234,16 +250,16 @@ class RefineSession:
             self._dirty[:] = False
         self._G, self._band = G, band
         plain = np.flatnonzero(changed & ~band)
-        pix = plain_pix = self._pixels(plain)
+        pix = plain_pix = self._index.pixels(plain)
         gp = np.repeat(G[plain], self._count[plain]).astype(np.float32)
         self._Gpix[pix] = gp
         self._labels[pix] = self._y[pix] + gp > 0
         moved = np.flatnonzero(changed & band & ~big)
-        pix = moved_pix = self._pixels(moved)
+        pix = moved_pix = self._index.pixels(moved)
         self._Gpix[pix] += np.repeat(shift[moved], self._count[moved]).astype(np.float32)
         self._labels[pix] = self._y[pix] + self._Gpix[pix] > 0
         fine = np.flatnonzero(big & band)
-        pix = self._pixels(fine)
+        pix = self._index.pixels(fine)
         sd = self._seeds[pix]
         seeded = sd > 0
         sp_ = pix[seeded]
