@@ -105,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         explain_cli.register(sub)
+    try:
+        from . import export_cli
+    except ImportError:
+        pass
+    else:
+        export_cli.register(sub)
     return p
 
 

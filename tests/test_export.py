@@ -188,3 +188,31 @@ def test_ids_without_source_hash_the_pixels(tmp_path):
     image2[0, 0] ^= 1
     c = export_tiles(image2, mask, tmp_path / "a", tile=64)
     assert len(load_dataset(tmp_path / "a")) == len(a) + len(c)
+
+
+def test_cli_export_geojson_quantify(tmp_path, capsys):
+    from skimage.io import imread, imsave
+
+    from napari_histoseg.cli import main
+
+    image, mask, edits = _scene()
+    for name, arr in (("img.png", image), ("mask.png", mask), ("edits.png", edits)):
+        imsave(str(tmp_path / name), arr, check_contrast=False)
+    p = lambda n: str(tmp_path / n)  # noqa: E731
+    assert main(["export", p("img.png"), p("mask.png"), "-o", p("ds"), "--tile", "64",
+                 "--edits", p("edits.png"), "--annotator", "me", "--model", "bundled v1"]) == 0
+    ds = load_dataset(tmp_path / "ds")
+    assert len(ds) == 6 and ds.tiles[0]["annotator"] == "me" and ds.tiles[0]["model"] == "bundled v1"
+    assert main(["export", p("img.png"), p("mask.png"), "-o", p("ds"), "--tile", "64"]) == 0
+    assert "0 tiles added, 6 replaced" in capsys.readouterr().out
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "notes.txt").write_text("x")
+    assert main(["export", p("img.png"), p("mask.png"), "-o", p("junk")]) == 2
+    m1 = (mask == 1).astype(np.uint8)
+    imsave(p("m1.png"), m1, check_contrast=False)
+    assert main(["geojson", p("m1.png"), "-o", p("t.geojson"), "--offset", "10,20", "--scale", "2"]) == 0
+    assert main(["geojson", p("t.geojson"), "-o", p("back.png"), "--shape", "100,130",
+                 "--offset", "10,20", "--scale", "2"]) == 0
+    np.testing.assert_array_equal(imread(p("back.png")), m1)
+    assert main(["quantify", p("mask.png"), "--mpp", "0.5", "--csv", p("q.csv")]) == 0
+    assert "tumour area" in capsys.readouterr().out and (tmp_path / "q.csv").is_file()
