@@ -10,11 +10,13 @@ its position (``x``, ``y``, ``width``, ``height`` in pixels of pyramid ``level``
 the annotator. A tile's id is derived from the source hash, the level and the position,
 so exporting the same tile again *replaces* it and exporting other tiles *adds* them.
 
-Writing is atomic as far as a folder can be: every file is first written under a
-temporary name in its own folder; only when all are written are they renamed into
-place, and ``dataset.json`` is replaced last (temporary file, fsync, ``os.replace``).
-An exception or a full disk while writing removes the temporary files and leaves the
-earlier dataset as it was.
+Writing is atomic as far as a folder can be: every file, ``dataset.json`` included, is
+first written under a temporary name in its own folder (the JSON flushed with fsync);
+only when all are written are they renamed into place with ``os.replace``,
+``dataset.json`` last. An exception or a full disk while writing removes the temporary
+files and leaves the earlier dataset as it was. (Only a crash of the process inside the
+rename loop could leave re-exported tiles with new pixels under their old record; the
+dataset stays readable.)
 
 Example
 -------
@@ -134,17 +136,18 @@ def _clean_stale(out: Path) -> None:
                 p.unlink(missing_ok=True)
 
 
-def _write_json_atomic(path: Path, meta: dict) -> None:
+def _stage_json(path: Path, meta: dict) -> Path:
+    """Write ``meta`` to a temporary file beside ``path`` (flushed to disk); its name."""
     tmp = _tmp_name(path)
     try:
         with open(tmp, "w") as f:
-            json.dump(meta, f, indent=1)
+            f.write(json.dumps(meta, indent=1, allow_nan=False))
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    return tmp
 
 
 def export_tiles(image, mask, out_dir, *, tile: int = 512, only_edited: bool = False, edits=None,
@@ -286,11 +289,12 @@ def export_tiles(image, mask, out_dir, *, tile: int = 512, only_edited: bool = F
         if not records:
             _discard(staged)
             return []
-        for tmp, final in staged:
-            os.replace(tmp, final)
         new_ids = {r["id"] for r in records}
         meta["tiles"] = [t for t in meta["tiles"] if t["id"] not in new_ids] + records
-        _write_json_atomic(out / "dataset.json", meta)
+        # everything that needs disk space is written before anything is renamed
+        staged.append((_stage_json(out / "dataset.json", meta), out / "dataset.json"))
+        for tmp, final in staged:  # renames only; dataset.json last
+            os.replace(tmp, final)
     except BaseException:
         _discard(staged)
         raise

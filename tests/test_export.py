@@ -163,6 +163,25 @@ def test_interrupted_export_leaves_earlier_dataset_intact(tmp_path, scene, monke
     assert len(ds) == len(json.loads(before_json)["tiles"])
 
 
+def test_full_disk_while_writing_dataset_json_changes_nothing(tmp_path, scene, monkeypatch):
+    import errno
+
+    image, mask, edits, src = scene
+    out = tmp_path / "ds"
+    export_tiles(image, mask, out, tile=64, source=src)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(export_mod.os, "fsync", full)  # the JSON is staged after every tile
+    with pytest.raises(OSError, match="No space"):
+        export_tiles(image, 1 - np.clip(mask, 0, 1), out, tile=64, edits=edits, source=src)
+    monkeypatch.undo()
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert len(load_dataset(out)) == 6
+
+
 def test_interrupted_first_export_leaves_a_usable_folder(tmp_path, scene, monkeypatch):
     image, mask, _, src = scene
     out = tmp_path / "ds"
