@@ -103,11 +103,18 @@ def _read_existing(out: Path):
                 "folder, and export will not write into it; choose a new or empty folder"
             )
         return None
+    try:
+        raw = json.loads((out / "dataset.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ExportError(f"{out / 'dataset.json'} cannot be read ({e}); export will not replace it") from None
+    if (isinstance(raw, dict) and raw.get("format") == FORMAT and raw.get("tiles") == []
+            and raw.get("task", "semantic") == "semantic" and int(raw.get("version", 1)) <= FORMAT_VERSION):
+        return raw  # a dataset without tiles yet (the reader refuses those)
     try:  # the reader validates format, version, task and the tile records
         load_dataset(out, check_files=False, check_masks=False)
     except DatasetError as e:
         raise ExportError(f"{out} is not a histoseg training-data folder export can extend: {e}") from None
-    return json.loads((out / "dataset.json").read_text())
+    return raw
 
 
 def _is_blank(out: Path) -> bool:
@@ -210,6 +217,12 @@ def export_tiles(image, mask, out_dir, *, tile: int = 512, only_edited: bool = F
     ExportError
         When ``out_dir`` is not a histoseg dataset, shapes disagree, or the mask holds
         codes the dataset does not declare.
+
+    Notes
+    -----
+    A tile's id is ``{sha256[:16]}_L{level}_x{x}_y{y}``: the tile size is not part of
+    it, so re-exporting at the same position with another ``tile`` replaces the tile,
+    while tiles of different sizes at different positions may overlap.
     """
     out = Path(out_dir)
     if np.shape(mask)[:2] != np.shape(image)[:2]:
@@ -224,6 +237,7 @@ def export_tiles(image, mask, out_dir, *, tile: int = 512, only_edited: bool = F
     if meta is None:
         meta = {"format": FORMAT, "version": FORMAT_VERSION, "classes": dict(classes or DEFAULT_CLASSES),
                 "ignore_index": int(ignore_index), "tiles": []}
+    meta.setdefault("classes", dict(DEFAULT_CLASSES))
     ignore = int(meta.get("ignore_index", 255))
     allowed = {int(k) for k in meta["classes"]} | {ignore}
 

@@ -235,3 +235,19 @@ def test_cli_export_geojson_quantify(tmp_path, capsys):
     np.testing.assert_array_equal(imread(p("back.png")), m1)
     assert main(["quantify", p("mask.png"), "--mpp", "0.5", "--csv", p("q.csv")]) == 0
     assert "tumour area" in capsys.readouterr().out and (tmp_path / "q.csv").is_file()
+
+
+def test_extends_a_dataset_without_tiles_and_refuses_broken_json(tmp_path):
+    image, mask, _ = _scene()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "dataset.json").write_text(json.dumps({"format": "histoseg-dataset", "version": 1,
+                                                    "classes": {"0": "bg", "1": "tumour"}, "tiles": []}))
+    export_tiles(image, mask, empty, tile=64)
+    assert load_dataset(empty).classes == {"0": "bg", "1": "tumour"}
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "dataset.json").write_text("{not json")
+    with pytest.raises(ExportError, match="cannot be read"):
+        export_tiles(image, mask, broken)
+    assert (broken / "dataset.json").read_text() == "{not json"
