@@ -3,7 +3,7 @@
 ::
 
     python benchmarks/loop.py [--model CKPT] [--data ../shared/data/bcss] [--ns 0 5 10 20]
-                              [--clicks 5] [--epochs 3] [--steps 10] [--test-limit 0]
+                              [--clicks 5] [--epochs 5] [--steps 20] [--test-limit 0]
 
 1. The model (``--model``, default the bundled one) predicts N training tiles of
    ``--data`` (a seeded shuffle of its ``train`` split; the N = 5 tiles are among the
@@ -98,8 +98,8 @@ def main(argv=None) -> int:
     ap.add_argument("--clicks", type=int, default=5, help="annotator clicks per tile")
     ap.add_argument("--accept", choices=["best", "last"], default="best",
                     help="mask the annotator keeps: the best seen (default) or the last click's")
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=10, help="batches per epoch")
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=20, help="batches per epoch")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--patch", type=int, default=256)
     ap.add_argument("--lr", type=float, default=1e-4)
