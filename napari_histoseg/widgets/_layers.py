@@ -103,13 +103,10 @@ def tumour_colormap():
     })
 
 
-def image_under(mask: Labels, image: Image) -> np.ndarray:
-    """The pixels of ``image`` that lie under ``mask`` (same grid), as an array.
-
-    ``mask`` may cover a window (a 'visible area' result) or a coarser pyramid level of
-    ``image``; its scale and translate say which. Raises ValueError when no level of the
-    image has the mask's pixel size.
-    """
+def mask_window(mask: Labels, image: Image) -> tuple[int, tuple[int, int]]:
+    """Which pyramid level of ``image`` the mask's pixels are, and where (y, x) in that
+    level the mask's first pixel lies. A mask may cover a window ('visible area') or a
+    coarser level; its scale and translate say which. ValueError when no level fits."""
     base = np.asarray(image.scale[-2:], float)
     ds = float(np.asarray(mask.scale[-2:], float)[0] / base[0])
     levels = range(len(image.data)) if image.multiscale else [0]
@@ -119,7 +116,14 @@ def image_under(mask: Labels, image: Image) -> np.ndarray:
     origin = np.asarray(image.translate[-2:], float) + (ds - 1) / 2 * base
     offset = np.round((np.asarray(mask.translate[-2:], float) - origin) / (base * ds)).astype(int)
     h, w = mask.data.shape[-2:]
-    data = level_data(image, level)
-    if offset.min() < 0 or offset[0] + h > data.shape[0] or offset[1] + w > data.shape[1]:
+    shape = level_data(image, level).shape
+    if offset.min() < 0 or offset[0] + h > shape[0] or offset[1] + w > shape[1]:
         raise ValueError(f"'{mask.name}' reaches outside '{image.name}'")
-    return np.asarray(data[offset[0]:offset[0] + h, offset[1]:offset[1] + w])
+    return level, (int(offset[0]), int(offset[1]))
+
+
+def image_under(mask: Labels, image: Image) -> np.ndarray:
+    """The pixels of ``image`` that lie under ``mask`` (same grid), as an array."""
+    level, (y0, x0) = mask_window(mask, image)
+    h, w = mask.data.shape[-2:]
+    return np.asarray(level_data(image, level)[y0:y0 + h, x0:x0 + w])
