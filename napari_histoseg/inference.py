@@ -231,7 +231,12 @@ def predict(
     -------
     Prediction
     """
-    gen = iter_predict(image, model, **kwargs)
+    return drive(iter_predict(image, model, **kwargs), progress, should_stop, "prediction")
+
+
+def drive(gen, progress=None, should_stop=None, what: str = "work"):
+    """Run a core generator (yielding ``(done, total)``) to its return value, calling
+    ``progress(done, total)`` and raising :class:`Cancelled` once ``should_stop()`` is True."""
     try:
         while True:
             done, total = next(gen)
@@ -239,6 +244,6 @@ def predict(
                 progress(done, total)
             if should_stop is not None and should_stop():
                 gen.close()
-                raise Cancelled(f"prediction cancelled after {done} of {total} tiles")
+                raise Cancelled(f"{what} cancelled after {done} of {total} tiles")
     except StopIteration as stop:
         return stop.value

@@ -19,7 +19,7 @@ from typing import Callable, Generator, Optional
 
 import numpy as np
 
-from ..inference import Cancelled, _check_image
+from ..inference import _check_image, drive
 from ._common import METHODS, TARGETS, ExplainError
 from .tiled import iter_tiles, plan_tiles, target_array
 
@@ -244,13 +244,4 @@ def explain(
     """
     gen = iter_explain(image, model, method, target=target, region=region, layer=layer, tile=tile,
                        overlap=overlap, samples=samples, **kwargs)
-    try:
-        while True:
-            done, total = next(gen)
-            if progress is not None:
-                progress(done, total)
-            if should_stop is not None and should_stop():
-                gen.close()
-                raise Cancelled(f"explanation cancelled after {done} of {total} tiles")
-    except StopIteration as stop:
-        return stop.value
+    return drive(gen, progress, should_stop, "explanation")
