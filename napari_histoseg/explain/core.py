@@ -5,8 +5,8 @@ They check the request, pick the per-tile explainer (:mod:`.gradcam`, :mod:`.sha
 heat map lines up pixel for pixel with the probability map of the same view.
 Predictive entropy comes straight from :func:`~napari_histoseg.inference.iter_predict`.
 
-Normalisation (Grad-CAM to [0, 1], SHAP to [-1, 1], by the largest absolute value) is
-done **once, after blending**, over the whole output, never per tile: tiles stay
+Normalisation (Grad-CAM to [0, 1] by its maximum; SHAP to [-1, 1] by the 99.5th
+percentile of its absolute values, clipped) is done **once, after blending**, over the whole output, never per tile: tiles stay
 comparable, and a tile with little evidence stays dim instead of being stretched to
 full red. The uncertainty maps are absolute (bits, probability spread) and never
 normalised, so two views can be compared.
@@ -71,6 +71,19 @@ def tumour_channel(model) -> int:
         if str(name).lower() == "tumour":
             return int(key)
     return 1
+
+
+def _normalise(heat: np.ndarray, robust: bool) -> np.ndarray:
+    """Divide by the largest absolute value, or (``robust``, for pixel-wise SHAP) by the
+    99.5th percentile of the non-zero absolute values and clip to [-1, 1], so that a few
+    extreme pixels do not wash the rest of the map out to white."""
+    mag = np.abs(heat)
+    scale = float(mag.max())
+    if robust and scale > 0:
+        scale = float(np.percentile(mag[mag > 0], 99.5)) or scale
+    if scale <= 0:
+        return heat
+    return np.clip(heat / scale, -1.0, 1.0)
 
 
 def iter_explain(
@@ -143,9 +156,7 @@ def iter_explain(
     else:
         heat = acc[0]
         if normalize:
-            scale = float(np.abs(heat).max())
-            if scale > 0:
-                heat = heat / scale
+            heat = _normalise(heat, robust=method == "shap")
     return np.ascontiguousarray(heat, dtype=np.float32)
 
 
@@ -175,7 +186,8 @@ def explain(
         dropout methods need the torch engine (an ONNX model's torch twin is used).
     method : {"gradcam", "shap", "entropy", "mc-dropout"}
         ``"gradcam"``: Grad-CAM on ``layer``, ReLU'd, upsampled (bilinear), in [0, 1].
-        ``"shap"``: GradientShap attribution summed over RGB, signed, in [-1, 1]:
+        ``"shap"``: GradientShap attribution summed over RGB, signed, in [-1, 1]
+        (scaled by the 99.5th percentile of its magnitude and clipped):
         positive pushes towards tumour, negative away from it.
         ``"entropy"``: binary entropy of the tumour probability in bits, in [0, 1]
         (normalised by log2 C for a C-class model).
