@@ -79,7 +79,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--tile", type=int, default=512)
     ap.add_argument("--overlap", type=int, default=64)
-    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--no-onnx", action="store_true")
     args = ap.parse_args()
 
@@ -90,16 +90,18 @@ def main():
     rows = []
     t, (n, px) = timed(lambda: naive_loop(model, image), args.repeats)
     rows.append(("naive loop, 224 px patches, 1 at a time", n, px, t))
-    t, (n, px) = timed(lambda: engine(model, image, args.tile, args.overlap, args.batch), args.repeats)
-    rows.append((f"engine, torch, tile {args.tile} overlap {args.overlap} batch {args.batch}", n, px, t))
-    t, (n, px) = timed(lambda: engine(model, image, 224, 0, 16), args.repeats)
-    rows.append(("engine, torch, same 224 px patches, batch 16", n, px, t))
+    batch = args.batch or "auto"
+    engines = [("torch", model)]
     if not args.no_onnx:
         from napari_histoseg.models.onnx_engine import OnnxSegmenter
 
-        onnx = OnnxSegmenter(model)
-        t, (n, px) = timed(lambda: engine(onnx, image, args.tile, args.overlap, args.batch), args.repeats)
-        rows.append((f"engine, ONNX Runtime, tile {args.tile} overlap {args.overlap} batch {args.batch}", n, px, t))
+        engines.append(("ONNX Runtime", OnnxSegmenter(model)))
+    for label, m in engines:
+        for tile in (args.tile, 256):
+            t, (n, px) = timed(lambda: engine(m, image, tile, args.overlap, args.batch), args.repeats)
+            rows.append((f"engine, {label}, tile {tile} overlap {args.overlap} batch {batch}", n, px, t))
+    t, (n, px) = timed(lambda: engine(model, image, 224, 0, 16), args.repeats)
+    rows.append(("engine, torch, same 224 px patches, no overlap, batch 16", n, px, t))
     base_mps = rows[0][2] / rows[0][3] / 1e6
     print(f"{'':62s} {'patches/s':>10s} {'MP/s':>7s} {'x naive':>8s}")
     for name, n, px, t in rows:

@@ -65,7 +65,7 @@ def segment(
     *,
     tile: int | None = None,
     overlap: int = 64,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     preprocess=None,
     region=None,
     progress=None,

@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tile", type=int, default=None, help="tile edge in px (default: the model's)")
     s.add_argument("--overlap", type=int, default=64, help="tile overlap in px (default 64)")
     s.add_argument("--threshold", type=float, default=0.5)
-    s.add_argument("--batch-size", type=int, default=4)
+    s.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass (default: by tile size and device)")
     s.add_argument("--level", type=int, default=0, help="pyramid level (0 = full resolution)")
     s.set_defaults(func=cmd_segment)
 

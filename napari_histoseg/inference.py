@@ -94,6 +94,26 @@ def _round_tile(tile: int) -> int:
     return max(STRIDE * 2, int(tile) // STRIDE * STRIDE)
 
 
+def fit_tile(length: int, tile: int, overlap: int) -> int:
+    """The smallest tile edge (a multiple of 32, at most ``tile``) that covers ``length``
+    with as few tiles as ``tile`` would need and at least ``overlap`` px between them.
+
+    A 2048 px side with 512 px tiles and 64 px overlap needs 5 tiles either way; 480 px
+    tiles do it with 17 % fewer pixels to compute than 512 px ones.
+    """
+    if length <= tile:
+        return math.ceil(length / STRIDE) * STRIDE
+    n = math.ceil((length - overlap) / (tile - overlap))
+    return min(tile, math.ceil((length + (n - 1) * overlap) / n / STRIDE) * STRIDE)
+
+
+def auto_batch(th: int, tw: int, device_type: str = "cpu") -> int:
+    """Tiles per forward pass: on a CPU, large batches of large tiles run slower per
+    pixel (cache), so keep about 2^18 px per batch; on a GPU batch up to 2^22 px."""
+    budget = 1 << (22 if device_type in ("cuda", "mps") else 18)
+    return max(1, budget // (th * tw))
+
+
 def _read(image, y0: int, x0: int, h: int, w: int) -> np.ndarray:
     """Read ``image[y0:y0+h, x0:x0+w]`` as uint8 RGB, mirrored where it leaves the image."""
     H, W = image.shape[:2]
@@ -134,7 +154,7 @@ def iter_predict(
     *,
     tile: int = 512,
     overlap: int = 64,
-    batch_size: int = 4,
+    batch_size: Optional[int] = None,
     threshold: float = 0.5,
     region: Optional[tuple[int, int, int, int]] = None,
     preprocess: Optional[Callable[[np.ndarray], np.ndarray]] = None,
@@ -158,8 +178,9 @@ def iter_predict(
     cy0, cx0 = max(ry - m, 0), max(rx - m, 0)
     cy1, cx1 = min(ry + rh + m, H), min(rx + rw + m, W)
     ch, cw = cy1 - cy0, cx1 - cx0
-    th = min(tile, math.ceil(ch / STRIDE) * STRIDE)
-    tw = min(tile, math.ceil(cw / STRIDE) * STRIDE)
+    th, tw = fit_tile(ch, tile, overlap), fit_tile(cw, tile, overlap)
+    if batch_size is None:
+        batch_size = auto_batch(th, tw, getattr(getattr(model, "device", None), "type", "cpu"))
     window = blend_window(th, tw, overlap)
     stride_y, stride_x = max(th - overlap, STRIDE), max(tw - overlap, STRIDE)
     origins = [(y, x) for y in tile_starts(ch, th, stride_y) for x in tile_starts(cw, tw, stride_x)]
@@ -210,11 +231,13 @@ def predict(
     model : Segmenter
         The model (see :func:`napari_histoseg.load_model`).
     tile : int
-        Tile edge in pixels, rounded down to a multiple of 32 (default 512).
+        Largest tile edge in pixels, rounded down to a multiple of 32 (default 512);
+        tiles shrink to the smallest size that needs no more of them (:func:`fit_tile`).
     overlap : int
         Overlap between neighbouring tiles in pixels, blended smoothly (default 64).
-    batch_size : int
-        Tiles per forward pass.
+    batch_size : int, optional
+        Tiles per forward pass; by default about 2^18 px per batch on a CPU (larger
+        batches of large tiles run slower per pixel there), 2^22 on a GPU.
     threshold : float
         Probability at or above which a pixel is tumour in ``mask``.
     region : (y, x, h, w), optional
