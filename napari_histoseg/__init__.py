@@ -5,6 +5,8 @@ Public API (plain numpy in, numpy out)::
     from napari_histoseg import load_model, segment
     model = load_model()                 # the bundled default model
     prob = segment(rgb, model)           # float32 tumour probability, (H, W)
+    labels = refine(rgb, seeds, prior=prob)   # seeds: 0 none, 1 tumour, 2 not tumour
+    heat = explain(rgb, model, "gradcam")
 
 The names are imported lazily: importing the package (as napari does for the reader
 and the sample data) does not import torch.
@@ -12,7 +14,7 @@ and the sample data) does not import torch.
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_model", "segment", "explain"]
+__all__ = ["__version__", "load_model", "segment", "refine", "explain"]
 
 
 def __getattr__(name):
@@ -24,4 +26,8 @@ def __getattr__(name):
         from .explain import explain
 
         return explain
+    if name == "refine":
+        from .refine import refine
+
+        return refine
     raise AttributeError(f"module 'napari_histoseg' has no attribute {name!r}")

@@ -66,17 +66,10 @@ def predict_tile(image: np.ndarray, segmenter, tile: Optional[int] = None) -> np
 
 
 def _refine(image: np.ndarray, prob: np.ndarray) -> np.ndarray:
-    """Label-propagation refinement of a probability map without seeds (prior only)."""
-    try:
-        from .refine import refine
-    except ImportError:
-        raise RuntimeError(
-            "--refine needs the label-propagation refinement (napari_histoseg.refine), "
-            "which this install does not have yet"
-        ) from None
-    seeds = np.zeros(prob.shape, np.uint8)
-    labels = refine(image, seeds, prior=prob)
-    return (np.asarray(labels) == 1).astype(np.float32)
+    """The paper's label-propagation post-processing of a probability map (no seeds)."""
+    from .refine import postprocess
+
+    return (np.asarray(postprocess(image, prob)) == 1).astype(np.float32)
 
 
 def evaluate(

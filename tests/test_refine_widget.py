@@ -98,3 +98,14 @@ def test_start_without_a_mask_says_why(make_napari_viewer, monkeypatch):
     viewer.add_image(two_tissues(), name="slide", rgb=True)
     w = RefineWidget(viewer)
     assert w.start() is None and "run Segment first" in shown[-1]
+
+
+def test_erasing_every_seed_returns_to_the_starting_mask(refining, qtbot):
+    w = refining
+    w.add_click((80, 150), 1)
+    wait_idle(w, qtbot)
+    assert w.viewer.layers["tumour"].data.any()
+    rr, cc = np.nonzero(w.seeds.data)
+    w.seeds.data_setitem((rr, cc), 0)  # the eraser
+    wait_idle(w, qtbot)
+    assert not w.viewer.layers["tumour"].data.any()

@@ -39,26 +39,12 @@ The package imports neither torch nor napari until a map is computed.
 
 from __future__ import annotations
 
-import sys
-import types
-
 from ._common import METHODS, TARGETS, ExplainError
 from .core import explain, iter_explain
 
 __all__ = ["METHODS", "TARGETS", "ExplainError", "explain", "iter_explain"]
 
 
-class _CallableModule(types.ModuleType):
-    """``napari_histoseg.explain`` is both this package and the public function.
+from .._callable import make_callable  # noqa: E402
 
-    Importing the subpackage makes Python set the attribute ``napari_histoseg.explain``
-    to the module, which would shadow the function of the same name in DESIGN.md's
-    public API. Making the module callable keeps ``napari_histoseg.explain(image,
-    model, method)`` working whichever way it was reached.
-    """
-
-    def __call__(self, *args, **kwargs):
-        return explain(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+make_callable(__name__, explain)

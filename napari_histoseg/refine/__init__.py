@@ -76,3 +76,8 @@ def postprocess(image, prior, alpha: float = 0.9, **params) -> np.ndarray:
     Returns uint8 (H, W) labels, 1 tumour; see :meth:`RefineSession.postprocess`.
     """
     return RefineSession(image, prior, **params).postprocess(alpha=alpha)
+
+
+from .._callable import make_callable  # noqa: E402
+
+make_callable(__name__, refine)

@@ -210,7 +210,8 @@ class RefineWidget(Container):
             return  # still busy: _on_returned comes back here
         self._pending = False
         seeds = np.asarray(self.seeds.data).copy()
-        if not seeds.any():
+        if not seeds.any():  # every seed erased: back to the mask refinement started from
+            self._write(self._base.copy(), seeds)
             return
         view = None
         if seeds.size > BIG:
