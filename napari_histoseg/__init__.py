@@ -1,12 +1,12 @@
 """napari-histoseg: tumour segmentation of H&E histopathology, with interactive refinement.
 
-Public API (plain numpy in, numpy out)::
+Public API (plain numpy in, numpy out):
 
-    from napari_histoseg import load_model, segment
-    model = load_model()                 # the bundled default model
-    prob = segment(rgb, model)           # float32 tumour probability, (H, W)
-    labels = refine(rgb, seeds, prior=prob)   # seeds: 0 none, 1 tumour, 2 not tumour
-    heat = explain(rgb, model, "gradcam")
+>>> from napari_histoseg import load_model, segment, refine, explain   # doctest: +SKIP
+>>> model = load_model()                     # the bundled default model  # doctest: +SKIP
+>>> prob = segment(rgb, model)               # float32 tumour probability (H, W)  # doctest: +SKIP
+>>> labels = refine(rgb, seeds, prior=prob)  # seeds: 0 none, 1 tumour, 2 not  # doctest: +SKIP
+>>> heat = explain(rgb, model, "gradcam")    # doctest: +SKIP
 
 The names are imported lazily: importing the package (as napari does for the reader
 and the sample data) does not import torch.

@@ -10,7 +10,7 @@ from skimage.color import rgb2hed, rgb2hsv, rgb2lab, rgb_from_hed
 from skimage.exposure import equalize_adapthist
 from skimage.filters import gaussian
 
-from napari_histoseg import stain
+from napari_histoseg import stain, stain_norm
 from napari_histoseg.stain import (
     MacenkoNormalizer, ReinhardNormalizer, clahe, deconvolve, hed_to_uint8, hematoxylin,
     normalizer_from_dict, optical_density, rgb_from_od, tissue_mask,
@@ -36,7 +36,7 @@ def target(target_full):
 
 def perturb(rgb):
     """Restain: H and E vectors rotated by ~6 degrees, H x1.3, E x0.75, residual kept."""
-    m = stain._stain_matrix(stain._TARGET_MACENKO["stain_matrix"])
+    m = stain._stain_matrix(stain_norm._TARGET_MACENKO["stain_matrix"])
     conc = deconvolve(rgb, m[:2]) * np.array([1.3, 0.75, 1.0], np.float32)
     m[0] += [0.1, 0.0, -0.05]
     m[1] += [0.0, -0.05, 0.1]
@@ -71,7 +71,7 @@ def test_deconvolve_pure_hematoxylin_goes_to_h_channel():
     np.testing.assert_allclose(conc[..., 1:], 0.0, atol=0.02)
     np.testing.assert_array_equal(hematoxylin(rgb), conc[..., 0])
     # the same with a 2x3 (Macenko) matrix: the residual row is completed
-    he = np.array(stain._TARGET_MACENKO["stain_matrix"])
+    he = np.array(stain_norm._TARGET_MACENKO["stain_matrix"])
     conc = deconvolve(rgb_from_od(np.full((2, 2, 3), 0.8 * he[0])), he)
     np.testing.assert_allclose(conc[..., 0], 0.8, atol=0.02)
     np.testing.assert_allclose(conc[..., 1:], 0.0, atol=0.02)
@@ -105,9 +105,9 @@ def test_default_target_constants_match_the_sample(target_full):
     mac = MacenkoNormalizer().fit_target(target_full).to_dict()
     rei = ReinhardNormalizer().fit_target(target_full).to_dict()
     for key in ("stain_matrix", "max_concentrations"):
-        np.testing.assert_allclose(mac[key], stain._TARGET_MACENKO[key], atol=1e-6)
+        np.testing.assert_allclose(mac[key], stain_norm._TARGET_MACENKO[key], atol=1e-6)
     for key in ("mean", "std"):
-        np.testing.assert_allclose(rei[key], stain._TARGET_REINHARD[key], atol=1e-6)
+        np.testing.assert_allclose(rei[key], stain_norm._TARGET_REINHARD[key], atol=1e-6)
 
 
 def test_macenko_brings_restained_copy_back(target):
