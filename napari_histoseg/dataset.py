@@ -214,10 +214,11 @@ def split_tiles(
     n = len(free)
     sizes = {g: sum(1 for t in free if str(t.get("group", t["id"])) == g) for g in groups}
     assign, count_test, count_val = {}, 0, 0
-    for g in groups:
-        if count_test < test_fraction * n:
+    for i, g in enumerate(groups):
+        last = i == len(groups) - 1 and "train" not in assign.values()  # keep one group to train on
+        if count_test < test_fraction * n and not last:
             assign[g], count_test = "test", count_test + sizes[g]
-        elif count_val < val_fraction * n:
+        elif count_val < val_fraction * n and not last:
             assign[g], count_val = "val", count_val + sizes[g]
         else:
             assign[g] = "train"
@@ -236,6 +237,8 @@ def holdout_validation(ds: Dataset, fraction: float = 0.15, seed: int = 0) -> tu
     training tiles. Returns ``(train, val, how)`` where ``how`` describes the choice.
     """
     train = ds.subset("train")
+    if not train.tiles:
+        return train, train, "no training tiles"
     groups = sorted({str(t.get("group", t["id"])) for t in train.tiles})
     k = max(1, round(fraction * len(train)))
     if len(groups) >= 2:

@@ -40,7 +40,7 @@ from .augment import AugmentConfig, random_patch
 from .dataset import Dataset, class_frequencies, holdout_validation, load_dataset
 from .losses import SegmentationLoss, class_weights
 from .metrics import dice as dice_score
-from .models import ModelMeta, build_model, save_checkpoint
+from .models import ModelMeta, build_model, load_checkpoint, save_checkpoint
 from .models.checkpoint import load_checkpoint
 
 MEAN = STD = 127.5  # inputs scaled to [-1, 1], as the ImageNet MobileNetV2 encoder expects
@@ -163,6 +163,7 @@ def train(
     epochs: int = 100,
     init_encoder: Optional[str | Path] = None,
     resume: bool = False,
+    init_checkpoint: Optional[str | Path] = None,
     time_budget: Optional[float] = None,
     patch_size: int = 256,
     batch_size: int = 8,
@@ -201,6 +202,10 @@ def train(
     init_encoder : path or None
         safetensors state dict loaded into ``model.encoder`` (e.g. the ImageNet
         MobileNetV2 of ``../shared/weights``); None = random start.
+    init_checkpoint : path or None
+        A whole histoseg checkpoint to fine-tune (its architecture and arguments are
+        used; ``arch``/``arch_kwargs`` are ignored). Its name and version are recorded
+        in the new checkpoint's training provenance.
     resume : bool
         Continue from the state file of an earlier run with the same ``out_path``
         (weights, optimiser moments, history, best score, elapsed time).
@@ -241,7 +246,16 @@ def train(
     codes = sorted(int(k) for k in classes)
     n_out = 1 if len(codes) == 2 else len(codes)
     kwargs = {**(arch_kwargs or {}), "classes": n_out}
-    model = build_model(arch, **kwargs)
+    if init_checkpoint:
+        model, src = load_checkpoint(init_checkpoint)
+        if src.out_channels != n_out:
+            raise ValueError(f"{init_checkpoint} predicts {src.out_channels} channel(s); "
+                             f"the data has {len(codes)} classes")
+        arch, kwargs = src.arch, dict(src.arch_kwargs)
+        model.train()
+        log(f"fine-tuning {src.name} v{src.model_version} ({src.arch}) from {init_checkpoint}")
+    else:
+        model = build_model(arch, **kwargs)
     if init_encoder:
         model.encoder.load_state_dict(load_file(str(init_encoder)))
         log(f"encoder initialised from {init_encoder}")
@@ -271,6 +285,7 @@ def train(
                     steps_per_epoch=steps_per_epoch, lr=lr, optimizer=optimizer, sgd_epochs=sgd_epochs,
                     loss=f"{loss} dice + class-weighted cross-entropy", class_weights=weights,
                     patience=patience, seed=seed, init_encoder=str(init_encoder) if init_encoder else None,
+                    init_checkpoint=str(init_checkpoint) if init_checkpoint else None,
                     augmentation=aug.__dict__, max_epochs=epochs, time_budget_min=time_budget)
     log(f"{arch}: {n_params:,} parameters ({n_trainable:,} trainable); {steps_per_epoch} steps of "
         f"{batch_size}x{patch_size}² per epoch; class weights {[round(w, 3) for w in weights]}")

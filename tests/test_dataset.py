@@ -134,3 +134,18 @@ def test_augmentation_keeps_codes_and_shapes():
 def test_shared_camelyon_is_valid():
     ds = load_dataset(SHARED / "camelyon", check_masks=False)
     assert len(ds.subset("train")) == 50 and len(ds.subset("test")) == 12
+
+
+def test_a_folder_of_one_slide_without_splits_still_trains(tmp_path):
+    """Export writes tiles of one source and no split: split_tiles must keep that one
+    group for training instead of sending it all to test."""
+    import numpy as np
+
+    from napari_histoseg.dataset import load_dataset, split_tiles
+    from napari_histoseg.export import export_tiles
+
+    rng = np.random.default_rng(0)
+    export_tiles(rng.integers(0, 255, (256, 512, 3), dtype=np.uint8), np.ones((256, 512), np.uint8),
+                 tmp_path / "ds", tile=256)
+    ds = split_tiles(load_dataset(tmp_path / "ds"), val_fraction=0.0, test_fraction=0.2)
+    assert len(ds.subset("train").tiles) == 2 and not ds.subset("test").tiles

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 from magicgui.widgets import ComboBox, FileEdit
 
 from ..backend import BUNDLED
@@ -10,9 +12,23 @@ MODEL_FILE = "checkpoint file…"
 
 
 class ModelChoice:
-    """Two magicgui widgets (``model``, ``model_file``) and the reference they name."""
+    """Two magicgui widgets (``model``, ``model_file``) and the reference they name.
+
+    :meth:`broadcast` points every live chooser at a new checkpoint (after fine-tuning).
+    """
+
+    _live: "weakref.WeakSet[ModelChoice]" = weakref.WeakSet()
+
+    @classmethod
+    def broadcast(cls, path) -> int:
+        """Switch every widget's model to the checkpoint ``path``; returns how many."""
+        choosers = list(cls._live)
+        for chooser in choosers:
+            chooser.use_file(path)
+        return len(choosers)
 
     def __init__(self, on_change=None):
+        ModelChoice._live.add(self)
         self.model = ComboBox(label="Model", choices=[("bundled default", BUNDLED), (MODEL_FILE, MODEL_FILE)],
                               tooltip="The bundled default model or a .safetensors checkpoint")
         self.model_file = FileEdit(label="Checkpoint", mode="r", filter="*.safetensors", visible=False)

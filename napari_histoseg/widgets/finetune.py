@@ -1,0 +1,133 @@
+"""The Fine-tune dock widget: train the current model on exported, corrected tiles."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, SpinBox
+from napari.qt.threading import thread_worker
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_info
+
+from ._model_choice import ModelChoice
+from ._worker import Failed
+
+
+class FineTuneWidget(Container):
+    """Fine-tune a model on a training-data folder (what *Export* writes).
+
+    Runs in a worker with a progress bar (epoch, loss, validation Dice); Cancel stops after
+    the current step and keeps the best checkpoint so far. The new checkpoint is
+    versioned beside the dataset (``DATASET/models/NAME-ftN.safetensors``) with its
+    provenance, and the Segment and Explain widgets switch to it.
+    """
+
+    def __init__(self, viewer):
+        super().__init__(labels=True)
+        self.viewer = viewer
+        self.worker = None
+        self._bar = None
+        self._cancel = False
+        self.dataset = FileEdit(label="Dataset folder", mode="d", tooltip="A folder written by Export")
+        self.model_choice = ModelChoice()
+        self.epochs = SpinBox(label="Epochs (max)", min=1, max=500, value=10)
+        self.budget = SpinBox(label="Time budget (min)", min=1, max=600, value=15)
+        self.lr = ComboBox(label="Learning rate", choices=[("1e-4 (gentle)", 1e-4), ("3e-4", 3e-4), ("1e-3", 1e-3)],
+                           value=1e-4)
+        self.run_button, self.cancel_button = PushButton(text="Fine-tune"), PushButton(text="Cancel", enabled=False)
+        self.status = Label(value="Export corrected tiles first, then fine-tune on that folder.")
+        self.status.native.setWordWrap(True)
+        self.extend([self.dataset, *self.model_choice.widgets, self.epochs, self.budget, self.lr,
+                     Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
+                     self.status])
+        self.native.setMaximumWidth(460)
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+
+    def _paths(self):
+        folder = Path(str(self.dataset.value))
+        if str(self.dataset.value) in ("", ".") or not (folder / "dataset.json").is_file():
+            raise ValueError("choose a dataset folder with a dataset.json (written by Export)")
+        meta = self.model_choice.meta()
+        ref = self.model_choice.ref()
+        if ref == "bundled":
+            from ..api import bundled_model_path
+
+            ref = str(bundled_model_path())
+        out_dir = folder / "models"
+        n = 1 + sum(1 for _ in out_dir.glob(f"{meta.name}-ft*.safetensors")) if out_dir.is_dir() else 1
+        return folder, ref, meta, out_dir / f"{meta.name}-ft{n}.safetensors", f"{meta.model_version}+ft{n}"
+
+    def run(self):
+        if self.worker is not None:
+            return None
+        try:
+            folder, ref, meta, out, version = self._paths()
+        except Exception as e:  # noqa: BLE001
+            show_error(f"Cannot fine-tune: {e}")
+            return None
+        from ..train import train
+
+        self._cancel = False
+
+        def job():
+            try:
+                return train(folder, out, init_checkpoint=ref, epochs=self.epochs.value,
+                             time_budget=self.budget.value, lr=self.lr.value, name=meta.name,
+                             model_version=version, half_weights=True, progress=self._report,
+                             should_stop=lambda: self._cancel, log=lambda *_: None, show_bar=False)
+            except Exception as e:  # noqa: BLE001
+                return Failed(e)
+            yield
+
+        worker = thread_worker(job, start_thread=False)()
+        worker.returned.connect(lambda summary: self._done(summary, out))
+        self.worker = worker
+        self.run_button.enabled, self.cancel_button.enabled = False, True
+        self.status.value = f"Fine-tuning {meta.name} v{meta.model_version} on {folder.name}…"
+        self._t0 = time.time()
+        worker.start()
+        return worker
+
+    def _report(self, info: dict):
+        """Called from the worker thread: hand the numbers to the main thread."""
+        from qtpy.QtCore import QTimer
+
+        QTimer.singleShot(0, lambda: self._show(info))
+
+    def _show(self, info: dict):
+        if info.get("kind") == "step":
+            total = self.epochs.value * info["steps"]
+            if self._bar is None:
+                self._bar = progress(total=total, desc="Fine-tuning")
+            self._bar.n = min(total, info["epoch"] * info["steps"] + info["step"] + 1)
+            self._bar.refresh()
+            self.status.value = f"epoch {info['epoch'] + 1}, step {info['step'] + 1}/{info['steps']}, loss {info['loss']:.3f}"
+        elif info.get("kind") == "epoch":
+            self.status.value = (f"epoch {info['epoch'] + 1}: loss {info['train_loss']:.3f}, validation Dice "
+                                 f"{info['val_dice']:.3f} (best {info['best_val_dice']:.3f})")
+
+    def cancel(self):
+        if self.worker is not None:
+            self._cancel = True
+            self.status.value = "Stopping after this step; the best checkpoint so far is kept…"
+
+    def _done(self, summary, out):
+        self.worker = None
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        self.run_button.enabled, self.cancel_button.enabled = True, False
+        if isinstance(summary, Failed):
+            show_error(f"Fine-tuning failed: {summary.error}")
+            self.status.value = f"Failed: {summary.error}"
+            return
+        if not out.is_file():
+            self.status.value = f"No checkpoint was written ({summary['stop_reason']})."
+            return
+        switched = ModelChoice.broadcast(out)
+        self.status.value = (f"{summary['stop_reason']}; best validation Dice {summary['best_val_dice']:.3f} "
+                             f"at epoch {summary['best_epoch'] + 1}. New model {out.name}; "
+                             f"{switched} widget(s) now use it.")
+        show_info(f"Fine-tuned model written to {out}")
