@@ -67,8 +67,10 @@ class ExplainWidget(Container):
         self.extend([self.image, self.method, self.target, self.shapes, self.region,
                      *self.model_choice.widgets, self.layer,
                      Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False)])
-        self.native.layout().addWidget(self._bar)
         self.extend([self.legend, self.status])
+        layout = self.native.layout()  # the colour bar goes right above its legend
+        layout.insertWidget(next(i for i in range(layout.count()) if layout.itemAt(i).widget() is not None
+                                 and layout.itemAt(i).widget().isAncestorOf(self.legend.native)), self._bar)
         self.native.setMaximumWidth(460)
         self.method.changed.connect(self._on_method)
         self.target.changed.connect(lambda v: setattr(self.shapes, "visible", v == "shape"))
