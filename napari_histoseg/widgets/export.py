@@ -39,6 +39,8 @@ class ExportWidget(Container):
         self.table = QTableWidget(0, 3)
         self.table.setHorizontalHeaderLabels(["measure", "value", "unit"])
         self.table.setMinimumHeight(180)
+        self.table.verticalHeader().setVisible(False)
+        self.table.horizontalHeader().setStretchLastSection(True)
         self.status = Label(value="")
         self.status.native.setWordWrap(True)
         row = lambda *w: Container(widgets=list(w), layout="horizontal", labels=False)  # noqa: E731
@@ -171,7 +173,7 @@ class ExportWidget(Container):
         except Exception as e:  # noqa: BLE001
             show_error(f"Cannot measure: {e}")
             return None
-        table = rows(self.result, regions=False)
+        table = [r for r in rows(self.result, regions=False) if r[0] != "warning"]  # warnings: status line
         self.table.setRowCount(len(table))
         for i, row in enumerate(table):
             for j, value in enumerate(row):
