@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 
-def _write_mask(path: Path, mask):
+def write_mask(path: Path, mask):
     """uint8 class codes (0 not tumour, 1 tumour) as PNG or compressed TIFF."""
     import tifffile
 
@@ -27,9 +27,21 @@ def _write_mask(path: Path, mask):
         raise SystemExit(f"histoseg: cannot write {path.name}: use .png, .tif or .tiff")
 
 
-def cmd_segment(args) -> int:
+def tile_bar(desc: str):
+    """A tqdm bar and the ``progress(done, total)`` callback that feeds it."""
     from tqdm import tqdm
 
+    bar = tqdm(total=None, unit="tile", desc=desc)
+
+    def progress(done, total):
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return bar, progress
+
+
+def cmd_segment(args) -> int:
     from .api import load_model
     from .inference import predict
     from .io import open_image
@@ -39,17 +51,11 @@ def cmd_segment(args) -> int:
         if not 0 <= args.level < len(slide.levels):
             raise SystemExit(f"histoseg: level {args.level} does not exist; {args.image} has {len(slide.levels)}")
         image = slide.levels[args.level]
-        bar = tqdm(total=None, unit="tile", desc=f"segmenting {Path(args.image).name}")
-
-        def progress(done, total):
-            bar.total = total
-            bar.n = done
-            bar.refresh()
-
+        bar, progress = tile_bar(f"segmenting {Path(args.image).name}")
         pred = predict(image, model, tile=args.tile or model.meta.tile_size, overlap=args.overlap,
                        threshold=args.threshold, batch_size=args.batch_size, progress=progress)
         bar.close()
-    _write_mask(Path(args.output), pred.mask)
+    write_mask(Path(args.output), pred.mask)
     if args.prob:
         import tifffile
 

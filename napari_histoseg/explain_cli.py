@@ -57,9 +57,8 @@ def run(args) -> int:
     """Run ``histoseg explain`` with parsed arguments."""
     import numpy as np
     import tifffile
-    from tqdm import tqdm
-
     from .api import load_model
+    from .cli import tile_bar
     from .explain import explain
     from .io import open_image
 
@@ -71,12 +70,7 @@ def run(args) -> int:
         if not 0 <= args.level < len(slide.levels):
             raise SystemExit(f"histoseg: level {args.level} does not exist; {args.image} has {len(slide.levels)}")
         image = slide.levels[args.level]
-        bar = tqdm(total=None, unit="tile", desc=f"{args.method} {Path(args.image).name}")
-
-        def progress(done, total):
-            bar.total = total
-            bar.n = done
-            bar.refresh()
+        bar, progress = tile_bar(f"{args.method} {Path(args.image).name}")
 
         heat = explain(image, model, args.method, target=args.target, region=args.region, layer=args.layer,
                        tile=args.tile or model.meta.tile_size, overlap=args.overlap, samples=args.samples,

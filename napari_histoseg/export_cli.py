@@ -44,12 +44,6 @@ def _read_mask(path) -> "np.ndarray":  # noqa: F821
     return m
 
 
-def _write_mask(path: Path, mask) -> None:
-    from .cli import _write_mask as write
-
-    write(Path(path), mask)
-
-
 def _level(slide, level: int):
     if not 0 <= level < len(slide.levels):
         raise ValueError(f"level {level} does not exist; the image has {len(slide.levels)}")
@@ -90,7 +84,9 @@ def _run_geojson(args) -> int:
             raise ValueError("reading GeoJSON into a mask needs --shape H,W (GeoJSON does not record it)")
         shape = tuple(int(v) for v in args.shape)
         mask, skipped = gj.geojson_to_mask_report(src, shape, offset=offset, scale=args.scale)
-        _write_mask(out, mask)
+        from .cli import write_mask
+
+        write_mask(Path(out), mask)
         left = ", ".join(f"{n} {k}" for k, n in sorted(skipped.items()))
         print(f"{out}: {int(mask.sum())} px filled" + (f"; left out {left}" if left else ""))
         return 0

@@ -46,18 +46,10 @@ def cmd_refine(args) -> int:
     t0 = time.perf_counter()
     labels = RefineSession(image, prior, **params).update(seeds)
     dt = time.perf_counter() - t0
+    from ..cli import write_mask
+
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix.lower() in {".tif", ".tiff"}:
-        import tifffile
-
-        tifffile.imwrite(out, labels, compression="zlib")
-    elif out.suffix.lower() == ".png":
-        from skimage.io import imsave
-
-        imsave(out, labels, check_contrast=False)
-    else:
-        raise SystemExit(f"histoseg: cannot write {out.name}: use .png, .tif or .tiff")
+    write_mask(out, labels)
     print(f"{out}: {labels.shape[1]} x {labels.shape[0]} px, {100.0 * labels.mean():.1f} % tumour "
           f"({int((seeds == 1).sum())} tumour and {int((seeds == 2).sum())} not-tumour seed pixels, "
           f"{'with' if prior is not None else 'without'} prior, {dt:.1f} s)")
