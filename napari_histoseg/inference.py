@@ -114,6 +114,51 @@ def auto_batch(th: int, tw: int, device_type: str = "cpu") -> int:
     return max(1, budget // (th * tw))
 
 
+@dataclass
+class TilePlan:
+    """Where the tiles of one prediction (or explanation) lie.
+
+    The context window is the region plus ``overlap`` px around it (clipped to the image),
+    so that the region's edges are not tile edges; tiles cover the context window.
+    """
+
+    region: tuple[int, int, int, int]   # (ry, rx, rh, rw) in image pixels
+    context: tuple[int, int, int, int]  # (cy0, cx0, ch, cw) in image pixels
+    tile: tuple[int, int]               # (th, tw)
+    origins: list                       # tile origins (y, x) in context pixels
+    window: np.ndarray                  # (th, tw) blend weights
+
+    def weight_sum(self) -> np.ndarray:
+        """Total blend weight of every context pixel."""
+        _, _, ch, cw = self.context
+        th, tw = self.tile
+        weight = np.zeros((ch, cw), np.float32)
+        for y, x in self.origins:
+            h, w = min(th, ch - y), min(tw, cw - x)
+            weight[y:y + h, x:x + w] += self.window[:h, :w]
+        return weight
+
+
+def plan_tiles(shape, region, tile: int, overlap: int) -> TilePlan:
+    """The tiles for ``region`` (None: the whole image) of an image of ``shape``: tile
+    edges a multiple of 32 and no larger than needed (:func:`fit_tile`), ``overlap`` px
+    between tiles and of context around the region."""
+    H, W = shape[:2]
+    if region is None:
+        region = (0, 0, H, W)
+    ry, rx, rh, rw = (int(v) for v in region)
+    if rh <= 0 or rw <= 0 or ry < 0 or rx < 0 or ry + rh > H or rx + rw > W:
+        raise ValueError(f"region {tuple(region)} is not inside the image of {H} x {W} px")
+    tile = _round_tile(tile)
+    overlap = int(np.clip(overlap, 0, tile // 2))
+    cy0, cx0 = max(ry - overlap, 0), max(rx - overlap, 0)
+    ch, cw = min(ry + rh + overlap, H) - cy0, min(rx + rw + overlap, W) - cx0
+    th, tw = fit_tile(ch, tile, overlap), fit_tile(cw, tile, overlap)
+    sy, sx = max(th - overlap, STRIDE), max(tw - overlap, STRIDE)
+    origins = [(y, x) for y in tile_starts(ch, th, sy) for x in tile_starts(cw, tw, sx)]
+    return TilePlan((ry, rx, rh, rw), (cy0, cx0, ch, cw), (th, tw), origins, blend_window(th, tw, overlap))
+
+
 def _read(image, y0: int, x0: int, h: int, w: int) -> np.ndarray:
     """Read ``image[y0:y0+h, x0:x0+w]`` as uint8 RGB, mirrored where it leaves the image."""
     H, W = image.shape[:2]
@@ -165,25 +210,11 @@ def iter_predict(
     Closing the generator (or a napari worker's ``quit()``) cancels between batches.
     """
     image = _check_image(image)
-    H, W = image.shape[:2]
-    if region is None:
-        region = (0, 0, H, W)
-    ry, rx, rh, rw = (int(v) for v in region)
-    if rh <= 0 or rw <= 0 or ry < 0 or rx < 0 or ry + rh > H or rx + rw > W:
-        raise ValueError(f"region {region} is not inside the image of {H} x {W} px")
-    tile = _round_tile(tile)
-    overlap = int(np.clip(overlap, 0, tile // 2))
-    # Context: predict a margin around the region so that its edges are not tile edges.
-    m = overlap
-    cy0, cx0 = max(ry - m, 0), max(rx - m, 0)
-    cy1, cx1 = min(ry + rh + m, H), min(rx + rw + m, W)
-    ch, cw = cy1 - cy0, cx1 - cx0
-    th, tw = fit_tile(ch, tile, overlap), fit_tile(cw, tile, overlap)
+    plan = plan_tiles(image.shape, region, tile, overlap)
+    (ry, rx, rh, rw), (cy0, cx0, ch, cw), (th, tw) = plan.region, plan.context, plan.tile
+    origins, window = plan.origins, plan.window
     if batch_size is None:
         batch_size = auto_batch(th, tw, getattr(getattr(model, "device", None), "type", "cpu"))
-    window = blend_window(th, tw, overlap)
-    stride_y, stride_x = max(th - overlap, STRIDE), max(tw - overlap, STRIDE)
-    origins = [(y, x) for y in tile_starts(ch, th, stride_y) for x in tile_starts(cw, tw, stride_x)]
 
     C = int(model.out_channels)
     acc = np.zeros((C, ch, cw), np.float32)

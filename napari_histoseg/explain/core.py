@@ -19,9 +19,9 @@ from typing import Callable, Generator, Optional
 
 import numpy as np
 
-from ..inference import _check_image, drive
+from ..inference import _check_image, drive, plan_tiles
 from ._common import METHODS, TARGETS, ExplainError
-from .tiled import iter_tiles, plan_tiles, target_array
+from .tiled import iter_tiles, target_array
 
 __all__ = ["METHODS", "TARGETS", "ExplainError", "explain", "iter_explain", "tumour_channel"]
 

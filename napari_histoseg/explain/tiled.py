@@ -1,7 +1,6 @@
 """Tiles for explanations: the inference engine's windows, blending and mirrored reads.
 
-:func:`plan_tiles` lays out the same tiles as :func:`napari_histoseg.inference.iter_predict`
-(same starts, same raised-cosine window, same context margin around a region), and
+:func:`~napari_histoseg.inference.plan_tiles` is the inference engine's own tiling, and
 :func:`iter_tiles` runs a per-tile explainer over them and puts the tiles back together:
 
 * ``engine.combine == "blend"`` (Grad-CAM, MC-dropout moments): per-location
@@ -18,55 +17,11 @@ even where the tile holds no target pixel).
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 
 import numpy as np
 
-from ..inference import STRIDE, _read, _round_tile, blend_window, tile_starts
+from ..inference import TilePlan, _read
 from ._common import TARGETS, ExplainError
-
-
-@dataclass
-class TilePlan:
-    """Tiling of the context window around a region, as in ``inference.iter_predict``."""
-
-    region: tuple[int, int, int, int]   # (ry, rx, rh, rw) in image pixels
-    context: tuple[int, int, int, int]  # (cy0, cx0, ch, cw) in image pixels
-    tile: tuple[int, int]               # (th, tw)
-    origins: list                       # tile origins (y, x) in context pixels
-    window: np.ndarray                  # (th, tw) blend weights
-
-    def weight_sum(self) -> np.ndarray:
-        """Total blend weight of every context pixel (as the inference engine accumulates it)."""
-        _, _, ch, cw = self.context
-        th, tw = self.tile
-        weight = np.zeros((ch, cw), np.float32)
-        for y, x in self.origins:
-            h, w = min(th, ch - y), min(tw, cw - x)
-            weight[y:y + h, x:x + w] += self.window[:h, :w]
-        return weight
-
-
-def plan_tiles(shape, region, tile: int, overlap: int) -> TilePlan:
-    """The tiles :func:`~napari_histoseg.inference.iter_predict` would use for ``region``
-    of an image of ``shape`` (tile rounded to a multiple of 32, ``overlap`` px of context)."""
-    H, W = shape[:2]
-    if region is None:
-        region = (0, 0, H, W)
-    ry, rx, rh, rw = (int(v) for v in region)
-    if rh <= 0 or rw <= 0 or ry < 0 or rx < 0 or ry + rh > H or rx + rw > W:
-        raise ValueError(f"region {tuple(region)} is not inside the image of {H} x {W} px")
-    tile = _round_tile(tile)
-    overlap = int(np.clip(overlap, 0, tile // 2))
-    m = overlap
-    cy0, cx0 = max(ry - m, 0), max(rx - m, 0)
-    ch, cw = min(ry + rh + m, H) - cy0, min(rx + rw + m, W) - cx0
-    th = min(tile, math.ceil(ch / STRIDE) * STRIDE)
-    tw = min(tile, math.ceil(cw / STRIDE) * STRIDE)
-    sy, sx = max(th - overlap, STRIDE), max(tw - overlap, STRIDE)
-    origins = [(y, x) for y in tile_starts(ch, th, sy) for x in tile_starts(cw, tw, sx)]
-    return TilePlan((ry, rx, rh, rw), (cy0, cx0, ch, cw), (th, tw), origins, blend_window(th, tw, overlap))
 
 
 def target_array(target, plan: TilePlan, image_shape) -> np.ndarray:
