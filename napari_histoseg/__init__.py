@@ -14,7 +14,7 @@ and the sample data) does not import torch.
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_model", "segment", "refine", "explain"]
+__all__ = ["__version__", "load_model", "segment", "refine", "explain", "detect_nuclei", "classify"]
 
 
 def __getattr__(name):
@@ -30,4 +30,12 @@ def __getattr__(name):
         from .refine import refine
 
         return refine
+    if name == "detect_nuclei":
+        from .nuclei import detect_nuclei
+
+        return detect_nuclei
+    if name == "classify":
+        from .classifier import classify
+
+        return classify
     raise AttributeError(f"module 'napari_histoseg' has no attribute {name!r}")

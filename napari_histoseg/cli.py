@@ -72,6 +72,33 @@ def cmd_demo(args) -> int:
     return run_demo(image=args.image, screenshot=args.screenshot, model=args.model)
 
 
+# Modules that add subcommands through ``register(subparsers)``; each must import
+# without torch or napari (the parser is built on every call of ``histoseg``).
+_SUBCOMMAND_MODULES = (
+    "cli_train",        # train, evaluate (--task segmentation|instances|classification)
+    "refine.cli",       # refine
+    "explain_cli",      # explain
+    "export_cli",       # export, measure
+    "wsi.cli",          # segment-slides (issue 9)
+    "server.cli",       # serve (issue 10)
+    "nuclei.cli",       # nuclei (issue 11)
+    "classifier.cli",   # classify (issue 12)
+)
+
+
+def _optional_module(name: str):
+    """Import ``napari_histoseg.<name>``; None only if that module itself does not exist."""
+    import importlib
+
+    full = f"{__package__}.{name}"
+    try:
+        return importlib.import_module(full)
+    except ModuleNotFoundError as e:
+        if e.name and (full == e.name or full.startswith(e.name + ".")):
+            return None
+        raise
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="histoseg", description="H&E tumour segmentation (napari-histoseg)")
     sub = p.add_subparsers(dest="command", required=True)
@@ -96,27 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--screenshot", help="save a screenshot of the window to this PNG and quit")
     d.set_defaults(func=cmd_demo)
 
-    try:
-        from . import cli_train
-    except ImportError:
-        pass
-    else:
-        cli_train.register(sub)
-    from .refine import cli as cli_refine
-
-    cli_refine.register(sub)
-    try:
-        from . import explain_cli
-    except ImportError:
-        pass
-    else:
-        explain_cli.register(sub)
-    try:
-        from . import export_cli
-    except ImportError:
-        pass
-    else:
-        export_cli.register(sub)
+    for name in _SUBCOMMAND_MODULES:
+        module = _optional_module(name)
+        if module is not None:
+            module.register(sub)
     return p
 
 

@@ -11,9 +11,57 @@ commands on their own (``python -m napari_histoseg.cli_train train ...``)::
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import sys
+
+# --task NAME -> the module that trains and evaluates it. A task module provides
+# ``add_train_options(parser)``, ``add_evaluate_options(parser)`` (task-only flags,
+# imported without torch), ``run_train(args)`` and ``run_evaluate(args)``.
+TASKS = {
+    "segmentation": None,                             # tumour masks: this module
+    "instances": "napari_histoseg.nuclei.cli",        # nuclei (issue 11)
+    "classification": "napari_histoseg.classifier.cli",  # benign/malignant (issue 12)
+}
+
+
+def _task_modules():
+    for task, name in TASKS.items():
+        if name is None:
+            continue
+        try:
+            yield task, importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if not (e.name and name.startswith(e.name)):
+                raise
+
+
+def _add_task_arg(p) -> None:
+    p.add_argument("--task", choices=list(TASKS), default=None,
+                   help="segmentation (tumour masks), instances (nuclei) or classification "
+                        "(benign/malignant); default: the dataset's own 'task'")
+
+
+def _task_module(task: str):
+    try:
+        return importlib.import_module(TASKS[task])
+    except ModuleNotFoundError as e:
+        if e.name and TASKS[task].startswith(e.name):
+            raise SystemExit(f"histoseg: the {task!r} task is not part of this installation") from None
+        raise
+
+
+def _task_of(args) -> str:
+    if args.task:
+        return args.task
+    first = args.dataset[0] if isinstance(args.dataset, list) else args.dataset
+    try:
+        with open(f"{first}/dataset.json") as f:
+            task = json.load(f).get("task", "segmentation")
+    except (OSError, ValueError):
+        return "segmentation"
+    return task if task in TASKS else "segmentation"
 
 
 def _add_train(sub) -> None:
@@ -44,6 +92,9 @@ def _add_train(sub) -> None:
     p.add_argument("--model-version", default="0")
     p.add_argument("--half-weights", action="store_true", help="store weights as float16")
     p.add_argument("--summary", default=None, help="write the training summary JSON here")
+    _add_task_arg(p)
+    for _, module in _task_modules():
+        module.add_train_options(p)
     p.set_defaults(func=_run_train)
 
 
@@ -58,6 +109,9 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--json", default=None, metavar="OUT", help="write per-image and mean metrics")
     p.add_argument("--tolerance", type=float, default=5.0, help="boundary F tolerance in px")
     p.add_argument("--threshold", type=float, default=0.5)
+    _add_task_arg(p)
+    for _, module in _task_modules():
+        module.add_evaluate_options(p)
     p.set_defaults(func=_run_evaluate)
 
 
@@ -68,6 +122,9 @@ def register(subparsers) -> None:
 
 
 def _run_train(args) -> int:
+    task = _task_of(args)
+    if TASKS[task] is not None:
+        return _task_module(task).run_train(args)
     from .train import train
 
     summary = train(
@@ -102,6 +159,9 @@ def format_table(result: dict) -> str:
 
 
 def _run_evaluate(args) -> int:
+    task = _task_of(args)
+    if TASKS[task] is not None:
+        return _task_module(task).run_evaluate(args)
     from .evaluate import evaluate
 
     result = evaluate(args.dataset, args.model, split=args.split, refine=args.refine,

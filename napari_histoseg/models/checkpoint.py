@@ -43,6 +43,7 @@ class ModelMeta:
     """
 
     arch: str
+    task: str = "segmentation"  # or "instances" (nuclei), "classification" (benign/malignant)
     arch_kwargs: dict = field(default_factory=lambda: {"classes": 1})
     classes: dict = field(default_factory=lambda: {"0": "not tumour", "1": "tumour"})
     mean: list = field(default_factory=lambda: [127.5, 127.5, 127.5])
