@@ -51,6 +51,14 @@ class Segmenter:
     def from_checkpoint(cls, path: str | Path, device="auto", half=None) -> "Segmenter":
         """Load a safetensors checkpoint (see :func:`load_checkpoint`)."""
         module, meta = load_checkpoint(path)
+        if meta.task != "segmentation":
+            from .checkpoint import CheckpointError
+
+            raise CheckpointError(
+                f"{path}: this is a {meta.task} model ({meta.name}), not a segmentation model; "
+                + ("classify with napari_histoseg.classify / `histoseg classify`"
+                   if meta.task == "classification" else "it cannot segment tumour")
+            )
         return cls(module, meta, device=device, half=half, source=str(path))
 
     @classmethod
