@@ -1,0 +1,227 @@
+"""Tiled Mask R-CNN inference: one label per nucleus over images of any size.
+
+The image is brought to the model's mpp (when both are known), cut into tiles that
+overlap by ``overlap`` px (at least the widest nucleus: 128 px = 32 µm at 0.25 µm/px),
+and each tile is run through the detector. Every tile owns a *core*: the tiles' cores
+split the image without gaps or overlaps at the middle of each overlap. A detection is
+kept only by the tile whose core holds its centroid; since a centroid in the core lies at
+least ``overlap / 2`` px from the tile's edge, a nucleus up to ``overlap`` px wide is
+whole in the tile that keeps it, and no other tile keeps it again. Masks are pasted by
+descending score; pixels already taken stay with the earlier (more confident) nucleus,
+and a detection that keeps less than half of its mask is dropped as a duplicate.
+
+Example
+-------
+>>> labels, table = detect_nuclei(rgb, mpp=0.25)              # doctest: +SKIP
+>>> labels.max(), list(table.columns)[:3]                     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import warnings
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..inference import drive, tile_starts
+from ..io.validate import ImageFormatError, ensure_rgb_uint8
+
+BUNDLED = Path(__file__).resolve().parent.parent / "weights" / "nuclei.safetensors"
+MIN_SIDE = 32
+
+
+class NucleiModelError(ValueError):
+    """No usable nucleus model; the message says why."""
+
+
+def load_nuclei_model(path=None):
+    """``(model, meta)`` of an instances checkpoint (default: the bundled nucleus model)."""
+    from ..models.checkpoint import CheckpointError, load_checkpoint, read_meta
+
+    path = Path(path) if path else BUNDLED
+    if not path.is_file():
+        raise NucleiModelError(
+            f"{path}: no nucleus model there" + (" (the bundled model is not installed; train one "
+                                                 "with `histoseg train --task instances`)" if path == BUNDLED else ""))
+    meta = read_meta(path)
+    if meta.task != "instances":
+        raise CheckpointError(f"{path}: a {meta.task!r} model, not a nucleus (instances) model")
+    return _load_cached(str(path), path.stat().st_mtime) if path == BUNDLED else load_checkpoint(path)
+
+
+@lru_cache(maxsize=2)
+def _load_cached(path: str, mtime: float):
+    from ..models.checkpoint import load_checkpoint
+
+    model, meta = load_checkpoint(path)
+    return model.float(), meta
+
+
+def check_image(image) -> np.ndarray:
+    """RGB uint8 of ``image`` or :class:`ImageFormatError` saying what is wrong."""
+    rgb, notes = ensure_rgb_uint8(np.asarray(image))
+    for note in notes:
+        warnings.warn(note, stacklevel=3)
+    if min(rgb.shape[:2]) < MIN_SIDE:
+        raise ImageFormatError(
+            f"image of {rgb.shape[1]} x {rgb.shape[0]} px is too small to find nuclei in "
+            f"(at least {MIN_SIDE} x {MIN_SIDE} px)")
+    return rgb
+
+
+@torch.no_grad()
+def run_detector(model, batch: torch.Tensor):
+    """Detections of a batch (B, 3, H, W) in [0, 1], with the masks kept as 28 x 28 probabilities.
+
+    Calls the parts of torchvision's ``GeneralizedRCNN`` one by one, skipping its final
+    paste of every mask into a full-size image (N x H x W floats: gigabytes on dense tissue).
+    Returns a list of dicts ``boxes`` (N, 4) xyxy, ``scores`` (N,), ``masks`` (N, 28, 28).
+    """
+    images, _ = model.transform(list(batch))
+    features = model.backbone(images.tensors)
+    proposals, _ = model.rpn(images, features)
+    dets, _ = model.roi_heads(features, proposals, images.image_sizes)
+    return [{"boxes": d["boxes"], "scores": d["scores"], "masks": d["masks"][:, 0]} for d in dets]
+
+
+def paste(labels, dets, offset, core, next_id, score_threshold=0.5, mask_threshold=0.5):
+    """Paste a tile's detections into ``labels`` (in place); returns the next free id and scores.
+
+    ``offset`` (y, x) of the tile in ``labels``; ``core`` (y0, y1, x0, x1) in image
+    coordinates: only detections whose mask centroid falls inside it are kept.
+    """
+    H, W = labels.shape
+    oy, ox = offset
+    kept = []
+    scores = dets["scores"].numpy()
+    order = np.argsort(-scores, kind="stable")
+    boxes = dets["boxes"].numpy()
+    masks = dets["masks"]
+    for k in order:
+        if scores[k] < score_threshold:
+            break
+        x0, y0, x1, y1 = boxes[k]
+        bx0, by0 = int(np.floor(x0)), int(np.floor(y0))
+        bw, bh = max(1, int(np.ceil(x1)) - bx0), max(1, int(np.ceil(y1)) - by0)
+        m = F.interpolate(masks[k][None, None], size=(bh, bw), mode="bilinear",
+                          align_corners=False)[0, 0].numpy() > mask_threshold
+        gy0, gx0 = by0 + oy, bx0 + ox
+        # clip to the image
+        cy0, cx0 = max(gy0, 0), max(gx0, 0)
+        cy1, cx1 = min(gy0 + bh, H), min(gx0 + bw, W)
+        if cy1 <= cy0 or cx1 <= cx0:
+            continue
+        m = m[cy0 - gy0:cy1 - gy0, cx0 - gx0:cx1 - gx0]
+        area = int(m.sum())
+        if area == 0:
+            continue
+        yy, xx = np.nonzero(m)
+        cy, cx = cy0 + yy.mean(), cx0 + xx.mean()
+        if not (core[0] <= cy < core[1] and core[2] <= cx < core[3]):
+            continue
+        view = labels[cy0:cy1, cx0:cx1]
+        free = m & (view == 0)
+        if free.sum() < 0.5 * area:
+            continue
+        view[free] = next_id
+        kept.append(float(scores[k]))
+        next_id += 1
+    return next_id, kept
+
+
+def _cores(starts, tile, length):
+    """Core [a, b) of each tile: split at the middle of each overlap."""
+    out = []
+    for i, s in enumerate(starts):
+        a = 0 if i == 0 else (s + min(starts[i - 1] + tile, length)) // 2
+        b = length if i == len(starts) - 1 else (starts[i + 1] + min(s + tile, length)) // 2
+        out.append((a, b))
+    return out
+
+
+def iter_detect(rgb, model, tile=512, overlap=128, score_threshold=0.5, mask_threshold=0.5):
+    """Generator yielding ``(done, total)`` tiles; returns ``(labels int32, scores)``."""
+    H, W = rgb.shape[:2]
+    if overlap >= tile:
+        raise ValueError(f"overlap ({overlap}) must be smaller than the tile ({tile})")
+    ys, xs = tile_starts(H, tile, tile - overlap), tile_starts(W, tile, tile - overlap)
+    cy, cx = _cores(ys, tile, H), _cores(xs, tile, W)
+    labels = np.zeros((H, W), np.int32)
+    scores, next_id, done, total = [], 1, 0, len(ys) * len(xs)
+    model.eval()
+    for i, y in enumerate(ys):
+        for j, x in enumerate(xs):
+            patch = rgb[y:y + tile, x:x + tile]
+            t = torch.from_numpy(np.ascontiguousarray(patch)).permute(2, 0, 1).float() / 255.0
+            dets = run_detector(model, t[None])[0]
+            next_id, kept = paste(labels, dets, (y, x), (*cy[i], *cx[j]), next_id,
+                                  score_threshold, mask_threshold)
+            scores += kept
+            done += 1
+            yield done, total
+    return labels, np.asarray(scores, np.float32)
+
+
+def _rescale(rgb, factor):
+    t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float()
+    size = (max(1, round(rgb.shape[0] * factor)), max(1, round(rgb.shape[1] * factor)))
+    t = F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=factor < 1)
+    return t[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def detect_nuclei(image, model=None, mpp=None, *, tile=512, overlap=128, score_threshold=0.5,
+                  mask_threshold=0.5, features=True, progress=None, should_stop=None):
+    """Find and outline every nucleus of an H&E image.
+
+    Parameters
+    ----------
+    image : array (H, W, 3) RGB (uint8, or any dtype :func:`ensure_rgb_uint8` accepts)
+    model : str, Path, ``(module, meta)`` or None
+        A nucleus checkpoint, a loaded one, or None for the bundled model.
+    mpp : float, optional
+        Microns per pixel of ``image``. When given and it differs from the model's by more
+        than 5 %, the image is resampled to the model's mpp and the labels back.
+    tile, overlap : int
+        Tile side and overlap in model pixels; ``overlap`` must exceed the widest nucleus.
+    score_threshold, mask_threshold : float
+        Minimum detection score and mask probability.
+    features : bool
+        Measure every nucleus (see :func:`napari_histoseg.nuclei.features.nucleus_features`).
+    progress, should_stop : callables
+        ``progress(done, total)`` per tile; ``should_stop()`` True cancels
+        (:class:`napari_histoseg.inference.Cancelled`).
+
+    Returns
+    -------
+    labels : ndarray of uint32 (H, W)
+        0 background, 1..N one nucleus each.
+    table : pandas.DataFrame or None
+        One row per nucleus (``label``, centroid, area in µm² or px², ...), None if
+        ``features=False``.
+    """
+    rgb = check_image(image)
+    net, meta = (load_nuclei_model(model) if model is None or isinstance(model, (str, Path)) else model)
+    factor = 1.0
+    if mpp and meta.mpp and abs(mpp / meta.mpp - 1) > 0.05:
+        factor = mpp / meta.mpp
+    work = _rescale(rgb, factor) if factor != 1.0 else rgb
+    if min(work.shape[:2]) < MIN_SIDE:
+        raise ImageFormatError(f"image too small at the model's resolution ({work.shape[1]} x {work.shape[0]} px)")
+    labels, _ = drive(iter_detect(work, net, tile, overlap, score_threshold, mask_threshold),
+                      progress, should_stop, "nucleus detection")
+    if factor != 1.0:
+        t = torch.from_numpy(labels).double()[None, None]
+        labels = F.interpolate(t, size=rgb.shape[:2], mode="nearest")[0, 0].to(torch.int64).numpy()
+        from skimage.segmentation import relabel_sequential
+
+        labels = relabel_sequential(labels)[0]
+    labels = labels.astype(np.uint32)
+    table = None
+    if features:
+        from .features import nucleus_features
+
+        table = nucleus_features(labels, rgb, mpp=mpp)
+    return labels, table
