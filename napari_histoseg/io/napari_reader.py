@@ -15,6 +15,9 @@ Layer data
 
 ``scale`` is (mpp, mpp) with ``units`` µm when the pixel size is known,
 otherwise (1, 1) in pixels.
+
+A ``*.zarr`` folder written by ``histoseg segment-slides`` (:mod:`napari_histoseg.wsi`)
+opens as its result layers (tumour probability, tumour, tissue), on the slide's µm grid.
 """
 
 from __future__ import annotations
@@ -115,6 +118,15 @@ def read_image_layers(path) -> list[tuple]:
     return [slide_layer_data(open_image(path))]
 
 
+def _result_reader(path):
+    """The reader of a whole-slide result (OME-Zarr written by napari_histoseg.wsi), or None."""
+    from ..wsi.layers import is_result, result_layer_data
+
+    if not is_result(str(path).rstrip("/")):
+        return None
+    return lambda p: result_layer_data(str((p[0] if isinstance(p, (list, tuple)) else p)).rstrip("/"))
+
+
 def get_reader(path):
     """npe2 reader hook: a reader function if `path` is an image we open.
 
@@ -142,6 +154,8 @@ def get_reader(path):
         path = path[0]
     if not isinstance(path, (str, os.PathLike)):
         return None
+    if str(path).rstrip("/").endswith(".zarr"):
+        return _result_reader(path)
     if image_suffix(path) is None:
         return None
     return read_image_layers
