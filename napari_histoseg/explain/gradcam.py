@@ -4,7 +4,9 @@ For a layer with activations ``A_k`` (k = channels), Grad-CAM weights every chan
 the mean gradient of the target over the layer, ``a_k = mean(dT / dA_k)``, and maps
 ``ReLU(sum_k a_k A_k)``, upsampled bilinearly to the tile
 (``LayerAttribution.interpolate``). For segmentation the target ``T`` is a sum of the
-tumour logit over pixels: the predicted mask, a drawn region or the whole view.
+tumour logit over pixels: the predicted mask, a drawn region or the whole view. For a
+classifier (logits of shape (N, C)) the target is the tile's logit of ``channel``, and
+the caller restricts the blended map to the region (see ``classifier.infer``).
 
 The map is only as sharp as the layer: a layer at stride s gives blobs of about s px.
 """
@@ -22,6 +24,7 @@ from ._common import ExplainError
 DEFAULT_LAYERS = {
     "DropoutUnet": "net.decoder.blocks.1",
     "LightMuSeg": "frfm.1",
+    "MobileNetClassifier": "features.18",  # the classifier's last convolution (stride 32)
 }
 
 _SKIP = (nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Identity, nn.modules.dropout._DropoutNd, nn.Sigmoid)
@@ -167,6 +170,8 @@ class GradCam:
 
         def forward(x):
             logits = model.logits(x).float()
+            if logits.ndim == 2:  # a classifier: the target is the class logit of the tile
+                return logits[:, ch]
             mask = w
             if use_prediction:
                 mask = w * target_mask_from_logits(logits.detach(), ch)
