@@ -28,12 +28,16 @@ from .metrics import score
 
 
 def default_val_ids(tiles) -> list[str]:
-    """One breast tile and one tile of another organ (deterministic: the first of each)."""
+    """One breast tile and the last tile of another organ that has at least three
+    (so that no organ loses all its training tiles)."""
+    from collections import Counter
+
     out = []
     breast = [t for t in tiles if t.organ == "breast"]
     if breast:
         out.append(breast[0].id)
-    other = [t for t in tiles if t.organ and t.organ != "breast"]
+    count = Counter(t.organ for t in tiles)
+    other = [t for t in tiles if t.organ and t.organ != "breast" and count[t.organ] >= 3]
     if other and len(tiles) > 4:
         out.append(other[-1].id)
     return out or [tiles[-1].id]

@@ -1,0 +1,147 @@
+"""Command line for nuclei (import-light: no torch at import).
+
+    histoseg nuclei IMAGE -o LABELS.tif [--csv FEATURES.csv] [--region MASK.png] [--mpp M]
+                    [--model PATH] [--classical] [--tile N] [--overlap N] [--score-threshold T]
+    histoseg train DATASET --task instances -o NUCLEI.safetensors --init-encoder MNV2.safetensors
+                   --time-budget MIN --batch-size 2 --lr 2e-4 [--nuclei-val-every MIN]
+    histoseg evaluate DATASET --task instances [--model PATH] [--split test] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+DEFAULT_ARCH = "maskrcnn-mobilenet_v2"
+
+
+def add_train_options(p) -> None:
+    g = p.add_argument_group("instances (nuclei)")
+    g.add_argument("--nuclei-val-every", type=float, default=8.0, metavar="MIN",
+                   help="instances: validate on the held-out tiles every MIN minutes (default 8)")
+    g.add_argument("--nuclei-val-ids", default=None, metavar="ID,ID",
+                   help="instances: train tiles held out for validation (default: a breast tile "
+                        "and one of another organ)")
+    g.add_argument("--nuclei-mpp", type=float, default=0.25,
+                   help="instances: mpp the model works at (default 0.25, MoNuSeg's 40x)")
+
+
+def add_evaluate_options(p) -> None:
+    g = p.add_argument_group("instances (nuclei)")
+    g.add_argument("--no-baseline", action="store_true",
+                   help="instances: skip the classical watershed baseline")
+    g.add_argument("--nuclei-tile", type=int, default=512, help="instances: tile size (default 512)")
+    g.add_argument("--nuclei-overlap", type=int, default=128, help="instances: tile overlap (default 128)")
+
+
+def run_train(args) -> int:
+    from .train import export_half, train_nuclei
+
+    arch = args.arch if args.arch.startswith("maskrcnn") else DEFAULT_ARCH
+    steps = args.epochs * (args.steps_per_epoch or 100)
+    summary = train_nuclei(
+        args.dataset[0], args.output, arch=arch, arch_kwargs=json.loads(args.arch_kwargs),
+        init_encoder=args.init_encoder, time_budget=args.time_budget, max_steps=steps,
+        patch_size=args.patch_size, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        threads=args.threads, val_every=args.nuclei_val_every, model_mpp=args.nuclei_mpp,
+        val_ids=args.nuclei_val_ids.split(",") if args.nuclei_val_ids else None,
+        log=lambda s: print(s, flush=True))
+    if args.half_weights and Path(args.output).is_file():
+        export_half(args.output, args.output)
+    if args.summary:
+        Path(args.summary).write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+def run_evaluate(args) -> int:
+    from .evaluate import evaluate_nuclei, format_table
+
+    result = evaluate_nuclei(args.dataset, args.model, split=args.split, baseline=not args.no_baseline,
+                             tile=args.nuclei_tile, overlap=args.nuclei_overlap,
+                             log=lambda s: print(s, flush=True))
+    print(format_table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("nuclei", help="find, outline and measure every nucleus",
+                              description="One label per nucleus (Mask R-CNN, or the classical "
+                                          "watershed with --classical), per-nucleus features as CSV.")
+    p.add_argument("image", help="RGB H&E image (PNG, JPEG, TIFF, ...)")
+    p.add_argument("-o", "--output", required=True, help="labels to write (.tif; .png up to 65535 nuclei)")
+    p.add_argument("--csv", help="write one row of features per nucleus here")
+    p.add_argument("--region", help="mask (PNG/TIFF, non-zero = tumour): keep nuclei whose centroid "
+                                    "is inside, and print tumour vs rest")
+    p.add_argument("--mpp", type=float, default=None, help="microns per pixel (default: from the file)")
+    p.add_argument("--model", default=None, help="nucleus checkpoint (default: the bundled model)")
+    p.add_argument("--classical", action="store_true", help="use the classical watershed baseline")
+    p.add_argument("--tile", type=int, default=512)
+    p.add_argument("--overlap", type=int, default=128)
+    p.add_argument("--score-threshold", type=float, default=0.5)
+    p.set_defaults(func=cmd_nuclei)
+
+
+def cmd_nuclei(args) -> int:
+    import numpy as np
+
+    from ..cli import tile_bar
+    from ..io import open_image
+
+    with open_image(args.image) as slide:
+        rgb = np.asarray(slide.levels[0])
+        mpp = args.mpp or slide.mpp
+    region = None
+    if args.region:
+        from skimage.io import imread
+
+        region = np.asarray(imread(args.region))
+        region = (region[..., 0] if region.ndim == 3 else region) > 0
+        if region.shape != rgb.shape[:2]:
+            raise ValueError(f"--region {args.region} is {region.shape[::-1]} px, the image "
+                             f"{rgb.shape[1::-1]} px")
+    if args.classical:
+        from .baseline import detect_nuclei_classical
+
+        labels, table = detect_nuclei_classical(rgb, mpp=mpp)
+    else:
+        from .infer import detect_nuclei
+
+        bar, progress = tile_bar(f"nuclei in {Path(args.image).name}")
+        labels, table = detect_nuclei(rgb, args.model, mpp=mpp, tile=args.tile, overlap=args.overlap,
+                                      score_threshold=args.score_threshold, progress=progress)
+        bar.close()
+    from .features import region_summary
+
+    if region is not None:
+        summary = region_summary(table, {"tumour": region, "rest": ~region}, mpp)
+        cy = np.clip(table["centroid_y"].round().astype(int), 0, region.shape[0] - 1)
+        cx = np.clip(table["centroid_x"].round().astype(int), 0, region.shape[1] - 1)
+        table["in_region"] = region[cy, cx]
+    else:
+        summary = region_summary(table, {"image": np.ones(labels.shape, bool)}, mpp)
+    _write_labels(Path(args.output), labels)
+    if args.csv:
+        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(args.csv, index=False)
+    print(f"{args.output}: {int(labels.max())} nuclei in {labels.shape[1]} x {labels.shape[0]} px"
+          + (f" at {mpp:.3f} µm/px" if mpp else " (mpp unknown: areas in px²)"))
+    print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return 0
+
+
+def _write_labels(path: Path, labels) -> None:
+    import tifffile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() in {".tif", ".tiff"}:
+        tifffile.imwrite(path, labels, compression="zlib")
+    elif path.suffix.lower() == ".png":
+        if labels.max() > 65535:
+            raise ValueError(f"{path.name}: more than 65535 nuclei do not fit a PNG; use .tif")
+        from skimage.io import imsave
+
+        imsave(path, labels.astype("uint16"), check_contrast=False)
+    else:
+        raise ValueError(f"cannot write {path.name}: use .tif, .tiff or .png")
