@@ -26,7 +26,8 @@ def bundled_model_path() -> Path:
     return DEFAULT_MODEL
 
 
-def load_model(path: str | Path | None = None, device: str = "auto", engine: str = "torch"):
+def load_model(path: str | Path | None = None, device: str = "auto", engine: str = "torch",
+               backend: str | None = None, token: str | None = None):
     """Load a segmentation model.
 
     Parameters
@@ -39,12 +40,20 @@ def load_model(path: str | Path | None = None, device: str = "auto", engine: str
     engine : {"torch", "onnx"}
         ``"onnx"`` runs the same weights through ONNX Runtime on the CPU (needs the
         ``onnx`` extra); often faster than eager PyTorch on a CPU.
+    backend : str, optional
+        ``"http://host:port"`` of a ``histoseg serve``: the model runs there (on its
+        device; ``device`` and ``engine`` are ignored) and ``path`` is a local checkpoint
+        to upload or the name of a model the server has. ``token`` is its bearer token.
 
     Returns
     -------
     Segmenter
         Takes uint8 RGB batches and returns probabilities; pass it to :func:`segment`.
     """
+    if backend:
+        from .remote import RemoteBackend
+
+        return RemoteBackend(backend, token=token).model(path)
     from .models.segmenter import Segmenter
 
     model = Segmenter.from_checkpoint(path if path is not None else bundled_model_path(), device=device)

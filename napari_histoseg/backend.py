@@ -1,8 +1,9 @@
 """Where the work runs.
 
 The widgets reach models through one small backend object and never through torch
-directly. :class:`LocalBackend` runs the core in this process on cuda, mps or cpu; a
-remote backend with the same methods can later send the same calls to a GPU server.
+directly. :class:`LocalBackend` runs the core in this process on cuda, mps or cpu;
+:class:`~napari_histoseg.remote.RemoteBackend` sends the same calls to ``histoseg serve``
+on another machine (:func:`make_backend` picks one from a setting).
 """
 
 from __future__ import annotations
@@ -31,6 +32,20 @@ class Backend(Protocol):
 
     def explain(self, image, model_ref: str = BUNDLED, method: str = "gradcam", **options):
         """Generator: yields ``(done, total)`` tiles, returns the float32 heat map."""
+
+    def fine_tune(self, dataset, out, init_checkpoint: str = BUNDLED, *, progress=None, should_stop=None,
+                  **settings) -> dict:
+        """Fine-tune ``init_checkpoint`` on a training-data folder; the new checkpoint is
+        written to ``out``; returns the training summary (``stop_reason`` among it)."""
+
+
+def make_backend(url: str | None = None, token: str | None = None):
+    """:class:`LocalBackend` for None, ``""`` or ``"local"``; a RemoteBackend for a URL."""
+    if not url or str(url).strip().lower() in ("local", "this computer"):
+        return LocalBackend()
+    from .remote import RemoteBackend
+
+    return RemoteBackend(str(url).strip(), token=token or None)
 
 
 class LocalBackend:
@@ -75,3 +90,14 @@ class LocalBackend:
         model = self.model(model_ref, device, "torch")
         tile = tile or model.meta.tile_size
         return (yield from iter_explain(image, model, method, tile=tile, **options))
+
+    def fine_tune(self, dataset, out, init_checkpoint: str = BUNDLED, *, progress=None, should_stop=None,
+                  **settings) -> dict:
+        from .train import train
+
+        if init_checkpoint in (None, "", BUNDLED):
+            from .api import bundled_model_path
+
+            init_checkpoint = str(bundled_model_path())
+        return train(dataset, out, init_checkpoint=init_checkpoint, half_weights=True, progress=progress,
+                     should_stop=should_stop, log=lambda *_: None, show_bar=False, **settings)

@@ -2,6 +2,7 @@
 
     histoseg segment IMAGE -o MASK [--prob PROB.tif] [--model PATH] [--device auto]
                      [--tile N] [--overlap N] [--threshold T] [--level L] [--engine torch|onnx]
+                     [--backend http://host:port [--token-file PATH]]
     histoseg demo [--screenshot PNG]
 """
 
@@ -46,7 +47,12 @@ def cmd_segment(args) -> int:
     from .inference import predict
     from .io import open_image
 
-    model = load_model(args.model, device=args.device, engine=args.engine)
+    token = None
+    if args.token_file:
+        from .server.security import read_token
+
+        token = read_token(args.token_file)
+    model = load_model(args.model, device=args.device, engine=args.engine, backend=args.backend, token=token)
     with open_image(args.image) as slide:
         if not 0 <= args.level < len(slide.levels):
             raise SystemExit(f"histoseg: level {args.level} does not exist; {args.image} has {len(slide.levels)}")
@@ -115,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threshold", type=float, default=0.5)
     s.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass (default: by tile size and device)")
     s.add_argument("--level", type=int, default=0, help="pyramid level (0 = full resolution)")
+    s.add_argument("--backend", help="http://host:port of a `histoseg serve` to run the model on")
+    s.add_argument("--token-file", help="file holding that server's bearer token")
     s.set_defaults(func=cmd_segment)
 
     d = sub.add_parser("demo", help="open napari with the sample image and its segmentation")

@@ -1,0 +1,118 @@
+"""The models a server holds: loaded once on its device, each behind a :class:`Batcher`."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..backend import BUNDLED
+from .batching import Batcher
+
+
+@dataclass
+class Entry:
+    ref: str
+    path: Path
+    sha256: str
+    model: object                  # Segmenter on the server's device
+    batcher: Batcher
+    _explainer: object = None
+    explain_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def explainer(self):
+        """A private copy of the network for explanations (their hooks and gradients must
+        not meet the batched forward passes of other requests)."""
+        if self._explainer is None:
+            from ..models.segmenter import Segmenter
+
+            m = self.model
+            self._explainer = Segmenter(copy.deepcopy(m.module), m.meta, device=m.device, half=m.half,
+                                        source=m.source)
+        return self._explainer
+
+    def engine_model(self):
+        """What the tiled engine needs of a model, with the forward pass through the batcher."""
+        from types import SimpleNamespace
+
+        m = self.model
+        return SimpleNamespace(meta=m.meta, device=m.device, out_channels=m.out_channels, predict=self.batcher)
+
+    def info(self) -> dict:
+        meta = self.model.meta
+        return {"ref": self.ref, "name": meta.name, "version": meta.model_version, "arch": meta.arch,
+                "task": meta.task, "tile_size": meta.tile_size, "classes": meta.classes,
+                "sha256": self.sha256, "device": self.model.device.type, "half": bool(self.model.half),
+                "meta": meta.to_json()}
+
+
+def sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class ModelStore:
+    def __init__(self, device: str = "auto", *, batching: bool = True, wait_ms: float = 5.0, max_tiles: int = 16):
+        from ..device import resolve_device
+
+        self.device = resolve_device(device)
+        self.batching, self.wait_ms, self.max_tiles = batching, wait_ms, max_tiles
+        self.entries: dict[str, Entry] = {}
+        self._lock = threading.Lock()
+
+    def add(self, path, ref: str | None = None) -> Entry:
+        """Load the segmentation checkpoint ``path`` (CheckpointError if it is not one)."""
+        from ..models.segmenter import Segmenter
+
+        path = Path(path)
+        sha = sha256_file(path)
+        with self._lock:
+            known = self.by_hash(sha)
+            if known is not None:
+                return known
+        model = Segmenter.from_checkpoint(path, device=str(self.device))
+        max_px = 1 << (22 if self.device.type in ("cuda", "mps") else 20)
+        batcher = Batcher(model.predict, enabled=self.batching, max_tiles=self.max_tiles, max_pixels=max_px,
+                          wait_ms=self.wait_ms)
+        with self._lock:
+            ref = ref or _unique(path.stem, self.entries)
+            entry = Entry(ref, path, sha, model, batcher)
+            self.entries[ref] = entry
+            return entry
+
+    def add_bundled(self):
+        from ..api import bundled_model_path
+
+        try:
+            entry = self.add(bundled_model_path(), ref=BUNDLED)
+        except Exception:  # noqa: BLE001 - an install without the bundled weights serves the others
+            return None
+        entry.model.source = BUNDLED
+        return entry
+
+    def get(self, ref: str | None) -> Entry:
+        ref = ref or BUNDLED
+        try:
+            return self.entries[ref]
+        except KeyError:
+            raise KeyError(f"the server has no model {ref!r}; it has {', '.join(self.entries) or 'none'}") from None
+
+    def by_hash(self, sha: str) -> Entry | None:
+        return next((e for e in self.entries.values() if e.sha256 == sha), None)
+
+    def close(self):
+        for e in self.entries.values():
+            e.batcher.close()
+
+
+def _unique(stem: str, taken) -> str:
+    ref, n = stem, 1
+    while ref in taken:
+        n += 1
+        ref = f"{stem}-{n}"
+    return ref
