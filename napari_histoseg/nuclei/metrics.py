@@ -66,7 +66,8 @@ def aji(true: np.ndarray, pred: np.ndarray) -> float:
     best = np.full(nt + 1, -1)
     # for each true object the pair with the highest IoU (ties: the first)
     order = np.lexsort((-iou, ti))
-    first = np.r_[True, ti[order][1:] != ti[order][:-1]]
+    first = np.ones(len(order), bool)
+    first[1:] = ti[order][1:] != ti[order][:-1]
     sel = order[first]
     best[ti[sel]] = sel
     best_iou[ti[sel]] = iou[sel]

@@ -135,7 +135,7 @@ def train_nuclei(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 10.0)
         opt.step()
-        losses.append({k: float(v) for k, v in loss_dict.items()} | {"total": float(loss)})
+        losses.append({k: float(v.detach()) for k, v in loss_dict.items()} | {"total": float(loss.detach())})
         step += 1
         if step % 25 == 0:
             m = {k: np.mean([r[k] for r in losses[-25:]]) for k in losses[-1]}

@@ -1,0 +1,242 @@
+"""Nuclei: metrics, classical baseline, tiled merge, features, CLI, training (issue 11)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage as ndi
+from skimage.color import rgb2hed
+from skimage.draw import disk
+
+from napari_histoseg.io.validate import ImageFormatError
+from napari_histoseg.nuclei.baseline import detect_nuclei_classical
+from napari_histoseg.nuclei.features import nucleus_features, region_summary
+from napari_histoseg.nuclei.infer import BUNDLED, detect_nuclei
+from napari_histoseg.nuclei.metrics import aji, pq, score
+from napari_histoseg.models import ModelMeta
+
+BG, NUC = (235, 215, 230), (95, 45, 140)  # light pink background, haematoxylin-purple disks
+
+
+def disks_image(shape, centres, radius):
+    """RGB image with dark disks and its true label image."""
+    img = np.empty((*shape, 3), np.uint8)
+    img[:] = BG
+    truth = np.zeros(shape, np.int32)
+    for i, (cy, cx) in enumerate(centres, start=1):
+        rr, cc = disk((cy, cx), radius, shape=shape)
+        img[rr, cc] = NUC
+        truth[rr, cc] = i
+    return img, truth
+
+
+class FakeDetector:
+    """Stands in for Mask R-CNN: dark connected components of a tile, as boxes + 28x28 masks,
+    so the tiling and merging of :func:`detect_nuclei` is tested on its own."""
+
+    def detect_batch(self, batch):
+        out = []
+        for t in batch:
+            dark = (t.mean(0) < 0.5).numpy()
+            lab, n = ndi.label(dark)
+            boxes, masks = [], []
+            for i, sl in enumerate(ndi.find_objects(lab), start=1):
+                crop = torch.from_numpy((lab[sl] == i).astype(np.float32))[None, None]
+                masks.append(torch.nn.functional.interpolate(crop, size=(28, 28), mode="bilinear")[0, 0])
+                boxes.append([sl[1].start, sl[0].start, sl[1].stop, sl[0].stop])
+            out.append({"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                        "scores": torch.full((len(boxes),), 0.9),
+                        "masks": torch.stack(masks) if masks else torch.zeros(0, 28, 28)})
+        return out
+
+
+FAKE = (FakeDetector(), ModelMeta(arch="fake", task="instances", mpp=0.25))
+
+
+# -- metrics on hand cases -------------------------------------------------------------
+def test_metrics_perfect_and_empty():
+    t = np.zeros((10, 10), int)
+    t[:3, :3], t[5:9, 5:9] = 1, 2
+    s = score(t, t * 7)  # ids need not agree
+    assert s["aji"] == 1.0 and s["pq"] == 1.0 and s["f1"] == 1.0 and s["tp"] == 2
+    assert aji(t, np.zeros_like(t)) == 0.0
+    assert pq(t, np.zeros_like(t))["fn"] == 2
+
+
+def test_metrics_split_nucleus_by_hand():
+    t = np.zeros((6, 6), int)
+    t[0:2, 0:4] = 1                      # one true nucleus of 8 px
+    p = np.zeros_like(t)
+    p[0:2, 0:2], p[0:2, 2:4] = 1, 2      # predicted as two halves of 4 px
+    # AJI: best pair IoU 4/8, C = 4, U = 8 + the unused half's 4 px = 12
+    assert aji(t, p) == pytest.approx(4 / 12)
+    r = pq(t, p)                          # IoU 0.5 is not > 0.5: no match
+    assert (r["tp"], r["fp"], r["fn"], r["pq"]) == (0, 2, 1, 0.0)
+
+
+def test_pq_by_hand():
+    t = np.zeros((10, 10), int)
+    t[0:5, 0:2] = 1                      # 10 px
+    t[7:9, 7:9] = 2                      # missed
+    p = np.zeros_like(t)
+    p[0:4, 0:2] = 5                      # 8 px inside nucleus 1: IoU 0.8
+    p[7:9, 0:2] = 6                      # false positive
+    r = pq(t, p)
+    assert (r["tp"], r["fp"], r["fn"]) == (1, 1, 1)
+    assert r["sq"] == pytest.approx(0.8)
+    assert r["dq"] == pytest.approx(0.5)
+    assert r["pq"] == pytest.approx(0.4)
+    assert r["f1"] == pytest.approx(0.5)
+
+
+# -- classical baseline ----------------------------------------------------------------
+def test_baseline_one_instance_per_disk():
+    centres = [(40, 40), (40, 120), (120, 60), (150, 160), (60, 180)]
+    img, truth = disks_image((200, 220), centres, 14)
+    labels, table = detect_nuclei_classical(img, mpp=0.25)
+    assert labels.dtype == np.uint32 and labels.max() == len(centres)
+    assert pq(truth, labels)["tp"] == len(centres)
+    assert len(table) == len(centres)
+
+
+# -- tiled inference and merging -------------------------------------------------------
+def test_tiled_merge_counts_border_nuclei_once():
+    # tiles of 256 with overlap 64 start at 0, 192, 344 on a 600 px side; these disks
+    # straddle the tile edges (x or y = 192, 256, 344) and one sits on a tile corner
+    centres = [(100, 256), (100, 192), (300, 344), (256, 256), (450, 100), (500, 500)]
+    img, truth = disks_image((600, 600), centres, 20)
+    tiled, table = detect_nuclei(img, FAKE, tile=256, overlap=64)
+    whole, _ = detect_nuclei(img, FAKE, tile=640, overlap=64, features=False)
+    assert tiled.max() == len(centres) == whole.max()
+    r = pq(truth, tiled)
+    assert r["tp"] == len(centres) and r["fp"] == 0 and r["sq"] > 0.9
+    assert pq(whole, tiled)["tp"] == len(centres)    # same nuclei tiled and whole
+    assert len(table) == len(centres)
+
+
+def test_detect_nuclei_rescales_to_model_mpp():
+    img, truth = disks_image((300, 300), [(80, 80), (200, 200)], 10)
+    labels, table = detect_nuclei(img, FAKE, mpp=0.5, tile=256, overlap=64)  # model at 0.25
+    assert labels.shape == truth.shape and labels.max() == 2
+    assert pq(truth, labels)["tp"] == 2
+    assert table["area_um2"].sum() == pytest.approx((truth > 0).sum() * 0.25, rel=0.1)
+
+
+def test_bad_images_get_clear_messages():
+    grey = np.full((100, 100), 200, np.uint8)
+    with pytest.raises(ImageFormatError, match="(?i)grayscale|gray|grey|channel"):
+        detect_nuclei(grey, FAKE)
+    with pytest.raises(ImageFormatError, match="too small"):
+        detect_nuclei(np.zeros((20, 20, 3), np.uint8), FAKE)
+    img, _ = disks_image((120, 120), [(60, 60)], 12)
+    rgba = np.dstack([img, np.full(img.shape[:2], 255, np.uint8)])
+    with pytest.warns(UserWarning, match="(?i)alpha"):
+        labels, _ = detect_nuclei(rgba, FAKE)
+    assert labels.max() == 1
+
+
+# -- features --------------------------------------------------------------------------
+def test_features_of_a_known_disk():
+    img, truth = disks_image((120, 120), [(60, 60)], 20)
+    mpp = 0.5
+    t = nucleus_features(truth, img, mpp=mpp)
+    assert len(t) == 1
+    n_px = int((truth == 1).sum())
+    assert t["area_um2"][0] == pytest.approx(n_px * mpp ** 2)
+    assert t["area_um2"][0] == pytest.approx(np.pi * (20 * mpp) ** 2, rel=0.03)
+    assert t["perimeter_um"][0] == pytest.approx(2 * np.pi * 20 * mpp, rel=0.05)
+    assert t["eccentricity"][0] < 0.1 and t["solidity"][0] > 0.97
+    h = rgb2hed(img)[..., 0]
+    assert t["mean_haematoxylin"][0] == pytest.approx(h[truth == 1].mean(), rel=1e-4)
+    assert (t["centroid_y"][0], t["centroid_x"][0]) == pytest.approx((60, 60))
+
+
+def test_region_summary_tumour_vs_rest():
+    img, truth = disks_image((200, 200), [(50, 50), (50, 150), (150, 150)], 10)
+    t = nucleus_features(truth, img, mpp=0.5)
+    tumour = np.zeros((200, 200), bool)
+    tumour[:100] = True
+    s = region_summary(t, {"tumour": tumour, "rest": ~tumour}, mpp=0.5).set_index("region")
+    assert s.loc["tumour", "nuclei"] == 2 and s.loc["rest", "nuclei"] == 1
+    area_mm2 = 100 * 200 * (0.5e-3) ** 2
+    assert s.loc["tumour", "density_per_mm2"] == pytest.approx(2 / area_mm2)
+    assert s.loc["rest", "mean_area_um2"] == pytest.approx(t["area_um2"][2])
+
+
+# -- CLI -------------------------------------------------------------------------------
+def test_cli_nuclei_classical_writes_labels_and_csv(tmp_path, capsys):
+    import pandas as pd
+    import tifffile
+    from skimage.io import imsave
+
+    from napari_histoseg.cli import main
+
+    img, _ = disks_image((160, 160), [(40, 40), (40, 120), (120, 80)], 14)
+    imsave(tmp_path / "he.png", img, check_contrast=False)
+    region = np.zeros((160, 160), np.uint8)
+    region[:80] = 255
+    imsave(tmp_path / "tumour.png", region, check_contrast=False)
+    rc = main(["nuclei", str(tmp_path / "he.png"), "-o", str(tmp_path / "n.tif"), "--classical",
+               "--csv", str(tmp_path / "n.csv"), "--region", str(tmp_path / "tumour.png"), "--mpp", "0.25"])
+    assert rc == 0
+    assert tifffile.imread(tmp_path / "n.tif").max() == 3
+    table = pd.read_csv(tmp_path / "n.csv")
+    assert len(table) == 3 and table["in_region"].sum() == 2
+    out = capsys.readouterr().out
+    assert "tumour" in out and "rest" in out
+
+
+# -- the Mask R-CNN itself -------------------------------------------------------------
+def test_training_steps_lower_loss_and_write_loadable_checkpoint(tmp_path):
+    from napari_histoseg.models import load_checkpoint
+    from napari_histoseg.nuclei.data import InstanceTile, random_sample
+    from napari_histoseg.nuclei.train import train_nuclei
+
+    rng = np.random.default_rng(1)
+    centres = [(int(y), int(x)) for y, x in rng.integers(20, 236, size=(12, 2))]
+    img, truth = disks_image((256, 256), centres, 9)
+    truth = ndi.label(truth > 0)[0]
+    tiles = [InstanceTile("t", img, truth, 0.25)]
+    kw = {"channels": 32, "representation": 64, "detections": 50}
+    out = tmp_path / "nuc.safetensors"
+    torch.manual_seed(0)
+    summary = train_nuclei(None, out, arch_kwargs=kw, tiles=tiles, max_steps=12, patch_size=128,
+                           batch_size=2, lr=1e-3, warmup=1, validate_tiles=False, threads=1,
+                           log=lambda s: None)
+    assert summary["steps"] == 12
+    model, meta = load_checkpoint(out)
+    assert meta.task == "instances" and meta.mpp == 0.25 and meta.arch == "maskrcnn-mobilenet_v2"
+    # the trained weights fit a fixed batch better than fresh ones
+    from napari_histoseg.models import build_model
+    from napari_histoseg.nuclei.train import freeze_bn
+
+    batch = [random_sample(tiles[0], 128, np.random.default_rng(5), 0.25) for _ in range(2)]
+
+    def loss_of(m):
+        torch.manual_seed(3)
+        m.train()
+        freeze_bn(m)
+        with torch.no_grad():
+            return float(sum(m([b[0] for b in batch], [b[1] for b in batch]).values()))
+
+    torch.manual_seed(0)
+    assert loss_of(model) < loss_of(build_model("maskrcnn-mobilenet_v2", **kw))
+
+
+def test_segmenter_refuses_an_instances_checkpoint(tmp_path):
+    from napari_histoseg.models import CheckpointError, build_model, save_checkpoint
+    from napari_histoseg.models.segmenter import Segmenter
+
+    kw = {"channels": 32, "representation": 64}
+    path = save_checkpoint(build_model("maskrcnn-mobilenet_v2", **kw), tmp_path / "n.safetensors",
+                           ModelMeta(arch="maskrcnn-mobilenet_v2", task="instances", arch_kwargs=kw))
+    with pytest.raises(CheckpointError, match="instances"):
+        Segmenter.from_checkpoint(path)
+
+
+@pytest.mark.skipif(not BUNDLED.is_file(), reason="no bundled nucleus model")
+def test_bundled_model_finds_dark_disks():
+    img, truth = disks_image((256, 256), [(60, 60), (60, 190), (180, 120)], 14)
+    labels, _ = detect_nuclei(img, mpp=0.25)
+    assert pq(truth, labels)["tp"] == 3
