@@ -195,10 +195,11 @@ class RemoteBackend:
 
     # -- fine-tuning ---------------------------------------------------------------
     def start_job(self, dataset, model_ref=BUNDLED, *, epochs=10, time_budget=15.0, lr=1e-4, name=None,
-                  model_version=None) -> dict:
+                  model_version=None, **train_options) -> dict:
         """Upload a training-data folder (zipped here; its ``models/`` is left out) and
         start fine-tuning on the server; returns the job's state (``id`` among it)."""
-        params = {"model": self.server_ref(model_ref), "epochs": epochs, "time_budget": time_budget, "lr": lr}
+        params = {"model": self.server_ref(model_ref), "epochs": epochs, "time_budget": time_budget, "lr": lr,
+                  **{k: v for k, v in train_options.items() if k in ("patch_size", "batch_size", "steps_per_epoch")}}
         if name:
             params["name"] = name
         if model_version:

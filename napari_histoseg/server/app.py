@@ -256,10 +256,13 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
     @api.post("/jobs", tags=["fine-tune"], status_code=201, openapi_extra={"requestBody": {
         "required": True, "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}}}})
     async def start_job(request: Request, model: str = "bundled", epochs: int = 10, time_budget: float = 15.0,
-                        lr: float = 1e-4, name: Optional[str] = None, model_version: Optional[str] = None):
+                        lr: float = 1e-4, name: Optional[str] = None, model_version: Optional[str] = None,
+                        patch_size: int = 256, batch_size: int = 8, steps_per_epoch: Optional[int] = None):
         """Start fine-tuning ``model`` on a training-data folder (DESIGN.md layout) sent
         as a zip; one job at a time. Follow it with ``GET /jobs/{id}``."""
         body = await request.body()
+        if not (32 <= patch_size <= 2048 and patch_size % 32 == 0 and 1 <= batch_size <= 256 and epochs >= 1):
+            raise HTTPException(422, "patch_size must be a multiple of 32 in 32-2048, batch_size 1-256, epochs >= 1")
 
         def run():
             import io
@@ -278,7 +281,8 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
                 raise ValueError("the dataset archive has no dataset.json at its top level")
             try:
                 job = runner.start(entry.ref, entry.path, dest, epochs=epochs, time_budget=time_budget, lr=lr,
-                                   name=name or meta.name, model_version=model_version or f"{meta.model_version}+ft")
+                                   name=name or meta.name, model_version=model_version or f"{meta.model_version}+ft",
+                                   patch_size=patch_size, batch_size=batch_size, steps_per_epoch=steps_per_epoch)
             except RuntimeError as e:
                 raise HTTPException(409, str(e)) from None
             return job.public()

@@ -56,7 +56,8 @@ class JobRunner:
 
     def start(self, model_ref: str, checkpoint: Path, dataset: Path, *, epochs: int = 10,
               time_budget: float = 15.0, lr: float = 1e-4, name: str = "histoseg-model",
-              model_version: str = "0+ft") -> Job:
+              model_version: str = "0+ft", patch_size: int = 256, batch_size: int = 8,
+              steps_per_epoch: int | None = None) -> Job:
         with self._lock:
             running = self.busy()
             if running is not None:
@@ -65,7 +66,8 @@ class JobRunner:
             out = self.workdir / job_id / f"{_safe(name)}.safetensors"
             out.parent.mkdir(parents=True, exist_ok=True)
             settings = {"epochs": int(epochs), "time_budget_min": float(time_budget), "lr": float(lr),
-                        "name": name, "model_version": model_version}
+                        "name": name, "model_version": model_version, "patch_size": int(patch_size),
+                        "batch_size": int(batch_size), "steps_per_epoch": steps_per_epoch}
             job = Job(job_id, model_ref, Path(dataset), out, settings)
             self.jobs[job_id] = job
         threading.Thread(target=self._run, args=(job, checkpoint), name=f"histoseg-job-{job_id}",
@@ -85,7 +87,8 @@ class JobRunner:
         try:
             job.summary = train(job.dataset, job.out, init_checkpoint=checkpoint, epochs=s["epochs"],
                                 time_budget=s["time_budget_min"], lr=s["lr"], name=s["name"],
-                                model_version=s["model_version"], half_weights=True, threads=self.threads,
+                                model_version=s["model_version"], patch_size=s["patch_size"],
+                                batch_size=s["batch_size"], steps_per_epoch=s["steps_per_epoch"], half_weights=True, threads=self.threads,
                                 progress=progress, should_stop=lambda: job.cancel,
                                 log=lambda *_: None, show_bar=False)
             job.summary = {k: _plain(v) for k, v in job.summary.items()}

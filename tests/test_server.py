@@ -1,0 +1,241 @@
+"""``histoseg serve`` on a free loopback port: same numbers as local, token, body limit,
+slide paths, a lost server, fine-tune jobs."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from skimage.io import imsave
+
+from napari_histoseg.backend import LocalBackend
+from napari_histoseg.inference import drive
+from napari_histoseg.remote import BackendConnectionError, BackendError, RemoteBackend
+from napari_histoseg.server.app import ServerConfig, create_app
+from napari_histoseg.server.security import SecurityError, check_bind, read_token
+from napari_histoseg.server.thread import ServerThread
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+TOKEN = "test-token-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    from napari_histoseg.models import save_checkpoint
+    from napari_histoseg.models.segmenter import Segmenter
+
+    model = Segmenter.random("unet-mobilenet_v2", seed=0, device="cpu")
+    model.meta.tile_size = 256
+    return save_checkpoint(model.module, tmp_path_factory.mktemp("ckpt") / "random.safetensors", model.meta)
+
+
+@pytest.fixture(scope="module")
+def slides(tmp_path_factory):
+    root = tmp_path_factory.mktemp("srv")
+    (root / "slides").mkdir()
+    rgb = np.random.default_rng(1).integers(0, 255, (200, 260, 3), dtype=np.uint8)
+    imsave(root / "slides" / "a.png", rgb, check_contrast=False)
+    imsave(root / "secret.png", rgb, check_contrast=False)
+    (root / "slides" / "link.png").symlink_to(root / "secret.png")
+    return root / "slides", rgb
+
+
+@pytest.fixture(scope="module")
+def server(ckpt, slides):
+    config = ServerConfig(device="cpu", token=TOKEN, slides=slides[0], models=[ckpt], bundled=False, max_body_mb=2)
+    with ServerThread(create_app(config)) as url:
+        yield url
+
+
+@pytest.fixture
+def image(he_image):
+    return np.ascontiguousarray(he_image[100:420, 200:584])  # 320 x 384
+
+
+def test_server_gives_the_local_probabilities(server, ckpt, image):
+    local = drive(LocalBackend().segment(image, str(ckpt), device="cpu", tile=256, overlap=32))
+    remote = RemoteBackend(server, token=TOKEN)
+    got = drive(remote.segment(image, str(ckpt), tile=256, overlap=32))
+    assert got.probability.shape == local.probability.shape == image.shape[:2]
+    np.testing.assert_allclose(got.probability, local.probability, atol=1e-3)  # float16 on the wire
+    sure = np.abs(local.probability - 0.5) > 2e-3  # a random model: many pixels sit at 0.5
+    assert sure.mean() > 0.3 and (got.mask[sure] == local.mask[sure]).all()
+    one_request = remote.segment_region(image, str(ckpt), tile=256, overlap=32)
+    np.testing.assert_allclose(one_request.probability, local.probability, atol=1e-3)
+    assert "random unet-mobilenet_v2" in remote.describe(str(ckpt)) and server in remote.describe(str(ckpt))
+    assert remote.list_models() == ["random"]  # uploaded once: the server knew the file by its hash
+
+    from napari_histoseg import load_model, segment
+
+    model = load_model(str(ckpt), backend=server, token=TOKEN)
+    np.testing.assert_allclose(segment(image, model, tile=256, overlap=32), local.probability, atol=1e-3)
+
+
+def test_server_explains_like_local(server, ckpt, image):
+    region = (40, 60, 200, 240)
+    local = drive(LocalBackend().explain(image, str(ckpt), "entropy", device="cpu", tile=256, region=region))
+    got = drive(RemoteBackend(server, token=TOKEN).explain(image, str(ckpt), "entropy", tile=256, region=region))
+    assert got.shape == local.shape == region[2:]
+    np.testing.assert_allclose(got, local, atol=2e-3)
+
+
+def test_token_missing_or_wrong_is_401(server, image):
+    assert httpx.get(f"{server}/models").status_code == 401
+    assert httpx.get(f"{server}/models", headers={"Authorization": "Bearer wrong-token-0123456789"}).status_code == 401
+    assert httpx.get(f"{server}/models", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+    assert httpx.get(f"{server}/docs").status_code == 200  # the OpenAPI page is public
+    with pytest.raises(BackendError, match="401"):
+        drive(RemoteBackend(server, token="wrong-token-0123456789").segment(image))
+
+
+def test_oversized_body_is_413(server):
+    h = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/octet-stream",
+         "X-Shape": "1024,1024,3", "X-Dtype": "uint8"}
+    big = bytes(3 * 2**20)
+    assert httpx.post(f"{server}/segment", content=big, headers=h).status_code == 413
+
+    def chunks():  # no Content-Length: found while streaming
+        for _ in range(3):
+            yield bytes(2**20)
+
+    assert httpx.post(f"{server}/segment", content=chunks(), headers=h).status_code == 413
+    with pytest.raises(BackendError, match="413"):
+        RemoteBackend(server, token=TOKEN).segment_region(np.zeros((1024, 1024, 3), np.uint8))
+
+
+def test_slide_paths_stay_under_slides(server, slides):
+    remote = RemoteBackend(server, token=TOKEN)
+    pred = remote.segment_slide("a.png", "random", region=(10, 20, 100, 150), tile=128)
+    assert pred.probability.shape == (100, 150) and pred.region == (10, 20, 100, 150)
+    for path, code in [("../secret.png", 403), ("link.png", 403), (str(slides[0].parent / "secret.png"), 403),
+                       ("sub/../../secret.png", 403), ("missing.png", 404)]:
+        with pytest.raises(BackendError, match=f"HTTP {code}"):
+            remote.segment_slide(path, "random")
+
+
+def test_uploads_must_be_safetensors(server, tmp_path):
+    import io
+
+    buf = io.BytesIO()
+    torch.save({"w": torch.zeros(2)}, buf)  # a pickle
+    r = httpx.post(f"{server}/models", content=buf.getvalue(), headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 400 and "safetensors" in r.json()["detail"]
+
+
+def test_bind_and_token_rules(tmp_path):
+    check_bind("127.0.0.1", None)
+    check_bind("::1", None)
+    with pytest.raises(SecurityError, match="token"):
+        check_bind("0.0.0.0", None)
+    check_bind("0.0.0.0", TOKEN)
+    (tmp_path / "short").write_text("abc\n")
+    with pytest.raises(SecurityError, match="at least"):
+        read_token(tmp_path / "short")
+    (tmp_path / "tok").write_text(TOKEN + "\n")
+    assert read_token(tmp_path / "tok") == TOKEN
+
+
+def test_a_server_stopped_mid_request_raises_a_clear_error(ckpt, tmp_path):
+    """A real `histoseg serve` process, killed while it computes a large region."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from napari_histoseg.server.thread import free_port
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "napari_histoseg.cli", "serve", "--port", str(port), "--device",
+                             "cpu", "--model", str(ckpt)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        t0 = time.monotonic()
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() - t0 < 90, proc.stdout.read().decode()[-2000:]
+            time.sleep(0.2)
+        remote = RemoteBackend(url, timeout=60)
+        big = np.random.default_rng(0).integers(0, 255, (2048, 2048, 3), dtype=np.uint8)
+        errors = []
+        t = threading.Thread(target=lambda: errors.append(
+            _catch(lambda: remote.segment_region(big, "random", tile=128))))
+        t.start()
+        time.sleep(1.5)  # the request is in the server's hands now
+        assert t.is_alive(), errors
+        proc.send_signal(signal.SIGKILL)
+        t.join(30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert errors and isinstance(errors[0], BackendConnectionError), errors
+    assert url in str(errors[0]) and "try again" in str(errors[0])
+    with pytest.raises(BackendConnectionError, match=url):
+        remote.list_models()
+
+
+def _catch(fn):
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001
+        return e
+    return None
+
+
+def _dataset(root, n=6, size=64):
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    tiles = []
+    for i in range(n):
+        mask = np.zeros((size, size), np.uint8)
+        mask[8 + i:40 + i, 10:50] = 1
+        img = np.where(mask[..., None] == 1, [90, 40, 120], [230, 200, 220]).astype(np.uint8)
+        imsave(root / "images" / f"t{i}.png", img, check_contrast=False)
+        imsave(root / "masks" / f"t{i}.png", mask, check_contrast=False)
+        tiles.append({"id": f"t{i}", "image": f"images/t{i}.png", "mask": f"masks/t{i}.png",
+                      "split": "test" if i >= 4 else "train", "source": "synthetic",
+                      "x": 0, "y": 0, "width": size, "height": size})
+    (root / "dataset.json").write_text(json.dumps({"format": "histoseg-dataset", "version": 1,
+                                                   "classes": {"0": "not tumour", "1": "tumour"},
+                                                   "ignore_index": 255, "tiles": tiles}))
+    return root
+
+
+def test_finetune_job_is_followed_fetched_and_cancelled(server, tmp_path):
+    from napari_histoseg.models import read_meta
+
+    data = _dataset(tmp_path / "ds")
+    remote = RemoteBackend(server, token=TOKEN)
+    steps = []
+    out = tmp_path / "ft.safetensors"
+    summary = remote.fine_tune(data, out, "random", epochs=1, patch_size=32, batch_size=2, steps_per_epoch=2,
+                               name="served", progress=steps.append, poll=0.2)
+    assert out.is_file() and read_meta(out).model_version == "0+ft"
+    assert summary["stop_reason"] and summary["server_model"] in remote.list_models()
+    assert any(s.get("kind") == "epoch" for s in steps)
+
+    job = remote.start_job(data, "random", epochs=500, patch_size=32, batch_size=2, steps_per_epoch=50)
+    assert remote.job(job["id"])["state"] == "running"
+    with pytest.raises(BackendError, match="409"):  # one job at a time
+        remote.start_job(data, "random")
+    t0 = time.monotonic()
+    while remote.job(job["id"])["step"] is None and time.monotonic() - t0 < 30:
+        time.sleep(0.1)
+    assert remote.job(job["id"])["step"]["kind"] == "step"  # progress can be followed
+    assert remote.cancel_job(job["id"])["state"] in ("cancelling", "cancelled")
+    while remote.job(job["id"])["state"] == "cancelling" and time.monotonic() - t0 < 60:
+        time.sleep(0.1)
+    final = remote.job(job["id"])
+    assert final["state"] == "cancelled", final
+    assert final["epochs"] == [] or len(final["epochs"]) < 500
+    with pytest.raises(BackendError, match="404"):
+        remote.job("nosuchjob")
