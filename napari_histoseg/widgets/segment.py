@@ -13,6 +13,7 @@ from ..device import available_devices
 from ._worker import Failed, TileProgress, guarded
 from ._model_choice import MODEL_FILE, ModelChoice  # noqa: F401 (MODEL_FILE re-exported)
 from ._layers import level_data, placement, put_image, put_labels, tumour_colormap, visible_region
+from ._wholeslide import WHOLE_SLIDE, WholeSlideOptions, run_whole_slide
 
 STAIN_CHOICES = [("none", None), ("Macenko", "macenko"), ("Reinhard", "reinhard")]
 
@@ -39,8 +40,11 @@ class SegmentWidget(Container):
 
         self.image = ComboBox(label="Image", choices=self._image_choices,
                               tooltip="The H&E image layer to segment")
-        self.region = ComboBox(label="Region", choices=["whole image", "visible area"], value="whole image",
-                               tooltip="visible area: only what the canvas shows now (fast on a whole slide)")
+        self.region = ComboBox(label="Region", choices=["whole image", "visible area", WHOLE_SLIDE], value="whole image",
+                               tooltip="visible area: only what the canvas shows now (fast on a whole slide); "
+                                       f"{WHOLE_SLIDE}: stream the slide's file through the model (tissue only)")
+        self.wsi = WholeSlideOptions()
+        self.region.changed.connect(lambda v: setattr(self.wsi, "visible", v == WHOLE_SLIDE))
         self.level = SpinBox(label="Pyramid level", min=0, max=0, value=0, visible=False,
                              tooltip="0 = full resolution; higher levels are coarser and faster")
         self.model_choice = ModelChoice(on_change=self._sync_to_model)
@@ -65,7 +69,7 @@ class SegmentWidget(Container):
         self.status.native.setWordWrap(True)
         self.preprocessing = Label(value="<b>Preprocessing</b> (optional)")
         self.extend([
-            self.image, self.region, self.level, self.model, self.model_file, self.device, self.engine, self.tile,
+            self.image, self.region, self.wsi, self.level, *self.model_choice.backend_widgets, self.model, self.model_file, self.device, self.engine, self.tile,
             self.overlap, self.threshold, self.preprocessing, self.stain, self.clahe, self.standardise,
             Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
             self.status,
@@ -129,6 +133,8 @@ class SegmentWidget(Container):
         if self.worker is not None:
             show_info("A segmentation is already running.")
             return None
+        if self.region.value == WHOLE_SLIDE:
+            return run_whole_slide(self, layer)
         try:
             if not layer.rgb:
                 raise ValueError(
@@ -141,6 +147,7 @@ class SegmentWidget(Container):
                 y0, x0, h, w = visible_region(layer, level)
                 data, offset = data[y0:y0 + h, x0:x0 + w], (y0, x0)
             ref = self.model_ref()
+            self.backend = self.model_choice.backend(self.backend)  # this computer or a server
             pre = self.preprocessor(data)
         except Exception as e:  # shown, never raised into Qt
             show_error(f"Cannot segment: {e}")
