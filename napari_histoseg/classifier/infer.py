@@ -1,0 +1,318 @@
+"""Classify an image or a region: benign or malignant, calibrated, at the model's scale.
+
+:func:`classify` is the public function (``napari_histoseg.classify``). It
+
+1. checks the input: RGB (RGBA/16-bit/float are converted with a warning by
+   :func:`napari_histoseg.io.ensure_rgb_uint8`; grayscale is refused), big enough (at
+   least half a tile at the model's scale), and H&E-like (:func:`check_he`);
+2. reads the region at the scale the model was trained at: with ``mpp`` given, the
+   region's bounding box is resized by ``mpp / model_mpp``, and a warning says so when
+   the two differ by more than 10 %; with ``mpp`` unknown, a warning says the image is
+   read as if it were at the model's scale;
+3. classifies tiles over the region (:mod:`.tiles`), averages their raw logits, and
+   returns ``softmax(mean_logits / T)`` with the temperature ``T`` fitted on validation
+   patients (:mod:`.calibration`).
+
+:func:`classify_region` returns the whole :class:`Classification` (tile spread, boxes,
+warnings); :func:`classify_regions` does every label of a label image;
+:func:`explain_region` gives the Grad-CAM of the predicted class over the region through
+:func:`napari_histoseg.explain.explain`.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings as _warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from ..models.checkpoint import CheckpointError
+from .calibration import softmax
+from .tiles import aggregate, resize, tile_logits, to_input
+
+BUNDLED = Path(__file__).resolve().parent.parent / "weights" / "classifier.safetensors"
+MIN_TISSUE = 0.05  # least share of tissue pixels in a region (see check_he)
+
+
+class ClassifierInputError(ValueError):
+    """An image or region the classifier cannot judge; the message says why."""
+
+
+class Classifier:
+    """A loaded classifier: network, metadata, device and calibration temperature.
+
+    Mirrors the :class:`~napari_histoseg.models.segmenter.Segmenter` interface
+    (``module``, ``meta``, ``device``, ``to_tensor``, ``logits``, ``out_channels``), so
+    the explanation machinery can run on it.
+    """
+
+    def __init__(self, module, meta, device="cpu", source=""):
+        from ..device import resolve_device
+
+        if meta.task != "classification":
+            raise CheckpointError(f"{source or meta.name}: a {meta.task} model, not a classifier")
+        self.device = resolve_device(device)
+        self.module = module.eval().to(self.device).float()
+        self.meta, self.source, self.half = meta, source, False
+        cal = meta.training.get("calibration", {}) if isinstance(meta.training, dict) else {}
+        self.temperature = float(cal.get("temperature", 1.0))
+        self.class_names = [meta.classes[str(i)] for i in range(len(meta.classes))]
+
+    @property
+    def out_channels(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def tile(self) -> int:
+        return int(self.meta.tile_size)
+
+    @property
+    def description(self) -> str:
+        return f"{self.meta.name} v{self.meta.model_version} ({self.meta.arch})"
+
+    def to_tensor(self, batch: np.ndarray) -> torch.Tensor:
+        return to_input(batch, self.meta.mean, self.meta.std).to(self.device)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+
+def load_classifier(path=None, device="auto") -> Classifier:
+    """Load a classification checkpoint (None: the bundled one)."""
+    from ..models import load_checkpoint
+
+    if path is None:
+        if not BUNDLED.is_file():
+            raise CheckpointError(f"the bundled classifier ({BUNDLED.name}) is not in this install; "
+                                  "pass the path of a classification checkpoint")
+        path = BUNDLED
+    module, meta = load_checkpoint(path)
+    if meta.task != "classification":
+        raise CheckpointError(f"{path}: this is a {meta.task} model ({meta.name}), not a "
+                              "benign/malignant classifier")
+    return Classifier(module.float(), meta, device=device, source="bundled" if path == BUNDLED else str(path))
+
+
+def _model(model) -> Classifier:
+    if isinstance(model, Classifier):
+        return model
+    return load_classifier(model)
+
+
+def he_stats(rgb: np.ndarray) -> dict:
+    """Measures of how H&E-like an RGB image is (over its tissue pixels).
+
+    * ``tissue``: share of pixels whose optical density summed over RGB exceeds 0.45;
+    * ``saturation``: median HSV saturation of the tissue pixels (0 for gray);
+    * ``off_hue``: share of tissue pixels of a clearly non-H&E hue (30-190 deg: yellow,
+      green, cyan, with saturation > 0.15); haematoxylin (blue-purple) and eosin (pink)
+      lie outside that arc;
+    * ``residual``: median share of a tissue pixel's OD vector that the haematoxylin and
+      eosin OD colours (Ruifrok & Johnston, :data:`skimage.color.rgb_from_hed`) cannot
+      explain.
+    """
+    from skimage.color import rgb2hsv, rgb_from_hed
+
+    from ..stain import optical_density
+
+    step = max(1, int(math.sqrt(rgb.shape[0] * rgb.shape[1] / 250_000)))
+    sub = np.ascontiguousarray(rgb[::step, ::step])
+    od = optical_density(sub).reshape(-1, 3)
+    tissue = od.sum(1) > 0.45
+    if not tissue.any():
+        return {"tissue": 0.0, "saturation": 0.0, "off_hue": 0.0, "residual": 0.0}
+    hsv = rgb2hsv(sub).reshape(-1, 3)[tissue]
+    hue, sat = hsv[:, 0] * 360, hsv[:, 1]
+    basis = rgb_from_hed[:2].T / np.linalg.norm(rgb_from_hed[:2], axis=1)  # 3 x 2
+    o = od[tissue].astype(np.float64)
+    res = np.linalg.norm(o - o @ (basis @ np.linalg.pinv(basis)).T, axis=1) / np.linalg.norm(o, axis=1)
+    return {"tissue": float(tissue.mean()), "saturation": float(np.median(sat)),
+            "off_hue": float(((hue >= 30) & (hue < 190) & (sat > 0.15)).mean()),
+            "residual": float(np.median(res))}
+
+
+def check_he(rgb: np.ndarray, what: str = "the image") -> dict:
+    """Raise :class:`ClassifierInputError` unless ``rgb`` plausibly shows H&E tissue.
+
+    Thresholds (see :func:`he_stats`), set with a margin around what was measured: all 422
+    BreakHis images, all camelyon, bcss and MoNuSeg tiles and the shared samples pass
+    (off_hue <= 0.114, residual <= 0.383); scikit-image's ``coffee``, ``chelsea``,
+    ``retina``, ``hubble_deep_field``, ``colorwheel`` and ``immunohistochemistry`` (DAB)
+    fail. It is a plausibility check, not a detector: ``astronaut`` and ``rocket`` pass.
+    """
+    s = he_stats(rgb)
+    if s["tissue"] < MIN_TISSUE:
+        raise ClassifierInputError(f"{what} is almost empty: {s['tissue']:.0%} of it is tissue "
+                                   "(optical density > 0.45); choose a region over tissue")
+    if s["saturation"] < 0.03:
+        raise ClassifierInputError(f"{what} has no colour (median saturation {s['saturation']:.3f}): "
+                                   "a grayscale image stored as RGB? The classifier needs H&E colour")
+    if s["off_hue"] > 0.2 or s["residual"] > 0.45:
+        raise ClassifierInputError(
+            f"{what} does not look like H&E: {s['off_hue']:.0%} of its tissue pixels are yellow/green/"
+            f"cyan and {s['residual']:.0%} of their colour is not haematoxylin or eosin (H&E here: "
+            "at most 11 % and 38 %). Is it another stain (IHC/DAB), a photograph, or BGR channels?")
+    return s
+
+
+@dataclass
+class Classification:
+    """The answer for one region."""
+
+    probabilities: np.ndarray          # calibrated, one per class
+    label: str                         # the most probable class
+    probability: float                 # its probability
+    spread: float                      # std over tiles of the calibrated P(class 1)
+    n_tiles: int
+    logits: np.ndarray                 # mean raw logits over tiles
+    tile_probabilities: np.ndarray     # calibrated P(class 1) per tile
+    boxes: list                        # (y, x, h, w) per tile, in image pixels
+    warnings: list = field(default_factory=list)
+
+    def to_json(self, class_names) -> dict:
+        return {"label": self.label, "probability": self.probability,
+                "probabilities": {n: float(p) for n, p in zip(class_names, self.probabilities)},
+                "tile_spread": self.spread, "n_tiles": self.n_tiles, "warnings": list(self.warnings)}
+
+
+def _prepare(image, model: Classifier, region, mpp, what: str):
+    """RGB crop of the region's bounding box at the model's scale, its mask, offset, factor."""
+    from ..io import ImageFormatError, ensure_rgb_uint8
+
+    notes = []
+    shape = np.shape(image)
+    if len(shape) == 2 or (len(shape) == 3 and shape[-1] == 1):
+        raise ClassifierInputError(f"{what} is grayscale ({shape}); the classifier needs an RGB H&E image")
+    if region is not None:
+        region = np.asarray(region).astype(bool)
+        if region.shape != tuple(shape[:2]):
+            raise ClassifierInputError(f"region shape {region.shape} differs from the image's {tuple(shape[:2])}")
+        if not region.any():
+            raise ClassifierInputError("the region is empty")
+        ys, xs = np.nonzero(region.any(1))[0], np.nonzero(region.any(0))[0]
+        y0, y1, x0, x1 = ys[0], ys[-1] + 1, xs[0], xs[-1] + 1
+    else:
+        y0, y1, x0, x1 = 0, shape[0], 0, shape[1]
+    try:
+        rgb, conv = ensure_rgb_uint8(np.asarray(image[y0:y1, x0:x1]))
+    except ImageFormatError as e:
+        raise ClassifierInputError(f"{what}: {e}") from None
+    notes += conv
+    m_mpp = model.meta.mpp
+    factor = 1.0
+    if m_mpp:
+        if mpp is None:
+            notes.append(f"the image's microns per pixel are unknown: it is read as if at the model's "
+                         f"{m_mpp:.3g} µm/px; the answer is unreliable at another magnification")
+        else:
+            factor = float(mpp) / float(m_mpp)
+            if abs(math.log(factor)) > math.log(1.1):
+                notes.append(f"the image is at {float(mpp):.3g} µm/px and the model was trained at "
+                             f"{m_mpp:.3g} µm/px: the region is resized by {factor:.2f}")
+            if factor > 4 or factor < 1 / 16:
+                notes.append("that is far from the training magnification; treat the answer with caution")
+    crop_mask = None if region is None else region[y0:y1, x0:x1]
+    rgb = resize(rgb, factor)
+    if crop_mask is not None:
+        crop_mask = resize(crop_mask.astype(np.uint8), factor, mask=True)
+    least = model.tile // 2
+    if min(rgb.shape[:2]) < least:
+        raise ClassifierInputError(
+            f"{what} is too small: {rgb.shape[1]} x {rgb.shape[0]} px at the model's scale; the "
+            f"classifier needs at least {least} x {least} px (half of its {model.tile} px tile)")
+    return rgb, crop_mask, (int(y0), int(x0)), factor, notes
+
+
+def classify_region(image, model=None, region=None, mpp: Optional[float] = None, *, check: bool = True,
+                    what: str = "the image", progress: Optional[Callable[[int, int], None]] = None,
+                    should_stop: Optional[Callable[[], bool]] = None) -> Classification:
+    """Classify ``image`` (H, W, 3) inside ``region`` (boolean (H, W) or None: everything)."""
+    model = _model(model)
+    rgb, mask, (oy, ox), factor, notes = _prepare(image, model, region, mpp, what)
+    if check:
+        check_he(rgb if mask is None else rgb[mask][:, None, :], what)
+    logits, weights, boxes = tile_logits(model.module, rgb, model.tile, mask, device=model.device,
+                                         mean=model.meta.mean, std=model.meta.std,
+                                         progress=progress, should_stop=should_stop)
+    mean = aggregate(logits, weights)
+    probs = softmax(mean / model.temperature)
+    tile_p = softmax(logits / model.temperature)[:, -1]
+    k = int(probs.argmax())
+    img_boxes = [(oy + y / factor, ox + x / factor, h / factor, w / factor) for y, x, h, w in boxes]
+    return Classification(probs, model.class_names[k], float(probs[k]), float(tile_p.std()),
+                          len(boxes), mean, tile_p, img_boxes, notes)
+
+
+def classify(image, model=None, region=None, mpp: Optional[float] = None) -> np.ndarray:
+    """Calibrated class probabilities ``[P(benign), P(malignant)]`` of an image or region.
+
+    Parameters
+    ----------
+    image : (H, W, 3) array
+        RGB H&E (uint8; other dtypes are converted with a warning).
+    model : Classifier, str or Path, optional
+        A loaded classifier, a checkpoint, or None for the bundled one.
+    region : (H, W) bool array, optional
+        Where to look; tiles mostly inside it are classified and their logits averaged.
+    mpp : float, optional
+        The image's microns per pixel; it is resized to the model's scale. Unknown mpp
+        gives a warning.
+
+    Raises
+    ------
+    ClassifierInputError
+        Grayscale, too small, empty or not H&E-like input.
+    """
+    result = classify_region(image, model, region, mpp)
+    for note in result.warnings:
+        _warnings.warn(note, stacklevel=2)
+    return result.probabilities
+
+
+def classify_regions(image, labels, model=None, mpp=None, progress=None, should_stop=None) -> dict:
+    """``{label: Classification or ClassifierInputError}`` for every label > 0 of ``labels``."""
+    model = _model(model)
+    labels = np.asarray(labels)
+    out = {}
+    ids = [int(i) for i in np.unique(labels) if i > 0]
+    for n, i in enumerate(ids):
+        try:
+            out[i] = classify_region(image, model, labels == i, mpp, what=f"region {i}",
+                                     should_stop=should_stop)
+        except ClassifierInputError as e:
+            out[i] = e
+        if progress is not None:
+            progress(n + 1, len(ids))
+    return out
+
+
+def explain_region(image, model=None, region=None, mpp=None, channel: Optional[int] = None,
+                   progress=None, should_stop=None) -> np.ndarray:
+    """Grad-CAM (float32 (H, W), 0..1, 0 outside the region) of the class ``channel``
+    (default: the predicted class) over the region, through :func:`napari_histoseg.explain.explain`."""
+    from ..explain import explain
+
+    model = _model(model)
+    rgb, mask, (oy, ox), factor, _ = _prepare(image, model, region, mpp, "the image")
+    if channel is None:
+        logits, w, _ = tile_logits(model.module, rgb, model.tile, mask, device=model.device,
+                                   mean=model.meta.mean, std=model.meta.std)
+        channel = int(aggregate(logits, w).argmax())
+    heat = explain(rgb, model, "gradcam", target="all", tile=model.tile, overlap=model.tile // 4,
+                   channel=channel, progress=progress, should_stop=should_stop)
+    if mask is not None:
+        heat = heat * mask
+    h, w = (np.shape(image)[0], np.shape(image)[1])
+    out = np.zeros((h, w), np.float32)
+    crop = torch.nn.functional.interpolate(torch.from_numpy(heat)[None, None].float(),
+                                           size=(int(round(rgb.shape[0] / factor)), int(round(rgb.shape[1] / factor))),
+                                           mode="bilinear", align_corners=False)[0, 0].numpy()
+    ch, cw = min(crop.shape[0], h - oy), min(crop.shape[1], w - ox)
+    out[oy:oy + ch, ox:ox + cw] = crop[:ch, :cw]
+    if region is not None:
+        out *= np.asarray(region, bool)
+    return out
