@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -16,7 +17,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 class ServerThread:
     """``with ServerThread(create_app(config)) as url:`` serves on a free loopback port.
 
-    :meth:`stop` ends it (``force=True`` drops connections in flight)."""
+    :meth:`stop` ends it; :meth:`kill` drops the connections in flight first."""
 
     def __init__(self, app, host: str = "127.0.0.1", port: int | None = None):
         import uvicorn
@@ -26,7 +27,16 @@ class ServerThread:
         self.app = app
         self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=self.port, log_level="error",
                                                     lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, name="histoseg-serve", daemon=True)
+        self.loop = None
+        self.thread = threading.Thread(target=self._run, name="histoseg-serve", daemon=True)
+
+    def _run(self):
+        self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self.server.serve())
+        finally:
+            self.loop.close()
 
     def start(self, timeout: float = 30.0) -> str:
         self.thread.start()
@@ -36,6 +46,19 @@ class ServerThread:
                 raise RuntimeError(f"the server on {self.url} did not start")
             time.sleep(0.02)
         return self.url
+
+    def kill(self, timeout: float = 10.0):
+        """Drop every open connection at once (as a crashed server or a pulled cable
+        would), then stop."""
+        def abort():
+            for conn in list(self.server.server_state.connections):
+                transport = getattr(conn, "transport", None)
+                if transport is not None:
+                    transport.abort()
+
+        if self.loop is not None and self.loop.is_running():
+            self.loop.call_soon_threadsafe(abort)
+        self.stop(force=True, timeout=timeout)
 
     def stop(self, force: bool = True, timeout: float = 10.0):
         self.server.force_exit = force

@@ -1,14 +1,16 @@
-"""The model chooser shared by the widgets: bundled default or a checkpoint file."""
+"""The model chooser shared by the widgets: bundled default or a checkpoint file, and
+where it runs (this computer, or a ``histoseg serve`` at a URL with its token)."""
 
 from __future__ import annotations
 
 import weakref
 
-from magicgui.widgets import ComboBox, FileEdit
+from magicgui.widgets import ComboBox, FileEdit, LineEdit
 
-from ..backend import BUNDLED
+from ..backend import BUNDLED, LocalBackend
 
 MODEL_FILE = "checkpoint file…"
+THIS_COMPUTER, SERVER = "this computer", "a server…"
 
 
 class ModelChoice:
@@ -18,6 +20,8 @@ class ModelChoice:
     """
 
     _live: "weakref.WeakSet[ModelChoice]" = weakref.WeakSet()
+    _remotes: dict = {}   # (url, token) -> RemoteBackend, shared by the widgets
+    _syncing = False
 
     @classmethod
     def broadcast(cls, path) -> int:
@@ -33,6 +37,23 @@ class ModelChoice:
                               tooltip="The bundled default model or a .safetensors checkpoint")
         self.model_file = FileEdit(label="Checkpoint", mode="r", filter="*.safetensors", visible=False)
         self.model.changed.connect(self._toggle)
+        self._local = None
+        self.runs_on = ComboBox(label="Runs on", choices=[THIS_COMPUTER, SERVER], value=THIS_COMPUTER,
+                                tooltip="Where the model runs: here, or on a GPU server started with "
+                                        "`histoseg serve` (the same setting in every histoseg widget; "
+                                        "device and engine are then the server's)")
+        self.server_url = LineEdit(label="Server URL", value="http://127.0.0.1:8765", visible=False,
+                                   tooltip="http://host:port of `histoseg serve`")
+        self.server_token = LineEdit(label="Token", value="", visible=False,
+                                     tooltip="The content of the server's --token-file (empty for a "
+                                             "server on this computer without one)")
+        self.server_token.native.setEchoMode(self.server_token.native.EchoMode.Password)
+        for peer in list(ModelChoice._live - {self}):  # a new widget starts with the others' setting
+            if peer._copy_backend_to(self):
+                break
+        self._toggle_backend()
+        for w in (self.runs_on, self.server_url, self.server_token):
+            w.changed.connect(self._backend_changed)
         if on_change is not None:
             self.model.changed.connect(on_change)
             self.model_file.changed.connect(on_change)
@@ -41,8 +62,65 @@ class ModelChoice:
     def widgets(self):
         return [self.model, self.model_file]
 
+    @property
+    def backend_widgets(self):
+        return [self.runs_on, self.server_url, self.server_token]
+
     def _toggle(self, _=None):
         self.model_file.visible = self.model.value == MODEL_FILE
+
+    def _toggle_backend(self):
+        remote = self.runs_on.value == SERVER
+        self.server_url.visible = self.server_token.visible = remote
+
+    def _backend_changed(self, _=None):
+        """One setting for every widget: copy it to the other live choosers."""
+        self._toggle_backend()
+        if ModelChoice._syncing:
+            return
+        ModelChoice._syncing = True
+        try:
+            for other in list(ModelChoice._live):
+                if other is not self:
+                    self._copy_backend_to(other)
+        finally:
+            ModelChoice._syncing = False
+
+    def _copy_backend_to(self, other) -> bool:
+        """Give ``other`` this setting; False (and forget the one that failed) when either's
+        widgets are gone (a closed viewer)."""
+        try:
+            other.runs_on.value, other.server_url.value = self.runs_on.value, self.server_url.value
+            other.server_token.value = self.server_token.value
+            other._toggle_backend()
+            return True
+        except RuntimeError:  # its Qt widgets were deleted
+            for dead in (self, other):
+                try:
+                    dead.runs_on.value
+                except RuntimeError:
+                    ModelChoice._live.discard(dead)
+            return False
+
+    def backend(self, local=None):
+        """The backend the setting names: ``local`` (kept as this chooser's own; a new
+        :class:`LocalBackend` if none) for *this computer*, else a RemoteBackend for the
+        URL and token (one per URL and token, shared by the widgets)."""
+        if local is not None and not _is_remote(local):
+            self._local = local
+        if self.runs_on.value != SERVER:
+            if self._local is None:
+                self._local = LocalBackend()
+            return self._local
+        url, token = self.server_url.value.strip(), self.server_token.value.strip()
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"the server URL must look like http://host:8765, not {url!r}")
+        key = (url.rstrip("/"), token)
+        if key not in ModelChoice._remotes:
+            from ..remote import RemoteBackend
+
+            ModelChoice._remotes[key] = RemoteBackend(url, token=token or None)
+        return ModelChoice._remotes[key]
 
     def use_file(self, path):
         self.model.value = MODEL_FILE
@@ -67,3 +145,7 @@ class ModelChoice:
 
             ref = bundled_model_path()
         return read_meta(ref)
+
+
+def _is_remote(backend) -> bool:
+    return type(backend).__name__ == "RemoteBackend"

@@ -65,7 +65,7 @@ class ExplainWidget(Container):
         self._bar.setStyleSheet("background: qlineargradient(x1:0, y1:0, x2:1, y2:0, "
                                 "stop:0 #0000ff, stop:0.5 #ffffff, stop:1 #ff0000); border: 1px solid #555;")
         self.extend([self.image, self.method, self.target, self.shapes, self.region,
-                     *self.model_choice.widgets, self.layer,
+                     *self.model_choice.backend_widgets, *self.model_choice.widgets, self.layer,
                      Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False)])
         self.extend([self.legend, self.status])
         layout = self.native.layout()  # the colour bar goes right above its legend
@@ -141,6 +141,7 @@ class ExplainWidget(Container):
         try:
             layer, level, data, method, opts = self._request()
             ref = self.model_choice.ref()
+            self.backend = self.model_choice.backend(self.backend)  # this computer or a server
         except Exception as e:  # noqa: BLE001
             show_error(f"Cannot explain: {e}")
             return None

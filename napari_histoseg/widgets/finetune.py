@@ -23,9 +23,10 @@ class FineTuneWidget(Container):
     provenance, and the Segment and Explain widgets switch to it.
     """
 
-    def __init__(self, viewer):
+    def __init__(self, viewer, backend=None):
         super().__init__(labels=True)
         self.viewer = viewer
+        self.backend = backend
         self.worker = None
         self._bar = None
         self._cancel = False
@@ -38,7 +39,8 @@ class FineTuneWidget(Container):
         self.run_button, self.cancel_button = PushButton(text="Fine-tune"), PushButton(text="Cancel", enabled=False)
         self.status = Label(value="Export corrected tiles first, then fine-tune on that folder.")
         self.status.native.setWordWrap(True)
-        self.extend([self.dataset, *self.model_choice.widgets, self.epochs, self.budget, self.lr,
+        self.extend([self.dataset, *self.model_choice.backend_widgets, *self.model_choice.widgets, self.epochs,
+                     self.budget, self.lr,
                      Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
                      self.status])
         self.native.setMaximumWidth(460)
@@ -64,19 +66,18 @@ class FineTuneWidget(Container):
             return None
         try:
             folder, ref, meta, out, version = self._paths()
+            backend = self.model_choice.backend(self.backend)  # this computer or a server
         except Exception as e:  # noqa: BLE001
             show_error(f"Cannot fine-tune: {e}")
             return None
-        from ..train import train
 
         self._cancel = False
 
         def job():
             try:
-                return train(folder, out, init_checkpoint=ref, epochs=self.epochs.value,
-                             time_budget=self.budget.value, lr=self.lr.value, name=meta.name,
-                             model_version=version, half_weights=True, progress=self._report,
-                             should_stop=lambda: self._cancel, log=lambda *_: None, show_bar=False)
+                return backend.fine_tune(folder, out, ref, epochs=self.epochs.value, time_budget=self.budget.value,
+                                         lr=self.lr.value, name=meta.name, model_version=version,
+                                         progress=self._report, should_stop=lambda: self._cancel)
             except Exception as e:  # noqa: BLE001
                 return Failed(e)
             yield
@@ -85,7 +86,8 @@ class FineTuneWidget(Container):
         worker.returned.connect(lambda summary: self._done(summary, out))
         self.worker = worker
         self.run_button.enabled, self.cancel_button.enabled = False, True
-        self.status.value = f"Fine-tuning {meta.name} v{meta.model_version} on {folder.name}…"
+        where = "" if backend.name == "this computer" else f" on {backend.name}"
+        self.status.value = f"Fine-tuning {meta.name} v{meta.model_version} on {folder.name}{where}…"
         self._t0 = time.time()
         worker.start()
         return worker

@@ -1,0 +1,114 @@
+"""The widgets with the Backend setting on a server: same layers as locally, a server
+lost in mid-run gives a notification and leaves the layers alone, and a retry works."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from napari_histoseg.server.app import ServerConfig, create_app
+from napari_histoseg.server.thread import ServerThread
+from napari_histoseg.widgets import segment as segment_module
+from napari_histoseg.widgets._model_choice import SERVER, THIS_COMPUTER, ModelChoice
+from napari_histoseg.widgets.explain import ExplainWidget
+from napari_histoseg.widgets.segment import SegmentWidget
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+TOKEN = "widget-token-0123456789abcdef"
+
+
+def _app(ckpt):
+    return create_app(ServerConfig(device="cpu", token=TOKEN, models=[ckpt], bundled=False))
+
+
+@pytest.fixture
+def setup(make_napari_viewer, he_image, random_checkpoint, monkeypatch):
+    errors = []
+    monkeypatch.setattr(segment_module, "show_error", errors.append)
+    viewer = make_napari_viewer()
+    viewer.add_image(np.ascontiguousarray(he_image[:512, :512]), name="slide", rgb=True)
+    w = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.model_choice.use_file(random_checkpoint)
+    w.tile.value, w.overlap.value = 128, 32  # 25 tiles: several requests
+    srv = ServerThread(_app(random_checkpoint))
+    url = srv.start()
+    w.model_choice.runs_on.value = SERVER
+    w.model_choice.server_url.value, w.model_choice.server_token.value = url, TOKEN
+    yield w, srv, errors
+    srv.stop()
+
+
+def _run(w, qtbot):
+    worker = w.run()
+    assert worker is not None
+    qtbot.waitUntil(lambda: w.worker is None, timeout=60_000)
+    return worker
+
+
+def test_segment_on_a_server_gives_the_local_layers(setup, qtbot):
+    w, srv, errors = setup
+    _run(w, qtbot)
+    assert not errors and w.status.value.startswith("Done") and srv.url in w.status.value
+    remote = w.viewer.layers["tumour probability"].data.copy()
+    w.model_choice.runs_on.value = THIS_COMPUTER
+    _run(w, qtbot)
+    np.testing.assert_allclose(w.viewer.layers["tumour probability"].data, remote, atol=1e-3)
+    assert "at http" not in w.status.value  # this run was local
+
+
+def test_setting_is_shared_by_the_widgets(setup):
+    w, srv, _ = setup
+    explain = ExplainWidget(w.viewer)
+    assert explain.model_choice.runs_on.value == SERVER and explain.model_choice.server_url.value == srv.url
+    w.model_choice.server_url.value = "http://127.0.0.1:1"
+    assert explain.model_choice.server_url.value == "http://127.0.0.1:1"
+    assert explain.model_choice.backend() is w.model_choice.backend()
+    assert explain.model_choice.server_token.native.echoMode() != 0  # the token is not shown
+
+
+def test_server_lost_mid_run_notifies_keeps_layers_and_retry_works(setup, qtbot):
+    w, srv, errors = setup
+    _run(w, qtbot)
+    before = w.viewer.layers["tumour"].data.copy()
+    w.viewer.layers["tumour"].data[:10, :10] = 1  # a hand edit the failed run must not touch
+    edited = w.viewer.layers["tumour"].data.copy()
+    n_layers = len(w.viewer.layers)
+
+    entry = srv.app.state.store.get("random")
+    fast, calls = entry.batcher.fn, []
+
+    def slow(batch):
+        calls.append(1)
+        time.sleep(0.3)
+        return fast(batch)
+
+    entry.batcher.fn = slow
+    worker = w.run()
+    qtbot.waitUntil(lambda: len(calls) >= 2, timeout=30_000)  # in mid-run
+    threading.Thread(target=srv.kill).start()
+    qtbot.waitUntil(lambda: w.worker is None, timeout=30_000)
+    assert errors and "lost the connection" in errors[0] and srv.url in errors[0], errors
+    assert w.status.value.startswith("Failed") and w.run_button.enabled
+    assert len(w.viewer.layers) == n_layers
+    np.testing.assert_array_equal(w.viewer.layers["tumour"].data, edited)
+
+    again = ServerThread(_app(w.model_choice.ref()), port=srv.port)  # the server is back
+    again.start()
+    try:
+        _run(w, qtbot)
+        assert w.status.value.startswith("Done"), w.status.value
+        assert len(errors) == 1 and before.shape == w.viewer.layers["tumour"].data.shape
+    finally:
+        again.stop()
+    del worker
+
+
+def test_a_bad_server_url_is_refused_before_running(setup):
+    w, _, errors = setup
+    w.model_choice.server_url.value = "gpu-box:8765"
+    assert w.run() is None and errors and "http://" in errors[0]
+    assert ModelChoice  # the setting lives in the shared chooser
