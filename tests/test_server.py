@@ -239,3 +239,39 @@ def test_finetune_job_is_followed_fetched_and_cancelled(server, tmp_path):
     assert final["epochs"] == [] or len(final["epochs"]) < 500
     with pytest.raises(BackendError, match="404"):
         remote.job("nosuchjob")
+
+
+def test_batcher_stacks_concurrent_requests_and_never_delays_a_lone_one():
+    from napari_histoseg.server.batching import Batcher
+
+    sizes = []
+
+    def fn(batch):
+        sizes.append(len(batch))
+        time.sleep(0.05)
+        return batch[:, None, :, :, 0].astype(np.float32)  # (N, 1, h, w): echo of the red channel
+
+    b = Batcher(fn, max_tiles=16, wait_ms=200)
+    t0 = time.perf_counter()
+    with b.request():
+        out = b(np.full((1, 32, 32, 3), 7, np.uint8))
+    assert time.perf_counter() - t0 < 0.15 and out[0, 0, 0, 0] == 7  # alone: no 200 ms wait
+
+    results, barrier = {}, threading.Barrier(4)
+
+    def client(i):
+        with b.request():
+            barrier.wait()
+            results[i] = b(np.full((2, 32, 32, 3), i, np.uint8))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all((results[i] == i).all() and results[i].shape == (2, 1, 32, 32) for i in range(4))
+    assert max(sizes[1:]) > 2 and b.passes < 5  # stacked into fewer, larger passes
+    off = Batcher(fn, enabled=False)
+    for i in range(3):
+        off(np.zeros((1, 32, 32, 3), np.uint8))
+    assert off.stats()["mean_batch"] == 1.0

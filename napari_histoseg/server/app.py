@@ -39,6 +39,7 @@ class ServerConfig:
     batching: bool = True
     batch_wait_ms: float = 5.0
     max_batch_tiles: int = 16
+    max_batch_pixels: Optional[int] = None       # default: 2^22 px on a GPU, 2^18 on a CPU
     workdir: Optional[Path] = None               # uploads and fine-tune jobs (default: a temp dir)
     train_threads: Optional[int] = None
 
@@ -98,7 +99,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
     config = config or ServerConfig()
     workdir = Path(config.workdir or tempfile.mkdtemp(prefix="histoseg-serve-"))
     store = ModelStore(config.device, batching=config.batching, wait_ms=config.batch_wait_ms,
-                       max_tiles=config.max_batch_tiles)
+                       max_tiles=config.max_batch_tiles, max_pixels=config.max_batch_pixels)
     if config.bundled:
         store.add_bundled()
     for path in config.models:

@@ -57,11 +57,15 @@ def sha256_file(path) -> str:
 
 
 class ModelStore:
-    def __init__(self, device: str = "auto", *, batching: bool = True, wait_ms: float = 5.0, max_tiles: int = 16):
+    def __init__(self, device: str = "auto", *, batching: bool = True, wait_ms: float = 5.0, max_tiles: int = 16,
+                 max_pixels: int | None = None):
         from ..device import resolve_device
 
         self.device = resolve_device(device)
         self.batching, self.wait_ms, self.max_tiles = batching, wait_ms, max_tiles
+        # the tiled engine's measured budget: on a CPU big batches run slower per pixel
+        # (BENCHMARKS.md, Inference), so stacking pays on a GPU only
+        self.max_pixels = max_pixels or (1 << (22 if self.device.type in ("cuda", "mps") else 18))
         self.entries: dict[str, Entry] = {}
         self._lock = threading.Lock()
 
@@ -76,8 +80,7 @@ class ModelStore:
             if known is not None:
                 return known
         model = Segmenter.from_checkpoint(path, device=str(self.device))
-        max_px = 1 << (22 if self.device.type in ("cuda", "mps") else 20)
-        batcher = Batcher(model.predict, enabled=self.batching, max_tiles=self.max_tiles, max_pixels=max_px,
+        batcher = Batcher(model.predict, enabled=self.batching, max_tiles=self.max_tiles, max_pixels=self.max_pixels,
                           wait_ms=self.wait_ms)
         with self._lock:
             ref = ref or _unique(path.stem, self.entries)
