@@ -14,7 +14,7 @@ import zarr
 from napari_histoseg.inference import predict
 from napari_histoseg.models import save_checkpoint
 from napari_histoseg.models.segmenter import Segmenter
-from napari_histoseg.wsi import iter_segment_slide, read_result, segment_cohort, segment_slide, slide_tissue
+from napari_histoseg.wsi import iter_segment_slide, read_result, segment_slide, slide_tissue
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 OPTS = dict(block=256, tile=128, overlap=32)

@@ -27,7 +27,7 @@ class WholeSlideOptions(Container):
 
     def __init__(self):
         super().__init__(labels=True, visible=False)
-        self.outdir = FileEdit(label="Output folder", mode="d",
+        self.outdir = FileEdit(label="Save in", mode="d",
                                tooltip="SLIDE.ome.zarr is written here (default: beside the slide)")
         self.model_mpp = FloatSpinBox(label="Model µm/px", min=0.0, max=50.0, step=0.01, value=0.0,
                                       tooltip="µm per pixel the model was trained at; 0 = from the checkpoint "

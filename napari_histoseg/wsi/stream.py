@@ -18,7 +18,6 @@ The same tasks run on Dask's threaded scheduler in this process (default) or on 
 from __future__ import annotations
 
 import os
-import queue
 import threading
 import time
 from dataclasses import dataclass, field
@@ -309,14 +308,16 @@ def iter_segment_slide(slide_path, out, *, scheduler=None, workers: Optional[int
     total = sum(b.tiles > 0 for b in blocks)
     stats = dict(done)
     yield len(stats), total
+    from .schedule import run_distributed, run_threads
+
     if scheduler is None or scheduler == "threads":
-        runner = _run_threads(job, todo, workers or 1)
+        runner = run_threads(segment_block, job, todo, workers or 1)
     elif scheduler == "sync":
         runner = ((b, segment_block(job, b)) for b in todo)
     elif isinstance(scheduler, str):
         raise ValueError(f"scheduler must be 'threads', 'sync' or a distributed Client, not {scheduler!r}")
     else:
-        runner = _run_distributed(scheduler, job, todo, retries)
+        runner = run_distributed(scheduler, segment_block, job, todo, retries)
     try:
         for b, s in runner:
             stats[(b.by, b.bx)] = s
@@ -341,55 +342,6 @@ def _mpp(job, options, slide_path):
     if ms["axes"][0].get("unit") != "micrometer":
         return None
     return float(ms["datasets"][0]["coordinateTransformations"][0]["scale"][0])
-
-
-def _run_threads(job, todo, n):
-    """Run the block tasks on Dask's threaded scheduler in a helper thread, handing each
-    finished block back as it completes; closing stops the blocks not yet started."""
-    import dask
-
-    q: queue.Queue = queue.Queue()
-    stop = threading.Event()
-
-    def task(b):
-        if stop.is_set():
-            return None
-        s = segment_block(job, b)
-        q.put((b, s))
-        return s
-
-    def compute():
-        try:
-            dask.compute(*[dask.delayed(task, pure=False)(b) for b in todo], scheduler="threads", num_workers=n)
-            q.put(None)
-        except BaseException as e:  # noqa: BLE001 - handed to the caller
-            q.put(e)
-
-    th = threading.Thread(target=compute, name="histoseg-wsi", daemon=True)
-    th.start()
-    try:
-        while True:
-            item = q.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        th.join()
-
-
-def _run_distributed(client, job, todo, retries):
-    from distributed import as_completed
-
-    futures = client.map(segment_block, [job] * len(todo), todo, pure=False, retries=retries)
-    index = {f.key: b for f, b in zip(futures, todo)}
-    try:
-        for f in as_completed(futures):
-            yield index[f.key], f.result()
-    finally:
-        client.cancel([f for f in futures if not f.done()])
 
 
 def segment_slide(slide_path, out, *, progress=None, should_stop=None, **kwargs) -> SlideResult:
