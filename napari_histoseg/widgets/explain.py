@@ -167,6 +167,8 @@ class ExplainWidget(Container):
             self.worker.quit()
 
     def _on_progress(self, value):
+        if self.worker is None:  # a progress signal that arrived after the run ended
+            return
         self.status.value = self._progress.update(value)
 
     def _on_result(self, heat, key, method, place):
