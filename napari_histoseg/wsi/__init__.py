@@ -3,7 +3,7 @@
 No napari or Qt here; the widget side is ``widgets/_wholeslide.py``.
 
 >>> from napari_histoseg.wsi import segment_slide            # doctest: +SKIP
->>> res = segment_slide("slide.svs", "out/slide.ome.zarr", model_mpp=0.5)
+>>> res = segment_slide("slide.svs", "out/slide.ome.zarr", model_mpp=0.5)  # doctest: +SKIP
 >>> res.tumour_mm2, res.tumour_fraction_of_tissue, res.tiles_skipped_fraction  # doctest: +SKIP
 """
 
