@@ -97,7 +97,7 @@ def cmd_segment_slides(args) -> int:
     report = args.report or str(Path(args.outdir) / "report.csv")
     print(f"{len(rows) - len(failed)} of {len(rows)} slides done; report: {report}")
     for r in rows:
-        if r["status"] == "ok" and r.get("reason"):
-            print(f"note: {Path(r['slide']).name}: {r['reason']}", file=sys.stderr)
+        if r["status"] == "ok" and r.get("notes"):
+            print(f"note: {Path(r['slide']).name}: {r['notes']}", file=sys.stderr)
             break
     return 1 if failed else 0

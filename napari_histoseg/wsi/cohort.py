@@ -20,7 +20,7 @@ __all__ = ["segment_cohort", "REPORT_COLUMNS", "output_path"]
 
 REPORT_COLUMNS = ["slide", "status", "reason", "output", "width_px", "height_px", "mpp", "level",
                   "resample", "tissue_mm2", "tumour_mm2", "tumour_fraction_of_tissue", "blocks",
-                  "blocks_run", "tiles_skipped_fraction", "seconds"]
+                  "blocks_run", "tiles_skipped_fraction", "seconds", "notes"]
 
 
 def output_path(slide, outdir) -> Path:
@@ -79,8 +79,7 @@ def segment_cohort(slides, outdir, *, report: Optional[str] = None,
                        tumour_fraction_of_tissue=_fmt(res.tumour_fraction_of_tissue),
                        blocks=res.blocks, blocks_run=res.blocks_run,
                        tiles_skipped_fraction=_fmt(res.tiles_skipped_fraction, 3))
-            if res.warnings:
-                row["reason"] = "; ".join(res.warnings)
+            row["notes"] = "; ".join(res.warnings)
         except KeyboardInterrupt:
             raise
         except Exception as e:  # noqa: BLE001 - one bad slide must not stop the cohort
