@@ -167,9 +167,11 @@ class ExplainWidget(Container):
             self.worker.quit()
 
     def _on_progress(self, value):
-        if self.worker is None:  # a progress signal that arrived after the run ended
+        text = self._progress.update(value)  # napari's first progress bar processes events: the run may end here
+        if self.worker is None:
+            self._progress.close()
             return
-        self.status.value = self._progress.update(value)
+        self.status.value = text
 
     def _on_result(self, heat, key, method, place):
         if isinstance(heat, Failed):

@@ -172,9 +172,11 @@ class SegmentWidget(Container):
             self.worker.quit()
 
     def _on_progress(self, value):
-        if self.worker is None:  # a progress signal that arrived after the run ended
+        text = self._progress.update(value)  # napari's first progress bar processes events: the run may end here
+        if self.worker is None:
+            self._progress.close()
             return
-        self.status.value = self._progress.update(value)
+        self.status.value = text
 
     def _on_result(self, pred, layer, place, ref, level):
         if isinstance(pred, Failed):
