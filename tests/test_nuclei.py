@@ -240,3 +240,21 @@ def test_bundled_model_finds_dark_disks():
     img, truth = disks_image((256, 256), [(60, 60), (60, 190), (180, 120)], 14)
     labels, _ = detect_nuclei(img, mpp=0.25)
     assert pq(truth, labels)["tp"] == 3
+
+
+def test_score_threshold_is_tuned_on_held_out_tiles():
+    from napari_histoseg.nuclei.data import InstanceTile
+    from napari_histoseg.nuclei.train import tune_score_threshold
+
+    class Scored(FakeDetector):  # the big disk scores 0.9, the small specks 0.35
+        def detect_batch(self, batch):
+            out = super().detect_batch(batch)
+            for d in out:
+                area = (d["boxes"][:, 2] - d["boxes"][:, 0]) * (d["boxes"][:, 3] - d["boxes"][:, 1])
+                d["scores"] = torch.where(area > 400, 0.9, 0.35)
+            return out
+
+    img, truth = disks_image((200, 200), [(60, 60), (140, 140)], 16)
+    img[20:24, 150:154] = NUC                 # a speck that is no nucleus
+    thr, table = tune_score_threshold(Scored(), [InstanceTile("v", img, truth)], candidates=(0.3, 0.5))
+    assert thr == 0.5 and table[0.5]["pq"] > table[0.3]["pq"]

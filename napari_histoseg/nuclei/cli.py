@@ -79,7 +79,8 @@ def register(subparsers) -> None:
     p.add_argument("--classical", action="store_true", help="use the classical watershed baseline")
     p.add_argument("--tile", type=int, default=512)
     p.add_argument("--overlap", type=int, default=128)
-    p.add_argument("--score-threshold", type=float, default=0.5)
+    p.add_argument("--score-threshold", type=float, default=None,
+                   help="minimum detection score (default: the model's, chosen on validation tiles)")
     p.set_defaults(func=cmd_nuclei)
 
 

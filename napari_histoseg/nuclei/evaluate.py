@@ -25,12 +25,14 @@ def _means(rows):
 
 
 def evaluate_nuclei(dataset, model=None, split="test", baseline=True, tile=512, overlap=128,
-                    score_threshold=0.5, log=None) -> dict:
+                    score_threshold=None, log=None) -> dict:
     """``{"per_image": [...], "model": {"overall", "by_organ"}, "baseline": {...}, ...}``."""
     from ..inference import drive
     from .infer import iter_detect, load_nuclei_model
 
     net, meta = load_nuclei_model(model) if model is None or isinstance(model, str) else model
+    if score_threshold is None:
+        score_threshold = float((meta.preprocessing or {}).get("score_threshold", 0.5))
     tiles = load_instances(dataset, split)
     per_image, seconds = [], {"model": 0.0, "baseline": 0.0}
     for t in tiles:
@@ -57,7 +59,7 @@ def evaluate_nuclei(dataset, model=None, split="test", baseline=True, tile=512, 
             log("  ".join(f"{r['method']} AJI {r['aji']:.3f} PQ {r['pq']:.3f}" for r in rows)
                 + f"  {t.id} ({t.organ})")
     out = {"dataset": str(dataset), "split": split, "model_name": meta.name,
-           "model_arch": meta.arch, "tile": tile, "overlap": overlap, "per_image": per_image,
+           "model_arch": meta.arch, "tile": tile, "overlap": overlap, "score_threshold": score_threshold, "per_image": per_image,
            "seconds": seconds}
     for method in ("model", "baseline") if baseline else ("model",):
         rows = [r for r in per_image if r["method"] == method]

@@ -177,7 +177,7 @@ def _rescale(rgb, factor):
     return t[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
-def detect_nuclei(image, model=None, mpp=None, *, tile=512, overlap=128, score_threshold=0.5,
+def detect_nuclei(image, model=None, mpp=None, *, tile=512, overlap=128, score_threshold=None,
                   mask_threshold=0.5, features=True, progress=None, should_stop=None):
     """Find and outline every nucleus of an H&E image.
 
@@ -192,7 +192,8 @@ def detect_nuclei(image, model=None, mpp=None, *, tile=512, overlap=128, score_t
     tile, overlap : int
         Tile side and overlap in model pixels; ``overlap`` must exceed the widest nucleus.
     score_threshold, mask_threshold : float
-        Minimum detection score and mask probability.
+        Minimum detection score (default: the checkpoint's ``preprocessing["score_threshold"]``,
+        chosen on the validation tiles, else 0.5) and mask probability.
     features : bool
         Measure every nucleus (see :func:`napari_histoseg.nuclei.features.nucleus_features`).
     progress, should_stop : callables
@@ -209,6 +210,8 @@ def detect_nuclei(image, model=None, mpp=None, *, tile=512, overlap=128, score_t
     """
     rgb = check_image(image)
     net, meta = (load_nuclei_model(model) if model is None or isinstance(model, (str, Path)) else model)
+    if score_threshold is None:
+        score_threshold = float((meta.preprocessing or {}).get("score_threshold", 0.5))
     factor = 1.0
     if mpp and meta.mpp and abs(mpp / meta.mpp - 1) > 0.05:
         factor = mpp / meta.mpp

@@ -115,7 +115,19 @@ class NucleiWidget(Container):
         self.reset_choices()
         if "tumour" in viewer.layers:
             self.tumour.value = viewer.layers["tumour"]
+        self._score_from_model()
         self.native.setMaximumWidth(460)
+
+    def _score_from_model(self):
+        """Start the score slider at the bundled model's validated threshold, if it has one."""
+        try:
+            from ..models.checkpoint import read_meta
+            from ..nuclei.infer import BUNDLED
+
+            if BUNDLED.is_file():
+                self.score.value = float(read_meta(BUNDLED).preprocessing.get("score_threshold", 0.5))
+        except Exception:  # noqa: BLE001 - the slider keeps 0.5
+            pass
 
     def _image_choices(self, _w=None):
         return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image)]
