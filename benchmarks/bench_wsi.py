@@ -6,11 +6,12 @@ islands of tissue on white glass, written tile by tile (never whole in memory). 
 each with ``napari_histoseg.wsi.segment_slide`` (bundled model, threaded scheduler) in its
 own subprocess, so the peak resident memory printed is that size's alone; prints MP/s of
 slide and of tissue, the fraction of tiles skipped as background and the peak RSS.
-Then, in one process, the throughput on an all-tissue 4096 x 4096 region: the streaming
+Then, in one process, the throughput on an all-tissue 2048 x 2048 region (--region): the streaming
 path against the in-memory tiled engine (``inference.predict`` on the region as a numpy
 array), alternated, with the ratio.
 
-    python benchmarks/bench_wsi.py [--workdir /tmp/histoseg-wsi-bench] [--threads 2] [--sizes 0.1 1]
+    python benchmarks/bench_wsi.py [--workdir /tmp/histoseg-wsi-bench] [--threads 1] [--sizes 0.1 1]
+                                   [--tissue-fraction 0.15] [--region 2048] [--repeats 2]
 
 The slides are kept in --workdir and reused (delete it to rebuild).
 """
@@ -51,7 +52,7 @@ def source_tiles() -> list:
     return tiles
 
 
-def layout(n: int, seed: int = 0, fraction: float = 0.25) -> np.ndarray:
+def layout(n: int, seed: int = 0, fraction: float = 0.15) -> np.ndarray:
     """Cell map (n x n): -1 white glass, else the index of the source tile; islands of
     tissue (ellipses) until about ``fraction`` of the cells hold tissue."""
     rng = np.random.default_rng(seed)
@@ -162,9 +163,11 @@ def compare(slide: str, workdir: Path, threads: int, repeats: int) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", default="/tmp/histoseg-wsi-bench")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core machine)")
     ap.add_argument("--sizes", nargs="+", default=["0.1", "1"], choices=sorted(SIDES))
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--tissue-fraction", type=float, default=0.15, help="share of the slide's 512 px cells with tissue")
+    ap.add_argument("--region", type=int, default=2048, help="edge of the all-tissue comparison region (px)")
     ap.add_argument("--no-compare", action="store_true")
     ap.add_argument("--_run", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--_compare", help=argparse.SUPPRESS)
@@ -180,11 +183,13 @@ def main():
     tiles = None
     slides = {}
     for size in args.sizes + ([] if args.no_compare else ["region"]):
-        path = work / f"slide-{size}gp.tif" if size != "region" else work / "tissue-4096.tif"
+        path = (work / f"slide-{size}gp-{args.tissue_fraction:g}.tif" if size != "region"
+                else work / f"tissue-{args.region}.tif")
         if not path.exists():
             tiles = tiles or source_tiles()
-            n = SIDES[size] // CELL if size != "region" else 8
-            cells = layout(n, seed=1) if size != "region" else np.arange(n * n).reshape(n, n) * 7 % 1000
+            n = SIDES[size] // CELL if size != "region" else args.region // CELL
+            cells = (layout(n, seed=1, fraction=args.tissue_fraction) if size != "region"
+                     else np.arange(n * n).reshape(n, n) * 7 % 1000)
             t0 = time.perf_counter()
             build(path, cells, tiles)
             print(f"built {path.name}: {n * CELL} x {n * CELL} px, {path.stat().st_size / 1e6:.0f} MB "
