@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     load_after = os.getloadavg()[0]
 
     n_model, n_whole, n_base = int(tiled.max()), int(whole.max()), int(base.max())
-    rows = [("Mask R-CNN, tiled 512/128", n_model, t_model), ("Mask R-CNN, whole image", n_whole, t_whole),
+    rows = [("Mask R-CNN, tiled 640/128", n_model, t_model), ("Mask R-CNN, whole image", n_whole, t_whole),
             ("classical watershed", n_base, t_base)]
     print(f"\n{'method':<28}{'nuclei':>8}{'seconds':>9}{'nuclei/s':>10}{'MP/s':>8}")
     for name, n, t in rows:

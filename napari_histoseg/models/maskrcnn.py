@@ -56,7 +56,7 @@ class NoResizeTransform(GeneralizedRCNNTransform):
 def _detector_kwargs(detections: int) -> dict:
     return dict(
         rpn_pre_nms_top_n_train=3000, rpn_post_nms_top_n_train=2000,
-        rpn_pre_nms_top_n_test=3000, rpn_post_nms_top_n_test=2000,
+        rpn_pre_nms_top_n_test=1000, rpn_post_nms_top_n_test=1000,
         rpn_batch_size_per_image=256,
         box_batch_size_per_image=512,
         box_detections_per_img=int(detections),

@@ -30,7 +30,7 @@ def add_evaluate_options(p) -> None:
     g = p.add_argument_group("instances (nuclei)")
     g.add_argument("--no-baseline", action="store_true",
                    help="instances: skip the classical watershed baseline")
-    g.add_argument("--nuclei-tile", type=int, default=512, help="instances: tile size (default 512)")
+    g.add_argument("--nuclei-tile", type=int, default=640, help="instances: tile size (default 640)")
     g.add_argument("--nuclei-overlap", type=int, default=128, help="instances: tile overlap (default 128)")
 
 
@@ -77,7 +77,7 @@ def register(subparsers) -> None:
     p.add_argument("--mpp", type=float, default=None, help="microns per pixel (default: from the file)")
     p.add_argument("--model", default=None, help="nucleus checkpoint (default: the bundled model)")
     p.add_argument("--classical", action="store_true", help="use the classical watershed baseline")
-    p.add_argument("--tile", type=int, default=512)
+    p.add_argument("--tile", type=int, default=640)
     p.add_argument("--overlap", type=int, default=128)
     p.add_argument("--score-threshold", type=float, default=None,
                    help="minimum detection score (default: the model's, chosen on validation tiles)")

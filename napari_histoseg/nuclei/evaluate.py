@@ -24,7 +24,7 @@ def _means(rows):
     return {k: float(np.mean([r[k] for r in rows])) for k in KEYS} | {"n_images": len(rows)}
 
 
-def evaluate_nuclei(dataset, model=None, split="test", baseline=True, tile=512, overlap=128,
+def evaluate_nuclei(dataset, model=None, split="test", baseline=True, tile=640, overlap=128,
                     score_threshold=None, log=None) -> dict:
     """``{"per_image": [...], "model": {"overall", "by_organ"}, "baseline": {...}, ...}``."""
     from ..inference import drive

@@ -146,7 +146,7 @@ def _cores(starts, tile, length):
     return out
 
 
-def iter_detect(rgb, model, tile=512, overlap=128, score_threshold=0.5, mask_threshold=0.5):
+def iter_detect(rgb, model, tile=640, overlap=128, score_threshold=0.5, mask_threshold=0.5):
     """Generator yielding ``(done, total)`` tiles; returns ``(labels int32, scores)``."""
     H, W = rgb.shape[:2]
     if overlap >= tile:
@@ -177,7 +177,7 @@ def _rescale(rgb, factor):
     return t[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
-def detect_nuclei(image, model=None, mpp=None, *, tile=512, overlap=128, score_threshold=None,
+def detect_nuclei(image, model=None, mpp=None, *, tile=640, overlap=128, score_threshold=None,
                   mask_threshold=0.5, features=True, progress=None, should_stop=None):
     """Find and outline every nucleus of an H&E image.
 

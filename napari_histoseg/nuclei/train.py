@@ -49,7 +49,7 @@ def freeze_bn(model: torch.nn.Module) -> None:
             m.eval()
 
 
-def validate(model, tiles, tile=512, overlap=128) -> dict:
+def validate(model, tiles, tile=640, overlap=128) -> dict:
     """Mean AJI, PQ, F1 of whole held-out tiles."""
     from ..inference import drive
     from .infer import iter_detect
@@ -61,7 +61,7 @@ def validate(model, tiles, tile=512, overlap=128) -> dict:
     return {k: float(np.mean([r[k] for r in rows])) for k in ("aji", "pq", "dq", "sq", "f1")}
 
 
-def tune_score_threshold(model, tiles, candidates=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8), tile=512,
+def tune_score_threshold(model, tiles, candidates=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8), tile=640,
                          overlap=128) -> tuple[float, dict]:
     """The detection score threshold of best mean (AJI + PQ) / 2 on ``tiles`` (held-out
     training tiles, never the test split), and the table of every candidate. The
@@ -96,7 +96,7 @@ def tune_score_threshold(model, tiles, candidates=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 def make_meta(arch, arch_kwargs, mpp, info: dict) -> ModelMeta:
     return ModelMeta(
         arch=arch, task="instances", arch_kwargs=dict(arch_kwargs), classes={"1": "nucleus"},
-        mean=[127.5] * 3, std=[127.5] * 3, tile_size=512, mpp=mpp,
+        mean=[127.5] * 3, std=[127.5] * 3, tile_size=640, mpp=mpp,
         preprocessing={"input": "RGB float in [0, 1]; the detector scales it to [-1, 1] itself",
                        "tile_overlap": 128},
         name="histoseg-nuclei", model_version="0", training=info)
