@@ -69,11 +69,13 @@ def main(argv=None) -> int:
 
     (tiled, _), t_model = best_of(lambda: detect_nuclei(tile.image, (net, meta), features=False), args.repeat)
     side = int(np.ceil(max(tile.image.shape[:2]) / 32) * 32)
-    keep = net.roi_heads.detections_per_img
-    net.roi_heads.detections_per_img = 3000          # the whole image holds ~700 nuclei
+    keep = (net.roi_heads.detections_per_img, dict(net.rpn._pre_nms_top_n), dict(net.rpn._post_nms_top_n))
+    # the whole image holds ~700 nuclei: give it the proposals and detections of ~3 tiles
+    net.roi_heads.detections_per_img = 3000
+    net.rpn._pre_nms_top_n["testing"] = net.rpn._post_nms_top_n["testing"] = 3000
     (whole, _), t_whole = best_of(lambda: detect_nuclei(tile.image, (net, meta), tile=side, overlap=0,
                                                         features=False), args.repeat)
-    net.roi_heads.detections_per_img = keep
+    net.roi_heads.detections_per_img, net.rpn._pre_nms_top_n, net.rpn._post_nms_top_n = keep
     base, t_base = best_of(lambda: classical_labels(tile.image, tile.mpp or 0.25), args.repeat)
     load_after = os.getloadavg()[0]
 
