@@ -106,7 +106,7 @@ class NucleiWidget(Container):
                      Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
                      self.summary, self.csv, self.save_button, self.status])
         self.where.changed.connect(lambda v: setattr(self.shapes, "visible", v == "drawn shapes"))
-        self.method.changed.connect(lambda v: setattr(self.model_file, "visible", v == "file"))
+        self.method.changed.connect(self._on_method)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
         self.save_button.clicked.connect(lambda: self.save_csv())
@@ -128,6 +128,10 @@ class NucleiWidget(Container):
                 self.score.value = float(read_meta(BUNDLED).preprocessing.get("score_threshold", 0.5))
         except Exception:  # noqa: BLE001 - the slider keeps 0.5
             pass
+
+    def _on_method(self, value):
+        self.model_file.visible = value == "file"
+        self.score.visible = value != "classical"   # the watershed has no scores
 
     def _image_choices(self, _w=None):
         return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image)]
@@ -259,7 +263,8 @@ class NucleiWidget(Container):
             f"<td align='right'>{'' if np.isnan(r.density_per_mm2) else f'{r.density_per_mm2:,.0f}'}</td>"
             f"<td align='right'>{'' if np.isnan(getattr(r, area_col)) else f'{getattr(r, area_col):.1f}'}</td></tr>"
             for r in summary.itertuples())
-        note = "" if mpp else "<br><i>mpp unknown: no density; areas in px²</i>"
+        note = (f"<br><i>at {mpp:.3f} µm/px; a nucleus belongs to the region holding its centre</i>" if mpp
+                else "<br><i>mpp unknown (no 'mpp' in the image layer's metadata): no density; areas in px²</i>")
         return (f"<table><tr><th>region</th><th>nuclei</th><th>per mm²</th><th>mean area ({unit})</th></tr>"
                 f"{rows}</table>{note}")
 
