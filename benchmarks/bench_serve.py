@@ -119,30 +119,35 @@ def main(argv=None) -> int:
     def per_client(n):
         return max(1, args.requests // n)
 
+    servers = {}
+    for batching in (True, False):
+        app = create_app(ServerConfig(device="cpu", models=[ckpt], bundled=False, batching=batching,
+                                      max_batch_pixels=args.batch_pixels))
+        srv = ServerThread(app)
+        url = srv.start()
+        entry = next(iter(app.state.store.entries.values()))
+        RemoteBackend(url).segment_region(image, entry.ref, tile=tile, overlap=args.overlap)  # warm-up
+        servers["server, batching" if batching else "server, no batching"] = (srv, url, entry)
+
+    # the modes take turns for each client count, so each comparison is measured minutes apart
+    # at most (other jobs on a shared machine change the load)
     for n in args.clients:
         row = run_clients(n, per_client(n), args.time_limit, lambda: lambda: drive(
             local.segment(image, ckpt, device="cpu", tile=tile, overlap=args.overlap)))
         report("in-process", row)
+        for mode, (srv, url, entry) in servers.items():
+            passes0, tiles0 = entry.batcher.passes, entry.batcher.tiles
 
-    for batching in (True, False):
-        app = create_app(ServerConfig(device="cpu", models=[ckpt], bundled=False, batching=batching,
-                                      max_batch_pixels=args.batch_pixels))
-        entry = next(iter(app.state.store.entries.values()))
-        with ServerThread(app) as url:
-            warm = RemoteBackend(url)
-            warm.segment_region(image, entry.ref, tile=tile, overlap=args.overlap)
-            for n in args.clients:
-                passes0, tiles0 = entry.batcher.passes, entry.batcher.tiles
+            def make_call(url=url, ref=entry.ref):
+                client = RemoteBackend(url, timeout=600)
+                return lambda: client.segment_region(image, ref, tile=tile, overlap=args.overlap)
 
-                def make_call():
-                    client = RemoteBackend(url, timeout=600)
-                    return lambda: client.segment_region(image, entry.ref, tile=tile, overlap=args.overlap)
-
-                row = run_clients(n, per_client(n), args.time_limit, make_call)
-                passes, tiles = entry.batcher.passes - passes0, entry.batcher.tiles - tiles0
-                row["mean_batch"] = round(tiles / passes, 2) if passes else 0.0
-                report("server, batching" if batching else "server, no batching", row,
-                       f", mean batch {row['mean_batch']:.1f} tiles")
+            row = run_clients(n, per_client(n), args.time_limit, make_call)
+            passes, tiles = entry.batcher.passes - passes0, entry.batcher.tiles - tiles0
+            row["mean_batch"] = round(tiles / passes, 2) if passes else 0.0
+            report(mode, row, f", mean batch {row['mean_batch']:.1f} tiles")
+    for srv, _, _ in servers.values():
+        srv.stop()
 
     print("\n| clients | mode | req/s | p50 s | p95 s | x in-process req/s | mean batch |")
     print("|---|---|---|---|---|---|---|")

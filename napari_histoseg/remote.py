@@ -90,7 +90,7 @@ class RemoteBackend:
     def models(self) -> list[dict]:
         """What the server serves: ref, name, version, arch, task, tile size, device."""
         infos = self.request("GET", "/models").json()["models"]
-        self._info.update({i["ref"]: i for i in infos})
+        self._info = {i["ref"]: i for i in infos}
         return infos
 
     def list_models(self) -> list[str]:
@@ -128,7 +128,14 @@ class RemoteBackend:
         return self._info[ref]
 
     def model(self, model_ref=BUNDLED, device=None, engine=None) -> "RemoteModel":
-        return RemoteModel(self, self.server_ref(model_ref))
+        """The server's model for ``model_ref``, checked against its list (one small request),
+        so a checkpoint uploaded before the server restarted is uploaded again."""
+        ref = self.server_ref(model_ref)
+        self.models()
+        if ref not in self._info and model_ref not in (None, "", BUNDLED) and Path(str(model_ref)).is_file():
+            self._uploaded = {k: v for k, v in self._uploaded.items() if v != ref}
+            ref = self.server_ref(model_ref)
+        return RemoteModel(self, ref)
 
     def describe(self, model_ref=BUNDLED, device=None, engine=None) -> str:
         i = self.info(model_ref)

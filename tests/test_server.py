@@ -82,6 +82,14 @@ def test_server_explains_like_local(server, ckpt, image):
     got = drive(RemoteBackend(server, token=TOKEN).explain(image, str(ckpt), "entropy", tile=256, region=region))
     assert got.shape == local.shape == region[2:]
     np.testing.assert_allclose(got, local, atol=2e-3)
+    target = np.zeros(region[2:], bool)
+    target[50:120, 60:200] = True  # "a shape I drew": travels with the image as NPZ
+    local = drive(LocalBackend().explain(image, str(ckpt), "gradcam", device="cpu", tile=256, region=region,
+                                         target=target))
+    got = drive(RemoteBackend(server, token=TOKEN).explain(image, str(ckpt), "gradcam", tile=256, region=region,
+                                                           target=target))
+    assert np.abs(local).max() > 0
+    np.testing.assert_allclose(got, local, atol=2e-3)
 
 
 def test_token_missing_or_wrong_is_401(server, image):
@@ -89,6 +97,8 @@ def test_token_missing_or_wrong_is_401(server, image):
     assert httpx.get(f"{server}/models", headers={"Authorization": "Bearer wrong-token-0123456789"}).status_code == 401
     assert httpx.get(f"{server}/models", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
     assert httpx.get(f"{server}/docs").status_code == 200  # the OpenAPI page is public
+    paths = httpx.get(f"{server}/openapi.json").json()["paths"]
+    assert {"/models", "/segment", "/segment-slide", "/explain", "/jobs", "/jobs/{job_id}/checkpoint"} <= set(paths)
     with pytest.raises(BackendError, match="401"):
         drive(RemoteBackend(server, token="wrong-token-0123456789").segment(image))
 
@@ -116,6 +126,32 @@ def test_slide_paths_stay_under_slides(server, slides):
                        ("sub/../../secret.png", 403), ("missing.png", 404)]:
         with pytest.raises(BackendError, match=f"HTTP {code}"):
             remote.segment_slide(path, "random")
+
+
+def test_cli_segment_with_a_backend(server, ckpt, slides, tmp_path):
+    from skimage.io import imread
+
+    from napari_histoseg.cli import main
+
+    (tmp_path / "token").write_text(TOKEN)
+    out = tmp_path / "mask.png"
+    assert main(["segment", str(slides[0] / "a.png"), "-o", str(out), "--model", str(ckpt), "--tile", "128",
+                 "--backend", server, "--token-file", str(tmp_path / "token")]) == 0
+    assert imread(out).shape == slides[1].shape[:2]
+    (tmp_path / "bad").write_text("wrong-token-0123456789")
+    assert main(["segment", str(slides[0] / "a.png"), "-o", str(out), "--backend", server,
+                 "--token-file", str(tmp_path / "bad")]) == 2  # a message, not a traceback
+
+
+def test_a_restarted_server_gets_the_checkpoint_again(ckpt, image):
+    remote = None
+    for _ in range(2):  # two servers on the same port, the second knows nothing of the first's uploads
+        app = create_app(ServerConfig(device="cpu", bundled=False))
+        with ServerThread(app, port=None if remote is None else port) as url:
+            port = int(url.rsplit(":", 1)[1])
+            remote = remote or RemoteBackend(url)
+            pred = drive(remote.segment(image[:128, :128], str(ckpt), tile=128))
+            assert pred.probability.shape == (128, 128) and len(app.state.store.entries) == 1
 
 
 def test_uploads_must_be_safetensors(server, tmp_path):

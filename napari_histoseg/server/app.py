@@ -285,6 +285,9 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
                                    name=name or meta.name, model_version=model_version or f"{meta.model_version}+ft",
                                    patch_size=patch_size, batch_size=batch_size, steps_per_epoch=steps_per_epoch)
             except RuntimeError as e:
+                import shutil
+
+                shutil.rmtree(dest, ignore_errors=True)
                 raise HTTPException(409, str(e)) from None
             return job.public()
         return await _guard(run)

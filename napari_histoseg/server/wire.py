@@ -50,7 +50,7 @@ def decode(body: bytes, content_type: str | None, shape: str | None = None, dtyp
         expected = int(np.prod(dims)) * np.dtype(dtype).itemsize
         if len(body) != expected:
             raise WireError(f"body has {len(body)} bytes; X-Shape {shape} of {dtype} needs {expected}")
-        return np.frombuffer(body, dtype=dtype).reshape(dims)
+        return np.frombuffer(body, dtype=dtype).reshape(dims).copy()  # writable, for torch.from_numpy
     if kind == PNG:
         from PIL import Image
 
