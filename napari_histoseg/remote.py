@@ -152,8 +152,6 @@ class RemoteBackend:
 
     def segment_region(self, image, model_ref=BUNDLED, *, tile=None, overlap=64, region=None, threshold=0.5):
         """One request: the server tiles, batches and blends ``image`` (or ``region`` of it)."""
-        from .inference import Prediction
-
         params = {"model": self.server_ref(model_ref), "overlap": overlap}
         if tile:
             params["tile"] = tile

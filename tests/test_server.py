@@ -144,11 +144,12 @@ def test_cli_segment_with_a_backend(server, ckpt, slides, tmp_path):
 
 
 def test_a_restarted_server_gets_the_checkpoint_again(ckpt, image):
-    remote = None
+    from napari_histoseg.server.thread import free_port
+
+    port, remote = free_port(), None
     for _ in range(2):  # two servers on the same port, the second knows nothing of the first's uploads
         app = create_app(ServerConfig(device="cpu", bundled=False))
-        with ServerThread(app, port=None if remote is None else port) as url:
-            port = int(url.rsplit(":", 1)[1])
+        with ServerThread(app, port=port) as url:
             remote = remote or RemoteBackend(url)
             pred = drive(remote.segment(image[:128, :128], str(ckpt), tile=128))
             assert pred.probability.shape == (128, 128) and len(app.state.store.entries) == 1
@@ -174,6 +175,10 @@ def test_bind_and_token_rules(tmp_path):
         read_token(tmp_path / "short")
     (tmp_path / "tok").write_text(TOKEN + "\n")
     assert read_token(tmp_path / "tok") == TOKEN
+    from napari_histoseg.cli import main
+
+    with pytest.raises(SystemExit, match="refusing to listen on 0.0.0.0 without a token"):
+        main(["serve", "--host", "0.0.0.0"])  # refused before anything is loaded or bound
 
 
 def test_a_server_stopped_mid_request_raises_a_clear_error(ckpt, tmp_path):

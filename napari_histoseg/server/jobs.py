@@ -88,8 +88,8 @@ class JobRunner:
             job.summary = train(job.dataset, job.out, init_checkpoint=checkpoint, epochs=s["epochs"],
                                 time_budget=s["time_budget_min"], lr=s["lr"], name=s["name"],
                                 model_version=s["model_version"], patch_size=s["patch_size"],
-                                batch_size=s["batch_size"], steps_per_epoch=s["steps_per_epoch"], half_weights=True, threads=self.threads,
-                                progress=progress, should_stop=lambda: job.cancel,
+                                batch_size=s["batch_size"], steps_per_epoch=s["steps_per_epoch"], half_weights=True,
+                                threads=self.threads, progress=progress, should_stop=lambda: job.cancel,
                                 log=lambda *_: None, show_bar=False)
             job.summary = {k: _plain(v) for k, v in job.summary.items()}
             if job.out.is_file():
