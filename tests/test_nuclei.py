@@ -258,3 +258,37 @@ def test_score_threshold_is_tuned_on_held_out_tiles():
     img[20:24, 150:154] = NUC                 # a speck that is no nucleus
     thr, table = tune_score_threshold(Scored(), [InstanceTile("v", img, truth)], candidates=(0.3, 0.5))
     assert thr == 0.5 and table[0.5]["pq"] > table[0.3]["pq"]
+
+
+def test_cli_train_and_evaluate_instances(tmp_path, capsys):
+    """`histoseg train/evaluate --task instances` on a tiny instances folder: plumbing only."""
+    import json
+
+    from skimage.io import imsave
+
+    from napari_histoseg.cli import main
+
+    root = tmp_path / "ds"
+    (root / "images").mkdir(parents=True)
+    (root / "instances").mkdir()
+    tiles = []
+    for i, split in enumerate(["train", "test"]):
+        img, truth = disks_image((192, 192), [(50, 50), (60, 140), (140, 90)], 12)
+        imsave(root / "images" / f"t{i}.png", img, check_contrast=False)
+        imsave(root / "instances" / f"t{i}.png", truth.astype(np.uint16), check_contrast=False)
+        tiles.append({"id": f"t{i}", "image": f"images/t{i}.png", "instances": f"instances/t{i}.png",
+                      "split": split, "organ": "breast", "mpp": 0.25})
+    (root / "dataset.json").write_text(json.dumps({"format": "histoseg-dataset", "version": 1,
+                                                   "task": "instances", "classes": {"1": "nucleus"},
+                                                   "tiles": tiles}))
+    out = tmp_path / "n.safetensors"
+    kw = json.dumps({"channels": 32, "representation": 64, "detections": 50})
+    assert main(["train", str(root), "-o", str(out), "--epochs", "1", "--steps-per-epoch", "2",
+                 "--batch-size", "1", "--patch-size", "128", "--arch-kwargs", kw, "--threads", "1",
+                 "--half-weights"]) == 0
+    assert out.is_file() and "score threshold" in capsys.readouterr().out
+    assert main(["evaluate", str(root), "--model", str(out), "--json", str(tmp_path / "e.json")]) == 0
+    text = capsys.readouterr().out
+    assert "baseline" in text and "breast" in text and "AJI" in text
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["baseline"]["overall"]["aji"] > 0.8       # disks are easy for the watershed
