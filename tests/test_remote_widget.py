@@ -112,3 +112,27 @@ def test_a_bad_server_url_is_refused_before_running(setup):
     w.model_choice.server_url.value = "gpu-box:8765"
     assert w.run() is None and errors and "http://" in errors[0]
     assert ModelChoice  # the setting lives in the shared chooser
+
+
+def test_finetune_on_a_server_writes_the_checkpoint_here(setup, qtbot, tmp_path, random_checkpoint, he_image):
+    from napari_histoseg.export import export_tiles
+    from napari_histoseg.models import read_meta
+    from napari_histoseg.widgets.finetune import FineTuneWidget
+
+    w, srv, _ = setup
+    mask = np.zeros((512, 512), np.uint8)
+    mask[100:400, 50:300] = 1
+    export_tiles(np.ascontiguousarray(he_image[:512, :512]), mask, tmp_path / "ds", tile=256)
+    ft = FineTuneWidget(w.viewer)
+    assert ft.model_choice.runs_on.value == SERVER  # the shared setting
+    ft.dataset.value = tmp_path / "ds"
+    ft.model_choice.use_file(random_checkpoint)
+    ft.epochs.value = 1
+    assert ft.run() is not None
+    assert srv.url in ft.status.value
+    qtbot.waitUntil(lambda: ft.worker is None, timeout=120_000)
+    out = tmp_path / "ds" / "models" / "random unet-mobilenet_v2-ft1.safetensors"
+    assert out.is_file(), ft.status.value
+    assert read_meta(out).model_version == "0+ft1"
+    assert w.model_choice.ref() == str(out) and "now use it" in ft.status.value
+    assert len(srv.app.state.jobs.jobs) == 1  # it trained on the server
