@@ -8,7 +8,8 @@ epoch the validation images are classified exactly as at inference (tiles, mean 
 logits, :mod:`.tiles`) and the checkpoint with the best validation score
 (image AUC + image balanced accuracy; ties: lower NLL) is kept. The run stops at
 ``epochs``, after ``time_budget`` minutes, after ``patience`` epochs without
-improvement, or when ``should_stop()`` says so. Finally the best weights get a
+improvement, or when ``should_stop()`` says so. With ``ema`` > 0 an exponential moving
+average of the weights (decay ``ema`` per step) is what is validated and kept. Finally the best weights get a
 temperature fitted on the validation patients' image logits (:mod:`.calibration`); the
 temperature and the ECE before/after on those patients go into the checkpoint's
 ``training["calibration"]``.
@@ -75,12 +76,14 @@ def train_classifier(
     steps_per_epoch: Optional[int] = None, val_fraction: float = 0.2, patience: int = 12,
     seed: int = 0, threads: Optional[int] = None, dropout: float = 0.2,
     name: str = "histoseg-classifier", model_version: str = "0", mpp: Optional[float] = None,
-    half_weights: bool = False, freeze_bn: bool = True, log: Callable[[str], None] = print,
+    half_weights: bool = False, freeze_bn: Optional[bool] = None, ema: float = 0.0, log: Callable[[str], None] = print,
     progress: Optional[Callable[[dict], None]] = None,
     should_stop: Optional[Callable[[], bool]] = None,
 ) -> dict:
     """Train, keep the best checkpoint at ``output``, calibrate it; return a summary dict."""
     t0 = time.monotonic()
+    if freeze_bn is None:  # keep the ImageNet encoder's (folded) BatchNorm statistics
+        freeze_bn = init_encoder is not None
     if threads:
         torch.set_num_threads(int(threads))
     torch.manual_seed(seed)
@@ -118,6 +121,11 @@ def train_classifier(
         load_encoder(net, init_encoder)
         log(f"encoder initialised from {init_encoder}")
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    averaged = None
+    if ema > 0:  # validate and keep an exponential moving average of the weights
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        averaged = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(ema), use_buffers=True)
     steps = steps_per_epoch or max(1, len(tr_idx) // batch_size)
     budget_s = time_budget * 60 if time_budget else None
 
@@ -131,7 +139,7 @@ def train_classifier(
         classes=classes, tile_size=patch_size, mpp=mpp, name=name, model_version=model_version,
         training={"dataset": str(dataset), "train_patients": sorted(set(groups[tr_idx])),
                   "validation_patients": sorted(set(groups[va_idx])), "patch_size": patch_size,
-                  "batch_size": batch_size, "lr": lr, "seed": seed, "freeze_bn": freeze_bn,
+                  "batch_size": batch_size, "lr": lr, "seed": seed, "freeze_bn": freeze_bn, "ema": ema,
                   "scale": scale,
                   "magnification": sorted(m for m in mags if m is not None),
                   "init_encoder": Path(init_encoder).name if init_encoder else None,
@@ -158,10 +166,13 @@ def train_classifier(
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if averaged is not None:
+                averaged.update_parameters(net)
             losses.append(loss.item())
             if should_stop is not None and should_stop():
                 break
-        v = validate(net, va_images, va_labels, groups[va_idx], patch_size)
+        judged = net if averaged is None else averaged.module
+        v = validate(judged, va_images, va_labels, groups[va_idx], patch_size)
         score = (v["auc"] if not math.isnan(v["auc"]) else 0) + v["balanced_accuracy"]
         row = {"epoch": epoch, "loss": float(np.mean(losses)), "val_auc": v["auc"],
                "val_balanced_accuracy": v["balanced_accuracy"], "val_nll": v["nll"],
@@ -171,7 +182,7 @@ def train_classifier(
         if improved:
             best, best_epoch = (score, v["nll"]), epoch
             meta.metrics = {"validation": {k: row[k] for k in row if k.startswith("val_")}, "epoch": epoch}
-            save_checkpoint(net, output, meta)
+            save_checkpoint(judged, output, meta)
         history.append(row)
         log(f"epoch {epoch:3d}  loss {row['loss']:.4f}  val AUC {v['auc']:.3f}  bal.acc "
             f"{v['balanced_accuracy']:.3f}  patient bal.acc {v['patient_balanced_accuracy']:.3f}  "

@@ -1,0 +1,112 @@
+"""``histoseg classify`` and the classification task of ``histoseg train|evaluate``.
+
+Import-light: no torch at import (the parser is built on every ``histoseg`` call)::
+
+    histoseg classify IMAGE [--region MASK.png] [--mpp 0.25] [--model PATH] [--json OUT]
+    histoseg train ../shared/data/breakhis --task classification -o cls.safetensors ...
+    histoseg evaluate ../shared/data/breakhis --task classification --split test
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def add_train_options(p) -> None:
+    """Classification-only flags of ``histoseg train`` (prefixed: the parser is shared)."""
+    g = p.add_argument_group("classification (benign/malignant)")
+    g.add_argument("--cls-scale", type=float, default=0.5, metavar="F",
+                   help="classification: resize the training images by F (default 0.5: BreakHis "
+                        "100X 0.197 µm/px is read at 0.394 µm/px)")
+    g.add_argument("--cls-dropout", type=float, default=0.2, help="classification: dropout before the head")
+    g.add_argument("--cls-mpp", type=float, default=None, metavar="UM",
+                   help="classification: µm/px of the training images (default: from BreakHis magnification)")
+
+
+def add_evaluate_options(p) -> None:
+    """Classification-only flags of ``histoseg evaluate``."""
+    g = p.add_argument_group("classification (benign/malignant)")
+    g.add_argument("--per-image", action="store_true", help="classification: also print every image")
+
+
+def run_train(args) -> int:
+    from .train import train_classifier
+
+    datasets = args.dataset if isinstance(args.dataset, list) else [args.dataset]
+    if len(datasets) != 1:
+        raise SystemExit("histoseg train --task classification: give one dataset folder")
+    summary = train_classifier(
+        datasets[0], args.output, epochs=args.epochs, time_budget=args.time_budget,
+        init_encoder=args.init_encoder, batch_size=args.batch_size, patch_size=args.patch_size,
+        lr=args.lr, steps_per_epoch=args.steps_per_epoch, val_fraction=args.val_fraction,
+        patience=args.patience, seed=args.seed, threads=args.threads, dropout=args.cls_dropout,
+        name=args.name, model_version=args.model_version, mpp=args.cls_mpp, scale=args.cls_scale,
+        half_weights=args.half_weights, log=lambda s: print(s, flush=True))
+    if getattr(args, "summary", None):
+        with open(args.summary, "w") as f:
+            json.dump(summary, f, indent=2)
+    return 0
+
+
+def run_evaluate(args) -> int:
+    from .evaluate import evaluate_classifier, format_report
+
+    res = evaluate_classifier(args.dataset, args.model, split=args.split)
+    print(format_report(res))
+    if getattr(args, "per_image", False):
+        for r in res["images"]:
+            print(f"{r['id']:<40} {r['label']}  {r['p_malignant']:.3f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2)
+    return 0
+
+
+def cmd_classify(args) -> int:
+    import warnings
+
+    import numpy as np
+
+    from ..io import open_image
+    from .infer import ClassifierInputError, classify_region, load_classifier
+
+    slide = open_image(args.image)
+    image = slide.levels[0] if hasattr(slide, "levels") else slide
+    region = None
+    if args.region:
+        from skimage.io import imread
+
+        region = np.asarray(imread(args.region))
+        region = (region[..., 0] if region.ndim == 3 else region) > 0
+    mpp = args.mpp if args.mpp is not None else getattr(slide, "mpp", None)
+    model = load_classifier(args.model)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            r = classify_region(image, model, region, mpp)
+    except ClassifierInputError as e:
+        print(f"histoseg classify: {e}", file=sys.stderr)
+        return 2
+    for note in r.warnings:
+        print(f"warning: {note}", file=sys.stderr)
+    print(f"{args.image}: {r.label} (P = {r.probability:.3f}; P(malignant) {r.probabilities[-1]:.3f}, "
+          f"spread over {r.n_tiles} tiles ±{r.spread:.3f}; model {model.description})")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"image": args.image, "region": args.region, "mpp": mpp, "model": model.description,
+                       **r.to_json(model.class_names)}, f, indent=2)
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add ``classify`` to the ``histoseg`` subcommands."""
+    p = subparsers.add_parser("classify", help="benign or malignant: classify an H&E image or region",
+                              description="Calibrated probability that an H&E image (or the region "
+                                          "of a mask) is malignant, from the bundled classifier.")
+    p.add_argument("image", help="RGB H&E image (PNG, JPEG, TIFF, SVS)")
+    p.add_argument("--region", default=None, metavar="MASK", help="mask image; non-zero = the region")
+    p.add_argument("--mpp", type=float, default=None, help="µm per pixel (default: from the file)")
+    p.add_argument("--model", default=None, help="classification checkpoint (default: the bundled one)")
+    p.add_argument("--json", default=None, metavar="OUT", help="write the answer as JSON")
+    p.set_defaults(func=cmd_classify)
