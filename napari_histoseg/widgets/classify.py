@@ -19,6 +19,8 @@ from ._layers import level_data, level_downsample, mask_window, placement, put_i
 from ._worker import Failed, TileProgress, guarded
 
 WHAT = [("the visible area", "view"), ("each shape I drew", "shapes"), ("each tumour region", "tumour")]
+#: Grad-CAM colours: 0 transparent (the tissue shows through), 1 opaque red
+CAM_COLORMAP = {"name": "classifier evidence", "colors": [[1.0, 0.1, 0.0, 0.0], [1.0, 0.1, 0.0, 1.0]]}
 COLOURS = {"malignant": (0.95, 0.2, 0.2, 1.0), "benign": (0.2, 0.5, 1.0, 1.0)}
 
 
@@ -106,7 +108,7 @@ class ClassifyWidget(Container):
         self.what = ComboBox(label="Classify", choices=WHAT, value="view")
         self.shapes = ComboBox(label="Shape layer", choices=self._choices(Shapes), visible=False)
         self.tumour = ComboBox(label="Tumour layer", choices=self._choices(Labels), visible=False)
-        self.mpp = FloatSpinBox(label="µm per pixel", min=0.0, max=50.0, step=0.01, value=0.0,
+        self.mpp = FloatSpinBox(label="µm/px (0: image's)", min=0.0, max=50.0, step=0.01, value=0.0,
                                 tooltip="Pixel size of the image; 0: from the image (a warning if unknown)")
         self.model = LineEdit(label="Model", value="", tooltip="A classification checkpoint; empty: the bundled one")
         self.gradcam = CheckBox(text="Grad-CAM over each region", value=True)
@@ -199,7 +201,8 @@ class ClassifyWidget(Container):
             notes.update(r.warnings)
             cy, cx = (np.argwhere(mask).mean(0) if mask is not None else (h / 2, w / 2))
             points.append((y0 + cy, x0 + cx))
-            text.append(f"{name}: {r.label} {r.probability:.2f} ± {r.spread:.2f}")
+            tiles = f"{r.n_tiles} tile{'s' if r.n_tiles != 1 else ''}"
+            text.append(f"{name}: {r.label} {r.probability:.2f} ± {r.spread:.2f} ({tiles})")
             colours.append(COLOURS.get(r.label, (1, 1, 1, 1)))
         place = placement(layer, level)
         if points:
@@ -207,7 +210,7 @@ class ClassifyWidget(Container):
         if heat is not None and points:
             (uy0, ux0), hmap = heat
             put_image(self.viewer, "classifier Grad-CAM", hmap, placement(layer, level, (uy0, ux0)),
-                      colormap="inferno", contrast_limits=(0.0, 1.0), opacity=0.5, blending="additive")
+                      colormap=CAM_COLORMAP, contrast_limits=(0.0, 1.0), opacity=0.7)
             self.viewer.layers["classifier Grad-CAM"].contrast_limits = (0.0, 1.0)
         for r in refused:
             show_warning(f"Not classified: {r}")
@@ -215,7 +218,8 @@ class ClassifyWidget(Container):
             show_warning(n)
         msg = f"{len(points)} region(s) classified by {model.description}"
         msg += f"; {len(refused)} refused (see notifications)." if refused else "."
-        msg += " Text: label, calibrated probability ± its spread over the region's tiles."
+        msg += (" Text: label, calibrated probability ± its spread over the region's tiles. "
+                "Grad-CAM: the redder, the more that tissue drove the label.")
         self._finish(msg)
 
     def _put_points(self, pts, text, colours, place):
@@ -225,8 +229,8 @@ class ClassifyWidget(Container):
         self.viewer.add_points(
             pts, name=name, size=14 * float(place["scale"][0]), face_color=colours, border_color="white",
             features={"text": text},
-            text={"string": "{text}", "color": "white", "size": 11, "anchor": "upper_left",
-                  "translation": (-6 * float(place["scale"][0]), 8 * float(place["scale"][0]))},
+            text={"string": "{text}", "color": "white", "size": 11, "anchor": "center",
+                  "translation": (-16 * float(place["scale"][0]), 0)},
             **place)
 
     def _finish(self, message):
