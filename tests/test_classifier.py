@@ -222,3 +222,13 @@ def test_cli_classify_writes_json_and_refuses_grayscale(tiny_checkpoint, he_imag
     imsave(gray, np.full((160, 160), 128, np.uint8), check_contrast=False)
     assert main(["classify", str(gray), "--model", str(tiny_checkpoint)]) == 2
     assert "grayscale" in capsys.readouterr().err
+
+
+def test_the_he_check_looks_only_inside_the_region(tiny, he_image):
+    img = np.full((256, 256, 3), 250, np.uint8)     # white glass above ...
+    img[128:] = he_image[:128, :256]                 # ... tissue below
+    below = np.zeros((256, 256), bool)
+    below[128:] = True
+    assert classify_region(img, tiny, below).n_tiles > 0  # no mpp: the region at full scale
+    with pytest.raises(ClassifierInputError, match="almost empty"):
+        classify_region(img, tiny, ~below)

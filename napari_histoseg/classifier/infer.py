@@ -230,6 +230,12 @@ def _prepare(image, model: Classifier, region, mpp, what: str):
     return rgb, crop_mask, (int(y0), int(x0)), factor, notes
 
 
+def _as_block(pixels: np.ndarray) -> np.ndarray:
+    """(N, 3) pixels as an (n, 256, 3) image (numpy and skimage crawl on (N, 1, 3) arrays)."""
+    n = (len(pixels) // 256) * 256
+    return pixels[:n].reshape(-1, 256, 3) if n else pixels[None]
+
+
 def classify_region(image, model=None, region=None, mpp: Optional[float] = None, *, check: bool = True,
                     what: str = "the image", progress: Optional[Callable[[int, int], None]] = None,
                     should_stop: Optional[Callable[[], bool]] = None) -> Classification:
@@ -237,7 +243,7 @@ def classify_region(image, model=None, region=None, mpp: Optional[float] = None,
     model = _model(model)
     rgb, mask, (oy, ox), factor, notes = _prepare(image, model, region, mpp, what)
     if check:
-        check_he(rgb if mask is None else rgb[mask][:, None, :], what)
+        check_he(rgb if mask is None else _as_block(rgb[mask]), what)
     logits, weights, boxes = tile_logits(model.module, rgb, model.tile, mask, device=model.device,
                                          mean=model.meta.mean, std=model.meta.std,
                                          progress=progress, should_stop=should_stop)

@@ -83,7 +83,7 @@ def aggregate(logits: np.ndarray, weights: np.ndarray) -> np.ndarray:
 def resize(image: np.ndarray, factor: float, mask: bool = False) -> np.ndarray:
     """Resize an (H, W, 3) uint8 image (bilinear, antialiased) or an (H, W) mask (nearest)."""
     if abs(factor - 1.0) < 1e-6:
-        return image
+        return np.asarray(image, bool) if mask else image
     h, w = image.shape[:2]
     size = (max(1, int(round(h * factor))), max(1, int(round(w * factor))))
     if mask:
