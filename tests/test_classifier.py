@@ -232,3 +232,19 @@ def test_the_he_check_looks_only_inside_the_region(tiny, he_image):
     assert classify_region(img, tiny, below).n_tiles > 0  # no mpp: the region at full scale
     with pytest.raises(ClassifierInputError, match="almost empty"):
         classify_region(img, tiny, ~below)
+
+
+def test_cli_train_and_evaluate_classification(tmp_path, capsys):
+    from napari_histoseg.cli import main
+
+    root = synthetic_folder(tmp_path / "data")
+    out = tmp_path / "c.safetensors"
+    assert main(["train", str(root), "--task", "classification", "-o", str(out), "--epochs", "1",
+                 "--steps-per-epoch", "2", "--batch-size", "4", "--patch-size", "64", "--cls-scale", "1",
+                 "--val-fraction", "0.34", "--threads", "1", "--half-weights"]) == 0
+    assert main(["evaluate", str(root), "--task", "classification", "--model", str(out), "--split", "train",
+                 "--json", str(tmp_path / "e.json")]) == 0
+    text = capsys.readouterr().out
+    assert text.index("patient-level") < text.index("image-level") < text.index("per subtype")
+    res = json.loads((tmp_path / "e.json").read_text())
+    assert res["n_patients"] == 6 and 0 <= res["calibration"]["ece_calibrated"] <= 1

@@ -20,6 +20,9 @@ def add_train_options(p) -> None:
                    help="classification: resize the training images by F (default 0.5: BreakHis "
                         "100X 0.197 µm/px is read at 0.394 µm/px)")
     g.add_argument("--cls-dropout", type=float, default=0.2, help="classification: dropout before the head")
+    g.add_argument("--cls-ema", type=float, default=0.0, metavar="DECAY",
+                   help="classification: validate and keep a moving average of the weights "
+                        "(the bundled model: 0.99)")
     g.add_argument("--cls-mpp", type=float, default=None, metavar="UM",
                    help="classification: µm/px of the training images (default: from BreakHis magnification)")
 
@@ -42,7 +45,7 @@ def run_train(args) -> int:
         lr=args.lr, steps_per_epoch=args.steps_per_epoch, val_fraction=args.val_fraction,
         patience=args.patience, seed=args.seed, threads=args.threads, dropout=args.cls_dropout,
         name=args.name, model_version=args.model_version, mpp=args.cls_mpp, scale=args.cls_scale,
-        half_weights=args.half_weights, log=lambda s: print(s, flush=True))
+        half_weights=args.half_weights, ema=args.cls_ema, log=lambda s: print(s, flush=True))
     if getattr(args, "summary", None):
         with open(args.summary, "w") as f:
             json.dump(summary, f, indent=2)
