@@ -94,3 +94,18 @@ def test_grayscale_view_gives_a_notification_not_a_crash(make_napari_viewer, qtb
     run_and_wait(w, qtbot)
     assert "classification" not in viewer.layers
     assert "0 region(s) classified" in w.status.value and "1 refused" in w.status.value
+
+
+def test_cancel_adds_nothing(classifying, qtbot):
+    w = classifying
+    mask = np.zeros((256, 320), np.uint8)
+    for i in range(4):
+        for j in range(5):
+            mask[i * 64 + 2:i * 64 + 62, j * 64 + 2:j * 64 + 62] = 1   # 20 separate regions
+    w.viewer.add_labels(mask, name="tumour", scale=(0.5, 0.5), translate=(10.0, 20.0))
+    w.reset_choices()
+    w.what.value = "tumour"
+    assert w.run() is not None
+    w.cancel()
+    qtbot.waitUntil(lambda: w.worker is None, timeout=120_000)
+    assert "Cancelled" in w.status.value and "classification" not in w.viewer.layers

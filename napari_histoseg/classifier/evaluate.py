@@ -28,8 +28,7 @@ def record_mpp(record: dict):
 
 def evaluate_classifier(dataset, model=None, split: str = "test", progress=None) -> dict:
     """Per-image, per-patient and per-subtype figures and calibration, as a JSON-able dict."""
-    from ..io import ensure_rgb_uint8  # noqa: F401  (fail early if io is broken)
-    from .infer import classify_region, load_classifier, Classifier
+    from .infer import Classifier, classify_region, load_classifier
 
     clf = model if isinstance(model, Classifier) else load_classifier(model)
     ds = load_classification(dataset).subset(split)

@@ -111,6 +111,7 @@ class ClassifyWidget(Container):
         self.mpp = FloatSpinBox(label="µm/px (0: image's)", min=0.0, max=50.0, step=0.01, value=0.0,
                                 tooltip="Pixel size of the image; 0: from the image (a warning if unknown)")
         self.model = LineEdit(label="Model", value="", tooltip="A classification checkpoint; empty: the bundled one")
+        self.model.native.setPlaceholderText("bundled classifier")
         self.gradcam = CheckBox(text="Grad-CAM over each region", value=True)
         self.run_button, self.cancel_button = PushButton(text="Classify"), PushButton(text="Cancel", enabled=False)
         self.status = Label(value="Choose what to classify and press Classify.")
@@ -174,7 +175,7 @@ class ClassifyWidget(Container):
         data = level_data(layer, level)
         worker = thread_worker(guarded, start_thread=False)(
             classify_items, data, items, self.model.value.strip(), mpp, self.gradcam.value)
-        worker.yielded.connect(lambda v: setattr(self.status, "value", self._progress.update(v).replace("tiles", "steps")))
+        worker.yielded.connect(self._on_progress)
         worker.returned.connect(lambda out: self._on_result(out, layer, level))
         worker.aborted.connect(lambda: self._finish("Cancelled; nothing was added."))
         self.worker = worker
@@ -182,6 +183,10 @@ class ClassifyWidget(Container):
         self.status.value = f"Classifying {len(items)} region(s)…"
         worker.start()
         return worker
+
+    def _on_progress(self, value):
+        if self.worker is not None:  # a late progress signal must not overwrite the final message
+            self.status.value = self._progress.update(value).replace("tiles", "steps")
 
     def cancel(self):
         if self.worker is not None:
@@ -205,13 +210,13 @@ class ClassifyWidget(Container):
             text.append(f"{name}: {r.label} {r.probability:.2f} ± {r.spread:.2f} ({tiles})")
             colours.append(COLOURS.get(r.label, (1, 1, 1, 1)))
         place = placement(layer, level)
-        if points:
-            self._put_points(np.array(points), text, colours, place)
-        if heat is not None and points:
+        if heat is not None and points:  # first, so the labels are drawn over it
             (uy0, ux0), hmap = heat
             put_image(self.viewer, "classifier Grad-CAM", hmap, placement(layer, level, (uy0, ux0)),
                       colormap=CAM_COLORMAP, contrast_limits=(0.0, 1.0), opacity=0.7)
             self.viewer.layers["classifier Grad-CAM"].contrast_limits = (0.0, 1.0)
+        if points:
+            self._put_points(np.array(points), text, colours, place)
         for r in refused:
             show_warning(f"Not classified: {r}")
         for n in sorted(notes):
@@ -229,7 +234,7 @@ class ClassifyWidget(Container):
         self.viewer.add_points(
             pts, name=name, size=14 * float(place["scale"][0]), face_color=colours, border_color="white",
             features={"text": text},
-            text={"string": "{text}", "color": "white", "size": 11, "anchor": "center",
+            text={"string": "{text}", "color": "#ffff66", "size": 11, "anchor": "center",
                   "translation": (-16 * float(place["scale"][0]), 0)},
             **place)
 
