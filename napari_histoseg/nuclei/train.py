@@ -61,7 +61,7 @@ def validate(model, tiles, tile=640, overlap=128) -> dict:
     return {k: float(np.mean([r[k] for r in rows])) for k in ("aji", "pq", "dq", "sq", "f1")}
 
 
-def tune_score_threshold(model, tiles, candidates=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8), tile=640,
+def tune_score_threshold(model, tiles, candidates=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9), tile=640,
                          overlap=128) -> tuple[float, dict]:
     """The detection score threshold of best mean (AJI + PQ) / 2 on ``tiles`` (held-out
     training tiles, never the test split), and the table of every candidate. The
