@@ -286,7 +286,7 @@ def test_cli_train_and_evaluate_instances(tmp_path, capsys):
     assert main(["train", str(root), "-o", str(out), "--epochs", "1", "--steps-per-epoch", "2",
                  "--batch-size", "1", "--patch-size", "128", "--arch-kwargs", kw, "--threads", "1",
                  "--half-weights"]) == 0
-    assert out.is_file() and "score threshold" in capsys.readouterr().out
+    assert out.is_file() and "thresholds chosen" in capsys.readouterr().out
     assert main(["evaluate", str(root), "--model", str(out), "--json", str(tmp_path / "e.json")]) == 0
     text = capsys.readouterr().out
     assert "baseline" in text and "breast" in text and "AJI" in text

@@ -33,6 +33,7 @@ def evaluate_nuclei(dataset, model=None, split="test", baseline=True, tile=640, 
     net, meta = load_nuclei_model(model) if model is None or isinstance(model, str) else model
     if score_threshold is None:
         score_threshold = float((meta.preprocessing or {}).get("score_threshold", 0.5))
+    mask_threshold = float((meta.preprocessing or {}).get("mask_threshold", 0.5))
     tiles = load_instances(dataset, split)
     per_image, seconds = [], {"model": 0.0, "baseline": 0.0}
     for t in tiles:
@@ -41,7 +42,7 @@ def evaluate_nuclei(dataset, model=None, split="test", baseline=True, tile=640, 
             raise ValueError(f"{t.id}: mpp {t.mpp} is far from the model's {meta.mpp}; "
                              "evaluate resamples nothing")
         t0 = time.perf_counter()
-        labels, _ = drive(iter_detect(t.image, net, tile, overlap, score_threshold))
+        labels, _ = drive(iter_detect(t.image, net, tile, overlap, score_threshold, mask_threshold))
         t1 = time.perf_counter()
         rows = [{"id": t.id, "organ": t.organ, "method": "model", **score(t.labels, labels),
                  "seconds": t1 - t0}]
@@ -59,7 +60,7 @@ def evaluate_nuclei(dataset, model=None, split="test", baseline=True, tile=640, 
             log("  ".join(f"{r['method']} AJI {r['aji']:.3f} PQ {r['pq']:.3f}" for r in rows)
                 + f"  {t.id} ({t.organ})")
     out = {"dataset": str(dataset), "split": split, "model_name": meta.name,
-           "model_arch": meta.arch, "tile": tile, "overlap": overlap, "score_threshold": score_threshold, "per_image": per_image,
+           "model_arch": meta.arch, "tile": tile, "overlap": overlap, "score_threshold": score_threshold, "mask_threshold": mask_threshold, "per_image": per_image,
            "seconds": seconds}
     for method in ("model", "baseline") if baseline else ("model",):
         rows = [r for r in per_image if r["method"] == method]

@@ -178,7 +178,7 @@ def _rescale(rgb, factor):
 
 
 def detect_nuclei(image, model=None, mpp=None, *, tile=640, overlap=128, score_threshold=None,
-                  mask_threshold=0.5, features=True, progress=None, should_stop=None):
+                  mask_threshold=None, features=True, progress=None, should_stop=None):
     """Find and outline every nucleus of an H&E image.
 
     Parameters
@@ -193,7 +193,8 @@ def detect_nuclei(image, model=None, mpp=None, *, tile=640, overlap=128, score_t
         Tile side and overlap in model pixels; ``overlap`` must exceed the widest nucleus.
     score_threshold, mask_threshold : float
         Minimum detection score (default: the checkpoint's ``preprocessing["score_threshold"]``,
-        chosen on the validation tiles, else 0.5) and mask probability.
+        chosen on the validation tiles, else 0.5) and mask probability (likewise
+        ``preprocessing["mask_threshold"]``).
     features : bool
         Measure every nucleus (see :func:`napari_histoseg.nuclei.features.nucleus_features`).
     progress, should_stop : callables
@@ -212,6 +213,8 @@ def detect_nuclei(image, model=None, mpp=None, *, tile=640, overlap=128, score_t
     net, meta = (load_nuclei_model(model) if model is None or isinstance(model, (str, Path)) else model)
     if score_threshold is None:
         score_threshold = float((meta.preprocessing or {}).get("score_threshold", 0.5))
+    if mask_threshold is None:
+        mask_threshold = float((meta.preprocessing or {}).get("mask_threshold", 0.5))
     factor = 1.0
     if mpp and meta.mpp and abs(mpp / meta.mpp - 1) > 0.05:
         factor = mpp / meta.mpp

@@ -44,7 +44,9 @@ def _job(data, offset, region, method, model_file, mpp, score_threshold, tumour)
         net, meta = load_nuclei_model(model_file if method == "file" else None)
         factor = mpp / meta.mpp if (mpp and meta.mpp and abs(mpp / meta.mpp - 1) > 0.05) else 1.0
         work = _rescale(rgb, factor) if factor != 1.0 else rgb
-        labels, _ = yield from iter_detect(work, net, score_threshold=score_threshold)
+        mask_threshold = float((meta.preprocessing or {}).get("mask_threshold", 0.5))
+        labels, _ = yield from iter_detect(work, net, score_threshold=score_threshold,
+                                           mask_threshold=mask_threshold)
         if factor != 1.0:
             from skimage.transform import resize
 
