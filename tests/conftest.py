@@ -44,3 +44,17 @@ def random_checkpoint(tmp_path, random_model):
 
     random_model.meta.tile_size = 256
     return save_checkpoint(random_model.module, tmp_path / "random.safetensors", random_model.meta)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_backend_setting():
+    """Each test starts with every widget running on this computer: the "Runs on" setting
+    is shared by all live choosers in a process, and a chooser from an earlier test's
+    closed viewer may outlive it."""
+    yield
+    import sys
+
+    mod = sys.modules.get("napari_histoseg.widgets._model_choice")
+    if mod is not None:
+        mod.ModelChoice._live.clear()
+        mod.ModelChoice._remotes.clear()
