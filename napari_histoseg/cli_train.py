@@ -26,6 +26,26 @@ TASKS = {
 }
 
 
+# What the shared flags mean when not given, per task: each is what that task's bundled
+# model was trained with (segmentation: MODEL_CARD.md; instances: NUCLEI_MODEL_CARD.md;
+# classification: CLASSIFIER_MODEL_CARD.md).
+TASK_DEFAULTS = {
+    "segmentation": {"patch_size": 256, "batch_size": 8, "lr": 1e-3},
+    "instances": {"patch_size": 256, "batch_size": 2, "lr": 2e-4},
+    "classification": {"patch_size": 192, "batch_size": 16, "lr": 3e-4},
+}
+
+
+def _default_help(name: str) -> str:
+    return "default: " + ", ".join(f"{d[name]:g} ({task})" for task, d in TASK_DEFAULTS.items())
+
+
+def _fill_task_defaults(args, task: str) -> None:
+    for name, value in TASK_DEFAULTS[task].items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
+
+
 def _task_modules():
     for task, name in TASKS.items():
         if name is None:
@@ -65,7 +85,7 @@ def _task_of(args) -> str:
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a segmentation model on training-data folders",
+    p = sub.add_parser("train", help="train a tumour, nucleus or benign/malignant model on training-data folders",
                        description="Train on the 'train' tiles of one or more training-data folders, "
                                    "validating on a hold-out by group, keeping the best checkpoint.")
     p.add_argument("dataset", nargs="+", help="training-data folder(s) (dataset.json, images/, masks/)")
@@ -76,10 +96,10 @@ def _add_train(sub) -> None:
     p.add_argument("--init-encoder", default=None, help="safetensors encoder weights to start from")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT's .state.safetensors")
     p.add_argument("--time-budget", type=float, default=None, metavar="MIN", help="stop after MIN minutes")
-    p.add_argument("--patch-size", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--patch-size", type=int, default=None, help=_default_help("patch_size"))
+    p.add_argument("--batch-size", type=int, default=None, help=_default_help("batch_size"))
     p.add_argument("--steps-per-epoch", type=int, default=None)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=None, help=_default_help("lr"))
     p.add_argument("--optimizer", choices=["adam", "sgd-adam"], default="adam")
     p.add_argument("--sgd-epochs", type=int, default=10, help="SGD epochs before Adam (sgd-adam)")
     p.add_argument("--loss", choices=["soft", "generalized"], default="soft",
@@ -99,7 +119,7 @@ def _add_train(sub) -> None:
 
 
 def _add_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="evaluate a model on a training-data folder",
+    p = sub.add_parser("evaluate", help="evaluate a tumour, nucleus or benign/malignant model on a training-data folder",
                        description="Per-image and mean Dice, IoU, precision, recall, pixel AUC and "
                                    "boundary F (tolerance 5 px by default).")
     p.add_argument("dataset", help="training-data folder")
@@ -123,6 +143,7 @@ def register(subparsers) -> None:
 
 def _run_train(args) -> int:
     task = _task_of(args)
+    _fill_task_defaults(args, task)
     if TASKS[task] is not None:
         return _task_module(task).run_train(args)
     from .train import train

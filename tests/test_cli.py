@@ -59,3 +59,19 @@ def test_grayscale_image_and_pickle_model_are_refused(tmp_path, random_checkpoin
     pth.write_bytes(b"\x80\x04")
     assert main(["segment", str(gray), "-o", str(tmp_path / "m.png"), "--model", str(pth)]) == 2
     assert "pickled" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("task, batch, lr", [("segmentation", 8, 1e-3), ("instances", 2, 2e-4),
+                                             ("classification", 16, 3e-4)])
+def test_train_flags_left_out_take_the_tasks_own_defaults(task, batch, lr):
+    """`histoseg train --task instances` without --batch-size must not train Mask R-CNN at
+    the segmentation model's batch 8 and learning rate 1e-3; a flag given always wins."""
+    from napari_histoseg.cli import build_parser
+    from napari_histoseg.cli_train import _fill_task_defaults
+
+    args = build_parser().parse_args(["train", "data", "-o", "m.safetensors", "--task", task])
+    _fill_task_defaults(args, task)
+    assert (args.batch_size, args.lr) == (batch, lr)
+    args = build_parser().parse_args(["train", "data", "-o", "m.safetensors", "--task", task, "--batch-size", "3"])
+    _fill_task_defaults(args, task)
+    assert args.batch_size == 3
