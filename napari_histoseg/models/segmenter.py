@@ -50,15 +50,18 @@ class Segmenter:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device="auto", half=None) -> "Segmenter":
         """Load a safetensors checkpoint (see :func:`load_checkpoint`)."""
-        module, meta = load_checkpoint(path)
-        if meta.task != "segmentation":
-            from .checkpoint import CheckpointError
+        from .checkpoint import CheckpointError, read_meta
 
+        meta = read_meta(path)  # the header only: refuse another task before loading weights
+        if meta.task != "segmentation":
+            use = {"classification": "classify with napari_histoseg.classify / `histoseg classify`",
+                   "instances": "find nuclei with napari_histoseg.detect_nuclei / `histoseg nuclei`"}
+            kind = {"classification": "benign/malignant classifier", "instances": "nucleus detection model"}
             raise CheckpointError(
-                f"{path}: this is a {meta.task} model ({meta.name}), not a segmentation model; "
-                + ("classify with napari_histoseg.classify / `histoseg classify`"
-                   if meta.task == "classification" else "it cannot segment tumour")
+                f"{path}: this is a {kind.get(meta.task, repr(meta.task) + ' model')} ({meta.name}), "
+                f"not a tumour segmentation model; {use.get(meta.task, 'it cannot segment tumour')}"
             )
+        module, meta = load_checkpoint(path)
         return cls(module, meta, device=device, half=half, source=str(path))
 
     @classmethod
