@@ -141,3 +141,35 @@ def test_plugin_loaded_after_the_viewer_does_not_crash_it(tmp_path, random_check
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "alive True (1, 1, 64, 64)" in out.stdout
+
+
+def test_a_run_that_ends_while_its_progress_bar_is_made_leaves_no_bar(monkeypatch):
+    """napari's first progress bar processes Qt events, so a fast failure can finish the
+    run inside the first progress update: its message must stand and no bar may stay."""
+    from napari_histoseg.widgets import _worker
+
+    bars = []
+
+    class Bar:
+        def __init__(self, **kwargs):
+            bars.append(self)
+            self.closed = False
+            tracker.close()  # the run's result handler runs while the bar is being made
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(_worker, "progress", Bar)
+    tracker = _worker.TileProgress("Segmenting tumour")
+    assert tracker.update((0, 4)) is None
+    assert bars and bars[0].closed
+
+    class QuietBar(Bar):
+        def __init__(self, **kwargs):
+            self.closed, self.n = False, 0
+
+        def refresh(self):
+            pass
+
+    monkeypatch.setattr(_worker, "progress", QuietBar)
+    assert tracker.update((1, 4)) == "Segmenting tumour: 1 / 4 tiles"  # the next run starts afresh

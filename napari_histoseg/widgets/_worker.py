@@ -26,19 +26,27 @@ def guarded(gen_fn, *args, **kwargs):
 class TileProgress:
     """napari's progress bar, fed with the ``(done, total)`` pairs the core yields."""
 
-    def __init__(self, desc: str):
-        self.desc = desc
+    def __init__(self, desc: str, unit: str = "tiles"):
+        self.desc, self.unit = desc, unit
         self._bar = None
+        self._closes = 0
 
-    def update(self, value) -> str:
+    def update(self, value) -> str | None:
+        """The status line for ``value``; None when the run ended while the bar was made."""
         done, total = value
         if self._bar is None:
-            self._bar = progress(total=total, desc=self.desc)
+            closes = self._closes
+            bar = progress(total=total, desc=self.desc)  # processes Qt events: the run may end here
+            if self._closes != closes:  # it did, and its final message stands
+                bar.close()
+                return None
+            self._bar = bar
         self._bar.n = done
         self._bar.refresh()
-        return f"{self.desc}: {done} / {total} tiles"
+        return f"{self.desc}: {done} / {total} {self.unit}"
 
     def close(self):
+        self._closes += 1
         if self._bar is not None:
             self._bar.close()
             self._bar = None

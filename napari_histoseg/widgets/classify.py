@@ -103,7 +103,7 @@ class ClassifyWidget(Container):
         super().__init__(labels=True)
         self.viewer = viewer
         self.worker = None
-        self._progress = TileProgress("Classifying")
+        self._progress = TileProgress("Classifying", unit="steps")
         self.image = ComboBox(label="Image", choices=self._choices(Image, rgb=True))
         self.what = ComboBox(label="Classify", choices=WHAT, value="view")
         self.shapes = ComboBox(label="Shape layer", choices=self._choices(Shapes), visible=False)
@@ -186,7 +186,7 @@ class ClassifyWidget(Container):
 
     def _on_progress(self, value):
         if self.worker is not None:  # a late progress signal must not overwrite the final message
-            self.status.value = self._progress.update(value).replace("tiles", "steps")
+            self.status.value = self._progress.update(value) or self.status.value
 
     def cancel(self):
         if self.worker is not None:

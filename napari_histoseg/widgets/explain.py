@@ -167,11 +167,8 @@ class ExplainWidget(Container):
             self.worker.quit()
 
     def _on_progress(self, value):
-        text = self._progress.update(value)  # napari's first progress bar processes events: the run may end here
-        if self.worker is None:
-            self._progress.close()
-            return
-        self.status.value = text
+        if self.worker is not None:  # a late progress signal never overwrites the final status
+            self.status.value = self._progress.update(value) or self.status.value
 
     def _on_result(self, heat, key, method, place):
         if isinstance(heat, Failed):

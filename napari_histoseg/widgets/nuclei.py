@@ -231,7 +231,7 @@ class NucleiWidget(Container):
 
     def _on_progress(self, value, worker):
         if worker is self.worker:  # a late progress signal never overwrites the final status
-            self.status.value = self._progress.update(value)
+            self.status.value = self._progress.update(value) or self.status.value
 
     def cancel(self):
         if self.worker is not None:
