@@ -176,7 +176,7 @@ def main(argv=None):
 
     if not args.no_timing:
         view = view_1024()
-        print(f"\nTime per 1024 x 1024 view (defaults: tile 512, overlap 64 -> 9 tiles; target mask):")
+        print("\nTime per 1024 x 1024 view (defaults: tile 512, overlap 64 -> 9 tiles; target mask):")
         for method in ("gradcam", "shap", "entropy", "mc-dropout"):
             t = time.perf_counter()
             heat = explain(view, model, method)

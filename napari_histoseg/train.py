@@ -37,11 +37,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .augment import AugmentConfig, random_patch
-from .dataset import Dataset, class_frequencies, holdout_validation, load_dataset
+from .dataset import class_frequencies, holdout_validation, load_dataset
 from .losses import SegmentationLoss, class_weights
 from .metrics import dice as dice_score
 from .models import ModelMeta, build_model, load_checkpoint, save_checkpoint
-from .models.checkpoint import load_checkpoint
 
 MEAN = STD = 127.5  # inputs scaled to [-1, 1], as the ImageNet MobileNetV2 encoder expects
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from napari_histoseg.models import ModelMeta, build_model, save_checkpoint
+from napari_histoseg.models import ModelMeta, build_model
 from napari_histoseg.widgets.segment import MODEL_FILE, SegmentWidget
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -81,7 +81,7 @@ def test_checkpoint_of_another_architecture_becomes_a_notification(widget, qtbot
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(bad),
               metadata={"histoseg": json.dumps(ModelMeta(arch="unet-mobilenet_v2").to_json())})
     widget.model_file.value = bad
-    worker = widget.run()
+    widget.run()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=30_000)
     assert "do not match the architecture" in widget.status.value
     assert shown and "Segmentation failed" in shown[-1] and "unet-mobilenet_v2" in shown[-1]

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-import torch
 import torch.nn as nn
 from torchvision.models import mobilenet_v2
 from torchvision.models.detection import MaskRCNN, maskrcnn_resnet50_fpn

@@ -25,7 +25,6 @@ METHODS = [("Mask R-CNN (bundled model)", "model"), ("Mask R-CNN (checkpoint fil
 
 def _job(data, offset, region, method, model_file, mpp, score_threshold, tumour):
     """Core work in the worker thread: yields (done, total), returns a result dict."""
-    from ..inference import Cancelled  # noqa: F401  (raised by drive on cancel)
     from ..nuclei.features import nucleus_features, region_summary
 
     rgb = np.asarray(data)

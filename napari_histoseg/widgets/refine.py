@@ -17,7 +17,7 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 from superqt import QCollapsible
 
-from ._layers import hand_edited, image_under, mask_digest, tumour_colormap, visible_region
+from ._layers import image_under, mask_digest, tumour_colormap, visible_region
 from ._worker import Failed
 
 SEEDS = "seeds"
@@ -49,7 +49,7 @@ class RefineWidget(Container):
         self.start_button = PushButton(text="Start refining")
         self.tumour_brush = PushButton(text="Brush: tumour (1)")
         self.not_tumour_brush = PushButton(text="Brush: not tumour (2)")
-        self.click_mode = CheckBox(text=f"Click to refine (click: tumour, Shift-click: not tumour)")
+        self.click_mode = CheckBox(text="Click to refine (click: tumour, Shift-click: not tumour)")
         self.undo_button, self.redo_button = PushButton(text="Undo"), PushButton(text="Redo")
         self.reset_button, self.accept_button = PushButton(text="Reset"), PushButton(text="Accept")
         self.prior_strength = FloatSlider(label="Prior strength", min=0.0, max=1.0, step=0.05, value=0.5,
