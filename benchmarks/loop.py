@@ -103,6 +103,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--patch", type=int, default=256)
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=True,
+                    help="keep BatchNorm statistics of the start model while fine-tuning (default: on)")
     ap.add_argument("--test-limit", type=int, default=0, help="score only this many test tiles (0: all)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
@@ -140,7 +142,8 @@ def main(argv=None) -> int:
     test_tiles = [test_ds.load(i) for i in test_idx]
     print(f"model {seg.description} from {args.model}; data {args.data}: {len(train_ds)} train, "
           f"{len(test_tiles)} test tiles scored; {args.clicks} clicks per tile (keep {args.accept}); fine-tune "
-          f"{args.epochs} x {args.steps} batches of {args.batch} x {args.patch}², lr {args.lr}", flush=True)
+          f"{args.epochs} x {args.steps} batches of {args.batch} x {args.patch}², lr {args.lr}, "
+          f"BatchNorm statistics {'frozen' if args.freeze_bn else 'trained'}", flush=True)
 
     t0 = time.time()
     base = held_out_dice(seg, test_tiles)
@@ -179,6 +182,7 @@ def main(argv=None) -> int:
                                           steps_per_epoch=args.steps, batch_size=args.batch,
                                           patch_size=args.patch, lr=args.lr, patience=args.epochs,
                                           seed=args.seed, name=f"loop-{kind}-{n}", log=lambda s: None,
+                                          freeze_bn=args.freeze_bn,
                                           show_bar=False)
             secs = time.time() - t0
             row[kind] = held_out_dice(Segmenter.from_checkpoint(ckpt, device="cpu"), test_tiles)

@@ -111,6 +111,9 @@ def _add_train(sub) -> None:
     p.add_argument("--name", default="histoseg-model")
     p.add_argument("--model-version", default="0")
     p.add_argument("--half-weights", action="store_true", help="store weights as float16")
+    p.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep BatchNorm running statistics fixed while training (default: on when "
+                        "fine-tuning a checkpoint, off otherwise)")
     p.add_argument("--summary", default=None, help="write the training summary JSON here")
     _add_task_arg(p)
     for _, module in _task_modules():
@@ -156,7 +159,7 @@ def _run_train(args) -> int:
         sgd_epochs=args.sgd_epochs, loss=args.loss, val_fraction=args.val_fraction,
         patience=args.patience, seed=args.seed, threads=args.threads, name=args.name,
         model_version=args.model_version, half_weights=args.half_weights,
-        log=lambda s: print(s, flush=True),
+        freeze_bn=getattr(args, "freeze_bn", None), log=lambda s: print(s, flush=True),
     )
     if args.summary:
         with open(args.summary, "w") as f:

@@ -62,6 +62,17 @@ def _main_output(out):
     return out[0] if isinstance(out, (list, tuple)) else out
 
 
+def set_train_mode(model, freeze_bn: bool = False):
+    """``model.train()``, but with ``freeze_bn`` every BatchNorm layer stays in eval mode:
+    its running mean/var are used and not updated (its affine weight/bias still train)."""
+    model.train()
+    if freeze_bn:
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+    return model
+
+
 def _make_optimizer(kind: str, params, lr: float):
     if kind == "adam":
         return torch.optim.Adam(params, lr=lr)
@@ -178,6 +189,7 @@ def train(
     name: str = "histoseg-model",
     model_version: str = "0",
     half_weights: bool = False,
+    freeze_bn: Optional[bool] = None,
     progress: Optional[Callable[[dict], None]] = None,
     should_stop: Optional[Callable[[], bool]] = None,
     log: Callable[[str], None] = print,
@@ -224,6 +236,13 @@ def train(
         Polled every step; returning True ends training cleanly (best checkpoint kept).
     half_weights : bool
         Store the checkpoint's floating tensors as float16 (half the file size).
+    freeze_bn : bool or None
+        Keep BatchNorm layers in eval mode while training (running statistics stay those
+        of the start model; their affine weights still train). None (default): on when
+        fine-tuning from ``init_checkpoint`` (a resumed run keeps its first run's choice),
+        off when training from scratch or from ``init_encoder``. Fine-tuning with
+        statistics re-estimated from small batches of a few corrected tiles lowered
+        held-out Dice (BENCHMARKS.md, "Correction to a better model").
 
     Returns
     -------
@@ -251,7 +270,6 @@ def train(
             raise ValueError(f"{init_checkpoint} predicts {src.out_channels} channel(s); "
                              f"the data has {len(codes)} classes")
         arch, kwargs = src.arch, dict(src.arch_kwargs)
-        model.train()
         log(f"fine-tuning {src.name} v{src.model_version} ({src.arch}) from {init_checkpoint}")
     else:
         model = build_model(arch, **kwargs)
@@ -276,6 +294,12 @@ def train(
         best, best_epoch, bad = info["best"], info["best_epoch"], info["bad"]
         elapsed = float(info.get("elapsed", sum(h.get("seconds", 0) for h in history)))
         log(f"resumed from {state_path} at epoch {start_epoch} ({elapsed / 60:.1f} min trained)")
+        if freeze_bn is None and "freeze_bn" in info:
+            freeze_bn = bool(info["freeze_bn"])
+    if freeze_bn is None:
+        freeze_bn = bool(init_checkpoint)
+    if freeze_bn:
+        log("BatchNorm running statistics frozen (BN layers in eval mode)")
     rng = np.random.default_rng(seed + 1000 * start_epoch)
     aug = AugmentConfig()
     meta = ModelMeta(arch=arch, arch_kwargs=kwargs, classes=classes, mean=[MEAN] * 3, std=[STD] * 3,
@@ -285,7 +309,7 @@ def train(
                     loss=f"{loss} dice + class-weighted cross-entropy", class_weights=weights,
                     patience=patience, seed=seed, init_encoder=str(init_encoder) if init_encoder else None,
                     init_checkpoint=str(init_checkpoint) if init_checkpoint else None,
-                    augmentation=aug.__dict__, max_epochs=epochs, time_budget_min=time_budget)
+                    augmentation=aug.__dict__, freeze_bn=freeze_bn, max_epochs=epochs, time_budget_min=time_budget)
     log(f"{arch}: {n_params:,} parameters ({n_trainable:,} trainable); {steps_per_epoch} steps of "
         f"{batch_size}x{patch_size}² per epoch; class weights {[round(w, 3) for w in weights]}")
     stop_reason, patches = "max epochs", 0
@@ -298,7 +322,7 @@ def train(
         if optimizer == "sgd-adam" and kind == "sgd" and epoch >= sgd_epochs:
             kind, opt = "adam", _make_optimizer("adam", params, lr)
             log(f"epoch {epoch}: switching from SGD to Adam")
-        model.train()
+        set_train_mode(model, freeze_bn)
         losses, ep_t0 = [], time.time()
         stopped = False
         for step in tqdm(range(steps_per_epoch), desc=f"epoch {epoch}", leave=False, disable=bar_off):
@@ -346,7 +370,7 @@ def train(
         else:
             bad += 1
         _save_state(state_path, model, opt, kind, {"epoch": epoch, "history": history, "best": best,
-                                                   "best_epoch": best_epoch, "bad": bad,
+                                                   "best_epoch": best_epoch, "bad": bad, "freeze_bn": freeze_bn,
                                                    "elapsed": time.time() - train_start})
         log(f"epoch {epoch:3d}  loss {rec['train_loss']:.4f}  val Dice {val:.4f} (per-image {val_mean:.4f})  lr {rec['lr']:.2e}  "
             f"{rec['seconds']:.0f}s{'  *best*' if improved else ''}")

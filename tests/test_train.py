@@ -135,3 +135,36 @@ def test_imagenet_encoder_loads_into_both_mobilenet_models():
     state = load_file(str(SHARED / "weights" / "mobilenet_v2_imagenet.safetensors"))
     for arch in ("unet-mobilenet_v2", "lightmuseg-v2"):
         build_model(arch).encoder.load_state_dict(state)
+
+
+def _bn_stats(module):
+    return {k: v.clone() for k, v in module.state_dict().items() if k.endswith(("running_mean", "running_var"))}
+
+
+def test_fine_tune_freezes_batchnorm_statistics_by_default(tmp_path):
+    from napari_histoseg.cli import build_parser
+    from napari_histoseg.models import ModelMeta, save_checkpoint
+
+    data = make_dataset(tmp_path / "d")
+    torch.manual_seed(0)
+    start = save_checkpoint(build_model("unet-mobilenet_v2", classes=1), tmp_path / "start.safetensors",
+                            ModelMeta(arch="unet-mobilenet_v2", arch_kwargs={"classes": 1}))
+    before = _bn_stats(load_checkpoint(start)[0])
+    assert before
+    kw = dict(epochs=1, patch_size=32, batch_size=2, steps_per_epoch=1, val_fraction=0.25, lr=1e-2,
+              log=lambda *_: None)
+    train(data, tmp_path / "frozen.safetensors", init_checkpoint=start, **kw)  # default: frozen
+    train(data, tmp_path / "free.safetensors", init_checkpoint=start, freeze_bn=False, **kw)
+    frozen, meta = load_checkpoint(tmp_path / "frozen.safetensors")
+    after = _bn_stats(frozen)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert meta.training["settings"]["freeze_bn"] is True
+    free, meta_free = load_checkpoint(tmp_path / "free.safetensors")
+    assert any(not torch.allclose(before[k], v) for k, v in _bn_stats(free).items())
+    assert meta_free.training["settings"]["freeze_bn"] is False
+    # weights other than the BN statistics did train in the frozen run
+    start_sd, frozen_sd = load_checkpoint(start)[0].state_dict(), frozen.state_dict()
+    assert any(not torch.equal(start_sd[k], frozen_sd[k]) for k in start_sd if k not in before)
+    parse = build_parser().parse_args
+    assert parse(["train", "d", "-o", "x"]).freeze_bn is None
+    assert parse(["train", "d", "-o", "x", "--no-freeze-bn"]).freeze_bn is False
