@@ -24,7 +24,6 @@ Example
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import sys
@@ -34,13 +33,14 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .augment import AugmentConfig, random_patch
 from .dataset import class_frequencies, holdout_validation, load_dataset
 from .losses import SegmentationLoss, class_weights
 from .metrics import dice as dice_score
 from .models import ModelMeta, build_model, load_checkpoint, save_checkpoint
+from .train_state import load_state, make_optimizer, save_state
 
 MEAN = STD = 127.5  # inputs scaled to [-1, 1], as the ImageNet MobileNetV2 encoder expects
 
@@ -71,46 +71,6 @@ def set_train_mode(model, freeze_bn: bool = False):
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                 m.eval()
     return model
-
-
-def _make_optimizer(kind: str, params, lr: float):
-    if kind == "adam":
-        return torch.optim.Adam(params, lr=lr)
-    if kind == "sgd":
-        return torch.optim.SGD(params, lr=lr * 10, momentum=0.9, weight_decay=1e-4)
-    raise ValueError(f"unknown optimizer {kind!r}")
-
-
-def _save_state(path: Path, model, opt, kind: str, info: dict) -> None:
-    """Resumable training state: weights, optimiser tensors and JSON info (safetensors)."""
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    sd = opt.state_dict()
-    for pid, st in sd["state"].items():
-        for name, val in st.items():
-            if torch.is_tensor(val):
-                tensors[f"opt.{pid}.{name}"] = val.detach().cpu().contiguous().reshape(val.shape)
-    info = {**info, "optimizer": kind, "param_groups": sd["param_groups"]}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"state": json.dumps(info)})
-    tmp.replace(path)
-
-
-def _load_state(path: Path, model, params) -> tuple[dict, object, str]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        info = json.loads(f.metadata()["state"])
-    tensors = load_file(str(path))
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    kind = info["optimizer"]
-    opt = _make_optimizer(kind, params, 1e-3)
-    state = {}
-    for k, v in tensors.items():
-        if k.startswith("opt."):
-            _, pid, name = k.split(".", 2)
-            state.setdefault(int(pid), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": info["param_groups"]})
-    return info, opt, kind
 
 
 def _load_datasets(dirs, val_fraction, seed, log):
@@ -286,10 +246,10 @@ def train(
         area = sum(m.size for m in tr_masks)
         steps_per_epoch = max(1, math.ceil(area / patch_size**2 / batch_size))
     kind = "sgd" if optimizer == "sgd-adam" else "adam"
-    opt = _make_optimizer(kind, params, lr)
+    opt = make_optimizer(kind, params, lr)
     history, start_epoch, best, best_epoch, bad, elapsed = [], 0, -1.0, -1, 0, 0.0
     if resume and state_path.is_file():
-        info, opt, kind = _load_state(state_path, model, params)
+        info, opt, kind = load_state(state_path, model, params)
         history, start_epoch = info["history"], info["epoch"] + 1
         best, best_epoch, bad = info["best"], info["best_epoch"], info["bad"]
         elapsed = float(info.get("elapsed", sum(h.get("seconds", 0) for h in history)))
@@ -320,7 +280,7 @@ def train(
 
     for epoch in range(start_epoch, epochs):
         if optimizer == "sgd-adam" and kind == "sgd" and epoch >= sgd_epochs:
-            kind, opt = "adam", _make_optimizer("adam", params, lr)
+            kind, opt = "adam", make_optimizer("adam", params, lr)
             log(f"epoch {epoch}: switching from SGD to Adam")
         set_train_mode(model, freeze_bn)
         losses, ep_t0 = [], time.time()
@@ -369,7 +329,7 @@ def train(
             save_checkpoint(to_save, out_path, meta, sidecar=True)
         else:
             bad += 1
-        _save_state(state_path, model, opt, kind, {"epoch": epoch, "history": history, "best": best,
+        save_state(state_path, model, opt, kind, {"epoch": epoch, "history": history, "best": best,
                                                    "best_epoch": best_epoch, "bad": bad, "freeze_bn": freeze_bn,
                                                    "elapsed": time.time() - train_start})
         log(f"epoch {epoch:3d}  loss {rec['train_loss']:.4f}  val Dice {val:.4f} (per-image {val_mean:.4f})  lr {rec['lr']:.2e}  "
