@@ -23,15 +23,13 @@
 N = 0 is the model itself, without fine-tuning. Every figure printed is measured in this
 run; the budget is small (CPU), so read the table as a direction, not a result.
 
-Note: ``train()`` has no argument to start from a whole checkpoint (only
-``init_encoder``), so this script hands it the loaded network by replacing
-``napari_histoseg.train.build_model`` for the duration of each call.
+Each fine-tune starts from the model's checkpoint through ``train(init_checkpoint=...)``,
+as the Fine-tune widget does.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import random
 import shutil
@@ -49,25 +47,8 @@ from napari_histoseg.dataset import load_dataset  # noqa: E402
 from napari_histoseg.evaluate import predict_tile  # noqa: E402
 from napari_histoseg.export import export_tiles  # noqa: E402
 from napari_histoseg.metrics import dice  # noqa: E402
-from napari_histoseg.models.checkpoint import load_checkpoint  # noqa: E402
 from napari_histoseg.models.segmenter import Segmenter  # noqa: E402
 from napari_histoseg.robot import session_refiner, simulate_clicks  # noqa: E402
-
-
-@contextlib.contextmanager
-def start_from(checkpoint: Path):
-    """Make ``train()`` build a fresh copy of ``checkpoint``'s network (with its weights)."""
-    real = train_mod.build_model
-
-    def build(arch, **kwargs):
-        module, _ = load_checkpoint(checkpoint)
-        return module.train()
-
-    train_mod.build_model = build
-    try:
-        yield
-    finally:
-        train_mod.build_model = real
 
 
 def held_out_dice(seg, tiles) -> float:
@@ -127,7 +108,6 @@ def main(argv=None) -> int:
     if side.is_file():
         shutil.copyfile(side, start.with_suffix(".json"))
     seg = Segmenter.from_checkpoint(start, device="cpu")
-    arch, arch_kwargs = seg.meta.arch, {k: v for k, v in seg.meta.arch_kwargs.items() if k != "classes"}
 
     ds = load_dataset(args.data)
     train_ds, test_ds = ds.subset("train"), ds.subset("test")
@@ -177,13 +157,11 @@ def main(argv=None) -> int:
                     export_tiles(img, mm, folder, source=src, model=seg, split="train", annotator=None)
             t0 = time.time()
             ckpt = out / f"{kind}_{n}.safetensors"
-            with start_from(start):
-                summary = train_mod.train(folder, ckpt, arch=arch, arch_kwargs=arch_kwargs, epochs=args.epochs,
-                                          steps_per_epoch=args.steps, batch_size=args.batch,
-                                          patch_size=args.patch, lr=args.lr, patience=args.epochs,
-                                          seed=args.seed, name=f"loop-{kind}-{n}", log=lambda s: None,
-                                          freeze_bn=args.freeze_bn,
-                                          show_bar=False)
+            summary = train_mod.train(folder, ckpt, init_checkpoint=start, epochs=args.epochs,
+                                      steps_per_epoch=args.steps, batch_size=args.batch,
+                                      patch_size=args.patch, lr=args.lr, patience=args.epochs,
+                                      seed=args.seed, name=f"loop-{kind}-{n}", log=lambda s: None,
+                                      freeze_bn=args.freeze_bn, show_bar=False)
             secs = time.time() - t0
             row[kind] = held_out_dice(Segmenter.from_checkpoint(ckpt, device="cpu"), test_tiles)
             row[f"{kind}_train_s"] = secs
