@@ -28,6 +28,34 @@ def write_mask(path: Path, mask):
         raise SystemExit(f"histoseg: cannot write {path.name}: use .png, .tif or .tiff")
 
 
+def read_mask(path):
+    """A mask image (PNG, TIFF, ...) as a 2-D array of its codes (first channel of RGB)."""
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        m = tifffile.imread(path)
+    else:
+        from skimage.io import imread
+
+        m = imread(str(path))
+    m = np.asarray(m)
+    return m[..., 0] if m.ndim == 3 else m
+
+
+def read_region(path, shape=None):
+    """``--region MASK``: True where the mask is non-zero; ValueError if its size is not ``shape``."""
+    region = read_mask(path) > 0
+    if shape is not None and region.shape != tuple(shape[:2]):
+        raise ValueError(f"--region {path} is {region.shape[1]} x {region.shape[0]} px, the image "
+                         f"{shape[1]} x {shape[0]} px")
+    return region
+
+
 def tile_bar(desc: str):
     """A tqdm bar and the ``progress(done, total)`` callback that feeds it."""
     from tqdm import tqdm

@@ -15,6 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
+from .cli import read_mask
+
 
 def _pair(text: str) -> tuple[float, float]:
     try:
@@ -22,26 +24,6 @@ def _pair(text: str) -> tuple[float, float]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected two numbers a,b, not {text!r}") from None
     return a, b
-
-
-def _read_mask(path) -> "np.ndarray":  # noqa: F821
-    import numpy as np
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        m = tifffile.imread(path)
-    else:
-        from skimage.io import imread
-
-        m = imread(str(path))
-    m = np.asarray(m)
-    if m.ndim == 3:
-        m = m[..., 0]
-    return m
 
 
 def _level(slide, level: int):
@@ -58,8 +40,8 @@ def _run_export(args) -> int:
     from .export import export_tiles
     from .io import open_image
 
-    mask = _read_mask(args.mask)
-    edits = _read_mask(args.edits) if args.edits else None
+    mask = read_mask(args.mask)
+    edits = read_mask(args.edits) if args.edits else None
     with open_image(args.image) as slide:
         image, mpp = _level(slide, args.level)
         if mask.shape != tuple(image.shape[:2]):
@@ -90,7 +72,7 @@ def _run_geojson(args) -> int:
         left = ", ".join(f"{n} {k}" for k, n in sorted(skipped.items()))
         print(f"{out}: {int(mask.sum())} px filled" + (f"; left out {left}" if left else ""))
         return 0
-    mask = _read_mask(src)
+    mask = read_mask(src)
     color = tuple(int(v) for v in args.color.split(","))
     fc = gj.mask_to_geojson(mask, classification=args.classification, color=color, offset=offset,
                             scale=args.scale, label=args.label)
@@ -103,7 +85,7 @@ def _run_geojson(args) -> int:
 def _run_quantify(args) -> int:
     from .quantify import quantify, rows, to_csv
 
-    mask = _read_mask(args.mask)
+    mask = read_mask(args.mask)
     image, mpp = None, args.mpp
     if args.image:
         import numpy as np

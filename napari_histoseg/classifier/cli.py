@@ -69,19 +69,13 @@ def run_evaluate(args) -> int:
 def cmd_classify(args) -> int:
     import warnings
 
-    import numpy as np
-
+    from ..cli import read_region
     from ..io import open_image
     from .infer import ClassifierInputError, classify_region, load_classifier
 
     slide = open_image(args.image)
     image = slide.levels[0] if hasattr(slide, "levels") else slide
-    region = None
-    if args.region:
-        from skimage.io import imread
-
-        region = np.asarray(imread(args.region))
-        region = (region[..., 0] if region.ndim == 3 else region) > 0
+    region = read_region(args.region, image.shape) if args.region else None
     mpp = args.mpp if args.mpp is not None else getattr(slide, "mpp", None)
     model = load_classifier(args.model)
     try:

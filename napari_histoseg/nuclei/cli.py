@@ -87,21 +87,13 @@ def register(subparsers) -> None:
 def cmd_nuclei(args) -> int:
     import numpy as np
 
-    from ..cli import tile_bar
+    from ..cli import read_region, tile_bar
     from ..io import open_image
 
     with open_image(args.image) as slide:
         rgb = np.asarray(slide.levels[0])
         mpp = args.mpp or slide.mpp
-    region = None
-    if args.region:
-        from skimage.io import imread
-
-        region = np.asarray(imread(args.region))
-        region = (region[..., 0] if region.ndim == 3 else region) > 0
-        if region.shape != rgb.shape[:2]:
-            raise ValueError(f"--region {args.region} is {region.shape[::-1]} px, the image "
-                             f"{rgb.shape[1::-1]} px")
+    region = read_region(args.region, rgb.shape) if args.region else None
     if args.classical:
         from .baseline import detect_nuclei_classical
 
