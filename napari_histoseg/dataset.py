@@ -41,6 +41,27 @@ class DatasetError(ValueError):
     """A training-data folder that cannot be used; the message says which tile and why."""
 
 
+def read_dataset_json(root, task: str, need: str = "") -> dict:
+    """``root/dataset.json``, checked for format, version and ``task`` ("semantic" when
+    absent, "instances" or "classification"); :class:`DatasetError` says what is wrong,
+    ``need`` what the caller wanted instead."""
+    path = Path(root) / "dataset.json"
+    if not path.is_file():
+        raise DatasetError(f"{root}: no dataset.json; is this a histoseg training-data folder?")
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise DatasetError(f"{path}: not readable JSON ({e})") from None
+    if meta.get("format") != FORMAT:
+        raise DatasetError(f"{path}: format is {meta.get('format')!r}, expected {FORMAT!r}")
+    if int(meta.get("version", 1)) > FORMAT_VERSION:
+        raise DatasetError(f"{path}: version {meta.get('version')} is newer than this reader")
+    found = meta.get("task", "semantic")
+    if found != task:
+        raise DatasetError(f"{path}: task {found!r}, not {task!r}" + (f"; {need}" if need else ""))
+    return meta
+
+
 def _read_rgb(path: Path) -> np.ndarray:
     img = np.asarray(imread(str(path)))
     if img.ndim == 2:
@@ -137,19 +158,7 @@ def load_dataset(root: str | Path, check_files: bool = True, check_masks: bool =
     """
     root = Path(root)
     meta_path = root / "dataset.json"
-    if not meta_path.is_file():
-        raise DatasetError(f"{root}: no dataset.json; is this a histoseg training-data folder?")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{meta_path}: not valid JSON ({e})") from None
-    if meta.get("format") != FORMAT:
-        raise DatasetError(f"{meta_path}: format is {meta.get('format')!r}, expected {FORMAT!r}")
-    if int(meta.get("version", 1)) > FORMAT_VERSION:
-        raise DatasetError(f"{meta_path}: version {meta.get('version')} is newer than this reader")
-    task = meta.get("task", "semantic")
-    if task != "semantic":
-        raise DatasetError(f"{meta_path}: task {task!r}; training and evaluation read semantic masks only")
+    meta = read_dataset_json(root, "semantic", "training and evaluation of tumour masks read semantic masks")
     classes = meta.get("classes") or {"0": "not tumour", "1": "tumour"}
     try:
         codes = {int(k) for k in classes}

@@ -21,13 +21,12 @@ brightness/contrast (the project's :mod:`napari_histoseg.augment`).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..dataset import DatasetError, _read_rgb
+from ..dataset import DatasetError, _read_rgb, read_dataset_json
 
 
 @dataclass
@@ -68,14 +67,7 @@ def load_classification(root, check_files: bool = True) -> Classified:
     """Read and validate a classification folder; :class:`DatasetError` says what is wrong."""
     root = Path(root)
     path = root / "dataset.json"
-    if not path.is_file():
-        raise DatasetError(f"{root}: no dataset.json (not a training-data folder)")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{path}: not valid JSON ({e})") from None
-    if meta.get("task") != "classification":
-        raise DatasetError(f"{path}: task is {meta.get('task', 'semantic')!r}, not 'classification'")
+    meta = read_dataset_json(root, "classification", "the classifier needs one 'label' per image")
     classes = {str(k): v for k, v in meta.get("classes", {}).items()}
     if len(classes) < 2:
         raise DatasetError(f"{path}: 'classes' must name at least two classes")

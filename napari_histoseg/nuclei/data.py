@@ -17,7 +17,6 @@ keeps its own id; nuclei cut to a sliver by the window's border are dropped.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,9 +27,11 @@ from scipy import ndimage as ndi
 from skimage.io import imread
 
 from ..augment import AugmentConfig, geometric, hed_perturb, intensity
+from ..dataset import DatasetError
+from ..dataset import read_dataset_json as _read_dataset_json
 
 
-class InstanceDatasetError(ValueError):
+class InstanceDatasetError(DatasetError):
     """An instances folder that cannot be used; the message says which tile and why."""
 
 
@@ -46,16 +47,8 @@ class InstanceTile:
 
 
 def read_dataset_json(root) -> dict:
-    root = Path(root)
-    try:
-        info = json.loads((root / "dataset.json").read_text())
-    except OSError as e:
-        raise InstanceDatasetError(f"{root}: no readable dataset.json ({e})") from None
-    if info.get("task") != "instances":
-        raise InstanceDatasetError(
-            f"{root}: dataset.json has task {info.get('task', 'semantic')!r}; nuclei training and "
-            "evaluation need an 'instances' folder (instances/ID.png with one label per nucleus)")
-    return info
+    return _read_dataset_json(root, "instances", "nuclei training and evaluation need an 'instances' "
+                                                 "folder (instances/ID.png with one label per nucleus)")
 
 
 def load_instances(root, split: str | None = None, ids=None) -> list[InstanceTile]:
