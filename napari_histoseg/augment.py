@@ -63,17 +63,20 @@ def _resize(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray,
     return img, m
 
 
-def random_window(image, mask, size: int, rng: np.random.Generator, cfg: AugmentConfig):
+def random_window(image, mask, size: int, rng: np.random.Generator, cfg: AugmentConfig,
+                  ignore_index: int = 255):
     """Cut a randomly placed, scale-jittered and cropped window, resized to ``size``.
 
     The window side is ``size / s * (1 - c)`` with s ~ U(cfg.scale), c ~ U(0, max_crop),
-    clipped to the tile. Tiles smaller than ``size`` are mirror-padded first.
+    clipped to the tile. A tile smaller than ``size`` (an edge tile, a small export) is
+    padded first: the image by mirroring, the mask with ``ignore_index``, so the padding
+    counts for nothing in the loss.
     """
     h, w = mask.shape
     if h < size or w < size:
         ph, pw = max(0, size - h), max(0, size - w)
-        image = np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="reflect")
-        mask = np.pad(mask, ((0, ph), (0, pw)), mode="reflect")
+        image = np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="symmetric")
+        mask = np.pad(mask, ((0, ph), (0, pw)), mode="constant", constant_values=ignore_index)
         h, w = mask.shape
     s = rng.uniform(*cfg.scale)
     c = rng.uniform(0.0, cfg.max_crop)
@@ -123,10 +126,12 @@ def intensity(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -
     return np.clip(x + 0.5, 0, 255).astype(np.uint8)
 
 
-def random_patch(image, mask, size: int, rng: np.random.Generator, cfg: AugmentConfig | None = None):
-    """One augmented training patch ``(uint8 (size, size, 3), uint8 (size, size))``."""
+def random_patch(image, mask, size: int, rng: np.random.Generator, cfg: AugmentConfig | None = None,
+                 ignore_index: int = 255):
+    """One augmented training patch ``(uint8 (size, size, 3), uint8 (size, size))`` of a
+    tile of any size (smaller tiles padded, the mask with ``ignore_index``)."""
     cfg = cfg or AugmentConfig()
-    img, m = random_window(image, mask, size, rng, cfg)
+    img, m = random_window(image, mask, size, rng, cfg, ignore_index)
     img, m = geometric(img, m, rng, cfg)
     if cfg.hed_sigma > 0 and rng.random() < cfg.hed_prob:
         img = hed_perturb(img, rng, cfg.hed_sigma, cfg.hed_bias)

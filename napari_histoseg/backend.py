@@ -36,7 +36,9 @@ class Backend(Protocol):
     def fine_tune(self, dataset, out, init_checkpoint: str = BUNDLED, *, progress=None, should_stop=None,
                   **settings) -> dict:
         """Fine-tune ``init_checkpoint`` on a training-data folder; the new checkpoint is
-        written to ``out``; returns the training summary (``stop_reason`` among it)."""
+        written to ``out``; returns the training summary (``stop_reason`` and ``plan``, the
+        message of :func:`napari_histoseg.plan.training_plan`, among it). Data that cannot
+        train a model raises that function's ValueError before training starts."""
 
 
 def make_backend(url: str | None = None, token: str | None = None):
@@ -93,11 +95,14 @@ class LocalBackend:
 
     def fine_tune(self, dataset, out, init_checkpoint: str = BUNDLED, *, progress=None, should_stop=None,
                   **settings) -> dict:
+        from .plan import training_plan
         from .train import train
 
+        # the data is checked first: a folder that cannot train is refused with the reason
+        plan = training_plan(dataset, settings.get("val_fraction", 0.15), settings.get("seed", 0))
         if init_checkpoint in (None, "", BUNDLED):
             from .api import bundled_model_path
 
             init_checkpoint = str(bundled_model_path())
         return train(dataset, out, init_checkpoint=init_checkpoint, half_weights=True, progress=progress,
-                     should_stop=should_stop, log=lambda *_: None, show_bar=False, **settings)
+                     should_stop=should_stop, log=lambda *_: None, show_bar=False, plan=plan, **settings)

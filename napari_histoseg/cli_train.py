@@ -4,7 +4,8 @@
 commands on their own (``python -m napari_histoseg.cli_train train ...``)::
 
     histoseg train DATASET [DATASET ...] -o MODEL.safetensors [--arch NAME] [--epochs N]
-                   [--init-encoder PATH] [--resume] [--time-budget MIN] ...
+                   [--init-encoder PATH | --init-checkpoint PATH|bundled] [--resume]
+                   [--time-budget MIN] ...
     histoseg evaluate DATASET [--model PATH] [--split test] [--refine] [--json OUT]
 """
 
@@ -94,6 +95,9 @@ def _add_train(sub) -> None:
     p.add_argument("--arch-kwargs", default="{}", help="JSON of extra architecture arguments")
     p.add_argument("--epochs", type=int, default=100, help="maximum epochs (default 100)")
     p.add_argument("--init-encoder", default=None, help="safetensors encoder weights to start from")
+    p.add_argument("--init-checkpoint", default=None, metavar="PATH",
+                   help="fine-tune this tumour-segmentation checkpoint ('bundled': the bundled model) "
+                        "instead of training from scratch; its architecture replaces --arch")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT's .state.safetensors")
     p.add_argument("--time-budget", type=float, default=None, metavar="MIN", help="stop after MIN minutes")
     p.add_argument("--patch-size", type=int, default=None, help=_default_help("patch_size"))
@@ -148,12 +152,19 @@ def _run_train(args) -> int:
     task = _task_of(args)
     _fill_task_defaults(args, task)
     if TASKS[task] is not None:
+        if getattr(args, "init_checkpoint", None):
+            raise ValueError(f"--init-checkpoint fine-tunes tumour-segmentation models; the {task!r} "
+                             "task does not take it")
         return _task_module(task).run_train(args)
+    from .plan import training_plan
     from .train import train
 
+    plan = training_plan(args.dataset, args.val_fraction, args.seed)  # refuses unusable data first
+    print(plan.message, flush=True)
     summary = train(
         args.dataset, args.output, arch=args.arch, arch_kwargs=json.loads(args.arch_kwargs),
         epochs=args.epochs, init_encoder=args.init_encoder, resume=args.resume,
+        init_checkpoint=args.init_checkpoint, plan=plan,
         time_budget=args.time_budget, patch_size=args.patch_size, batch_size=args.batch_size,
         steps_per_epoch=args.steps_per_epoch, lr=args.lr, optimizer=args.optimizer,
         sgd_epochs=args.sgd_epochs, loss=args.loss, val_fraction=args.val_fraction,
@@ -202,7 +213,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="histoseg")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except ValueError as e:  # data or checkpoint that cannot train: a message, not a traceback
+        print(f"histoseg: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -167,7 +167,8 @@ def load_dataset(root: str | Path, check_files: bool = True, check_masks: bool =
     ignore = int(meta.get("ignore_index", 255))
     tiles = meta.get("tiles")
     if not isinstance(tiles, list) or not tiles:
-        raise DatasetError(f"{meta_path}: no tiles listed")
+        raise DatasetError(f"{meta_path}: no tiles listed; a training-data folder needs at least one "
+                           "tile (export an image and its corrected mask into it)")
     seen = set()
     for n, t in enumerate(tiles):
         for key in ("id", "image", "mask"):
@@ -287,3 +288,11 @@ def class_frequencies(masks: Iterable[np.ndarray], codes: Sequence[int], ignore_
         for c in codes:
             counts[c] += int((m == c).sum())
     return {c: counts[c] / max(total, 1) for c in codes}
+
+
+def __getattr__(name):  # the pre-check of training data lives in plan.py (it needs this module)
+    if name in ("training_plan", "TrainingPlan", "MIN_HOLDOUT_TILES"):
+        from . import plan
+
+        return getattr(plan, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -36,10 +36,11 @@ import torch
 from safetensors.torch import load_file
 
 from .augment import AugmentConfig, random_patch
-from .dataset import class_frequencies, holdout_validation, load_dataset
+from .dataset import class_frequencies
 from .losses import SegmentationLoss, class_weights
 from .metrics import dice as dice_score
 from .models import ModelMeta, build_model, load_checkpoint, save_checkpoint
+from .plan import TrainingPlan, check_init_checkpoint, training_plan
 from .train_state import load_state, make_optimizer, save_state
 
 MEAN = STD = 127.5  # inputs scaled to [-1, 1], as the ImageNet MobileNetV2 encoder expects
@@ -73,33 +74,23 @@ def set_train_mode(model, freeze_bn: bool = False):
     return model
 
 
-def _load_datasets(dirs, val_fraction, seed, log):
-    """Train and validation image/mask lists from every folder, plus provenance."""
-    tr_imgs, tr_masks, va_imgs, va_masks, prov, classes = [], [], [], [], [], None
-    for d in dirs:
-        ds = load_dataset(d)
-        if classes is None:
-            classes, ignore = ds.classes, ds.ignore_index
-        elif ds.classes != classes:
-            raise ValueError(f"{d}: classes {ds.classes} differ from {classes} of the first folder")
-        if not any(t.get("split") for t in ds.tiles):
-            from .dataset import split_tiles
-            ds = split_tiles(ds, val_fraction=0.0, test_fraction=0.2, seed=seed)
-        tr, va, how = holdout_validation(ds, val_fraction, seed)
-        if len(tr) == 0:
-            raise ValueError(f"{d}: no training tiles left after the validation hold-out")
-        a, b = tr.load_all()
-        c, e = va.load_all()
+def _load_plan(plan):
+    """Train and validation image/mask lists of a :class:`~napari_histoseg.plan.TrainingPlan`,
+    plus provenance. Validation on the training tiles reuses the same arrays."""
+    tr_imgs, tr_masks, va_imgs, va_masks, prov = [], [], [], [], []
+    for f in plan.folders:
+        a, b = f["train"].load_all()
+        c, e = (a, b) if f["validate_on_train"] else f["val"].load_all()
         tr_imgs += a; tr_masks += b; va_imgs += c; va_masks += e  # noqa: E702
-        prov.append({"dataset": str(d), "name": ds.name, "train_tiles": len(tr), "val_tiles": len(va),
-                     "validation": how, "val_ids": va.ids()})
-        log(f"{ds.name}: {len(tr)} train tiles, {len(va)} validation tiles ({how})")
-    return tr_imgs, tr_masks, va_imgs, va_masks, prov, classes, ignore
+        prov.append({"dataset": f["dataset"], "name": f["name"], "train_tiles": len(f["train"]),
+                     "val_tiles": len(f["val"]), "validation": f["how"], "val_ids": f["val"].ids(),
+                     "validate_on_train": f["validate_on_train"]})
+    return tr_imgs, tr_masks, va_imgs, va_masks, prov
 
 
 @torch.no_grad()
 def validate(model, images, masks, threshold=0.5, batch=2, ignore_index=255) -> tuple[float, float]:
-    """``(pooled Dice, mean per-image Dice)`` of whole tiles, in eval mode.
+    """``(pooled Dice, mean per-image Dice)`` of whole tiles of any size, in eval mode.
 
     Pooled Dice sums true/false positives and negatives over all validation tiles
     before dividing; it is what early stopping and checkpoint selection use, because
@@ -110,11 +101,18 @@ def validate(model, images, masks, threshold=0.5, batch=2, ignore_index=255) -> 
 
     model.eval()
     scores, tp, fp, fn = [], 0, 0, 0
-    for i in range(0, len(images), batch):
-        x = to_input(np.stack(images[i : i + batch]))
+    runs, i = [], 0  # consecutive tiles of one size go through the model together
+    while i < len(images):
+        j = i + 1
+        while j < len(images) and j - i < batch and images[j].shape == images[i].shape:
+            j += 1
+        runs.append((i, j))
+        i = j
+    for i, j in runs:
+        x = to_input(np.stack(images[i:j]))
         out = _main_output(model(x))
         prob = torch.sigmoid(out[:, 0]) if out.shape[1] == 1 else out.argmax(1).float()
-        for p, m in zip(prob.numpy(), masks[i : i + batch]):
+        for p, m in zip(prob.numpy(), masks[i:j]):
             pred = (p >= threshold).astype(np.uint8)
             a, b, c, _ = confusion(pred, m, ignore_index=ignore_index)
             tp, fp, fn = tp + a, fp + b, fn + c
@@ -154,14 +152,18 @@ def train(
     should_stop: Optional[Callable[[], bool]] = None,
     log: Callable[[str], None] = print,
     show_bar: Optional[bool] = None,
+    plan: Optional[TrainingPlan] = None,
 ) -> dict:
     """Train a network and keep the best checkpoint by validation Dice.
 
     Parameters
     ----------
     dataset_dirs : path or list of paths
-        Training-data folders (DESIGN.md layout). Their ``train`` tiles are used; a
-        fraction ``val_fraction`` of them is held out by group for validation.
+        Training-data folders (DESIGN.md layout), tiles of any size. Their ``train`` tiles
+        are used; a fraction ``val_fraction`` of them is held out by group for validation,
+        or, in a folder of fewer than 4 tiles, none (validated on the training tiles; see
+        :func:`~napari_histoseg.plan.training_plan`, which raises a ValueError before
+        training when the data cannot train a model).
     out_path : path
         ``.safetensors`` file for the best checkpoint (a sidecar JSON is written too);
         the resumable state goes to ``NAME.state.safetensors`` beside it.
@@ -173,8 +175,8 @@ def train(
     init_encoder : path or None
         safetensors state dict loaded into ``model.encoder`` (e.g. the ImageNet
         MobileNetV2 of ``../shared/weights``); None = random start.
-    init_checkpoint : path or None
-        A whole histoseg checkpoint to fine-tune (its architecture and arguments are
+    init_checkpoint : path, "bundled" or None
+        A whole histoseg segmentation checkpoint to fine-tune ("bundled": the bundled model) (its architecture and arguments are
         used; ``arch``/``arch_kwargs`` are ignored). Its name and version are recorded
         in the new checkpoint's training provenance.
     resume : bool
@@ -191,7 +193,14 @@ def train(
         Early stopping: epochs without a better validation Dice (pooled over the
         validation tiles, see :func:`validate`).
     progress : callable or None
-        Called with a dict after every step (``kind="step"``) and epoch (``kind="epoch"``).
+        Called with a dict: once before the first step (``kind="start"``: the plan's
+        ``message``, ``train_tiles``, ``val_tiles``, ``validate_on_train``, ``warnings``,
+        ``epochs``, ``steps``), after every step (``kind="step"``: ``epoch``, ``step``,
+        ``steps``, ``epochs``, ``loss``) and after every epoch (``kind="epoch"``: its
+        history record with ``val_dice``, plus ``best_val_dice``).
+    plan : TrainingPlan or None
+        The result of :func:`~napari_histoseg.plan.training_plan` for these folders,
+        ``val_fraction`` and ``seed`` (computed here when None or made for others).
     should_stop : callable or None
         Polled every step; returning True ends training cleanly (best checkpoint kept).
     half_weights : bool
@@ -220,15 +229,18 @@ def train(
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     state_path = out_path.with_name(out_path.stem + ".state.safetensors")
-    tr_imgs, tr_masks, va_imgs, va_masks, prov, classes, ignore = _load_datasets(dirs, val_fraction, seed, log)
+    if plan is None or plan.key != (tuple(str(d) for d in dirs), val_fraction, seed):
+        plan = training_plan(dirs, val_fraction, seed)
+        log(plan.message)
+    classes, ignore = plan.classes, plan.ignore_index
     codes = sorted(int(k) for k in classes)
     n_out = 1 if len(codes) == 2 else len(codes)
     kwargs = {**(arch_kwargs or {}), "classes": n_out}
+    if init_checkpoint:  # checked before any pixel is read
+        init_checkpoint, _ = check_init_checkpoint(init_checkpoint, len(codes))
+    tr_imgs, tr_masks, va_imgs, va_masks, prov = _load_plan(plan)
     if init_checkpoint:
         model, src = load_checkpoint(init_checkpoint)
-        if src.out_channels != n_out:
-            raise ValueError(f"{init_checkpoint} predicts {src.out_channels} channel(s); "
-                             f"the data has {len(codes)} classes")
         arch, kwargs = src.arch, dict(src.arch_kwargs)
         log(f"fine-tuning {src.name} v{src.model_version} ({src.arch}) from {init_checkpoint}")
     else:
@@ -278,6 +290,11 @@ def train(
     bar_off = (not sys.stderr.isatty()) if show_bar is None else (not show_bar)
     from tqdm.auto import tqdm
 
+    if progress:
+        progress({"kind": "start", "message": plan.message, "train_tiles": plan.train_tiles,
+                  "val_tiles": plan.val_tiles, "validate_on_train": plan.validate_on_train,
+                  "warnings": list(plan.warnings), "epoch": start_epoch, "epochs": epochs,
+                  "steps": steps_per_epoch})
     for epoch in range(start_epoch, epochs):
         if optimizer == "sgd-adam" and kind == "sgd" and epoch >= sgd_epochs:
             kind, opt = "adam", make_optimizer("adam", params, lr)
@@ -293,7 +310,7 @@ def train(
             for g in opt.param_groups:
                 g["lr"] = (lr * 10 if kind == "sgd" else lr) * scale
             idx = rng.integers(0, len(tr_imgs), size=batch_size)
-            pairs = [random_patch(tr_imgs[i], tr_masks[i], patch_size, rng, aug) for i in idx]
+            pairs = [random_patch(tr_imgs[i], tr_masks[i], patch_size, rng, aug, ignore) for i in idx]
             x = to_input(np.stack([p[0] for p in pairs]))
             y = torch.from_numpy(np.stack([p[1] for p in pairs])).long()
             out = model(x)
@@ -305,7 +322,7 @@ def train(
             patches += batch_size
             if progress:
                 progress({"kind": "step", "epoch": epoch, "step": step, "steps": steps_per_epoch,
-                          "loss": losses[-1]})
+                          "epochs": epochs, "loss": losses[-1]})
             if should_stop and should_stop():
                 stopped = True
                 break
@@ -335,7 +352,8 @@ def train(
         log(f"epoch {epoch:3d}  loss {rec['train_loss']:.4f}  val Dice {val:.4f} (per-image {val_mean:.4f})  lr {rec['lr']:.2e}  "
             f"{rec['seconds']:.0f}s{'  *best*' if improved else ''}")
         if progress:
-            progress({"kind": "epoch", **rec, "best_val_dice": best})
+            progress({"kind": "epoch", **rec, "best_val_dice": best, "epochs": epochs,
+                      "validate_on_train": plan.validate_on_train})
         if stopped:
             stop_reason = "stopped by request"
             break
@@ -350,6 +368,7 @@ def train(
                "epochs_run": len(history), "stop_reason": stop_reason, "seconds": round(seconds, 1),
                "patches_per_s": round(patches / max(time.time() - run_start, 1e-9), 3), "parameters": n_params,
                "trainable_parameters": n_trainable, "history": history, "data": prov,
+               "plan": plan.message, "validate_on_train": plan.validate_on_train,
                "total_seconds": round(time.time() - t0, 1)}
     log(f"done: {stop_reason}; best val Dice {best:.4f} at epoch {best_epoch}; "
         f"{summary['patches_per_s']} patches/s; checkpoint {out_path}")
