@@ -11,7 +11,10 @@ and no colour, so a colour is always written).
 :func:`mask_to_geojson` traces each connected region with
 :func:`skimage.measure.find_contours` (half-way between pixel centres), simplifies the
 rings lightly with :func:`skimage.measure.approximate_polygon` and writes one Feature
-per region. :func:`geojson_to_mask` fills polygons with :func:`skimage.draw.polygon`
+per region; regions follow :mod:`napari_histoseg.regions` (4-connected, specks under a
+minimum size left out and reported by :func:`mask_to_geojson_report`), as in
+:func:`~napari_histoseg.quantify.quantify`, so both count the same regions.
+:func:`geojson_to_mask` fills polygons with :func:`skimage.draw.polygon`
 (a pixel belongs to a polygon when its centre does). rasterio/shapely would do the same
 but are heavy dependencies for two short functions.
 
@@ -33,7 +36,9 @@ from pathlib import Path
 import numpy as np
 from skimage import draw, measure
 
-__all__ = ["mask_to_geojson", "geojson_to_mask", "geojson_to_mask_report", "read_geojson",
+from .regions import clean_regions, min_region_px as _min_px
+
+__all__ = ["mask_to_geojson", "mask_to_geojson_report", "geojson_to_mask", "geojson_to_mask_report", "read_geojson",
            "features_of", "class_name"]
 
 
@@ -76,7 +81,8 @@ def _region_polygon(region_mask: np.ndarray, r0: int, c0: int, offset, scale, to
 
 def mask_to_geojson(mask, *, classification: str | None = "Tumor", color=(200, 0, 0), offset=(0, 0),
                     scale: float = 1.0, label: int = 1, tolerance: float = 0.5,
-                    one_feature: bool = False, min_area: int = 1) -> dict:
+                    one_feature: bool = False, mpp: float | None = None, min_region_um2: float | None = None,
+                    min_region_px: int | None = None) -> dict:
     """A QuPath-importable FeatureCollection of the regions where ``mask == label``.
 
     Parameters
@@ -99,8 +105,12 @@ def mask_to_geojson(mask, *, classification: str | None = "Tumor", color=(200, 0
     one_feature : bool
         Write all regions as one Feature with a MultiPolygon (as QuPath's merged
         annotations) instead of one Feature with a Polygon per region.
-    min_area : int
-        Regions of fewer pixels are left out.
+    mpp : float, optional
+        µm per pixel of ``mask``, for a minimum region size in µm².
+    min_region_um2, min_region_px : float, int, optional
+        Regions smaller than this are left out and smaller holes filled
+        (:func:`napari_histoseg.regions.min_region_px`: 50 µm² with ``mpp``, 16 px
+        without; 0 keeps all). ``mask`` itself is not changed.
 
     Returns
     -------
@@ -108,14 +118,23 @@ def mask_to_geojson(mask, *, classification: str | None = "Tumor", color=(200, 0
         ``{"type": "FeatureCollection", "features": [...]}``, each Feature with a
         uuid4 ``id``, a Polygon (outer ring, then holes) in ``[x, y]`` slide pixel
         coordinates rounded to two decimals, and ``properties`` ``{"objectType":
-        "annotation", "classification": {"name", "color"}}``.
+        "annotation", "classification": {"name", "color"}}``. :func:`mask_to_geojson_report`
+        also says how many specks were left out.
     """
-    sel = np.asarray(mask) == label
-    lab = measure.label(sel, connectivity=1)  # 4-connected: find_contours' view of the foreground
+    return mask_to_geojson_report(mask, classification=classification, color=color, offset=offset, scale=scale,
+                                  label=label, tolerance=tolerance, one_feature=one_feature, mpp=mpp,
+                                  min_region_um2=min_region_um2, min_region_px=min_region_px)[0]
+
+
+def mask_to_geojson_report(mask, *, classification: str | None = "Tumor", color=(200, 0, 0), offset=(0, 0),
+                           scale: float = 1.0, label: int = 1, tolerance: float = 0.5, one_feature: bool = False,
+                           mpp: float | None = None, min_region_um2: float | None = None,
+                           min_region_px: int | None = None) -> tuple[dict, dict]:
+    """As :func:`mask_to_geojson`, returning ``(feature_collection, report)`` where
+    ``report`` is ``{"regions", "dropped_regions", "dropped_px", "filled_holes", "min_region_px"}``."""
+    cleaned = clean_regions(np.asarray(mask) == label, _min_px(mpp, min_region_um2, min_region_px))
     polygons = []
-    for reg in measure.regionprops(lab):
-        if reg.area < min_area:
-            continue
+    for reg in measure.regionprops(cleaned.labels):  # 4-connected: find_contours' view of the foreground
         r0, c0, _, _ = reg.bbox
         polygons.append(_region_polygon(reg.image, r0, c0, offset, float(scale), tolerance))
     props = {"objectType": "annotation"}
@@ -129,7 +148,9 @@ def mask_to_geojson(mask, *, classification: str | None = "Tumor", color=(200, 0
         feats = [feature({"type": "MultiPolygon", "coordinates": polygons})]
     else:
         feats = [feature({"type": "Polygon", "coordinates": p}) for p in polygons]
-    return {"type": "FeatureCollection", "features": feats}
+    report = {"regions": len(polygons), "dropped_regions": cleaned.dropped_regions, "dropped_px": cleaned.dropped_px,
+              "filled_holes": cleaned.filled_holes, "min_region_px": cleaned.min_px}
+    return {"type": "FeatureCollection", "features": feats}, report
 
 
 def read_geojson(path) -> object:

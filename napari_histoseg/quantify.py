@@ -8,6 +8,11 @@ in pixels and the result says so in ``warnings``. The tissue is
 tissue. Stroma here is simply tissue that is not tumour. Pixels of ``ignore_index``
 count for nothing.
 
+Regions follow :mod:`napari_histoseg.regions`, the same convention as the GeoJSON export:
+4-connected, and regions (and holes) smaller than a minimum size (50 µm² with an mpp,
+16 px without; 0 keeps all) are left out of the areas and the region list. The mask
+given is not changed; ``dropped_regions`` / ``dropped_px`` say what was left out.
+
 Example
 -------
 >>> r = quantify(mask, image=rgb, mpp=0.5)     # doctest: +SKIP
@@ -24,6 +29,8 @@ from pathlib import Path
 import numpy as np
 from skimage import measure
 
+from .regions import CONNECTIVITY, clean_regions, min_region_px as _min_px
+
 __all__ = ["quantify", "rows", "to_csv"]
 
 NO_MPP = "mpp unknown: areas are in pixels, not µm²"
@@ -34,7 +41,7 @@ def _area(px: int, mpp):
 
 
 def quantify(mask, image=None, mpp=None, tissue=None, *, label: int = 1, ignore_index: int = 255,
-             connectivity: int = 2, min_region_px: int = 1) -> dict:
+             min_region_um2: float | None = None, min_region_px: int | None = None) -> dict:
     """Measure the tumour in a mask.
 
     Parameters
@@ -51,10 +58,11 @@ def quantify(mask, image=None, mpp=None, tissue=None, *, label: int = 1, ignore_
         Mask code of tumour.
     ignore_index : int
         Mask code of pixels that count for nothing.
-    connectivity : {1, 2}
-        Neighbourhood of a tumour region (2: diagonal pixels join, as the eye sees it).
-    min_region_px : int
-        Regions smaller than this are left out of ``regions`` (not of the areas).
+    min_region_um2, min_region_px : float, int, optional
+        Tumour regions smaller than this are left out of the areas and ``regions`` and
+        smaller holes in them are filled (:func:`napari_histoseg.regions.min_region_px`:
+        default 50 µm² with ``mpp``, 16 px without; 0 keeps all). Regions are
+        4-connected, as in the GeoJSON export, so both count the same regions.
 
     Returns
     -------
@@ -63,8 +71,10 @@ def quantify(mask, image=None, mpp=None, tissue=None, *, label: int = 1, ignore_
         ``tumour_area_mm2``, ``tissue_px``, ``tissue_area_um2``, ``tumour_fraction``
         (of the tissue), ``stroma_px``, ``stroma_area_um2``, ``tumour_stroma_ratio``,
         ``n_regions``, ``regions`` (largest first: ``id``, ``area_px``, ``area_um2``,
-        ``centroid_x``, ``centroid_y``, ``bbox`` as ``[x0, y0, x1, y1]``) and
-        ``warnings`` (a list of strings). µm² figures are None without ``mpp``.
+        ``centroid_x``, ``centroid_y``, ``bbox`` as ``[x0, y0, x1, y1]``),
+        ``min_region_px``, ``dropped_regions`` and ``dropped_px`` (specks left out),
+        ``filled_holes`` and ``warnings`` (a list of strings). µm² figures are None
+        without ``mpp``.
 
     Examples
     --------
@@ -82,8 +92,12 @@ def quantify(mask, image=None, mpp=None, tissue=None, *, label: int = 1, ignore_
             raise ValueError(f"mpp must be a positive number, got {mpp}")
     warnings = [] if mpp is not None else [NO_MPP]
     valid = mask != ignore_index
-    tumour = mask == label
+    cleaned = clean_regions(mask == label, _min_px(mpp, min_region_um2, min_region_px))
+    tumour = cleaned.mask & valid
     n_tumour = int(tumour.sum())
+    if cleaned.dropped_regions:
+        warnings.append(f"{cleaned.dropped_regions} tumour speck(s) under {cleaned.min_px} px "
+                        f"({cleaned.dropped_px} px) left out")
 
     if tissue is None and image is not None:
         from .stain import tissue_mask
@@ -107,11 +121,9 @@ def quantify(mask, image=None, mpp=None, tissue=None, *, label: int = 1, ignore_
         n_tissue = n_stroma = fraction = ratio = None
         warnings.append("no image or tissue mask: tissue, fraction and stroma figures are not computed")
 
-    lab = measure.label(tumour, connectivity=connectivity)
+    lab = measure.label(tumour, connectivity=CONNECTIVITY)
     regions = []
     for reg in measure.regionprops(lab):
-        if reg.area < min_region_px:
-            continue
         cy, cx = reg.centroid
         r0, c0, r1, c1 = reg.bbox
         regions.append({"area_px": int(reg.area), "area_um2": _area(int(reg.area), mpp),
@@ -129,7 +141,9 @@ def quantify(mask, image=None, mpp=None, tissue=None, *, label: int = 1, ignore_
         "tumour_fraction": fraction,
         "stroma_px": n_stroma, "stroma_area_um2": None if n_stroma is None else _area(n_stroma, mpp),
         "tumour_stroma_ratio": ratio,
-        "n_regions": len(regions), "regions": regions, "warnings": warnings,
+        "n_regions": len(regions), "regions": regions, "min_region_px": cleaned.min_px,
+        "dropped_regions": cleaned.dropped_regions, "dropped_px": cleaned.dropped_px,
+        "filled_holes": cleaned.filled_holes, "warnings": warnings,
     }
 
 
@@ -145,7 +159,10 @@ def rows(result: dict, regions: bool = True) -> list[tuple[str, object, str]]:
     out += [("tissue area", pick("tissue"), unit), ("stroma area", pick("stroma"), unit),
             ("tumour fraction of tissue", result["tumour_fraction"], ""),
             ("tumour/stroma ratio", result["tumour_stroma_ratio"], ""),
-            ("tumour regions", result["n_regions"], ""), ("mpp", result["mpp"], "µm/px")]
+            ("tumour regions", result["n_regions"], "")]
+    if "dropped_regions" in result:
+        out += [("specks left out", result["dropped_regions"], f"under {result['min_region_px']} px")]
+    out += [("mpp", result["mpp"], "µm/px")]
     if regions:
         out += [(f"region {r['id']} area", r["area_um2"] if um else r["area_px"], unit)
                 for r in result["regions"]]

@@ -47,18 +47,18 @@ def _iou(a, b):
 @pytest.mark.parametrize("scale,offset", [(1.0, (0, 0)), (4.0, (12000, 3000.5))])
 def test_round_trip_with_holes(scale, offset):
     m = _mask_with_holes()
-    fc = mask_to_geojson(m, offset=offset, scale=scale)
+    fc = mask_to_geojson(m, offset=offset, scale=scale, min_region_px=0)  # keep the one-pixel region
     back = geojson_to_mask(json.loads(json.dumps(fc)), m.shape, offset=offset, scale=scale)
     assert _iou(m, back) > 0.99
     assert back[150, 150 + 30] == 0 and back[150, 150] == 1 and back[150, 150 + 80] == 1
-    exact = geojson_to_mask(mask_to_geojson(m, tolerance=0, offset=offset, scale=scale), m.shape,
+    exact = geojson_to_mask(mask_to_geojson(m, tolerance=0, offset=offset, scale=scale, min_region_px=0), m.shape,
                             offset=offset, scale=scale)
     np.testing.assert_array_equal(exact, m)  # without simplification the round trip is exact
 
 
 def test_qupath_structure():
     m = _mask_with_holes()
-    fc = mask_to_geojson(m, classification="Tumor", color=(200, 0, 0))
+    fc = mask_to_geojson(m, classification="Tumor", color=(200, 0, 0), min_region_px=0)
     text = json.dumps(fc, allow_nan=False)
     assert set(fc) == {"type", "features"} and fc["type"] == "FeatureCollection"
     assert len(fc["features"]) == 5  # disk with hole, island, ellipse, line, pixel
@@ -74,7 +74,7 @@ def test_qupath_structure():
     holed = [f for f in fc["features"] if len(f["geometry"]["coordinates"]) == 2]
     assert len(holed) == 1
     assert '"NaN"' not in text
-    multi = mask_to_geojson(m, one_feature=True)
+    multi = mask_to_geojson(m, one_feature=True, min_region_px=0)
     assert [f["geometry"]["type"] for f in multi["features"]] == ["MultiPolygon"]
     np.testing.assert_array_equal(geojson_to_mask(multi, m.shape), geojson_to_mask(fc, m.shape))
 
@@ -144,7 +144,7 @@ def test_qupath_polygon_with_a_hole_stays_a_hole():
     assert hole_only.sum() > 0 and not (full & hole_only).any()
     assert full.sum() == outer_only.sum() - hole_only.sum()
     # and it survives our own export: the hole is an inner ring again
-    again = mask_to_geojson(full, offset=(x0, y0))
+    again = mask_to_geojson(full, offset=(x0, y0), min_region_px=0)
     assert any(len(g["geometry"]["coordinates"]) > 1 for g in again["features"])
     assert _iou(geojson_to_mask(again, shape, offset=(x0, y0)), full) > 0.99
 
