@@ -19,9 +19,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .dataset import Dataset, DatasetError, _read_mask, holdout_validation, load_dataset, split_tiles
+from .dataset import (
+    Dataset,
+    DatasetError,
+    _read_mask,
+    holdout_validation,
+    load_dataset,
+    split_tiles,
+)
 
-__all__ = ["training_plan", "TrainingPlan", "MIN_HOLDOUT_TILES", "check_init_checkpoint"]
+__all__ = ["MIN_HOLDOUT_TILES", "TrainingPlan", "check_init_checkpoint", "training_plan"]
 
 MIN_HOLDOUT_TILES = 4  # with fewer training tiles in a folder, none is held out for validation
 

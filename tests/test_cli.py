@@ -75,3 +75,10 @@ def test_train_flags_left_out_take_the_tasks_own_defaults(task, batch, lr):
     args = build_parser().parse_args(["train", "data", "-o", "m.safetensors", "--task", task, "--batch-size", "3"])
     _fill_task_defaults(args, task)
     assert args.batch_size == 3
+
+
+def test_init_checkpoint_is_refused_for_tasks_that_do_not_take_it(tmp_path, capsys):
+    rc = main(["train", str(tmp_path), "-o", str(tmp_path / "m.safetensors"), "--task", "instances",
+               "--init-checkpoint", "bundled"])
+    assert rc == 2 and "--init-checkpoint fine-tunes tumour-segmentation models" in capsys.readouterr().err
+    assert not (tmp_path / "m.safetensors").exists()

@@ -149,3 +149,41 @@ def test_a_folder_of_one_slide_without_splits_still_trains(tmp_path):
                  tmp_path / "ds", tile=256)
     ds = split_tiles(load_dataset(tmp_path / "ds"), val_fraction=0.0, test_fraction=0.2)
     assert len(ds.subset("train").tiles) == 2 and not ds.subset("test").tiles
+
+
+def test_small_tiles_are_padded_with_the_ignore_index_not_with_invented_labels():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    mask = np.ones((20, 30), np.uint8)  # all tumour: padding must not become tumour (or not tumour)
+    x, y = random_patch(img, mask, 64, rng, AugmentConfig())
+    assert x.shape == (64, 64, 3) and y.shape == (64, 64)
+    assert set(np.unique(y)) == {1, 255} and 0 < (y == 1).mean() < 0.5
+
+
+def test_training_plan_counts_tiles_and_says_what_validation_uses(tmp_path):
+    from napari_histoseg.dataset import MIN_HOLDOUT_TILES, training_plan
+
+    plan = training_plan(make_dataset(tmp_path / "six", groups=list("abcdef"), splits=["train"] * 6),
+                         val_fraction=0.34)
+    assert (plan.train_tiles, plan.val_tiles, plan.validate_on_train) == (4, 2, False)
+    assert "4 tiles to train on, 2 held out for validation" in plan.message
+    assert not set(plan.folders[0]["train"].ids()) & set(plan.folders[0]["val"].ids())
+    n = MIN_HOLDOUT_TILES - 1
+    few = training_plan(make_dataset(tmp_path / "few", n=n, splits=["train"] * n))
+    assert (few.train_tiles, few.val_tiles, few.validate_on_train) == (3, 3, True)
+    assert f"needs at least {MIN_HOLDOUT_TILES} tiles" in few.message and "validation uses the same 3 tiles" in few.message
+
+
+def test_training_plan_leaves_out_all_ignore_tiles_and_warns_of_a_missing_class(tmp_path):
+    from napari_histoseg.dataset import training_plan
+
+    root = make_dataset(tmp_path / "d", n=2, splits=["train"] * 2)
+    imsave(root / "masks" / "t1.png", np.full((64, 64), 255, np.uint8), check_contrast=False)
+    imsave(root / "masks" / "t0.png", np.ones((64, 64), np.uint8), check_contrast=False)
+    plan = training_plan(root)
+    assert plan.train_tiles == 1 and plan.folders[0]["train"].ids() == ["t0"]
+    assert "1 tile whose mask is all ignore (255) left out" in plan.message
+    assert "no mask marks any 'not tumour' pixel" in plan.message
+    imsave(root / "masks" / "t0.png", np.full((64, 64), 255, np.uint8), check_contrast=False)
+    with pytest.raises(DatasetError, match=r"hold no labelled pixel.*needs at least 1 training tile"):
+        training_plan(root)

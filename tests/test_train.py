@@ -93,7 +93,8 @@ def test_train_writes_a_loadable_checkpoint_and_resumes(tmp_path):
     s = train(data, out, epochs=2, patch_size=32, batch_size=2, steps_per_epoch=1, val_fraction=0.25,
               seed=1, name="tiny", log=lambda *_: None, progress=events.append, half_weights=True)
     assert s["epochs_run"] == 2 and out.is_file() and out.with_suffix(".json").is_file()
-    assert {e["kind"] for e in events} == {"step", "epoch"}
+    assert {e["kind"] for e in events} == {"start", "step", "epoch"} and events[0]["kind"] == "start"
+    assert events[0]["train_tiles"] == 3 and events[0]["val_tiles"] == 1 and events[0]["steps"] == 1
     assert s["data"][0]["train_tiles"] == 3 and s["data"][0]["val_tiles"] == 1
     module, meta = load_checkpoint(out)  # float16 file, float32 module
     assert meta.name == "tiny" and meta.arch == "unet-mobilenet_v2" and meta.mean == [127.5] * 3
@@ -168,3 +169,120 @@ def test_fine_tune_freezes_batchnorm_statistics_by_default(tmp_path):
     parse = build_parser().parse_args
     assert parse(["train", "d", "-o", "x"]).freeze_bn is None
     assert parse(["train", "d", "-o", "x", "--no-freeze-bn"]).freeze_bn is False
+
+
+# --- export -> train, for any image size -------------------------------------------------
+
+BUNDLED_SEG = Path(__file__).resolve().parents[1] / "napari_histoseg" / "weights" / "default.safetensors"
+needs_bundled = pytest.mark.skipif(not BUNDLED_SEG.is_file(), reason="the bundled model is not in this checkout")
+QUICK = ["--epochs", "1", "--patch-size", "32", "--batch-size", "2", "--steps-per-epoch", "2", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def exported_sample(tmp_path_factory):
+    """The bundled 1000 x 1000 sample exported at tile 512: tiles of 512 and 488 px."""
+    from napari_histoseg._sample_data import breast_carcinoma
+    from napari_histoseg.export import export_tiles
+
+    image = np.asarray(breast_carcinoma()[0][0])
+    mask = (image.mean(-1) < 170).astype(np.uint8)  # dark (nuclei-dense) tissue as "tumour"
+    mask[:40] = 255
+    out = tmp_path_factory.mktemp("export") / "ds"
+    recs = export_tiles(image, mask, out, tile=512)
+    assert sorted((r["width"], r["height"]) for r in recs) == [(488, 488), (488, 512), (512, 488), (512, 512)]
+    return out
+
+
+def test_histoseg_train_on_an_export_of_the_bundled_sample_with_edge_tiles(exported_sample, tmp_path, capsys):
+    from napari_histoseg.cli import main
+
+    out = tmp_path / "m.safetensors"
+    assert main(["train", str(exported_sample), "-o", str(out), *QUICK, "--summary", str(tmp_path / "s.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "2 tiles to train on, 2 held out for validation" in printed
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["data"][0]["val_tiles"] == 2 and 0.0 <= summary["best_val_dice"] <= 1.0
+    assert load_checkpoint(out)[1].training["data"][0]["train_tiles"] == 2
+
+
+@needs_bundled
+def test_histoseg_train_init_checkpoint_bundled_fine_tunes_the_bundled_model(exported_sample, tmp_path, capsys):
+    from napari_histoseg.cli import main
+
+    out = tmp_path / "ft.safetensors"
+    assert main(["train", str(exported_sample), "-o", str(out), *QUICK, "--init-checkpoint", "bundled"]) == 0
+    assert "fine-tuning histoseg-default" in capsys.readouterr().out
+    meta = load_checkpoint(out)[1]
+    assert meta.arch == "unet-mobilenet_v2"
+    assert Path(meta.training["settings"]["init_checkpoint"]).name == "default.safetensors"
+    assert meta.training["settings"]["freeze_bn"] is True
+
+
+def test_a_checkpoint_of_another_task_is_refused_before_training(exported_sample, tmp_path, capsys):
+    from napari_histoseg.cli import main
+
+    other = BUNDLED_SEG.with_name("classifier.safetensors")
+    if not other.is_file():
+        pytest.skip("the bundled classifier is not in this checkout")
+    out = tmp_path / "x.safetensors"
+    assert main(["train", str(exported_sample), "-o", str(out), *QUICK, "--init-checkpoint", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "classification model" in err and "fine-tunes segmentation models" in err
+    assert not out.exists()
+
+
+@needs_bundled
+def test_one_exported_tile_fine_tunes_and_says_it_validates_on_that_tile(tmp_path):
+    """One tile smaller than the patch: trained on, validated on itself, and told so."""
+    from napari_histoseg.backend import LocalBackend
+    from napari_histoseg.export import export_tiles
+
+    rng = np.random.default_rng(0)
+    mask = np.zeros((24, 40), np.uint8)
+    mask[:, :15] = 1
+    image = np.where(mask[..., None] == 1, [90, 40, 120], [230, 200, 220]).astype(float)
+    image = np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)
+    export_tiles(image, mask, tmp_path / "one", tile=512)
+    events = []
+    summary = LocalBackend().fine_tune(tmp_path / "one", tmp_path / "ft.safetensors", epochs=1, patch_size=32,
+                                       batch_size=2, steps_per_epoch=2, threads=1, progress=events.append)
+    assert events[0]["kind"] == "start" and events[0]["validate_on_train"]
+    assert "1 tile to train on and none held out" in events[0]["message"]
+    assert "validation uses the same 1 tile" in summary["plan"] and summary["validate_on_train"]
+    assert [e["kind"] for e in events[1:]] == ["step", "step", "epoch"]
+    assert 0.0 <= events[-1]["val_dice"] <= 1.0 and (tmp_path / "ft.safetensors").is_file()
+
+
+def _folder(root: Path, masks, splits=None) -> Path:
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    tiles = []
+    for i, m in enumerate(masks):
+        imsave(root / "images" / f"t{i}.png", np.full((*m.shape, 3), 200, np.uint8), check_contrast=False)
+        imsave(root / "masks" / f"t{i}.png", m, check_contrast=False)
+        tiles.append({"id": f"t{i}", "image": f"images/t{i}.png", "mask": f"masks/t{i}.png",
+                      **({"split": splits[i]} if splits else {})})
+    (root / "dataset.json").write_text(json.dumps({"format": "histoseg-dataset", "version": 1, "tiles": tiles}))
+    return root
+
+
+def test_data_that_cannot_train_is_refused_before_training_with_the_reason(tmp_path, capsys):
+    from napari_histoseg.backend import LocalBackend
+    from napari_histoseg.cli import main
+
+    ignored = _folder(tmp_path / "ignored", [np.full((30, 30), 255, np.uint8)] * 2)
+    tested = _folder(tmp_path / "tested", [np.ones((30, 30), np.uint8)], splits=["test"])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "dataset.json").write_text(json.dumps({"format": "histoseg-dataset", "version": 1, "tiles": []}))
+    for folder, reason in [(ignored, "hold no labelled pixel"), (tested, "its only tile is not a training tile"),
+                           (empty, "no tiles listed")]:
+        out = tmp_path / f"{folder.name}.safetensors"
+        assert main(["train", str(folder), "-o", str(out), *QUICK]) == 2
+        err = capsys.readouterr().err
+        assert reason in err and not out.exists()
+        with pytest.raises(ValueError, match=reason):
+            LocalBackend().fine_tune(folder, out, epochs=1, patch_size=32, steps_per_epoch=1)
+        assert not out.exists()
+    assert "needs at least 1 training tile" in str(pytest.raises(ValueError, LocalBackend().fine_tune,
+                                                                  ignored, tmp_path / "y.safetensors").value)
