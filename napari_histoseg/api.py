@@ -79,6 +79,9 @@ def segment(
     region=None,
     progress=None,
     should_stop=None,
+    tissue_gate: bool = True,
+    tissue=None,
+    mpp: float | None = None,
 ) -> np.ndarray:
     """Tumour probability of an RGB H&E image, tile by tile.
 
@@ -92,6 +95,10 @@ def segment(
     tile, overlap, batch_size, preprocess, region, progress, should_stop
         See :func:`napari_histoseg.inference.predict`; ``tile`` defaults to the
         model's training tile size.
+    tissue_gate, tissue, mpp
+        Glass and background are not tumour: by default the probability is 0 outside
+        the tissue (found on the image at ``mpp`` µm/px, or given as ``tissue``);
+        ``tissue_gate=False`` leaves every pixel to the model.
 
     Returns
     -------
@@ -106,4 +113,5 @@ def segment(
     return predict(
         image, model, tile=tile, overlap=overlap, batch_size=batch_size,
         preprocess=preprocess, region=region, progress=progress, should_stop=should_stop,
+        tissue_gate=tissue_gate, tissue=tissue, mpp=mpp,
     ).probability

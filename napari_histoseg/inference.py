@@ -6,6 +6,11 @@ through the model, and blended back with a window that is 1 in the tile's centre
 falls off smoothly across the overlap, so the probability map has no seams. Tiles that
 stick out of the image are filled by mirroring the image, never by black or white.
 
+Glass and background are not tumour: by default the probability is gated by the tissue
+mask of :mod:`napari_histoseg.wsi.tissue` (the same detector ``segment-slides`` uses),
+tiles without tissue are not run, and :class:`Prediction` carries the mask, so the
+tumour can be given as a fraction of the tissue. ``tissue_gate=False`` switches it off.
+
 The engine only needs a model with ``predict(uint8 (N, h, w, 3)) -> float32 (N, C, h, w)``
 and ``out_channels`` (:class:`~napari_histoseg.models.segmenter.Segmenter`, or its ONNX
 Runtime twin).
@@ -31,6 +36,7 @@ import numpy as np
 from .io.validate import ImageFormatError, ensure_rgb_uint8
 
 STRIDE = 32  # the encoders downsample by 32; tiles must be multiples of it
+WHOLE_IMAGE_TISSUE_PX = 1 << 26  # tissue of a region of an in-memory image up to 8k x 8k: found on the whole
 
 
 class Cancelled(RuntimeError):
@@ -50,11 +56,26 @@ class Prediction:
         Class codes (H, W): probability >= threshold for one channel, argmax otherwise.
     region : tuple of int
         ``(y, x, h, w)`` of the predicted window in the input image's pixels.
+    tissue : ndarray of bool (H, W) or None
+        Where tissue was found (None: no tissue gate; every pixel counts as tissue).
+        Outside it the probability is 0 (one channel) or class 0 (multi-class).
     """
 
     probability: np.ndarray
     mask: np.ndarray
     region: tuple[int, int, int, int]
+    tissue: Optional[np.ndarray] = None
+
+    @property
+    def tissue_px(self) -> int:
+        """Pixels of tissue in the region (all of them without a gate)."""
+        return int(self.mask.size if self.tissue is None else self.tissue.sum())
+
+    @property
+    def tumour_fraction_of_tissue(self) -> Optional[float]:
+        """Tumour pixels (``mask == 1``) over tissue pixels; None when there is no tissue."""
+        n = self.tissue_px
+        return None if n == 0 else float((self.mask == 1).sum()) / n
 
 
 def tile_starts(length: int, tile: int, stride: int) -> list[int]:
@@ -203,6 +224,9 @@ def iter_predict(
     threshold: float = 0.5,
     region: Optional[tuple[int, int, int, int]] = None,
     preprocess: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+    tissue_gate: bool = True,
+    tissue=None,
+    mpp: Optional[float] = None,
 ) -> Generator[tuple[int, int], None, Prediction]:
     """Generator form of :func:`predict`: yields ``(tiles_done, tiles_total)`` after each
     batch and returns the :class:`Prediction` (``result = yield from iter_predict(...)``).
@@ -213,6 +237,10 @@ def iter_predict(
     plan = plan_tiles(image.shape, region, tile, overlap)
     (ry, rx, rh, rw), (cy0, cx0, ch, cw), (th, tw) = plan.region, plan.context, plan.tile
     origins, window = plan.origins, plan.window
+    in_tissue = None
+    if tissue_gate:
+        in_tissue = tissue_of(image, (cy0, cx0, ch, cw), tissue, mpp)
+        origins = [(y, x) for y, x in origins if in_tissue[y:y + th, x:x + tw].any()]
     if batch_size is None:
         batch_size = auto_batch(th, tw, getattr(getattr(model, "device", None), "type", "cpu"))
 
@@ -234,13 +262,44 @@ def iter_predict(
         yield min(b + batch_size, total), total
 
     oy, ox = ry - cy0, rx - cx0
-    prob = acc[:, oy:oy + rh, ox:ox + rw] / weight[oy:oy + rh, ox:ox + rw]
+    acc, weight = acc[:, oy:oy + rh, ox:ox + rw], weight[oy:oy + rh, ox:ox + rw]
+    prob = np.divide(acc, weight, out=np.zeros_like(acc), where=weight > 0)
+    if in_tissue is not None:
+        in_tissue = np.ascontiguousarray(in_tissue[oy:oy + rh, ox:ox + rw])
+        prob[:, ~in_tissue] = 0.0
+        if C > 1:
+            prob[0, ~in_tissue] = 1.0
     if C == 1:
         prob = prob[0]
         mask = (prob >= threshold).astype(np.uint8)
     else:
         mask = prob.argmax(0).astype(np.uint8)
-    return Prediction(np.ascontiguousarray(prob, dtype=np.float32), mask, (ry, rx, rh, rw))
+    return Prediction(np.ascontiguousarray(prob, dtype=np.float32), mask, (ry, rx, rh, rw), in_tissue)
+
+
+def tissue_of(image, window, tissue=None, mpp: Optional[float] = None) -> np.ndarray:
+    """Tissue (bool) at every pixel of ``window`` ``(y, x, h, w)`` of ``image``.
+
+    ``tissue`` is None (found on the image by :func:`~napari_histoseg.wsi.tissue.image_tissue`
+    at ``mpp``), a :class:`~napari_histoseg.wsi.tissue.TissueMask` in this image's pixels,
+    or a boolean array of the image's (H, W).
+    """
+    from .wsi.tissue import TissueMask, image_tissue
+
+    y, x, h, w = window
+    if tissue is None:
+        size = image.shape[0] * image.shape[1]
+        if h * w < size and (size > WHOLE_IMAGE_TISSUE_PX or not isinstance(image, np.ndarray)):
+            # a window of a lazy or large level: find tissue on the window, never read the whole level
+            return image_tissue(image, mpp=mpp, window=window).lookup((0, 0, h, w))
+        tissue = image_tissue(image, mpp=mpp)
+    if isinstance(tissue, TissueMask):
+        return tissue.lookup(window)
+    tissue = np.asarray(tissue, bool)
+    if tissue.shape != tuple(image.shape[:2]):
+        raise ValueError(f"the tissue mask is {tissue.shape[1]} x {tissue.shape[0]} px, "
+                         f"the image {image.shape[1]} x {image.shape[0]} px")
+    return tissue[y:y + h, x:x + w]
 
 
 def predict(
@@ -276,6 +335,15 @@ def predict(
     preprocess : callable, optional
         Applied to every uint8 tile before the model (e.g. a fitted
         :class:`~napari_histoseg.preprocess.Preprocessor`).
+    tissue_gate : bool
+        True (default): glass and background are not tumour. Tissue is found on the
+        image (or taken from ``tissue``); tiles without tissue are not run and the
+        probability is 0 outside the tissue. False: every pixel goes through the model.
+    tissue : TissueMask or bool array (H, W), optional
+        A tissue mask found beforehand (e.g. on a slide's thumbnail, see
+        :func:`~napari_histoseg.wsi.tissue.slide_tissue`) in this image's pixels.
+    mpp : float, optional
+        µm per pixel of ``image``, for the scale tissue is found at (0.5 assumed).
     progress : callable, optional
         Called as ``progress(tiles_done, tiles_total)``.
     should_stop : callable, optional

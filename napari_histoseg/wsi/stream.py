@@ -192,6 +192,7 @@ def segment_block(job: SlideJob, block: Block) -> dict:
     if tissue is not None:
         in_tissue = _tissue_lookup(job, block, np.arange(block.y0, block.y0 + block.h),
                                    np.arange(block.x0, block.x0 + block.w))
+        prob[~in_tissue] = 0.0   # glass is not tumour, in the map as in the mask
         mask &= in_tissue
         tissue_px = int(in_tissue.sum())
     else:
