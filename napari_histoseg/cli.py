@@ -109,12 +109,12 @@ def cmd_segment(args) -> int:
 
 
 def summary(pred, mpp=None) -> str:
-    """``"8.5 % of the tissue is tumour (tumour 0.25 mm², tissue 2.9 mm²)"``; areas in px without mpp."""
+    """``"8.5 % tumour of the tissue (tumour 0.052 mm², tissue 0.609 mm²)"``; areas in px without mpp."""
     tumour = int((pred.mask == 1).sum())
     tissue = pred.tissue_px
     frac = pred.tumour_fraction_of_tissue
     where = "of the tissue" if pred.tissue is not None else "of the image (no tissue gate)"
-    head = "no tissue found: 0 % tumour" if frac is None else f"{100 * frac:.1f} % {where} is tumour"
+    head = "no tissue found: 0 % tumour" if frac is None else f"{100 * frac:.1f} % tumour {where}"
     if mpp:
         return f"{head} (tumour {tumour * mpp ** 2 / 1e6:.3g} mm², tissue {tissue * mpp ** 2 / 1e6:.3g} mm²)"
     return f"{head} (tumour {tumour} px, tissue {tissue} px; mpp unknown)"

@@ -87,7 +87,42 @@ def test_patient_split_on_breakhis_keeps_patients_apart():
 
 
 # -- training --------------------------------------------------------------------------
-def test_a_few_training_steps_lower_the_loss_and_write_a_loadable_checkpoint(tmp_path):
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_classifier_network_learns_a_fixed_batch(seed):
+    """The network, the input scaling and the loss can learn: on one fixed batch (the
+    easy pale-pink / dense-purple pair) 30 full-batch AdamW steps cut the loss to under
+    a third. No random sampling or augmentation between steps, so the only randomness is
+    the seeded initialisation; a working setup gets far below the bound on any torch."""
+    import torch
+    import torch.nn.functional as F
+
+    from napari_histoseg.classifier.train import ARCH
+    from napari_histoseg.classifier.tiles import to_input
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    images = [np.clip(np.array(base) + rng.normal(0, 18, (64, 64, 3)), 0, 255).astype(np.uint8)
+              for base in ((235, 170, 205), (120, 70, 160)) for _ in range(4)]
+    x, y = to_input(np.stack(images)), torch.tensor([0] * 4 + [1] * 4)
+    net = build_model(ARCH, classes=2, dropout=0.0)
+    net.train()
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(30):
+        loss = F.cross_entropy(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert np.isfinite(losses).all()
+    assert losses[-1] < min(0.1, losses[0] / 3), losses   # measured: 0.70-0.82 -> 1e-5..3e-5
+
+
+def test_training_writes_a_loadable_checkpoint_with_its_history(tmp_path):
+    """A short train_classifier run (seeded): one finite history row per epoch, a loss
+    that stays near or under chance (ln 2 = 0.69; a broken run diverges far above it),
+    and a checkpoint that loads as a calibrated classifier. Whether the loss of a few
+    random augmented batches goes down is luck; learning itself is the test above."""
     from napari_histoseg.classifier.train import train_classifier
     from napari_histoseg.models.segmenter import Segmenter
 
@@ -96,7 +131,8 @@ def test_a_few_training_steps_lower_the_loss_and_write_a_loadable_checkpoint(tmp
     s = train_classifier(root, out, epochs=4, steps_per_epoch=4, batch_size=6, patch_size=64, scale=1.0,
                          lr=1e-3, threads=1, val_fraction=0.34, log=lambda m: None)
     losses = [h["loss"] for h in s["history"]]
-    assert losses[-1] < losses[0]
+    assert [h["epoch"] for h in s["history"]] == [1, 2, 3, 4]
+    assert np.isfinite(losses).all() and max(losses) < 1.5 * np.log(2)
     clf = load_classifier(out)
     assert clf.meta.task == "classification" and clf.temperature == pytest.approx(s["temperature"])
     assert set(clf.meta.training["train_patients"]).isdisjoint(clf.meta.training["validation_patients"])

@@ -101,13 +101,25 @@ def test_hed_to_uint8_uses_fixed_ranges():
     np.testing.assert_array_equal(hed_to_uint8(conc[:, 2:3]), hed_to_uint8(conc)[:, 2:3])
 
 
-def test_default_target_constants_match_the_sample(target_full):
-    mac = MacenkoNormalizer().fit_target(target_full).to_dict()
-    rei = ReinhardNormalizer().fit_target(target_full).to_dict()
+def test_default_target_constants_match_the_sample(target_full, target):
+    """The built-in targets are the bundled sample's, fitted again here. The fit runs in
+    float32 over a million pixels (optical density, covariance, eigenvectors, the 99th
+    percentile), so the last digits move with numpy / BLAS builds (measured: 3e-7 here,
+    5.7e-6 on another machine): a relative tolerance of 1e-4 (about 800 float32 ulps)
+    holds on any build and still catches a wrong constant. What a user sees must not move
+    at all: a slide normalised to the fitted target and to the constants is the same
+    image to within one grey level."""
+    mac = MacenkoNormalizer().fit_target(target_full)
+    rei = ReinhardNormalizer().fit_target(target_full)
     for key in ("stain_matrix", "max_concentrations"):
-        np.testing.assert_allclose(mac[key], stain_norm._TARGET_MACENKO[key], atol=1e-6)
+        np.testing.assert_allclose(mac.to_dict()[key], stain_norm._TARGET_MACENKO[key], rtol=1e-4, atol=1e-6)
     for key in ("mean", "std"):
-        np.testing.assert_allclose(rei[key], stain_norm._TARGET_REINHARD[key], atol=1e-6)
+        np.testing.assert_allclose(rei.to_dict()[key], stain_norm._TARGET_REINHARD[key], rtol=1e-4, atol=1e-6)
+    pert = perturb(target)
+    for fitted, default in ((mac, MacenkoNormalizer()), (rei, ReinhardNormalizer())):
+        a = fitted.fit(pert).transform(pert).astype(int)
+        b = default.fit(pert).transform(pert).astype(int)
+        assert np.abs(a - b).max() <= 1
 
 
 def test_macenko_brings_restained_copy_back(target):

@@ -252,7 +252,7 @@ def test_segment_and_segment_slides_agree_and_call_no_glass_tumour(tmp_path, cap
     path = write_slide(tmp_path / "window.tif", window, mpp=mpp, levels=1)
     assert main(["segment", path, "-o", str(tmp_path / "gated.png")]) == 0
     line = capsys.readouterr().out
-    assert "% of the tissue is tumour" in line and "tissue" in line and "mm²" in line
+    assert "% tumour of the tissue" in line and "tissue" in line and "mm²" in line
     assert main(["segment", path, "-o", str(tmp_path / "plain.png"), "--no-tissue-gate"]) == 0
     assert main(["segment-slides", path, "-o", str(tmp_path / "ss")]) == 0
     capsys.readouterr()
