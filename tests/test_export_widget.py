@@ -18,7 +18,7 @@ def exporting(make_napari_viewer, he_image):
                      scale=(0.25, 0.25), metadata={"mpp": 0.25, "path": None})
     mask = np.zeros((300, 400), np.uint8)
     mask[50:150, 60:260] = 1
-    mask[90:110, 100:120] = 0  # a hole
+    mask[80:120, 100:140] = 0  # a hole (100 µm²: big enough to count as one)
     viewer.add_labels(mask, name="tumour", scale=(0.25, 0.25))
     w = ExportWidget(viewer)
     w.mask.value = viewer.layers["tumour"]

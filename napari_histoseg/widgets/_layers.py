@@ -55,31 +55,57 @@ def mask_digest(data) -> str:
     return hashlib.blake2b(np.ascontiguousarray(data).tobytes(), digest_size=12).hexdigest()
 
 
-def hand_edited(layer: Labels) -> bool:
-    """Whether a Labels layer we wrote has been changed since (by the brush or anything)."""
-    digest = layer.metadata.get("histoseg_digest")
+def hand_edited(layer) -> bool:
+    """Whether a layer we wrote holds a person's work: changed since (by the brush, a
+    refinement, anything) or with accepted corrections recorded on it."""
+    meta = layer.metadata
+    if meta.get("histoseg_edited"):
+        return True
+    edits = meta.get("histoseg_edits")
+    if edits is not None and np.any(edits):
+        return True
+    digest = meta.get("histoseg_digest")
     return digest is not None and digest != mask_digest(layer.data)
 
 
+def numbered(name: str, k: int) -> str:
+    return name if k == 1 else f"{name} [{k}]"
+
+
+def free_layer(viewer, name: str, kind, fits=lambda layer: True):
+    """``(layer, name)`` to write a new result called ``name`` into: the first of
+    ``name``, ``name [2]``, … that is a ``kind`` layer holding no person's work and
+    ``fits``, or ``(None, new_name)`` for a new layer. Tells the person when the
+    result goes to a new layer because theirs holds their work."""
+    k, protected = 1, []
+    while numbered(name, k) in viewer.layers:
+        layer = viewer.layers[numbered(name, k)]
+        if isinstance(layer, kind) and fits(layer) and not hand_edited(layer):
+            return layer, layer.name
+        if hand_edited(layer):
+            protected.append(layer.name)
+        k += 1
+    new = numbered(name, k)
+    if protected:
+        from napari.utils.notifications import show_info
+
+        show_info(f"'{protected[0]}' holds your corrections, so it was kept as it is; "
+                  f"the new result is the new layer '{new}'.")
+    return None, new
+
+
 def put_labels(viewer, name: str, data, source: Image, place: dict, metadata: dict) -> Labels:
-    """Write ``data`` into the Labels layer ``name``, or a new one if that layer holds hand
-    edits or does not fit; never overwrites a person's edits silently. Returns the layer."""
+    """Write ``data`` into the Labels layer ``name`` (or ``name [2]``, …: see
+    :func:`free_layer`); never overwrites a person's work. Returns the layer."""
     meta = {**metadata, "histoseg_digest": mask_digest(data), "histoseg_source": source.name}
-    existing = viewer.layers[name] if name in viewer.layers else None
-    if (
-        isinstance(existing, Labels)
-        and existing.data.shape == data.shape
-        and existing.metadata.get("histoseg_source") == source.name
-        and not hand_edited(existing)
-    ):
+    fits = lambda ly: ly.data.shape == data.shape and ly.metadata.get("histoseg_source") == source.name  # noqa: E731
+    existing, name = free_layer(viewer, name, Labels, fits)
+    if existing is not None:
         existing.data = data
+        existing.metadata.clear()
         existing.metadata.update(meta)
         existing.scale, existing.translate = place["scale"], place["translate"]
         return existing
-    if existing is not None:
-        from napari.utils.notifications import show_info
-
-        show_info(f"'{name}' has hand edits or belongs to another image; the new result is a new layer.")
     return viewer.add_labels(data, name=name, metadata=meta, opacity=0.45, **place)
 
 
@@ -93,14 +119,69 @@ def put_image(viewer, name: str, data, place: dict, **kwargs) -> Image:
     return viewer.add_image(data, name=name, **place, **kwargs)
 
 
-def tumour_colormap():
-    """Label colours of the mask contract: 1 tumour (green, which stands out on pink and purple H&E), 255 ignore (grey), 0 clear."""
+#: mask colours, one per model: green (bundled), then magenta, orange, violet
+MASK_COLOURS = [(0.1, 0.95, 0.3, 1.0), (1.0, 0.2, 0.85, 1.0), (1.0, 0.5, 0.0, 1.0), (0.6, 0.35, 1.0, 1.0)]
+#: seed colours, unlike every mask colour: tumour yellow, not tumour cyan
+SEED_COLOURS = {1: (1.0, 0.92, 0.0, 1.0), 2: (0.0, 0.85, 1.0, 1.0)}
+
+
+def tumour_colormap(colour=MASK_COLOURS[0]):
+    """Label colours of the mask contract: 1 tumour (``colour``; green stands out on pink
+    and purple H&E), 255 ignore (grey), 0 clear."""
     from napari.utils.colormaps import DirectLabelColormap
 
     return DirectLabelColormap(color_dict={
-        None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: (0.1, 0.95, 0.3, 1.0), 2: (0.2, 0.5, 1.0, 1.0),
+        None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: tuple(colour), 2: (0.2, 0.5, 1.0, 1.0),
         255: (0.5, 0.5, 0.5, 1.0),
     })
+
+
+def seeds_colormap():
+    """Seed colours: 1 tumour seed (yellow), 2 not-tumour seed (cyan); neither is a mask colour."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    return DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 0: (0, 0, 0, 0), **SEED_COLOURS})
+
+
+def model_colour(viewer, model: str, layer=None):
+    """The mask colour of ``model``: the one its masks already have in the viewer, else the
+    first that no other model's mask has (the bundled model starts green)."""
+    used = {}
+    for ly in viewer.layers:
+        if isinstance(ly, Labels) and ly is not layer and "histoseg_colour" in ly.metadata:
+            used.setdefault(str(ly.metadata.get("model")), tuple(ly.metadata["histoseg_colour"]))
+    if str(model) in used:
+        return used[str(model)]
+    taken = set(used.values())
+    start = 0 if str(model) == "bundled" else 1
+    free = [c for c in MASK_COLOURS[start:] + MASK_COLOURS[:start] if c not in taken]
+    return free[0] if free else MASK_COLOURS[len(used) % len(MASK_COLOURS)]
+
+
+def unwrap(viewer):
+    """The viewer itself: napari hands plugin widgets a proxy of it; the widgets keep the
+    real one, so that layers compare, choose and update exactly as when built by hand."""
+    return getattr(viewer, "__wrapped__", viewer)
+
+
+class Scrolling:
+    """Mixin for a dock widget (a magicgui Container made with ``scrollable=True``):
+    napari docks ``.native``, so ``.native`` is the scroll area; ``body`` holds the layout.
+    The scroll area may shrink to a few rows, so that every dock fits on a small screen."""
+
+    MIN_HEIGHT = 48
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.native.setMinimumHeight(self.MIN_HEIGHT)
+
+    @property
+    def native(self):
+        return self.root_native_widget
+
+    @property
+    def body(self):
+        return self._widget._mgui_get_native_widget()
 
 
 def mask_window(mask: Labels, image: Image) -> tuple[int, tuple[int, int]]:

@@ -9,19 +9,22 @@ with napari's progress bar and Cancel; errors become notifications.
 
 from __future__ import annotations
 
+import napari  # noqa: F401 (names the viewer annotation napari looks for)
+
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, LineEdit, PushButton
-from napari.layers import Image, Labels, Shapes
+from napari.layers import Image, Labels, Points, Shapes
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from ._layers import level_data, level_downsample, mask_window, placement, put_image, visible_region
+from ._layers import Scrolling, free_layer, hand_edited, mask_digest, level_data, level_downsample, mask_window, placement, put_image, visible_region, unwrap
 from ._worker import Failed, TileProgress, guarded
 
 WHAT = [("the visible area", "view"), ("each shape I drew", "shapes"), ("each tumour region", "tumour")]
 #: Grad-CAM colours: 0 transparent (the tissue shows through), 1 opaque red
 CAM_COLORMAP = {"name": "classifier evidence", "colors": [[1.0, 0.1, 0.0, 0.0], [1.0, 0.1, 0.0, 1.0]]}
 COLOURS = {"malignant": (0.95, 0.2, 0.2, 1.0), "benign": (0.2, 0.5, 1.0, 1.0)}
+LABEL_SIZE = 12  # points, on screen
 
 
 def shape_items(shapes: Shapes, image: Image, level: int, shape_hw) -> list:
@@ -96,13 +99,14 @@ def classify_items(data, items, model_path, mpp, gradcam: bool):
     return model, results, ((uy0, ux0), heat) if gradcam and items else None
 
 
-class ClassifyWidget(Container):
+class ClassifyWidget(Scrolling, Container):
     """Benign or malignant, with a calibrated probability, for regions of an H&E image."""
 
-    def __init__(self, viewer):
-        super().__init__(labels=True)
-        self.viewer = viewer
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__(labels=True, scrollable=True)
+        self.viewer = viewer = unwrap(viewer)
         self.worker = None
+        self._follows_zoom = False
         self._progress = TileProgress("Classifying", unit="steps")
         self.image = ComboBox(label="Image", choices=self._choices(Image, rgb=True))
         self.what = ComboBox(label="Classify", choices=WHAT, value="view")
@@ -216,9 +220,10 @@ class ClassifyWidget(Container):
                       colormap=CAM_COLORMAP, contrast_limits=(0.0, 1.0), opacity=0.7)
             self.viewer.layers["classifier Grad-CAM"].contrast_limits = (0.0, 1.0)
         if points:
-            self._put_points(np.array(points), text, colours, place)
-        for r in refused:
-            show_warning(f"Not classified: {r}")
+            self._put_points(np.array(points), text, colours, place, level_data(layer, level).shape[:2])
+        if refused:  # one notification for all of them (a mask may have many specks)
+            more = f" (and {len(refused) - 1} more like it)" if len(refused) > 1 else ""
+            show_warning(f"{len(refused)} of {len(results)} region(s) not classified: {refused[0]}{more}")
         for n in sorted(notes):
             show_warning(n)
         msg = f"{len(points)} region(s) classified by {model.description}"
@@ -227,16 +232,56 @@ class ClassifyWidget(Container):
                 "Grad-CAM: the redder, the more that tissue drove the label.")
         self._finish(msg)
 
-    def _put_points(self, pts, text, colours, place):
-        name = "classification"
-        if name in self.viewer.layers:
-            self.viewer.layers.remove(name)
-        self.viewer.add_points(
-            pts, name=name, size=14 * float(place["scale"][0]), face_color=colours, border_color="white",
-            features={"text": text},
-            text={"string": "{text}", "color": "#ffff66", "size": 11, "anchor": "center",
-                  "translation": (-16 * float(place["scale"][0]), 0)},
-            **place)
+    def _put_points(self, pts, text, colours, place, hw):
+        """A point at each region's centre (its colour: the label), and the label as white
+        text on a dark box kept inside the image, so it is read on any tissue and not cut
+        off at the canvas edge."""
+        fits = lambda ly: "histoseg_digest" in ly.metadata  # noqa: E731
+        old, name = free_layer(self.viewer, "classification", Points, fits)
+        if old is not None:
+            self.viewer.layers.remove(old)
+        s = float(place["scale"][0])
+        points = self.viewer.add_points(
+            pts, name=name, size=14 * s, face_color=colours, border_color="white",
+            features={"text": text}, metadata={"histoseg_digest": mask_digest(pts)}, **place)
+        short = [t.split(" (")[0] for t in text]
+        old, lname = free_layer(self.viewer, f"{name} labels", Shapes, fits)
+        if old is not None:
+            self.viewer.layers.remove(old)
+        boxes = self.viewer.add_shapes(
+            self._boxes(pts, short, place, hw), shape_type="rectangle", name=lname, face_color=(0, 0, 0, 0.72),
+            edge_color=colours, edge_width=2 * s, features={"text": short},
+            text={"string": "{text}", "color": "white", "size": LABEL_SIZE, "anchor": "center"}, **place)
+        boxes.metadata["histoseg_digest"] = mask_digest(np.concatenate(boxes.data))
+        boxes.metadata["histoseg_labels"] = (pts, short, place, hw)
+        self._labels = boxes
+        if not self._follows_zoom:
+            self.viewer.camera.events.zoom.connect(self._relayout)
+            self._follows_zoom = True
+        return points
+
+    def _boxes(self, pts, short, place, hw):
+        """Rectangles (data pixels) around each label at the present zoom, above its point
+        and shifted inside the image (``hw`` data pixels)."""
+        zoom = max(float(self.viewer.camera.zoom), 1e-6) * float(place["scale"][0])  # screen px per data px
+        out = []
+        for (y, x), t in zip(pts, short):
+            half_w = (0.6 * LABEL_SIZE * 1.35 * len(t) / 2 + 6) / zoom
+            half_h = (LABEL_SIZE * 1.35 / 2 + 4) / zoom
+            cy = y - 14 / zoom - half_h
+            cy = float(np.clip(cy, half_h, max(half_h, hw[0] - half_h)))
+            cx = float(np.clip(x, half_w, max(half_w, hw[1] - half_w)))
+            out.append(np.array([[cy - half_h, cx - half_w], [cy + half_h, cx + half_w]]))
+        return out
+
+    def _relayout(self, _=None):
+        boxes = getattr(self, "_labels", None)
+        if boxes is None or boxes not in self.viewer.layers or hand_edited(boxes):
+            return
+        data = self._boxes(*boxes.metadata["histoseg_labels"])
+        boxes.data = [np.array([[a[0, 0], a[0, 1]], [a[0, 0], a[1, 1]], [a[1, 0], a[1, 1]], [a[1, 0], a[0, 1]]])
+                      for a in data]
+        boxes.metadata["histoseg_digest"] = mask_digest(np.concatenate(boxes.data))
 
     def _finish(self, message):
         self._progress.close()

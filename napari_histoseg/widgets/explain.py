@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import napari  # noqa: F401 (names the viewer annotation napari looks for)
+
 import hashlib
 
 import numpy as np
@@ -12,7 +14,7 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QFrame
 
 from ..backend import LocalBackend
-from ._layers import level_data, placement, put_image, visible_region
+from ._layers import Scrolling, level_data, placement, put_image, visible_region, unwrap
 from ._model_choice import ModelChoice
 from ._worker import Failed, TileProgress, guarded
 
@@ -28,7 +30,7 @@ LEGEND = {
 }
 
 
-class ExplainWidget(Container):
+class ExplainWidget(Scrolling, Container):
     """Why the model decided, and where it is unsure, as layers over the image.
 
     Red is high and blue low for every method (one colour map, ``bwr``); the legend
@@ -36,9 +38,9 @@ class ExplainWidget(Container):
     cached, so switching back to a map already computed costs nothing.
     """
 
-    def __init__(self, viewer, backend=None):
-        super().__init__(labels=True)
-        self.viewer = viewer
+    def __init__(self, viewer: napari.viewer.Viewer, backend=None):
+        super().__init__(labels=True, scrollable=True)
+        self.viewer = viewer = unwrap(viewer)
         self.backend = backend or LocalBackend()
         self.worker = None
         self._progress = TileProgress("Explaining")
@@ -68,7 +70,7 @@ class ExplainWidget(Container):
                      *self.model_choice.backend_widgets, *self.model_choice.widgets, self.layer,
                      Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False)])
         self.extend([self.legend, self.status])
-        layout = self.native.layout()  # the colour bar goes right above its legend
+        layout = self.body.layout()  # the colour bar goes right above its legend
         layout.insertWidget(next(i for i in range(layout.count()) if layout.itemAt(i).widget() is not None
                                  and layout.itemAt(i).widget().isAncestorOf(self.legend.native)), self._bar)
         self.native.setMaximumWidth(460)

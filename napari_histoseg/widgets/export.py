@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import napari  # noqa: F401 (names the viewer annotation napari looks for)
+
 import json
 from pathlib import Path
 
@@ -12,17 +14,17 @@ from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QFileDialog, QTableWidget, QTableWidgetItem
 
-from ._layers import level_downsample, mask_window, tumour_colormap
+from ._layers import Scrolling, level_downsample, mask_window, tumour_colormap, unwrap
 from ._worker import Failed
 
 
-class ExportWidget(Container):
+class ExportWidget(Scrolling, Container):
     """Export the corrected mask as training tiles or QuPath GeoJSON, import GeoJSON,
     and measure the tumour (area in µm², fraction of the tissue, regions)."""
 
-    def __init__(self, viewer):
-        super().__init__(labels=True)
-        self.viewer = viewer
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__(labels=True, scrollable=True)
+        self.viewer = viewer = unwrap(viewer)
         self.worker = None
         self.image = ComboBox(label="Image", choices=self._choices(Image, rgb=True))
         self.mask = ComboBox(label="Mask", choices=self._choices(Labels))
@@ -47,7 +49,7 @@ class ExportWidget(Container):
         self.extend([self.image, self.mask, self.dataset, self.tile, self.only_edited, self.annotator,
                      self.export_button, row(self.save_geojson, self.load_geojson),
                      row(self.measure_button, self.save_csv)])
-        self.native.layout().addWidget(self.table)
+        self.body.layout().addWidget(self.table)
         self.append(self.status)
         self.native.setMaximumWidth(460)
         self.result = None

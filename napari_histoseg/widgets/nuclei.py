@@ -9,13 +9,17 @@ against the rest) is shown in the dock and the table can be saved as CSV.
 
 from __future__ import annotations
 
+import napari  # noqa: F401 (names the viewer annotation napari looks for)
+
+from pathlib import Path
+
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, FloatSlider, Label, PushButton
 from napari.layers import Image, Labels, Shapes
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from ._layers import level_data, level_downsample, mask_window, placement, visible_region
+from ._layers import Scrolling, free_layer, mask_digest, level_data, level_downsample, mask_window, placement, visible_region, unwrap
 from ._worker import Failed, TileProgress, guarded
 
 WHERE = ["whole image", "visible area", "drawn shapes", "inside tumour layer"]
@@ -75,12 +79,12 @@ def _job(data, offset, region, method, model_file, mpp, score_threshold, tumour)
     return {"labels": labels, "table": table, "summary": summary}
 
 
-class NucleiWidget(Container):
+class NucleiWidget(Scrolling, Container):
     """Choose an image, where to look and the detector; Run works in a worker, Cancel stops it."""
 
-    def __init__(self, viewer):
-        super().__init__(labels=True)
-        self.viewer = viewer
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__(labels=True, scrollable=True)
+        self.viewer = viewer = unwrap(viewer)
         self.worker = None
         self.result = None
         self._progress = TileProgress("Finding nuclei")
@@ -97,7 +101,8 @@ class NucleiWidget(Container):
                                  tooltip="Detections below this confidence are dropped")
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
-        self.csv = FileEdit(label="CSV", mode="w", filter="*.csv", value="nuclei.csv")
+        self.csv = FileEdit(label="CSV", mode="w", filter="*.csv", value=str(Path.home() / "nuclei.csv"),
+                            tooltip="Where the per-nucleus table goes (default: beside the image's file)")
         self.save_button = PushButton(text="Save features as CSV", enabled=False)
         self.summary = Label(value="")
         self.status = Label(value="Choose an image and press Run.")
@@ -113,11 +118,19 @@ class NucleiWidget(Container):
         self.save_button.clicked.connect(lambda: self.save_csv())
         for ev in (viewer.layers.events.inserted, viewer.layers.events.removed):
             ev.connect(lambda e=None: self.reset_choices())
+        viewer.layers.events.inserted.connect(self._on_inserted)
         self.reset_choices()
         if "tumour" in viewer.layers:
             self.tumour.value = viewer.layers["tumour"]
         self._score_from_model()
         self.native.setMaximumWidth(460)
+
+    def _on_inserted(self, event=None):
+        """A tumour mask that appears after the widget opened becomes the tumour choice."""
+        layer = getattr(event, "value", None)
+        if (self.tumour.value is None and isinstance(layer, Labels) and layer.name.startswith("tumour")
+                and layer in self.viewer.layers):
+            self.tumour.value = layer
 
     def _score_from_model(self):
         """Start the score slider at the bundled model's validated threshold, if it has one."""
@@ -142,7 +155,7 @@ class NucleiWidget(Container):
 
     def _label_choices(self, _w=None):
         return [(layer.name, layer) for layer in self.viewer.layers
-                if isinstance(layer, Labels) and layer.name != "nuclei"]
+                if isinstance(layer, Labels) and not layer.name.startswith("nuclei")]
 
     # -- inputs ------------------------------------------------------------------
     def _mask_of(self, layer, shape, offset):
@@ -243,17 +256,28 @@ class NucleiWidget(Container):
             self._finish(f"Failed: {out.error}")
             return
         self.result = out
-        meta = {"histoseg_source": layer.name, "method": self.method.value, "mpp": mpp}
-        if "nuclei" in self.viewer.layers:
-            self.viewer.layers.remove("nuclei")
-        nuclei = self.viewer.add_labels(out["labels"], name="nuclei", metadata=meta, opacity=0.5,
+        meta = {"histoseg_source": layer.name, "method": self.method.value, "mpp": mpp,
+                "histoseg_digest": mask_digest(out["labels"])}
+        old, name = free_layer(self.viewer, "nuclei", Labels, lambda ly: "histoseg_digest" in ly.metadata)  # a layer a person edited is kept
+        if old is not None:
+            self.viewer.layers.remove(old)
+        nuclei = self.viewer.add_labels(out["labels"], name=name, metadata=meta, opacity=0.5,
                                         features=out["table"], **place)
+        self._default_csv(layer)
         nuclei.contour = 1
         self.summary.value = self._summary_html(out["summary"], mpp)
         self.save_button.enabled = True
         self._finish(f"Done: {int(out['labels'].max())} nuclei; their measurements are in the "
-                     "'nuclei' layer's features table.")
+                     f"'{name}' layer's features table.")
         return nuclei
+
+    def _default_csv(self, layer):
+        """Beside the image's file (``IMAGE-nuclei.csv``), unless a path was chosen."""
+        if str(self.csv.value) != str(Path.home() / "nuclei.csv"):
+            return
+        src = (layer.metadata or {}).get("path") or getattr(layer.source, "path", None)
+        if src and Path(str(src)).parent.is_dir():
+            self.csv.value = str(Path(str(src)).with_name(f"{Path(str(src)).stem}-nuclei.csv"))
 
     @staticmethod
     def _summary_html(summary, mpp):
@@ -273,7 +297,7 @@ class NucleiWidget(Container):
         if self.result is None:
             show_warning("Run the detection first.")
             return None
-        path = str(path or self.csv.value)
+        path = str(Path(str(path or self.csv.value)).expanduser().absolute())
         try:
             self.result["table"].to_csv(path, index=False)
         except OSError as e:

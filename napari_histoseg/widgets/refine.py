@@ -9,6 +9,8 @@ changed by hand on the mask are never overwritten by a refinement.
 
 from __future__ import annotations
 
+import napari  # noqa: F401 (names the viewer annotation napari looks for)
+
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, Label, PushButton
 from napari.layers import Image, Labels
@@ -17,20 +19,21 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 from superqt import QCollapsible
 
-from ._layers import image_under, mask_digest, tumour_colormap, visible_region
+from ._layers import Scrolling, image_under, seeds_colormap, visible_region, unwrap
 from ._worker import Failed
 
 SEEDS = "seeds"
 CLICK_RADIUS = 5
 BIG = 2048 * 2048  # above this many pixels, refine only the region in view
+NO_MASK = "Segment an image first, then press Start refining."
 
 
-class RefineWidget(Container):
+class RefineWidget(Scrolling, Container):
     """Interactive refinement of a tumour mask by label propagation."""
 
-    def __init__(self, viewer):
-        super().__init__(labels=True)
-        self.viewer = viewer
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__(labels=True, scrollable=True)
+        self.viewer = viewer = unwrap(viewer)
         self.session = None
         self.seeds: Labels | None = None
         self._mask: Labels | None = None
@@ -47,8 +50,8 @@ class RefineWidget(Container):
         self.prior = ComboBox(label="Prior", choices=self._prior_choices,
                               tooltip="The model's probability: refinement leans on it away from your seeds")
         self.start_button = PushButton(text="Start refining")
-        self.tumour_brush = PushButton(text="Brush: tumour (1)")
-        self.not_tumour_brush = PushButton(text="Brush: not tumour (2)")
+        self.tumour_brush = PushButton(text="Brush: tumour (1, yellow)")
+        self.not_tumour_brush = PushButton(text="Brush: not tumour (2, cyan)")
         self.click_mode = CheckBox(text="Click to refine (click: tumour, Shift-click: not tumour)")
         self.undo_button, self.redo_button = PushButton(text="Undo"), PushButton(text="Redo")
         self.reset_button, self.accept_button = PushButton(text="Reset"), PushButton(text="Accept")
@@ -56,7 +59,7 @@ class RefineWidget(Container):
                                           tooltip="How much the model's probability counts against colour")
         self.colour_sensitivity = FloatSlider(label="Colour sensitivity", min=0.1, max=3.0, step=0.1, value=1.0,
                                               tooltip="Higher: boundaries follow smaller colour differences")
-        self.status = Label(value="Segment an image first, then press Start refining.")
+        self.status = Label(value=NO_MASK)
         self.status.native.setWordWrap(True)
         advanced = Container(widgets=[self.prior_strength, self.colour_sensitivity])
         fold = QCollapsible("Advanced")
@@ -68,7 +71,7 @@ class RefineWidget(Container):
             row(self.undo_button, self.redo_button), row(self.reset_button, self.accept_button),
         ])
         self.append(self.status)
-        layout = self.native.layout()
+        layout = self.body.layout()
         row_of_status = next(i for i in range(layout.count())
                              if layout.itemAt(i).widget() is not None
                              and layout.itemAt(i).widget().isAncestorOf(self.status.native))
@@ -106,6 +109,9 @@ class RefineWidget(Container):
             self.mask.value = self.viewer.layers["tumour"]
         if "tumour probability" in self.viewer.layers and self.prior.value is None:
             self.prior.value = self.viewer.layers["tumour probability"]
+        if self.session is None and self._worker is None:
+            self.status.value = (f"Press Start refining to correct '{self.mask.value.name}'."
+                                 if self.mask.value is not None else NO_MASK)
 
     def _enable(self, on: bool):
         for w in (self.tumour_brush, self.not_tumour_brush, self.click_mode, self.undo_button,
@@ -157,7 +163,7 @@ class RefineWidget(Container):
                 self.viewer.layers.remove(SEEDS)
             seeds = self.viewer.add_labels(np.zeros(shape, np.uint8), name=SEEDS, scale=mask.scale,
                                            translate=mask.translate, opacity=0.9)
-        seeds.colormap = tumour_colormap()
+        seeds.colormap = seeds_colormap()
         seeds.brush_size = 12
         seeds.events.paint.connect(self._on_paint)
         for layer in (seeds, mask):
@@ -246,7 +252,7 @@ class RefineWidget(Container):
             self.session = out[1]
             self._enable(True)
             self.select_brush(1)
-            self.status.value = "Paint tumour (1) or not tumour (2) where the mask is wrong."
+            self.status.value = "Paint tumour (1, yellow) or not tumour (2, cyan) where the mask is wrong."
         else:
             _, seeds, labels = out
             self._write(labels, seeds)
@@ -269,9 +275,9 @@ class RefineWidget(Container):
         self.status.value = f"Refined: {changed:,} px differ from the starting mask. Accept keeps them."
 
     def _set_mask(self, data):
+        # the digest of what Segment wrote stays: a refined mask counts as edited
         self._written = np.asarray(data).copy()
         self._mask.data = data
-        self._mask.metadata["histoseg_digest"] = mask_digest(data)
 
     # -- history -----------------------------------------------------------------
     def undo(self):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import napari  # noqa: F401 (names the viewer annotation napari looks for)
+
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, Label, PushButton, SpinBox
 from napari.layers import Image
@@ -12,7 +14,7 @@ from ..backend import LocalBackend
 from ..device import available_devices
 from ._worker import Failed, TileProgress, guarded
 from ._model_choice import MODEL_FILE, ModelChoice  # noqa: F401 (MODEL_FILE re-exported)
-from ._layers import level_data, placement, put_image, put_labels, tumour_colormap, visible_region
+from ._layers import Scrolling, level_data, placement, put_image, model_colour, put_labels, tumour_colormap, visible_region, unwrap
 from ._wholeslide import WHOLE_SLIDE, WholeSlideOptions, run_whole_slide
 
 STAIN_CHOICES = [("none", None), ("Macenko", "macenko"), ("Reinhard", "reinhard")]
@@ -24,16 +26,16 @@ def _has_onnxruntime() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None
 
 
-class SegmentWidget(Container):
+class SegmentWidget(Scrolling, Container):
     """Choose an image, a model and the tiling; Run segments in a worker, Cancel stops it.
 
     Results: an Image layer ``tumour probability`` (float32, 0–1) and a Labels layer
     ``tumour`` (1 = tumour), placed on the image (same scale and translate).
     """
 
-    def __init__(self, viewer, backend=None):
-        super().__init__(labels=True)
-        self.viewer = viewer
+    def __init__(self, viewer: napari.viewer.Viewer, backend=None):
+        super().__init__(labels=True, scrollable=True)
+        self.viewer = viewer = unwrap(viewer)
         self.backend = backend or LocalBackend()
         self.worker = None
         self._progress = TileProgress("Segmenting tumour")
@@ -184,10 +186,13 @@ class SegmentWidget(Container):
         put_image(self.viewer, "tumour probability", pred.probability, place, colormap="inferno",
                   contrast_limits=(0.0, 1.0), opacity=0.5, visible=False, metadata=meta)
         labels = put_labels(self.viewer, "tumour", pred.mask, layer, place, meta)
-        labels.colormap = tumour_colormap()
+        colour = model_colour(self.viewer, ref, labels)
+        labels.metadata["histoseg_colour"] = colour
+        labels.colormap = tumour_colormap(colour)
         frac = float(pred.mask.mean()) * 100
         where = self.backend.describe(ref, self.device.value, self.engine.value)
-        self._finish(f"Done: {frac:.1f} % of the {self.region.value} is tumour. Model: {where}")
+        self._finish(f"Done: {frac:.1f} % of the {self.region.value} is tumour, in layer '{labels.name}'. "
+                     f"Model: {where}")
 
     def _on_cancelled(self):
         self._finish("Cancelled; the layers were left as they were.")
