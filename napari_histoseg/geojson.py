@@ -36,7 +36,8 @@ from pathlib import Path
 import numpy as np
 from skimage import draw, measure
 
-from .regions import clean_regions, min_region_px as _min_px
+from .regions import clean_regions
+from .regions import min_region_px as _min_px
 
 __all__ = ["mask_to_geojson", "mask_to_geojson_report", "geojson_to_mask", "geojson_to_mask_report", "read_geojson",
            "features_of", "class_name"]

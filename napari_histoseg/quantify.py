@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 from skimage import measure
 
-from .regions import CONNECTIVITY, clean_regions, min_region_px as _min_px
+from .regions import CONNECTIVITY, clean_regions
+from .regions import min_region_px as _min_px
 
 __all__ = ["quantify", "rows", "to_csv"]
 
@@ -78,10 +79,10 @@ def quantify(mask, image=None, mpp=None, tissue=None, *, label: int = 1, ignore_
 
     Examples
     --------
-    >>> m = np.zeros((10, 10), np.uint8); m[:4, :5] = 1
-    >>> r = quantify(m, mpp=0.5, tissue=np.ones((10, 10), bool))
-    >>> r["tumour_area_um2"], r["tumour_fraction"], r["n_regions"]
-    (5.0, 0.2, 1)
+    >>> m = np.zeros((100, 100), np.uint8); m[:40, :50] = 1; m[80, 80] = 1   # a region, a speck
+    >>> r = quantify(m, mpp=0.5, tissue=np.ones((100, 100), bool))
+    >>> r["tumour_area_um2"], r["tumour_fraction"], r["n_regions"], r["dropped_regions"]
+    (500.0, 0.2, 1, 1)
     """
     mask = np.asarray(mask)
     if mask.ndim != 2:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
@@ -40,8 +39,8 @@ DEFAULT_MIN_REGION_UM2 = 50.0  # about one tumour cell (an 8 µm disc is 50 µm�
 DEFAULT_MIN_REGION_PX = 16     # without an mpp: a 4 x 4 px speck
 
 
-def min_region_px(mpp: Optional[float] = None, min_region_um2: Optional[float] = None,
-                  min_region_px: Optional[int] = None) -> int:
+def min_region_px(mpp: float | None = None, min_region_um2: float | None = None,
+                  min_region_px: int | None = None) -> int:
     """Smallest region kept, in pixels of a mask at ``mpp`` µm/px.
 
     ``min_region_px`` wins when given; else ``min_region_um2`` (default
@@ -59,7 +58,7 @@ def min_region_px(mpp: Optional[float] = None, min_region_um2: Optional[float] =
             raise ValueError("a minimum region size in µm² needs the mpp (µm per pixel); give it in px instead")
         return 0 if min_region_um2 == 0 else DEFAULT_MIN_REGION_PX
     um2 = DEFAULT_MIN_REGION_UM2 if min_region_um2 is None else float(min_region_um2)
-    return int(math.ceil(um2 / float(mpp) ** 2 - 1e-9))
+    return math.ceil(um2 / float(mpp) ** 2 - 1e-9)
 
 
 @dataclass

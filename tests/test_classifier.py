@@ -96,8 +96,8 @@ def test_the_classifier_network_learns_a_fixed_batch(seed):
     import torch
     import torch.nn.functional as F
 
-    from napari_histoseg.classifier.train import ARCH
     from napari_histoseg.classifier.tiles import to_input
+    from napari_histoseg.classifier.train import ARCH
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
