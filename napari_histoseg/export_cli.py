@@ -5,6 +5,7 @@
     histoseg export IMAGE MASK -o DATASET [--tile 512] [--only-edited] [--edits EDITS.png]
                     [--annotator NAME] [--model NAME] [--level L] [--mpp MPP] [--min-tissue F]
     histoseg geojson MASK -o OUT.geojson [--offset X,Y] [--scale S] [--classification Tumor]
+                     [--mpp MPP] [--min-region-um2 A | --min-region-px N]
     histoseg geojson IN.geojson -o MASK.png --shape H,W [--offset X,Y] [--scale S]
     histoseg quantify MASK [--image IMAGE] [--mpp MPP] [--csv OUT]
 """
@@ -74,11 +75,14 @@ def _run_geojson(args) -> int:
         return 0
     mask = read_mask(src)
     color = tuple(int(v) for v in args.color.split(","))
-    fc = gj.mask_to_geojson(mask, classification=args.classification, color=color, offset=offset,
-                            scale=args.scale, label=args.label)
+    fc, report = gj.mask_to_geojson_report(mask, classification=args.classification, color=color, offset=offset,
+                                           scale=args.scale, label=args.label, mpp=args.mpp,
+                                           min_region_um2=args.min_region_um2, min_region_px=args.min_region_px)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(fc, allow_nan=False))
-    print(f"{out}: {len(fc['features'])} regions as {args.classification!r} annotations")
+    dropped = (f"; {report['dropped_regions']} specks under {report['min_region_px']} px left out "
+               f"({report['dropped_px']} px)" if report["dropped_regions"] else "")
+    print(f"{out}: {len(fc['features'])} regions as {args.classification!r} annotations{dropped}")
     return 0
 
 
@@ -136,6 +140,10 @@ def register(subparsers) -> None:
     g.add_argument("--color", default="200,0,0", help="class colour r,g,b (default 200,0,0)")
     g.add_argument("--label", type=int, default=1, help="mask code to export (default 1)")
     g.add_argument("--shape", type=_pair, help="H,W of the mask to fill (GeoJSON input)")
+    g.add_argument("--mpp", type=float, help="microns per mask pixel (sets the minimum region size in µm²)")
+    g.add_argument("--min-region-um2", type=float, help="leave out regions and holes smaller than this "
+                                                        "(default 50 µm² with --mpp)")
+    g.add_argument("--min-region-px", type=int, help="the same in pixels (default 16 without --mpp; 0 keeps all)")
     g.set_defaults(func=_run_geojson)
 
     q = subparsers.add_parser("quantify", help="tumour area, fraction of tissue, regions; CSV",
