@@ -58,3 +58,14 @@ def _fresh_backend_setting():
     if mod is not None:
         mod.ModelChoice._live.clear()
         mod.ModelChoice._remotes.clear()
+
+
+@pytest.fixture(autouse=True)
+def _no_models_from_earlier_tests():
+    """The fine-tuned models a chooser offers are those of this test only."""
+    yield
+    import sys
+
+    mod = sys.modules.get("napari_histoseg.widgets._model_choice")
+    if mod is not None:
+        mod.ModelChoice._known.clear()

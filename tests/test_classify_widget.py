@@ -82,6 +82,24 @@ def test_tumour_regions_and_a_too_small_one(classifying, qtbot):
     assert "1 refused" in w.status.value
 
 
+def test_many_too_small_regions_give_one_notification(classifying, qtbot, monkeypatch):
+    told = []
+    monkeypatch.setattr("napari_histoseg.widgets.classify.show_warning", told.append)
+    w = classifying
+    mask = np.zeros((256, 320), np.uint8)
+    mask[10:140, 10:150] = 1
+    for x in range(170, 310, 20):
+        mask[200:206, x:x + 6] = 1    # seven specks, each too small
+    w.viewer.add_labels(mask, name="tumour", scale=(0.5, 0.5), translate=(10.0, 20.0))
+    w.reset_choices()
+    w.what.value = "tumour"
+    w.gradcam.value = False
+    run_and_wait(w, qtbot)
+    refused = [m for m in told if "not classified" in m]
+    assert len(refused) == 1 and refused[0].startswith("7 of 8"), told
+    assert "classification labels" in w.viewer.layers  # the label text, on its dark box
+
+
 def test_grayscale_view_gives_a_notification_not_a_crash(make_napari_viewer, qtbot, one_thread, tmp_path):
     viewer = make_napari_viewer()
     viewer.add_image(np.stack([np.full((128, 128), 120, np.uint8)] * 3, -1), rgb=True, name="gray")

@@ -100,3 +100,22 @@ def test_mask_rcnn_checkpoint_runs_and_cancels(make_napari_viewer, qtbot, tmp_pa
     viewer.layers["he"].data = img[:300, :300]
     run_and_wait(w, qtbot)
     assert "nuclei" in viewer.layers and w.status.value.startswith("Done")
+
+
+def test_a_tumour_layer_that_appears_later_is_chosen_and_the_csv_path_is_absolute(widget):
+    from pathlib import Path
+
+    assert widget.tumour.value is None
+    tumour = widget.viewer.add_labels(np.ones((200, 200), np.uint8), name="tumour", scale=(0.5, 0.5),
+                                      translate=(10.0, 20.0))
+    assert widget.tumour.value is tumour
+    assert Path(str(widget.csv.value)).is_absolute()
+
+
+def test_a_rerun_keeps_nuclei_a_person_edited(widget, qtbot):
+    run_and_wait(widget, qtbot)
+    layer = widget.viewer.layers["nuclei"]
+    layer.data_setitem((np.array([0]), np.array([0])), 99)  # a hand edit
+    run_and_wait(widget, qtbot)
+    assert widget.viewer.layers["nuclei"] is layer and layer.data[0, 0] == 99
+    assert "nuclei [2]" in widget.viewer.layers and "nuclei [2]" in widget.status.value

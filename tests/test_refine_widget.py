@@ -109,3 +109,22 @@ def test_erasing_every_seed_returns_to_the_starting_mask(refining, qtbot):
     w.seeds.data_setitem((rr, cc), 0)  # the eraser
     wait_idle(w, qtbot)
     assert not w.viewer.layers["tumour"].data.any()
+
+
+def test_the_status_names_the_mask_when_one_exists(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.add_image(two_tissues(), name="slide", rgb=True)
+    w = RefineWidget(viewer)
+    assert "Segment an image first" in w.status.value
+    viewer.add_labels(np.zeros((160, 200), np.uint8), name="tumour")
+    assert "Segment an image first" not in w.status.value and "'tumour'" in w.status.value
+
+
+def test_seed_colours_differ_from_the_mask_colour(refining):
+    w = refining
+    mask = w.viewer.layers["tumour"]
+    from napari_histoseg.widgets._layers import tumour_colormap
+
+    mask.colormap = tumour_colormap()
+    colours = [tuple(np.round(w.seeds.colormap.map(v), 2)) for v in (1, 2)]
+    assert tuple(np.round(mask.colormap.map(1), 2)) not in colours and colours[0] != colours[1]

@@ -89,8 +89,7 @@ def free_layer(viewer, name: str, kind, fits=lambda layer: True):
     if protected:
         from napari.utils.notifications import show_info
 
-        show_info(f"'{protected[0]}' holds your corrections, so it was kept as it is; "
-                  f"the new result is the new layer '{new}'.")
+        show_info(f"New result in '{new}': '{protected[0]}' holds your corrections and is kept as it is.")
     return None, new
 
 
@@ -182,6 +181,30 @@ class Scrolling:
     @property
     def body(self):
         return self._widget._mgui_get_native_widget()
+
+    def fit(self, max_width: int = 460):
+        """Call last in ``__init__``: rows keep their natural height (a stretch below
+        them), the content is about ``max_width`` wide, and the dock is made wide enough
+        for it once napari has styled it (a horizontal scroll bar if the window is not)."""
+        from qtpy.QtCore import Qt, QTimer
+
+        self.body.layout().addStretch(1)
+        self.native.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
+        self._max_width = max_width
+        self._fit_width()
+        QTimer.singleShot(0, self._fit_width)  # after docking: styled fonts are wider
+
+    def _fit_width(self):
+        try:
+            body, scroll = self.body, self.native
+            need = body.minimumSizeHint().width()
+        except RuntimeError:  # closed before the event loop came round
+            return
+        wide = max(self._max_width, need)
+        body.setMaximumWidth(wide)
+        extra = scroll.verticalScrollBar().sizeHint().width() + 2 * scroll.frameWidth() + 4
+        scroll.setMinimumWidth(need + extra)
+        scroll.setMaximumWidth(wide + extra)
 
 
 def mask_window(mask: Labels, image: Image) -> tuple[int, tuple[int, int]]:

@@ -20,12 +20,15 @@ class ModelChoice:
     """
 
     _live: "weakref.WeakSet[ModelChoice]" = weakref.WeakSet()
+    _known: list = []     # checkpoints made in this session (fine-tuned): offered by every chooser
     _remotes: dict = {}   # (url, token) -> RemoteBackend, shared by the widgets
     _syncing = False
 
     @classmethod
     def broadcast(cls, path) -> int:
         """Switch every widget's model to the checkpoint ``path``; returns how many."""
+        if str(path) not in cls._known:
+            cls._known.append(str(path))
         choosers = list(cls._live)
         for chooser in choosers:
             chooser.use_file(path)
@@ -33,8 +36,9 @@ class ModelChoice:
 
     def __init__(self, on_change=None):
         ModelChoice._live.add(self)
-        self.model = ComboBox(label="Model", choices=[("bundled default", BUNDLED), (MODEL_FILE, MODEL_FILE)],
-                              tooltip="The bundled default model or a .safetensors checkpoint")
+        self.model = ComboBox(label="Model", choices=self._choices,
+                              tooltip="The bundled default model, one fine-tuned in this session, or a "
+                                      ".safetensors checkpoint file")
         self.model_file = FileEdit(label="Checkpoint", mode="r", filter="*.safetensors", visible=False)
         self.model.changed.connect(self._toggle)
         self._local = None
@@ -54,9 +58,19 @@ class ModelChoice:
         self._toggle_backend()
         for w in (self.runs_on, self.server_url, self.server_token):
             w.changed.connect(self._backend_changed)
+        made = [c[1] for c in self._choices()[1:-1]]
+        if made:  # a widget opened after a fine-tune starts with the newest model, as the others
+            self.use_file(made[-1])
         if on_change is not None:
             self.model.changed.connect(on_change)
             self.model_file.changed.connect(on_change)
+
+    @staticmethod
+    def _choices(_widget=None):
+        from pathlib import Path
+
+        made = [(f"{Path(p).stem} (fine-tuned)", p) for p in ModelChoice._known if Path(p).is_file()]
+        return [("bundled default", BUNDLED), *made, (MODEL_FILE, MODEL_FILE)]
 
     @property
     def widgets(self):
@@ -123,11 +137,18 @@ class ModelChoice:
         return ModelChoice._remotes[key]
 
     def use_file(self, path):
-        self.model.value = MODEL_FILE
+        """Choose the checkpoint ``path``: its own entry when it was made in this session."""
+        self.model.reset_choices()
+        if str(path) in [c[1] for c in self._choices()]:
+            self.model.value = str(path)
+        else:
+            self.model.value = MODEL_FILE
         self.model_file.value = path
 
     def ref(self) -> str:
         """``"bundled"`` or the checkpoint path; ValueError when no file is chosen."""
+        if self.model.value not in (MODEL_FILE, BUNDLED):
+            return str(self.model.value)
         if self.model.value == MODEL_FILE:
             path = str(self.model_file.value)
             if not path or path == "." or not path.endswith(".safetensors"):

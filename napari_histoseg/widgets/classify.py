@@ -123,7 +123,7 @@ class ClassifyWidget(Scrolling, Container):
         self.extend([self.image, self.what, self.shapes, self.tumour, self.mpp, self.model, self.gradcam,
                      Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
                      self.status])
-        self.native.setMaximumWidth(460)
+        self.fit(460)
         self.what.changed.connect(self._on_what)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
@@ -249,8 +249,9 @@ class ClassifyWidget(Scrolling, Container):
         if old is not None:
             self.viewer.layers.remove(old)
         boxes = self.viewer.add_shapes(
-            self._boxes(pts, short, place, hw), shape_type="rectangle", name=lname, face_color=(0, 0, 0, 0.72),
-            edge_color=colours, edge_width=2 * s, features={"text": short},
+            self._boxes(pts, short, place, hw), shape_type="rectangle", name=lname,
+            face_color=np.tile([0.0, 0.0, 0.0, 0.75], (len(short), 1)), edge_color=np.asarray(colours, float),
+            edge_width=2 * s, features={"text": short}, opacity=1.0,
             text={"string": "{text}", "color": "white", "size": LABEL_SIZE, "anchor": "center"}, **place)
         boxes.metadata["histoseg_digest"] = mask_digest(np.concatenate(boxes.data))
         boxes.metadata["histoseg_labels"] = (pts, short, place, hw)
@@ -266,8 +267,8 @@ class ClassifyWidget(Scrolling, Container):
         zoom = max(float(self.viewer.camera.zoom), 1e-6) * float(place["scale"][0])  # screen px per data px
         out = []
         for (y, x), t in zip(pts, short):
-            half_w = (0.6 * LABEL_SIZE * 1.35 * len(t) / 2 + 6) / zoom
-            half_h = (LABEL_SIZE * 1.35 / 2 + 4) / zoom
+            half_w = (0.92 * LABEL_SIZE * len(t) / 2 + 8) / zoom   # measured: ~0.9 x size per character
+            half_h = (1.7 * LABEL_SIZE / 2 + 4) / zoom
             cy = y - 14 / zoom - half_h
             cy = float(np.clip(cy, half_h, max(half_h, hw[0] - half_h)))
             cx = float(np.clip(x, half_w, max(half_w, hw[1] - half_w)))

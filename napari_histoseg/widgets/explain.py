@@ -73,7 +73,7 @@ class ExplainWidget(Scrolling, Container):
         layout = self.body.layout()  # the colour bar goes right above its legend
         layout.insertWidget(next(i for i in range(layout.count()) if layout.itemAt(i).widget() is not None
                                  and layout.itemAt(i).widget().isAncestorOf(self.legend.native)), self._bar)
-        self.native.setMaximumWidth(460)
+        self.fit(460)
         self.method.changed.connect(self._on_method)
         self.target.changed.connect(lambda v: setattr(self.shapes, "visible", v == "shape"))
         self.run_button.clicked.connect(self.run)

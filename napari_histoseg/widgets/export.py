@@ -51,7 +51,7 @@ class ExportWidget(Scrolling, Container):
                      row(self.measure_button, self.save_csv)])
         self.body.layout().addWidget(self.table)
         self.append(self.status)
-        self.native.setMaximumWidth(460)
+        self.fit(460)
         self.result = None
         self.export_button.clicked.connect(self.export)
         self.save_geojson.clicked.connect(lambda: self.write_geojson())
@@ -184,7 +184,7 @@ class ExportWidget(Scrolling, Container):
         self.table.resizeColumnsToContents()
         self.save_csv.enabled = True
         warnings = self.result.get("warnings") or []
-        self.status.value = " ".join(warnings) or f"{self.result['n_regions']} tumour region(s)."
+        self.status.value = " · ".join(w.rstrip(".") for w in warnings) or f"{self.result['n_regions']} tumour region(s)."
         return self.result
 
     def write_csv(self, path=None):

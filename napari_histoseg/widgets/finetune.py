@@ -50,7 +50,7 @@ class FineTuneWidget(Scrolling, Container):
                      self.steps, self.budget, self.lr,
                      Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
                      self.status])
-        self.native.setMaximumWidth(460)
+        self.fit(460)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
         self.extra: dict = {}  # more train() settings, for scripts (e.g. patch_size)

@@ -123,7 +123,7 @@ class NucleiWidget(Scrolling, Container):
         if "tumour" in viewer.layers:
             self.tumour.value = viewer.layers["tumour"]
         self._score_from_model()
-        self.native.setMaximumWidth(460)
+        self.fit(460)
 
     def _on_inserted(self, event=None):
         """A tumour mask that appears after the widget opened becomes the tumour choice."""

@@ -50,8 +50,8 @@ class RefineWidget(Scrolling, Container):
         self.prior = ComboBox(label="Prior", choices=self._prior_choices,
                               tooltip="The model's probability: refinement leans on it away from your seeds")
         self.start_button = PushButton(text="Start refining")
-        self.tumour_brush = PushButton(text="Brush: tumour (1, yellow)")
-        self.not_tumour_brush = PushButton(text="Brush: not tumour (2, cyan)")
+        self.tumour_brush = PushButton(text="Paint tumour (yellow)")
+        self.not_tumour_brush = PushButton(text="Paint not tumour (cyan)")
         self.click_mode = CheckBox(text="Click to refine (click: tumour, Shift-click: not tumour)")
         self.undo_button, self.redo_button = PushButton(text="Undo"), PushButton(text="Redo")
         self.reset_button, self.accept_button = PushButton(text="Reset"), PushButton(text="Accept")
@@ -76,7 +76,7 @@ class RefineWidget(Scrolling, Container):
                              if layout.itemAt(i).widget() is not None
                              and layout.itemAt(i).widget().isAncestorOf(self.status.native))
         layout.insertWidget(row_of_status, fold)
-        self.native.setMaximumWidth(460)
+        self.fit(460)
 
         self.start_button.clicked.connect(self.start)
         self.tumour_brush.clicked.connect(lambda: self.select_brush(1))

@@ -85,7 +85,7 @@ class SegmentWidget(Scrolling, Container):
         self.image.reset_choices()
         self._on_image()
         self._sync_to_model()
-        self.native.setMaximumWidth(460)
+        self.fit(460)
 
     # -- choices -----------------------------------------------------------------
     def _image_choices(self, _widget=None):
