@@ -121,8 +121,7 @@ def main():
 
     ft = shots.open("Fine-tune the model")
     ft.dataset.value = work / "corrections"
-    ft.epochs.value, ft.steps.value, ft.budget.value = 1, 4, 1
-    ft.extra = {"patch_size": 128, "batch_size": 2}
+    ft.epochs.value, ft.steps.value, ft.budget.value = 1, 6, 2
     ft.run()
     wait(lambda: ft.worker is None or "loss" in str(ft.status.value))
     if ft.worker is not None:

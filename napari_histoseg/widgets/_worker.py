@@ -23,6 +23,16 @@ def guarded(gen_fn, *args, **kwargs):
         return Failed(e)
 
 
+def advance(bar, done: int) -> None:
+    """Set napari's progress ``bar`` to ``done``: its count and the bar drawn in the
+    activity dock (which follows the value event, not the count)."""
+    bar.n = done
+    bar.refresh()
+    events = getattr(bar, "events", None)  # napari's progress; a plain tqdm has none
+    if events is not None:
+        events.value(value=done)
+
+
 class TileProgress:
     """napari's progress bar, fed with the ``(done, total)`` pairs the core yields."""
 
@@ -32,17 +42,19 @@ class TileProgress:
         self._closes = 0
 
     def update(self, value) -> str | None:
-        """The status line for ``value``; None when the run ended while the bar was made."""
+        """The status line for ``value``; None when the run ended meanwhile (napari's
+        progress bar processes Qt events, the run's result among them)."""
         done, total = value
+        closes = self._closes
         if self._bar is None:
-            closes = self._closes
             bar = progress(total=total, desc=self.desc)  # processes Qt events: the run may end here
             if self._closes != closes:  # it did, and its final message stands
                 bar.close()
                 return None
             self._bar = bar
-        self._bar.n = done
-        self._bar.refresh()
+        advance(self._bar, done)
+        if self._closes != closes:  # the run ended while the bar was drawn: its final message stands
+            return None
         return f"{self.desc}: {done} / {total} {self.unit}"
 
     def close(self):

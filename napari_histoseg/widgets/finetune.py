@@ -15,7 +15,7 @@ from qtpy.QtCore import QObject, Signal, Slot
 
 from ._model_choice import ModelChoice
 from ._layers import Scrolling, unwrap
-from ._worker import Failed
+from ._worker import Failed, advance
 
 
 class FineTuneWidget(Scrolling, Container):
@@ -129,7 +129,7 @@ class FineTuneWidget(Scrolling, Container):
             total = self.epochs.value * info["steps"]
             if self._bar is None:
                 self._bar = progress(total=total, desc="Fine-tuning")
-            self._bar.n = min(total, info["epoch"] * info["steps"] + info["step"] + 1)
+            advance(self._bar, min(total, info["epoch"] * info["steps"] + info["step"] + 1))
             text = f"epoch {info['epoch'] + 1}, step {info['step'] + 1}/{info['steps']}, loss {info['loss']:.3f}"
             if self._dice is not None:
                 text += f", validation Dice {self._dice}"
