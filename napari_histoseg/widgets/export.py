@@ -40,7 +40,7 @@ class ExportWidget(Scrolling, Container):
         self.save_csv = PushButton(text="Save CSV…", enabled=False)
         self.table = QTableWidget(0, 3)
         self.table.setHorizontalHeaderLabels(["measure", "value", "unit"])
-        self.table.setMinimumHeight(180)
+        self.table.setMinimumHeight(300)  # every measure shows without scrolling
         self.table.verticalHeader().setVisible(False)
         self.table.horizontalHeader().setStretchLastSection(True)
         self.status = Label(value="")
