@@ -50,7 +50,9 @@ MOVES = {
     "explain_cli": "explanations.cli",
     "export": "tumour.export",
     "export_cli": "tumour.cli",
-    "geojson": "io.geojson",
+    "geojson": "tumour.geojson",
+    "plan": "training.plan",
+    "regions": "core.regions",
     "inference": "core.tiling",
     "io._lazy": "io.lazy",
     "io._readers": "io.readers",
@@ -69,17 +71,21 @@ MOVES = {
     "train": "tumour.train",
     "train_state": "training.state",
     "widgets": "plugin.widgets",
+    "wsi.tissue": "core.tissue",
 }
 DELETE = ["_callable"]  # modules whose last users the patches remove
 
 # old module -> {top-level name: new module}. Names listed here but defined elsewhere in the old
 # module's namespace (re-exports) only redirect imports.
 SPLITS = {
-    "inference": {n: "core.runs" for n in ("Cancelled", "drive")},
+    "inference": {**{n: "core.runs" for n in ("Cancelled", "drive")},
+                  **{n: "core.windows" for n in ("STRIDE", "tile_starts", "blend_window", "_round_tile", "fit_tile",
+                                                 "auto_batch", "TilePlan", "plan_tiles", "_read", "_check_image")}},
     "metrics": {n: "core.scores" for n in ("DEFAULT_TOLERANCE", "_valid", "confusion", "_ratio", "dice", "iou",
                                            "precision", "recall", "pixel_auc", "boundary", "boundary_f")},
     "cli": {"write_mask": "io.masks", "read_mask": "io.masks", "read_region": "io.masks", "tile_bar": "core.runs"},
-    "dataset": {"split_tiles": "training.splits", "holdout_validation": "training.splits"},
+    "dataset": {"split_tiles": "training.splits", "holdout_validation": "training.splits",
+                **{n: "training.plan" for n in ("training_plan", "TrainingPlan", "MIN_HOLDOUT_TILES")}},
     "export": {"_hash_cache": "core.hashing", "file_sha256": "core.hashing", "_array_sha256": "core.hashing"},
     "server.store": {"sha256_file": "core.hashing"},
     "api": {"DEFAULT_MODEL": "models.bundled", "bundled_model_path": "models.bundled"},
@@ -93,8 +99,8 @@ SPLITS = {
 # (new module, old name) -> new name; applied in the defining module and wherever it is imported
 # from there (and to dotted references). Unique names (GLOBAL_RENAMES) are replaced everywhere.
 RENAMES = {
-    ("core.tiling", "_read"): "read_window",
-    ("core.tiling", "_check_image"): "check_image",
+    ("core.windows", "_read"): "read_window",
+    ("core.windows", "_check_image"): "check_image",
     ("core.hashing", "_array_sha256"): "array_sha256",
     ("core.hashing", "sha256_file"): "file_sha256",  # two copies of one function: the cached one stays
     ("io.dataset", "_read_rgb"): "read_rgb",
@@ -121,6 +127,7 @@ NEW_PACKAGES = {
     "plugin": "The napari-facing side: reader, sample data and (in ``widgets``) the only napari/Qt importers.",
 }
 NEW_MODULE_DOCS = {
+    "core.windows": "Windows of an image: tile origins, blending weights, tile plans, reading a window of a lazy level.",
     "core.runs": "Running a long computation: generators that yield progress, cancelling, progress bars.",
     "core.scores": "Scores of a predicted mask against the truth: confusion, Dice, IoU, ROC AUC, boundary F.",
     "core.hashing": "SHA-256 of files and arrays (provenance of exported tiles and uploaded models).",
@@ -171,7 +178,8 @@ PATCHES = [
      '    "normaliser_from_dict", "clahe",', '"HED_RANGES", "clahe",'),
     ("napari_histoseg/colour/preprocess.py", "from napari_histoseg.colour import stain\n",
      "from napari_histoseg.colour import normalise, stain\n"),
-    ("napari_histoseg/colour/preprocess.py", "stain.normaliser_from_dict", "normalise.normaliser_from_dict"),
+    *[("napari_histoseg/colour/preprocess.py", f"stain.{n}", f"normalise.{n}")
+      for n in ("normaliser_from_dict", "MacenkoNormaliser", "ReinhardNormaliser")],
     # the facade's names no longer share a name with a subpackage: no callable modules
     ("napari_histoseg/refinement/__init__.py",
      "\n\nfrom napari_histoseg._callable import make_callable  # noqa: E402\n\nmake_callable(__name__, refine)\n",
@@ -240,6 +248,13 @@ PATCHES = [
      '    assert ratio == pytest.approx(np.log(1e6), rel=0.02)\n'),
     ("tests/test_nuclei.py", "from napari_histoseg.io.validate import ImageFormatError\n",
      "from napari_histoseg.colour.stain import haematoxylin\nfrom napari_histoseg.io.validate import ImageFormatError\n"),
+    # io.dataset <-> training.plan: the pre-check is imported from training.plan only
+    ("napari_histoseg/io/dataset.py",
+     "\n\ndef __getattr__(name):  # the pre-check of training data lives in plan.py (it needs this module)\n"
+     '    if name in ("training_plan", "TrainingPlan", "MIN_HOLDOUT_TILES"):\n'
+     "        from napari_histoseg.training import plan\n\n        return getattr(plan, name)\n"
+     '    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")\n', "\n"),
+    ("napari_histoseg/training/plan.py", "It is also importable from :mod:`napari_histoseg.io.dataset`. ", ""),
     # lint configuration for the whole tree
     ("pyproject.toml", "@@APPEND@@", RUFF_CONFIG),
     # one haematoxylin: colour.stain's, in OD units (the nuclei CSV's mean_haematoxylin changes units)
@@ -381,6 +396,8 @@ def step_imports(path: Path, mod: str | None, is_pkg: bool, known: set[str]) -> 
         for a in node.names:
             sub = f"{target}.{a.name}" if target else a.name
             if sub in known:  # a submodule: `from . import stain`
+                if sub in SPLITS:
+                    ALIASES.setdefault(path, set()).add((a.asname or a.name, sub))
                 new = new_module(sub)
                 parent, leaf = new.rpartition(".")[::2]
                 alias = a.asname or (a.name if leaf != a.name else None)
@@ -411,6 +428,25 @@ def step_imports(path: Path, mod: str | None, is_pkg: bool, known: set[str]) -> 
     if edits:
         path.write_text(text)
     return renamed
+
+
+ALIASES: dict[Path, set[tuple[str, str]]] = {}  # file -> (local name, old split module) it imports
+
+
+def step_module_attributes():
+    """``M.dice`` where ``M`` is a split module: ``scores.dice``, importing the module the name went to."""
+    for path, aliases in ALIASES.items():
+        text = path.read_text()
+        need = set()
+        for alias, old in aliases:
+            for name, dest in SPLITS[old].items():
+                pat = rf"(?<![\w.]){re.escape(alias)}\.{re.escape(name)}\b"
+                if re.search(pat, text):
+                    parent, leaf = dest.rpartition(".")[::2]
+                    text = re.sub(pat, f"{leaf}.{RENAMES.get((dest, name), name)}", text)
+                    need.add(f"from {PKG}.{parent} import {leaf}\n")
+        if need:
+            path.write_text(insert_imports(text, "".join(sorted(need))))
 
 
 def top_level_names(stmt) -> set[str]:
@@ -592,6 +628,7 @@ def main() -> int:
         imported[p] = step_imports(p, mod, is_pkg, known)
     for old, names in SPLITS.items():
         step_split(old, names)
+    step_module_attributes()
     for name in DELETE:
         p = mod_path(name, False)
         if p.exists():
