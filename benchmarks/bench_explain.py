@@ -43,8 +43,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 SHARED = Path(os.environ.get("HISTOSEG_SHARED", REPO.parent / "shared"))
 
-from napari_histoseg.explain import explain  # noqa: E402
-from napari_histoseg.explain.shap import stain_baseline  # noqa: E402
+from napari_histoseg.explanations import explain  # noqa: E402
+from napari_histoseg.explanations.shap import stain_baseline  # noqa: E402
 from napari_histoseg.models.segmenter import Segmenter  # noqa: E402
 
 

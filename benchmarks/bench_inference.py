@@ -2,7 +2,7 @@
 
 The naive loop is what a first script does: cut the image into 224 x 224 patches and
 feed them to the model one at a time (eager PyTorch, fp32, NCHW, torch.no_grad). The
-engine is napari_histoseg.inference.predict (batched tiles, channels-last,
+engine is napari_histoseg.core.tiling.predict (batched tiles, channels-last,
 inference_mode, blended overlaps), with PyTorch and with ONNX Runtime.
 
     python benchmarks/bench_inference.py [--size 2048] [--repeats 2]
@@ -22,7 +22,7 @@ import torch
 
 
 def load_image(size: int) -> np.ndarray:
-    from napari_histoseg._sample_data import breast_carcinoma
+    from napari_histoseg.plugin.samples import breast_carcinoma
 
     rgb = np.asarray(breast_carcinoma()[0][0])
     reps = -(-size // rgb.shape[0])
@@ -57,7 +57,7 @@ def naive_loop(model, image, patch=224):
 
 
 def engine(model, image, tile, overlap, batch):
-    from napari_histoseg.inference import predict
+    from napari_histoseg.core.tiling import predict
 
     totals = []
     predict(image, model, tile=tile, overlap=overlap, batch_size=batch, progress=lambda d, t: totals.append(t))
@@ -93,12 +93,12 @@ def main():
     batch = args.batch or "auto"
     engines = [("torch", model)]
     if not args.no_onnx:
-        from napari_histoseg.models.onnx_engine import OnnxSegmenter
+        from napari_histoseg.models.onnx import OnnxSegmenter
 
         engines.append(("ONNX Runtime", OnnxSegmenter(model)))
     for label, m in engines:
         for tile in (args.tile, 256):
-            t, (n, px) = timed(lambda: engine(m, image, tile, args.overlap, args.batch), args.repeats)
+            t, (n, px) = timed(lambda: engine(m, image, tile, args.overlap, args.batch), args.repeats)  # noqa: B023
             rows.append((f"engine, {label}, tile {tile} overlap {args.overlap} batch {batch}", n, px, t))
     t, (n, px) = timed(lambda: engine(model, image, 224, 0, 16), args.repeats)
     rows.append(("engine, torch, same 224 px patches, no overlap, batch 16", n, px, t))

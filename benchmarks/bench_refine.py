@@ -56,7 +56,7 @@ def test_image(size: int):
         return img[:size, :size].copy(), mask[:size, :size].copy(), "BCSS region 1015 (bcss test split)"
     from scipy import ndimage
 
-    from napari_histoseg._sample_data import breast_carcinoma
+    from napari_histoseg.plugin.samples import breast_carcinoma
 
     tile = np.asarray(breast_carcinoma()[0][0])[..., :3]
     reps = -(-size // tile.shape[0])
@@ -72,9 +72,9 @@ def pct(a, q):
 def run(size: int, clicks: int, rw_at, view):
     from skimage.segmentation import random_walker
 
-    from napari_histoseg.metrics import dice
-    from napari_histoseg.refine import RefineSession
-    from napari_histoseg.robot import _paint, next_click
+    from napari_histoseg.core.scores import dice
+    from napari_histoseg.refinement import RefineSession
+    from napari_histoseg.refinement.robot import _paint, next_click
 
     img, truth, what = test_image(size)
     print(f"\n## {size} x {size}: {what}")

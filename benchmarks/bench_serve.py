@@ -29,7 +29,7 @@ import numpy as np
 
 
 def region_1024() -> np.ndarray:
-    from napari_histoseg._sample_data import breast_carcinoma
+    from napari_histoseg.plugin.samples import breast_carcinoma
 
     rgb = np.asarray(breast_carcinoma()[0][0])
     return np.ascontiguousarray(np.pad(rgb, ((0, 1024 - rgb.shape[0]), (0, 1024 - rgb.shape[1]), (0, 0)),
@@ -90,10 +90,10 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from napari_histoseg.api import bundled_model_path
-    from napari_histoseg.backend import LocalBackend
-    from napari_histoseg.inference import drive
-    from napari_histoseg.remote import RemoteBackend
+    from napari_histoseg.backends.local import LocalBackend
+    from napari_histoseg.backends.remote import RemoteBackend
+    from napari_histoseg.core.runs import drive
+    from napari_histoseg.models.bundled import bundled_model_path
     from napari_histoseg.server.app import ServerConfig, create_app
     from napari_histoseg.server.thread import ServerThread
 
@@ -135,7 +135,7 @@ def main(argv=None) -> int:
         row = run_clients(n, per_client(n), args.time_limit, lambda: lambda: drive(
             local.segment(image, ckpt, device="cpu", tile=tile, overlap=args.overlap)))
         report("in-process", row)
-        for mode, (srv, url, entry) in servers.items():
+        for mode, (_srv, url, entry) in servers.items():
             passes0, tiles0 = entry.batcher.passes, entry.batcher.tiles
 
             def make_call(url=url, ref=entry.ref):

@@ -34,9 +34,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from napari_histoseg.losses import SegmentationLoss  # noqa: E402
 from napari_histoseg.models import build_model, list_architectures  # noqa: E402
-from napari_histoseg.train import to_input  # noqa: E402
+from napari_histoseg.tumour.losses import SegmentationLoss  # noqa: E402
+from napari_histoseg.tumour.train import to_input  # noqa: E402
 
 SHARED = ROOT / ".." / "shared"
 ARCHS = ["unet-mobilenet_v2", "unet-resnet50", "lightmuseg-v1", "lightmuseg-v2", "lightmuseg-v3"]
@@ -90,8 +90,8 @@ CONFIGS = [
 
 
 def run_compare(args) -> None:
-    from napari_histoseg.evaluate import evaluate
-    from napari_histoseg.train import train
+    from napari_histoseg.tumour.evaluate import evaluate
+    from napari_histoseg.tumour.train import train
 
     out = Path(args.compare)
     out.mkdir(parents=True, exist_ok=True)
@@ -127,7 +127,7 @@ def run_compare(args) -> None:
         results_path.write_text(json.dumps(results, indent=2))
     lines = ["| model | start | params (trainable) | patches seen | camelyon Dice | camelyon BF | "
              "bcss Dice | bcss BF | CPU train patches/s |", "|---|---|---|---|---|---|---|---|---|"]
-    for label, r in results.items():
+    for r in results.values():
         sp = r.get("bench_patches_per_s")
         lines.append(f"| {r['arch']} | {'ImageNet' if r['imagenet'] else 'random'} | "
                      f"{r['parameters'] / 1e6:.2f} M ({r['trainable'] / 1e6:.2f} M) | {r['patches']} | "

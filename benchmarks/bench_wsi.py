@@ -134,7 +134,7 @@ def compare(slide: str, workdir: Path, threads: int, repeats: int) -> dict:
     import torch
 
     from napari_histoseg import load_model
-    from napari_histoseg.inference import predict
+    from napari_histoseg.core.tiling import predict
     from napari_histoseg.wsi import segment_slide
 
     torch.set_num_threads(threads)
@@ -142,7 +142,7 @@ def compare(slide: str, workdir: Path, threads: int, repeats: int) -> dict:
     model = load_model(device="cpu")
     predict(region[:512, :512], model)                        # warm-up
     stream, memory = [], []
-    for r in range(repeats):
+    for _r in range(repeats):
         t0 = time.perf_counter()
         pred = predict(region, model, tile=model.meta.tile_size, overlap=64)
         memory.append(time.perf_counter() - t0)

@@ -1,4 +1,4 @@
-"""The correction loop of issue 6: does fine-tuning on corrected tiles help?
+"""The correction loop: does fine-tuning on corrected tiles help?
 
 ::
 
@@ -12,10 +12,10 @@
    refinement session) corrects each prediction with up to ``--clicks`` clicks and keeps
    the best mask it saw (``--accept best``) or the last (``--accept last``); the pixels
    that differ from the model's mask are the edits.
-3. The corrected masks are exported with :func:`napari_histoseg.export.export_tiles`
+3. The corrected masks are exported with :func:`napari_histoseg.tumour.export.export_tiles`
    (provenance, edits) into a fresh training-data folder; a control folder gets the
    same tiles with the *uncorrected* model masks.
-4. Each folder fine-tunes the model with :func:`napari_histoseg.train.train` for the
+4. Each folder fine-tunes the model with :func:`napari_histoseg.tumour.train.train` for the
    same fixed budget (``--epochs`` x ``--steps`` batches, same seed, same lr), starting
    from the model's own weights.
 5. Every checkpoint is scored on the held-out ``test`` split: mean Dice per tile.
@@ -42,13 +42,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from napari_histoseg import train as train_mod  # noqa: E402
-from napari_histoseg.dataset import load_dataset  # noqa: E402
-from napari_histoseg.evaluate import predict_tile  # noqa: E402
-from napari_histoseg.export import export_tiles  # noqa: E402
-from napari_histoseg.metrics import dice  # noqa: E402
+from napari_histoseg.core.scores import dice  # noqa: E402
+from napari_histoseg.io.dataset import load_dataset  # noqa: E402
 from napari_histoseg.models.segmenter import Segmenter  # noqa: E402
-from napari_histoseg.robot import session_refiner, simulate_clicks  # noqa: E402
+from napari_histoseg.refinement.robot import session_refiner, simulate_clicks  # noqa: E402
+from napari_histoseg.tumour import train as train_mod  # noqa: E402
+from napari_histoseg.tumour.evaluate import predict_tile  # noqa: E402
+from napari_histoseg.tumour.export import export_tiles  # noqa: E402
 
 
 def held_out_dice(seg, tiles) -> float:
@@ -97,7 +97,7 @@ def main(argv=None) -> int:
 
         torch.set_num_threads(args.threads)
     if args.model is None:
-        from napari_histoseg.api import bundled_model_path
+        from napari_histoseg.models.bundled import bundled_model_path
 
         args.model = str(bundled_model_path())
     out = Path(args.out)

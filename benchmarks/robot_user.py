@@ -88,7 +88,7 @@ def parse_params(items):
 
 
 def run_robot(args):
-    from napari_histoseg.robot import noc, random_walker_refiner, session_refiner, simulate_clicks
+    from napari_histoseg.refinement.robot import noc, random_walker_refiner, session_refiner, simulate_clicks
 
     params = parse_params(args.param)
     prior_fn = None if args.no_prior_arm else load_prior_fn(args.model, args.prior_cache)
@@ -131,8 +131,8 @@ def run_robot(args):
 
 
 def run_postprocess(args):
-    from napari_histoseg.metrics import boundary_f, dice
-    from napari_histoseg.refine import RefineSession
+    from napari_histoseg.core.scores import boundary_f, dice
+    from napari_histoseg.refinement import RefineSession
 
     prior_fn = load_prior_fn(args.model, args.prior_cache)
     if prior_fn is None:
@@ -158,8 +158,8 @@ def run_colour_spaces(args):
     """AUC of neighbouring-superpixel colour distance: tumour|other pairs vs same-class pairs."""
     from scipy.stats import rankdata
 
-    from napari_histoseg.refine.graph import _lab, regional_colour, superpixels
-    from napari_histoseg.stain import deconvolve, optical_density
+    from napari_histoseg.colour.stain import deconvolve, optical_density
+    from napari_histoseg.refinement.graph import _lab, regional_colour, superpixels
 
     def auc(y, d):
         r = rankdata(d)
@@ -170,7 +170,7 @@ def run_colour_spaces(args):
               "hed": lambda im: deconvolve(im)[..., :2]}
     for name in args.sets:
         res = {}
-        for tid, img, truth in tiles(name, "test" if args.limit else "all", args.limit):
+        for _tid, img, truth in tiles(name, "test" if args.limit else "all", args.limit):
             sp = superpixels(_lab(img), 16)
             n, fl = sp.max() + 1, sp.ravel()
             cnt = np.bincount(fl, minlength=n)

@@ -19,23 +19,23 @@ __all__ = ["__version__", "load_model", "segment", "refine", "explain", "detect_
 
 def __getattr__(name):
     if name in ("load_model", "segment"):
-        from . import api
+        from napari_histoseg import api
 
         return getattr(api, name)
     if name == "explain":
-        from .explain import explain
+        from napari_histoseg.explanations import explain
 
         return explain
     if name == "refine":
-        from .refine import refine
+        from napari_histoseg.refinement import refine
 
         return refine
     if name == "detect_nuclei":
-        from .nuclei import detect_nuclei
+        from napari_histoseg.nuclei import detect_nuclei
 
         return detect_nuclei
     if name == "classify":
-        from .classifier import classify
+        from napari_histoseg.classifier import classify
 
         return classify
     raise AttributeError(f"module 'napari_histoseg' has no attribute {name!r}")

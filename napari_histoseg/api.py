@@ -11,20 +11,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .models.checkpoint import CheckpointError
-
-DEFAULT_MODEL = Path(__file__).parent / "weights" / "default.safetensors"
-
-
-def bundled_model_path() -> Path:
-    """Path of the bundled default model; :class:`CheckpointError` if this install lacks it."""
-    if not DEFAULT_MODEL.is_file():
-        raise CheckpointError(
-            f"the bundled default model ({DEFAULT_MODEL.name}) is not in this install; "
-            "pass the path of a .safetensors checkpoint instead"
-        )
-    return DEFAULT_MODEL
-
 
 def load_model(path: str | Path | None = None, device: str = "auto", engine: str = "torch",
                backend: str | None = None, token: str | None = None):
@@ -51,21 +37,12 @@ def load_model(path: str | Path | None = None, device: str = "auto", engine: str
         Takes uint8 RGB batches and returns probabilities; pass it to :func:`segment`.
     """
     if backend:
-        from .remote import RemoteBackend
+        from napari_histoseg.backends.remote import RemoteBackend
 
         return RemoteBackend(backend, token=token).model(path)
-    from .models.segmenter import Segmenter
+    from napari_histoseg.models.segmenter import load_segmenter
 
-    model = Segmenter.from_checkpoint(path if path is not None else bundled_model_path(), device=device)
-    if path is None:
-        model.source = "bundled"
-    if engine == "onnx":
-        from .models.onnx_engine import OnnxSegmenter
-
-        return OnnxSegmenter(model)
-    if engine != "torch":
-        raise ValueError(f"engine must be 'torch' or 'onnx', not {engine!r}")
-    return model
+    return load_segmenter(path, device=device, engine=engine)
 
 
 def segment(
@@ -93,7 +70,7 @@ def segment(
     model : Segmenter, str or Path, optional
         A loaded model, a checkpoint path, or None for the bundled default.
     tile, overlap, batch_size, preprocess, region, progress, should_stop
-        See :func:`napari_histoseg.inference.predict`; ``tile`` defaults to the
+        See :func:`napari_histoseg.core.tiling.predict`; ``tile`` defaults to the
         model's training tile size.
     tissue_gate, tissue, mpp
         Glass and background are not tumour: by default the probability is 0 outside
@@ -105,7 +82,7 @@ def segment(
     ndarray, float32
         (H, W) tumour probability for a binary model, (C, H, W) for a multi-class one.
     """
-    from .inference import predict
+    from napari_histoseg.core.tiling import predict
 
     if model is None or isinstance(model, (str, Path)):
         model = load_model(model)

@@ -12,72 +12,18 @@ import argparse
 import sys
 from pathlib import Path
 
-
-def write_mask(path: Path, mask):
-    """uint8 class codes (0 not tumour, 1 tumour) as PNG or compressed TIFF."""
-    import tifffile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() in {".tif", ".tiff"}:
-        tifffile.imwrite(path, mask, compression="zlib")
-    elif path.suffix.lower() == ".png":
-        from skimage.io import imsave
-
-        imsave(path, mask, check_contrast=False)
-    else:
-        raise SystemExit(f"histoseg: cannot write {path.name}: use .png, .tif or .tiff")
-
-
-def read_mask(path):
-    """A mask image (PNG, TIFF, ...) as a 2-D array of its codes (first channel of RGB)."""
-    import numpy as np
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        m = tifffile.imread(path)
-    else:
-        from skimage.io import imread
-
-        m = imread(str(path))
-    m = np.asarray(m)
-    return m[..., 0] if m.ndim == 3 else m
-
-
-def read_region(path, shape=None):
-    """``--region MASK``: True where the mask is non-zero; ValueError if its size is not ``shape``."""
-    region = read_mask(path) > 0
-    if shape is not None and region.shape != tuple(shape[:2]):
-        raise ValueError(f"--region {path} is {region.shape[1]} x {region.shape[0]} px, the image "
-                         f"{shape[1]} x {shape[0]} px")
-    return region
-
-
-def tile_bar(desc: str):
-    """A tqdm bar and the ``progress(done, total)`` callback that feeds it."""
-    from tqdm import tqdm
-
-    bar = tqdm(total=None, unit="tile", desc=desc)
-
-    def progress(done, total):
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
-    return bar, progress
+from napari_histoseg.core.runs import tile_bar
+from napari_histoseg.io.masks import write_mask
 
 
 def cmd_segment(args) -> int:
-    from .api import load_model
-    from .inference import predict
-    from .io import open_image
+    from napari_histoseg.api import load_model
+    from napari_histoseg.core.tiling import predict
+    from napari_histoseg.io import open_image
 
     token = None
     if args.token_file:
-        from .server.security import read_token
+        from napari_histoseg.server.security import read_token
 
         token = read_token(args.token_file)
     model = load_model(args.model, device=args.device, engine=args.engine, backend=args.backend, token=token)
@@ -89,7 +35,7 @@ def cmd_segment(args) -> int:
         mpp = slide.mpp * downsample if slide.mpp else None
         tissue = None
         if not args.no_tissue_gate:
-            from .wsi.tissue import TissueMask, slide_tissue
+            from napari_histoseg.core.tissue import TissueMask, slide_tissue
 
             found = slide_tissue(slide)   # as segment-slides finds it, then in this level's pixels
             tissue = TissueMask(found.mask, found.downsample / downsample)
@@ -121,7 +67,7 @@ def summary(pred, mpp=None) -> str:
 
 
 def cmd_demo(args) -> int:
-    from .widgets.demo import run_demo
+    from napari_histoseg.plugin.widgets.demo import run_demo
 
     return run_demo(image=args.image, screenshot=args.screenshot, model=args.model)
 
@@ -129,14 +75,14 @@ def cmd_demo(args) -> int:
 # Modules that add subcommands through ``register(subparsers)``; each must import
 # without torch or napari (the parser is built on every call of ``histoseg``).
 _SUBCOMMAND_MODULES = (
-    "cli_train",        # train, evaluate (--task segmentation|instances|classification)
-    "refine.cli",       # refine
-    "explain_cli",      # explain
-    "export_cli",       # export, measure
-    "wsi.cli",          # segment-slides (issue 9)
-    "server.cli",       # serve (issue 10)
-    "nuclei.cli",       # nuclei (issue 11)
-    "classifier.cli",   # classify (issue 12)
+    "tasks",            # train, evaluate (--task segmentation|instances|classification)
+    "refinement.cli",   # refine
+    "explanations.cli", # explain
+    "tumour.cli",       # export, measure
+    "wsi.cli",          # segment-slides
+    "server.cli",       # serve
+    "nuclei.cli",       # nuclei
+    "classifier.cli",   # classify
 )
 
 

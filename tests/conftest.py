@@ -23,7 +23,7 @@ def shared_path(*parts) -> Path:
 @pytest.fixture(scope="session")
 def he_image() -> np.ndarray:
     """The bundled 1000 x 1000 breast carcinoma sample, RGB uint8."""
-    from napari_histoseg._sample_data import breast_carcinoma
+    from napari_histoseg.plugin.samples import breast_carcinoma
 
     data = breast_carcinoma()[0][0]
     return np.asarray(data)
@@ -54,7 +54,7 @@ def _fresh_backend_setting():
     yield
     import sys
 
-    mod = sys.modules.get("napari_histoseg.widgets._model_choice")
+    mod = sys.modules.get("napari_histoseg.plugin.widgets._model_choice")
     if mod is not None:
         mod.ModelChoice._live.clear()
         mod.ModelChoice._remotes.clear()
@@ -66,6 +66,6 @@ def _no_models_from_earlier_tests():
     yield
     import sys
 
-    mod = sys.modules.get("napari_histoseg.widgets._model_choice")
+    mod = sys.modules.get("napari_histoseg.plugin.widgets._model_choice")
     if mod is not None:
         mod.ModelChoice._known.clear()

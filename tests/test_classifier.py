@@ -1,16 +1,21 @@
-"""Benign/malignant classifier (issue 12): split, training, calibration, input checks, CLI."""
+"""Benign/malignant classifier: split, training, calibration, input checks, CLI."""
 
 import json
 
 import numpy as np
 import pytest
+from conftest import shared_path
 from skimage.io import imsave
 
-from conftest import shared_path
 from napari_histoseg.classifier.calibration import expected_calibration_error, fit_temperature, softmax
 from napari_histoseg.classifier.data import load_classification, patient_split
 from napari_histoseg.classifier.infer import (
-    ClassifierInputError, classify, classify_region, explain_region, load_classifier)
+    ClassifierInputError,
+    classify,
+    classify_region,
+    explain_region,
+    load_classifier,
+)
 from napari_histoseg.classifier.metrics import binary_metrics, per_patient
 from napari_histoseg.models import CheckpointError, ModelMeta, build_model, save_checkpoint
 

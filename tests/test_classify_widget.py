@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from napari_histoseg.models import ModelMeta, build_model, save_checkpoint
-from napari_histoseg.widgets.classify import ClassifyWidget
+from napari_histoseg.plugin.widgets.classify import ClassifyWidget
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -84,7 +84,7 @@ def test_tumour_regions_and_a_too_small_one(classifying, qtbot):
 
 def test_many_too_small_regions_give_one_notification(classifying, qtbot, monkeypatch):
     told = []
-    monkeypatch.setattr("napari_histoseg.widgets.classify.show_warning", told.append)
+    monkeypatch.setattr("napari_histoseg.plugin.widgets.classify.show_warning", told.append)
     w = classifying
     mask = np.zeros((256, 320), np.uint8)
     mask[10:140, 10:150] = 1

@@ -8,8 +8,8 @@ import pytest
 import tifffile
 from skimage.io import imread, imsave
 
-from napari_histoseg._sample_data import sample_path
 from napari_histoseg.cli import main
+from napari_histoseg.plugin.samples import sample_path
 
 
 def test_segment_writes_mask_and_probability(tmp_path, random_checkpoint, capsys):
@@ -67,7 +67,7 @@ def test_train_flags_left_out_take_the_tasks_own_defaults(task, batch, lr):
     """`histoseg train --task instances` without --batch-size must not train Mask R-CNN at
     the segmentation model's batch 8 and learning rate 1e-3; a flag given always wins."""
     from napari_histoseg.cli import build_parser
-    from napari_histoseg.cli_train import _fill_task_defaults
+    from napari_histoseg.tasks import _fill_task_defaults
 
     args = build_parser().parse_args(["train", "data", "-o", "m.safetensors", "--task", task])
     _fill_task_defaults(args, task)

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from skimage.io import imsave
 
-from napari_histoseg.augment import AugmentConfig, hed_perturb, random_patch
-from napari_histoseg.dataset import DatasetError, holdout_validation, load_dataset, split_tiles
+from napari_histoseg.io.dataset import DatasetError, load_dataset
+from napari_histoseg.training.augment import AugmentConfig, hed_perturb, random_patch
+from napari_histoseg.training.splits import holdout_validation, split_tiles
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
@@ -141,8 +142,9 @@ def test_a_folder_of_one_slide_without_splits_still_trains(tmp_path):
     group for training instead of sending it all to test."""
     import numpy as np
 
-    from napari_histoseg.dataset import load_dataset, split_tiles
-    from napari_histoseg.export import export_tiles
+    from napari_histoseg.io.dataset import load_dataset
+    from napari_histoseg.training.splits import split_tiles
+    from napari_histoseg.tumour.export import export_tiles
 
     rng = np.random.default_rng(0)
     export_tiles(rng.integers(0, 255, (256, 512, 3), dtype=np.uint8), np.ones((256, 512), np.uint8),
@@ -161,7 +163,7 @@ def test_small_tiles_are_padded_with_the_ignore_index_not_with_invented_labels()
 
 
 def test_training_plan_counts_tiles_and_says_what_validation_uses(tmp_path):
-    from napari_histoseg.dataset import MIN_HOLDOUT_TILES, training_plan
+    from napari_histoseg.training.plan import MIN_HOLDOUT_TILES, training_plan
 
     plan = training_plan(make_dataset(tmp_path / "six", groups=list("abcdef"), splits=["train"] * 6),
                          val_fraction=0.34)
@@ -175,7 +177,7 @@ def test_training_plan_counts_tiles_and_says_what_validation_uses(tmp_path):
 
 
 def test_training_plan_leaves_out_all_ignore_tiles_and_warns_of_a_missing_class(tmp_path):
-    from napari_histoseg.dataset import training_plan
+    from napari_histoseg.training.plan import training_plan
 
     root = make_dataset(tmp_path / "d", n=2, splits=["train"] * 2)
     imsave(root / "masks" / "t1.png", np.full((64, 64), 255, np.uint8), check_contrast=False)

@@ -20,8 +20,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from napari_histoseg.explain import METHODS, ExplainError, explain, iter_explain
-from napari_histoseg.inference import Cancelled
+from napari_histoseg.core.runs import Cancelled
+from napari_histoseg.explanations import METHODS, ExplainError, explain, iter_explain
 from napari_histoseg.models.checkpoint import ModelMeta
 from napari_histoseg.models.segmenter import Segmenter
 
@@ -182,7 +182,7 @@ def test_mc_dropout_needs_dropout_and_leaves_the_model_alone(left_model, blob_mo
 
 def test_mc_dropout_fast_path_matches_full_passes(blob_model, noise):
     """One pass to the dropout and N after it gives the same statistics as N full passes."""
-    from napari_histoseg.explain.uncertainty import McDropout
+    from napari_histoseg.explanations.uncertainty import McDropout
 
     engine = McDropout(blob_model, samples=64, seed=0)
     tile = noise[:64, :64]
@@ -193,7 +193,7 @@ def test_mc_dropout_fast_path_matches_full_passes(blob_model, noise):
 
 
 def test_unet_default_layer_and_a_named_one(random_model):
-    from napari_histoseg.explain.gradcam import candidate_layers, default_layer
+    from napari_histoseg.explanations.gradcam import candidate_layers, default_layer
 
     assert default_layer(random_model.module) == "net.decoder.blocks.1"
     names = [n for n, _, _ in candidate_layers(random_model)]
@@ -241,7 +241,7 @@ def test_public_name_and_no_torch_on_import():
     from napari_histoseg import explain as public
 
     assert callable(public) and callable(napari_histoseg.explain)
-    code = "import napari_histoseg, napari_histoseg.explain, sys; print('torch' in sys.modules)"
+    code = "import napari_histoseg, napari_histoseg.explanations, sys; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from napari_histoseg.models import ModelMeta, build_model, save_checkpoint
-from napari_histoseg.widgets.explain import ExplainWidget
+from napari_histoseg.plugin.widgets.explain import ExplainWidget
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -48,7 +48,7 @@ def test_entropy_is_a_probability_of_doubt(explaining, qtbot):
 
 def test_mc_dropout_of_a_model_without_dropout_says_so(explaining, qtbot, tmp_path, monkeypatch):
     shown = []
-    monkeypatch.setattr("napari_histoseg.widgets.explain.show_error", shown.append)
+    monkeypatch.setattr("napari_histoseg.plugin.widgets.explain.show_error", shown.append)
     w = explaining
     path = save_checkpoint(build_model("unet-resnet50", dropout=0.0), tmp_path / "r50.safetensors",
                            ModelMeta(arch="unet-resnet50", arch_kwargs={"classes": 1, "dropout": 0.0}, tile_size=256))
@@ -61,7 +61,7 @@ def test_mc_dropout_of_a_model_without_dropout_says_so(explaining, qtbot, tmp_pa
 
 def test_shape_target_without_a_shape_is_explained(explaining, monkeypatch):
     shown = []
-    monkeypatch.setattr("napari_histoseg.widgets.explain.show_error", shown.append)
+    monkeypatch.setattr("napari_histoseg.plugin.widgets.explain.show_error", shown.append)
     w = explaining
     w.viewer.add_shapes(name="roi")
     w.target.value = "shape"

@@ -8,9 +8,10 @@ import re
 import numpy as np
 import pytest
 
-from napari_histoseg import export as export_mod
-from napari_histoseg.dataset import load_dataset
-from napari_histoseg.export import ExportError, export_tiles, file_sha256
+from napari_histoseg.core.hashing import file_sha256
+from napari_histoseg.io.dataset import load_dataset
+from napari_histoseg.tumour import export as export_mod
+from napari_histoseg.tumour.export import ExportError, export_tiles
 
 
 def _scene(h=100, w=130, seed=0):

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from napari_histoseg.dataset import load_dataset
-from napari_histoseg.widgets.export import ExportWidget
+from napari_histoseg.io.dataset import load_dataset
+from napari_histoseg.plugin.widgets.export import ExportWidget
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -58,5 +58,5 @@ def test_measure_fills_the_table_in_square_microns(exporting):
 
 def test_export_without_a_folder_says_so(exporting, monkeypatch):
     shown = []
-    monkeypatch.setattr("napari_histoseg.widgets.export.show_error", shown.append)
+    monkeypatch.setattr("napari_histoseg.plugin.widgets.export.show_error", shown.append)
     assert exporting.export() is None and "dataset folder" in shown[-1]

@@ -4,10 +4,10 @@ switches the other widgets to it, and Cancel keeps the best checkpoint."""
 import numpy as np
 import pytest
 
-from napari_histoseg.export import export_tiles
 from napari_histoseg.models import read_meta
-from napari_histoseg.widgets.finetune import FineTuneWidget
-from napari_histoseg.widgets.segment import SegmentWidget
+from napari_histoseg.plugin.widgets.finetune import FineTuneWidget
+from napari_histoseg.plugin.widgets.segment import SegmentWidget
+from napari_histoseg.tumour.export import export_tiles
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -39,6 +39,6 @@ def test_finetune_writes_a_new_version_and_switches_segment(make_napari_viewer, 
 
 def test_finetune_without_a_dataset_says_so(make_napari_viewer, monkeypatch):
     shown = []
-    monkeypatch.setattr("napari_histoseg.widgets.finetune.show_error", shown.append)
+    monkeypatch.setattr("napari_histoseg.plugin.widgets.finetune.show_error", shown.append)
     w = FineTuneWidget(make_napari_viewer())
     assert w.run() is None and "dataset.json" in shown[-1]

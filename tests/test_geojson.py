@@ -11,8 +11,13 @@ import numpy as np
 import pytest
 from skimage import draw
 
-from napari_histoseg.geojson import (class_name, features_of, geojson_to_mask, geojson_to_mask_report,
-                                     mask_to_geojson)
+from napari_histoseg.tumour.geojson import (
+    class_name,
+    features_of,
+    geojson_to_mask,
+    geojson_to_mask_report,
+    mask_to_geojson,
+)
 
 SHARED = Path(os.environ.get("HISTOSEG_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 QP = ("samples", "qupath-geojson")

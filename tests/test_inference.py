@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from napari_histoseg.inference import Cancelled, blend_window, iter_predict, predict, tile_starts
+from napari_histoseg.core.runs import Cancelled
+from napari_histoseg.core.tiling import iter_predict, predict
+from napari_histoseg.core.windows import blend_window, tile_starts
 from napari_histoseg.io.validate import ImageFormatError
 from napari_histoseg.models.segmenter import Segmenter
-
 
 # the tiling engine itself, compared with the model's own output: no tissue gate
 ENGINE = {"tissue_gate": False}

@@ -11,12 +11,6 @@ import pytest
 import tifffile
 from PIL import Image as PILImage
 
-from napari_histoseg._sample_data import (
-    breast_carcinoma,
-    sample_path,
-    skin_slide,
-    tumour_nuclei,
-)
 from napari_histoseg.io import (
     ImageFormatError,
     Slide,
@@ -24,9 +18,10 @@ from napari_histoseg.io import (
     ensure_rgb_uint8,
     open_image,
 )
-from napari_histoseg.io._lazy import LazyRGBLevel
+from napari_histoseg.io.lazy import LazyRGBLevel
 from napari_histoseg.io.metadata import aperio_metadata, ome_mpp
-from napari_histoseg.io.napari_reader import get_reader, read_image_layers
+from napari_histoseg.plugin.reader import get_reader, read_image_layers
+from napari_histoseg.plugin.samples import breast_carcinoma, sample_path, skin_slide, tumour_nuclei
 
 SVS = sample_path("cmu_small_region.svs")
 PNG = sample_path("tiatoolbox_target_image.png")

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from skimage.io import imsave
 
-from napari_histoseg import metrics as M
+from napari_histoseg.core import scores
 from napari_histoseg.models import ModelMeta
+from napari_histoseg.tumour import metrics as M
 
 
 def _pair():
@@ -25,49 +26,49 @@ def _pair():
 
 def test_overlap_metrics_by_hand():
     p, t = _pair()
-    assert M.confusion(p, t) == (8, 2, 8, 46)
-    assert M.dice(p, t) == pytest.approx(16 / 26)
-    assert M.iou(p, t) == pytest.approx(8 / 18)
-    assert M.precision(p, t) == pytest.approx(8 / 10)
-    assert M.recall(p, t) == pytest.approx(8 / 16)
+    assert scores.confusion(p, t) == (8, 2, 8, 46)
+    assert scores.dice(p, t) == pytest.approx(16 / 26)
+    assert scores.iou(p, t) == pytest.approx(8 / 18)
+    assert scores.precision(p, t) == pytest.approx(8 / 10)
+    assert scores.recall(p, t) == pytest.approx(8 / 16)
 
 
 def test_ignore_index_and_empty_cases():
     p, t = _pair()
     t2 = t.copy()
     t2[0, :] = 255  # the two false pixels are now ignored
-    assert M.confusion(p, t2) == (8, 0, 8, 40)
+    assert scores.confusion(p, t2) == (8, 0, 8, 40)
     z = np.zeros((4, 4), np.uint8)
-    assert M.dice(z, z) == 1.0 and M.iou(z, z) == 1.0
-    assert math.isnan(M.precision(z, z)) and math.isnan(M.recall(z, z))
-    assert math.isnan(M.pixel_auc(np.zeros((4, 4)), z))
+    assert scores.dice(z, z) == 1.0 and scores.iou(z, z) == 1.0
+    assert math.isnan(scores.precision(z, z)) and math.isnan(scores.recall(z, z))
+    assert math.isnan(scores.pixel_auc(np.zeros((4, 4)), z))
 
 
 def test_pixel_auc_by_hand():
     prob = np.array([[0.1, 0.4], [0.35, 0.8]])
     truth = np.array([[0, 0], [1, 1]], np.uint8)
     # pairs (pos, neg): (0.35>0.1) yes, (0.35>0.4) no, (0.8>0.1) yes, (0.8>0.4) yes -> 3/4
-    assert M.pixel_auc(prob, truth) == pytest.approx(0.75)
+    assert scores.pixel_auc(prob, truth) == pytest.approx(0.75)
     tie = np.array([[0.5, 0.5], [0.5, 0.9]])
     # (0.5 vs 0.5) x2 ties count half -> (0.5 + 0.5 + 1 + 1) / 4
-    assert M.pixel_auc(tie, truth) == pytest.approx(0.75)
+    assert scores.pixel_auc(tie, truth) == pytest.approx(0.75)
 
 
 def test_boundary_f_tolerance():
     t = np.zeros((40, 40), np.uint8)
     t[10:30, 10:30] = 1
     shifted = np.roll(t, 2, axis=1)
-    assert M.boundary_f(t, t) == 1.0
-    assert M.boundary_f(shifted, t, tolerance=2) == 1.0
-    f0 = M.boundary_f(shifted, t, tolerance=0)
+    assert scores.boundary_f(t, t) == 1.0
+    assert scores.boundary_f(shifted, t, tolerance=2) == 1.0
+    f0 = scores.boundary_f(shifted, t, tolerance=0)
     # top and bottom edges overlap except near corners; left/right edges are 2 px off
     assert 0.3 < f0 < 0.7
-    assert M.boundary_f(np.zeros_like(t), t) == 0.0
-    assert M.boundary_f(np.zeros_like(t), np.zeros_like(t)) == 1.0
+    assert scores.boundary_f(np.zeros_like(t), t) == 0.0
+    assert scores.boundary_f(np.zeros_like(t), np.zeros_like(t)) == 1.0
     # by hand: a single pixel each, 3 px apart
     a = np.zeros((9, 9), np.uint8); a[4, 1] = 1  # noqa: E702
     b = np.zeros((9, 9), np.uint8); b[4, 4] = 1  # noqa: E702
-    assert M.boundary_f(a, b, tolerance=3) == 1.0 and M.boundary_f(a, b, tolerance=2.9) == 0.0
+    assert scores.boundary_f(a, b, tolerance=3) == 1.0 and scores.boundary_f(a, b, tolerance=2.9) == 0.0
 
 
 def test_image_metrics_and_summary():
@@ -94,8 +95,8 @@ class _ThresholdModel:
 
 
 def test_evaluate_matches_hand_computed(tmp_path):
-    from napari_histoseg.cli_train import format_table
-    from napari_histoseg.evaluate import evaluate
+    from napari_histoseg.tasks import format_table
+    from napari_histoseg.tumour.evaluate import evaluate
 
     root = tmp_path / "d"
     (root / "images").mkdir(parents=True)
@@ -119,6 +120,6 @@ def test_evaluate_matches_hand_computed(tmp_path):
     assert r["mean"]["mean_dice"] == pytest.approx((d0 + d1) / 2, abs=1e-6)
     assert r["per_image"][0]["precision"] == pytest.approx(1.0)
     assert r["per_image"][0]["recall"] == pytest.approx(20 / 32)
-    assert r["tolerance"] == M.DEFAULT_TOLERANCE
+    assert r["tolerance"] == scores.DEFAULT_TOLERANCE
     assert "mean" in format_table(r)
     json.dumps(r)  # JSON-serialisable (NaN replaced by None)

@@ -8,7 +8,12 @@ import torch
 from safetensors.torch import save_file
 
 from napari_histoseg.models import (
-    CheckpointError, ModelMeta, build_model, list_architectures, load_checkpoint, save_checkpoint,
+    CheckpointError,
+    ModelMeta,
+    build_model,
+    list_architectures,
+    load_checkpoint,
+    save_checkpoint,
 )
 
 

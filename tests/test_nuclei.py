@@ -1,4 +1,4 @@
-"""Nuclei: metrics, classical baseline, tiled merge, features, CLI, training (issue 11)."""
+"""Nuclei: metrics, classical baseline, tiled merge, features, CLI, training."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from scipy import ndimage as ndi
 from skimage.color import rgb2hed
 from skimage.draw import disk
 
+from napari_histoseg.colour.stain import haematoxylin
 from napari_histoseg.io.validate import ImageFormatError
+from napari_histoseg.models import ModelMeta
 from napari_histoseg.nuclei.baseline import detect_nuclei_classical
 from napari_histoseg.nuclei.features import nucleus_features, region_summary
 from napari_histoseg.nuclei.infer import BUNDLED, detect_nuclei
 from napari_histoseg.nuclei.metrics import aji, pq, score
-from napari_histoseg.models import ModelMeta
 
 BG, NUC = (235, 215, 230), (95, 45, 140)  # light pink background, haematoxylin-purple disks
 
@@ -147,8 +148,11 @@ def test_features_of_a_known_disk():
     assert t["area_um2"][0] == pytest.approx(np.pi * (20 * mpp) ** 2, rel=0.03)
     assert t["perimeter_um"][0] == pytest.approx(2 * np.pi * 20 * mpp, rel=0.05)
     assert t["eccentricity"][0] < 0.1 and t["solidity"][0] > 0.97
-    h = rgb2hed(img)[..., 0]
+    h = haematoxylin(img)  # OD units, as colour.stain defines them for every task
     assert t["mean_haematoxylin"][0] == pytest.approx(h[truth == 1].mean(), rel=1e-4)
+    # skimage.color.rgb2hed divides the same optical density by ln(1e6)
+    ratio = t["mean_haematoxylin"][0] / rgb2hed(img)[..., 0][truth == 1].mean()
+    assert ratio == pytest.approx(np.log(1e6), rel=0.02)
     assert (t["centroid_y"][0], t["centroid_x"][0]) == pytest.approx((60, 60))
 
 

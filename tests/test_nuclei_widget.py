@@ -4,12 +4,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from napari.layers import Labels
+from test_nuclei import disks_image
 
 from napari_histoseg.models import ModelMeta, build_model, save_checkpoint
-from napari_histoseg.widgets import nuclei as nuclei_widget
-from napari_histoseg.widgets.nuclei import NucleiWidget
-
-from test_nuclei import disks_image
+from napari_histoseg.plugin.widgets import nuclei as nuclei_widget
+from napari_histoseg.plugin.widgets.nuclei import NucleiWidget
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 CENTRES = [(40, 40), (40, 160), (160, 40), (160, 160), (100, 100)]

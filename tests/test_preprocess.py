@@ -1,4 +1,4 @@
-"""Tests of napari_histoseg.preprocess: config round trip, identity, tiling, standardisation."""
+"""Tests of napari_histoseg.colour.preprocess: config round trip, identity, tiling, standardisation."""
 
 import json
 from pathlib import Path
@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from skimage import io
 
-from napari_histoseg.preprocess import STANDARD_MEAN, STANDARD_STD, PreprocessConfig, Preprocessor
-from napari_histoseg.stain import MacenkoNormalizer, tissue_mask
+from napari_histoseg.colour.normalise import MacenkoNormaliser
+from napari_histoseg.colour.preprocess import STANDARD_MEAN, STANDARD_STD, PreprocessConfig, Preprocessor
+from napari_histoseg.colour.stain import tissue_mask
 
 _ROOT = Path(__file__).resolve().parents[1]
 _TARGET_PATHS = [_ROOT / "napari_histoseg" / "sample_data" / "tiatoolbox_target_image.png",
@@ -32,7 +33,7 @@ def tiled(fn, img, th=128, tw=160):
 
 
 def test_config_json_round_trip(image):
-    target = MacenkoNormalizer().fit_target(image[::2, ::2]).to_dict()
+    target = MacenkoNormaliser().fit_target(image[::2, ::2]).to_dict()
     cfg = PreprocessConfig(stain_norm="macenko", target=target, clahe=True, clahe_clip=0.02,
                            clahe_kernel=32, colour="hed", standardise=True)
     again = PreprocessConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))

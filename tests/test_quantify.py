@@ -7,7 +7,7 @@ import csv
 import numpy as np
 import pytest
 
-from napari_histoseg.quantify import quantify, rows, to_csv
+from napari_histoseg.tumour.quantify import quantify, rows, to_csv
 
 
 def _known():
@@ -93,7 +93,7 @@ def _specks_and_diagonals():
 
 
 def test_quantify_and_geojson_count_the_same_regions():
-    from napari_histoseg.geojson import geojson_to_mask, mask_to_geojson_report
+    from napari_histoseg.tumour.geojson import geojson_to_mask, mask_to_geojson_report
 
     m = _specks_and_diagonals()
     before = m.copy()
@@ -113,7 +113,7 @@ def test_quantify_and_geojson_count_the_same_regions():
 
 
 def test_minimum_region_size_in_um2_or_px():
-    from napari_histoseg.regions import min_region_px
+    from napari_histoseg.core.regions import min_region_px
 
     assert min_region_px(mpp=0.5) == 200 and min_region_px(mpp=0.25) == 800
     assert min_region_px() == 16 and min_region_px(min_region_px=0) == 0

@@ -1,4 +1,4 @@
-"""The label-propagation refinement engine (napari_histoseg.refine), its CLI and the robot."""
+"""The label-propagation refinement engine (napari_histoseg.refinement), its CLI and the robot."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from skimage.io import imread, imsave
 
-from napari_histoseg.refine import RefineSession, SeedError, postprocess, refine
-from napari_histoseg.robot import next_click, noc, simulate_clicks
+from napari_histoseg.refinement import RefineSession, SeedError, postprocess, refine
+from napari_histoseg.refinement.robot import next_click, noc, simulate_clicks
 
 PINK, PURPLE = (232, 190, 215), (110, 50, 140)
 
@@ -33,7 +33,7 @@ def real():
     """A 384 x 384 crop of the bundled breast carcinoma sample and a smooth prior."""
     from scipy import ndimage
 
-    from napari_histoseg._sample_data import breast_carcinoma
+    from napari_histoseg.plugin.samples import breast_carcinoma
 
     img = np.asarray(breast_carcinoma()[0][0])[300:684, 300:684, :3].copy()
     dark = 255.0 - img.mean(-1)

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-pytest.importorskip("napari_histoseg.refine")
-from napari_histoseg.widgets.refine import RefineWidget  # noqa: E402
+pytest.importorskip("napari_histoseg.refinement")
+from napari_histoseg.plugin.widgets.refine import RefineWidget  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -93,7 +93,7 @@ def test_not_tumour_click_and_accept_records_edits(refining, qtbot):
 
 def test_start_without_a_mask_says_why(make_napari_viewer, monkeypatch):
     shown = []
-    monkeypatch.setattr("napari_histoseg.widgets.refine.show_error", shown.append)
+    monkeypatch.setattr("napari_histoseg.plugin.widgets.refine.show_error", shown.append)
     viewer = make_napari_viewer()
     viewer.add_image(two_tissues(), name="slide", rgb=True)
     w = RefineWidget(viewer)
@@ -123,7 +123,7 @@ def test_the_status_names_the_mask_when_one_exists(make_napari_viewer):
 def test_seed_colours_differ_from_the_mask_colour(refining):
     w = refining
     mask = w.viewer.layers["tumour"]
-    from napari_histoseg.widgets._layers import tumour_colormap
+    from napari_histoseg.plugin.widgets._layers import tumour_colormap
 
     mask.colormap = tumour_colormap()
     colours = [tuple(np.round(w.seeds.colormap.map(v), 2)) for v in (1, 2)]

@@ -9,12 +9,12 @@ import time
 import numpy as np
 import pytest
 
+from napari_histoseg.plugin.widgets import segment as segment_module
+from napari_histoseg.plugin.widgets._model_choice import SERVER, THIS_COMPUTER, ModelChoice
+from napari_histoseg.plugin.widgets.explain import ExplainWidget
+from napari_histoseg.plugin.widgets.segment import SegmentWidget
 from napari_histoseg.server.app import ServerConfig, create_app
 from napari_histoseg.server.thread import ServerThread
-from napari_histoseg.widgets import segment as segment_module
-from napari_histoseg.widgets._model_choice import SERVER, THIS_COMPUTER, ModelChoice
-from napari_histoseg.widgets.explain import ExplainWidget
-from napari_histoseg.widgets.segment import SegmentWidget
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 TOKEN = "widget-token-0123456789abcdef"
@@ -115,9 +115,9 @@ def test_a_bad_server_url_is_refused_before_running(setup):
 
 
 def test_finetune_on_a_server_writes_the_checkpoint_here(setup, qtbot, tmp_path, random_checkpoint, he_image):
-    from napari_histoseg.export import export_tiles
     from napari_histoseg.models import read_meta
-    from napari_histoseg.widgets.finetune import FineTuneWidget
+    from napari_histoseg.plugin.widgets.finetune import FineTuneWidget
+    from napari_histoseg.tumour.export import export_tiles
 
     w, srv, _ = setup
     mask = np.zeros((512, 512), np.uint8)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from napari_histoseg.models import ModelMeta, build_model
-from napari_histoseg.widgets.segment import MODEL_FILE, SegmentWidget
+from napari_histoseg.plugin.widgets.segment import MODEL_FILE, SegmentWidget
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -71,7 +71,7 @@ def test_rerun_never_overwrites_hand_edits(widget, qtbot):
 
 def test_checkpoint_of_another_architecture_becomes_a_notification(widget, qtbot, tmp_path, monkeypatch):
     shown = []
-    monkeypatch.setattr("napari_histoseg.widgets.segment.show_error", shown.append)
+    monkeypatch.setattr("napari_histoseg.plugin.widgets.segment.show_error", shown.append)
     bad = tmp_path / "resnet_claiming_mobilenet.safetensors"
     net = build_model("unet-resnet50")
     import json
@@ -90,7 +90,7 @@ def test_checkpoint_of_another_architecture_becomes_a_notification(widget, qtbot
 
 def test_grayscale_layer_and_missing_checkpoint_give_messages(widget, monkeypatch):
     shown = []
-    monkeypatch.setattr("napari_histoseg.widgets.segment.show_error", shown.append)
+    monkeypatch.setattr("napari_histoseg.plugin.widgets.segment.show_error", shown.append)
     viewer = widget.viewer
     viewer.add_image(np.zeros((64, 64), np.uint8), name="gray")
     widget.image.value = viewer.layers["gray"]
@@ -125,15 +125,15 @@ def test_plugin_loaded_after_the_viewer_does_not_crash_it(tmp_path, random_check
     import sys
     import textwrap
 
-    from napari_histoseg._sample_data import sample_path
+    from napari_histoseg.plugin.samples import sample_path
 
-    early = "from napari_histoseg.widgets.segment import SegmentWidget" if widget_first else ""
+    early = "from napari_histoseg.plugin.widgets.segment import SegmentWidget" if widget_first else ""
     script = textwrap.dedent(f"""
         import napari, numpy as np
         {early}
         viewer = napari.Viewer(show=False)
         viewer.open({str(sample_path('skin_slide'))!r}, plugin="napari-histoseg")
-        from napari_histoseg.widgets.segment import SegmentWidget
+        from napari_histoseg.plugin.widgets.segment import SegmentWidget
         from napari_histoseg.models.segmenter import Segmenter
         m = Segmenter.from_checkpoint({str(random_checkpoint)!r})
         print("alive", viewer.layers[0].multiscale, m.predict(np.zeros((1, 64, 64, 3), np.uint8)).shape)
@@ -146,7 +146,7 @@ def test_plugin_loaded_after_the_viewer_does_not_crash_it(tmp_path, random_check
 def test_a_run_that_ends_while_its_progress_bar_is_made_leaves_no_bar(monkeypatch):
     """napari's first progress bar processes Qt events, so a fast failure can finish the
     run inside the first progress update: its message must stand and no bar may stay."""
-    from napari_histoseg.widgets import _worker
+    from napari_histoseg.plugin.widgets import _worker
 
     bars = []
 

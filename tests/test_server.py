@@ -13,9 +13,9 @@ import pytest
 import torch
 from skimage.io import imsave
 
-from napari_histoseg.backend import LocalBackend
-from napari_histoseg.inference import drive
-from napari_histoseg.remote import BackendConnectionError, BackendError, RemoteBackend
+from napari_histoseg.backends.local import LocalBackend
+from napari_histoseg.backends.remote import BackendConnectionError, BackendError, RemoteBackend
+from napari_histoseg.core.runs import drive
 from napari_histoseg.server.app import ServerConfig, create_app
 from napari_histoseg.server.security import SecurityError, check_bind, read_token
 from napari_histoseg.server.thread import ServerThread
@@ -313,6 +313,6 @@ def test_batcher_stacks_concurrent_requests_and_never_delays_a_lone_one():
     assert all((results[i] == i).all() and results[i].shape == (2, 1, 32, 32) for i in range(4))
     assert max(sizes[1:]) > 2 and b.passes < 5  # stacked into fewer, larger passes
     off = Batcher(fn, enabled=False)
-    for i in range(3):
+    for _i in range(3):
         off(np.zeros((1, 32, 32, 3), np.uint8))
     assert off.stats()["mean_batch"] == 1.0

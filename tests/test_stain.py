@@ -1,4 +1,4 @@
-"""Tests of napari_histoseg.stain: OD, deconvolution, Macenko/Reinhard, CLAHE."""
+"""Tests of napari_histoseg.colour.stain: OD, deconvolution, Macenko/Reinhard, CLAHE."""
 
 import json
 from pathlib import Path
@@ -10,10 +10,17 @@ from skimage.color import rgb2hed, rgb2hsv, rgb2lab, rgb_from_hed
 from skimage.exposure import equalize_adapthist
 from skimage.filters import gaussian
 
-from napari_histoseg import stain, stain_norm
-from napari_histoseg.stain import (
-    MacenkoNormalizer, ReinhardNormalizer, clahe, deconvolve, hed_to_uint8, hematoxylin,
-    normalizer_from_dict, optical_density, rgb_from_od, tissue_mask,
+from napari_histoseg.colour import normalise as stain_norm
+from napari_histoseg.colour import stain
+from napari_histoseg.colour.normalise import MacenkoNormaliser, ReinhardNormaliser, normaliser_from_dict
+from napari_histoseg.colour.stain import (
+    clahe,
+    deconvolve,
+    haematoxylin,
+    hed_to_uint8,
+    optical_density,
+    rgb_from_od,
+    tissue_mask,
 )
 
 _ROOT = Path(__file__).resolve().parents[1]
@@ -63,13 +70,13 @@ def test_optical_density_round_trip():
 
 
 def test_deconvolve_pure_hematoxylin_goes_to_h_channel():
-    od = 1.0 * rgb_from_hed[0]  # hematoxylin at concentration 1 (OD units)
+    od = 1.0 * rgb_from_hed[0]  # haematoxylin at concentration 1 (OD units)
     rgb = rgb_from_od(np.broadcast_to(od, (4, 4, 3)))
     conc = deconvolve(rgb)
     assert conc.shape == (4, 4, 3) and conc.dtype == np.float32
     np.testing.assert_allclose(conc[..., 0], 1.0, atol=0.02)  # uint8 rounding only
     np.testing.assert_allclose(conc[..., 1:], 0.0, atol=0.02)
-    np.testing.assert_array_equal(hematoxylin(rgb), conc[..., 0])
+    np.testing.assert_array_equal(haematoxylin(rgb), conc[..., 0])
     # the same with a 2x3 (Macenko) matrix: the residual row is completed
     he = np.array(stain_norm._TARGET_MACENKO["stain_matrix"])
     conc = deconvolve(rgb_from_od(np.full((2, 2, 3), 0.8 * he[0])), he)
@@ -109,14 +116,14 @@ def test_default_target_constants_match_the_sample(target_full, target):
     holds on any build and still catches a wrong constant. What a user sees must not move
     at all: a slide normalised to the fitted target and to the constants is the same
     image to within one grey level."""
-    mac = MacenkoNormalizer().fit_target(target_full)
-    rei = ReinhardNormalizer().fit_target(target_full)
+    mac = MacenkoNormaliser().fit_target(target_full)
+    rei = ReinhardNormaliser().fit_target(target_full)
     for key in ("stain_matrix", "max_concentrations"):
         np.testing.assert_allclose(mac.to_dict()[key], stain_norm._TARGET_MACENKO[key], rtol=1e-4, atol=1e-6)
     for key in ("mean", "std"):
         np.testing.assert_allclose(rei.to_dict()[key], stain_norm._TARGET_REINHARD[key], rtol=1e-4, atol=1e-6)
     pert = perturb(target)
-    for fitted, default in ((mac, MacenkoNormalizer()), (rei, ReinhardNormalizer())):
+    for fitted, default in ((mac, MacenkoNormaliser()), (rei, ReinhardNormaliser())):
         a = fitted.fit(pert).transform(pert).astype(int)
         b = default.fit(pert).transform(pert).astype(int)
         assert np.abs(a - b).max() <= 1
@@ -124,7 +131,7 @@ def test_default_target_constants_match_the_sample(target_full, target):
 
 def test_macenko_brings_restained_copy_back(target):
     pert, mask = perturb(target), tissue_mask(target)
-    out = MacenkoNormalizer().fit(pert).transform(pert)
+    out = MacenkoNormaliser().fit(pert).transform(pert)
     ref = lab_stats(target, mask)  # L, a, b mean: 47.8, 32.4, -14.6; std 13.2, 5.3, 5.9
     before, after = np.abs(lab_stats(pert, mask) - ref), np.abs(lab_stats(out, mask) - ref)
     assert before.max() > 7  # measured: b* mean 4.0 off, L 1.9, a* 7.7; b* std 3.5 off
@@ -134,13 +141,13 @@ def test_macenko_brings_restained_copy_back(target):
 
 def test_reinhard_matches_target_lab_stats(target):
     pert, mask = perturb(target), tissue_mask(target)
-    out = ReinhardNormalizer().fit(pert).transform(pert)
+    out = ReinhardNormaliser().fit(pert).transform(pert)
     after = np.abs(lab_stats(out, mask) - lab_stats(target, mask))
     assert after.max() < 0.5  # measured <= 0.36
     assert mad(out, target) < 6.0  # measured 10.07 -> 5.22
 
 
-@pytest.mark.parametrize("cls", [MacenkoNormalizer, ReinhardNormalizer])
+@pytest.mark.parametrize("cls", [MacenkoNormaliser, ReinhardNormaliser])
 def test_transform_tilewise_equals_whole(cls, target):
     norm = cls().fit(target[::3, ::3])
     whole = norm.transform(target)
@@ -153,7 +160,7 @@ def test_transform_tilewise_equals_whole(cls, target):
     np.testing.assert_array_equal(deconvolve(target[100:228, 50:306]), conc[100:228, 50:306])
 
 
-@pytest.mark.parametrize("cls", [MacenkoNormalizer, ReinhardNormalizer])
+@pytest.mark.parametrize("cls", [MacenkoNormaliser, ReinhardNormaliser])
 def test_white_tile(cls, target):
     white = np.full((64, 64, 3), 250, np.uint8)
     white[::3] = 245
@@ -167,10 +174,10 @@ def test_white_tile(cls, target):
     assert np.all(np.isfinite(conc)) and np.all(conc == 0)
 
 
-@pytest.mark.parametrize("cls", [MacenkoNormalizer, ReinhardNormalizer])
+@pytest.mark.parametrize("cls", [MacenkoNormaliser, ReinhardNormaliser])
 def test_to_dict_json_round_trip(cls, target):
     fitted = cls().fit_target(perturb(target))
-    again = normalizer_from_dict(json.loads(json.dumps(fitted.to_dict())))
+    again = normaliser_from_dict(json.loads(json.dumps(fitted.to_dict())))
     assert type(again) is cls and again.to_dict() == fitted.to_dict()
     tile = target[:64, :64]
     np.testing.assert_array_equal(again.fit(target).transform(tile),
@@ -181,9 +188,9 @@ def test_to_dict_json_round_trip(cls, target):
 
 def test_from_dict_rejects_unknown_method():
     with pytest.raises(ValueError, match="vahadane"):
-        normalizer_from_dict({"method": "vahadane"})
+        normaliser_from_dict({"method": "vahadane"})
     with pytest.raises(ValueError, match="macenko"):
-        MacenkoNormalizer.from_dict({"method": "reinhard", "mean": [0] * 3, "std": [1] * 3})
+        MacenkoNormaliser.from_dict({"method": "reinhard", "mean": [0] * 3, "std": [1] * 3})
 
 
 def _hue_shift_degrees(a, b, mask):

@@ -10,15 +10,15 @@ import pytest
 import torch
 from skimage.io import imsave
 
-from napari_histoseg.losses import (
+from napari_histoseg.models import build_model, load_checkpoint
+from napari_histoseg.tumour.losses import (
     SegmentationLoss,
     class_weights,
     generalized_dice_loss,
     soft_dice_loss,
     weighted_cross_entropy,
 )
-from napari_histoseg.models import build_model, load_checkpoint
-from napari_histoseg.train import to_input, train
+from napari_histoseg.tumour.train import to_input, train
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
 
@@ -115,7 +115,7 @@ def test_should_stop_and_frozen_encoder(tmp_path):
 
 
 def test_cli_train_and_evaluate(tmp_path, capsys):
-    from napari_histoseg.cli_train import main
+    from napari_histoseg.tasks import main
 
     data = make_dataset(tmp_path / "d")
     out = tmp_path / "c.safetensors"
@@ -181,8 +181,8 @@ QUICK = ["--epochs", "1", "--patch-size", "32", "--batch-size", "2", "--steps-pe
 @pytest.fixture(scope="module")
 def exported_sample(tmp_path_factory):
     """The bundled 1000 x 1000 sample exported at tile 512: tiles of 512 and 488 px."""
-    from napari_histoseg._sample_data import breast_carcinoma
-    from napari_histoseg.export import export_tiles
+    from napari_histoseg.plugin.samples import breast_carcinoma
+    from napari_histoseg.tumour.export import export_tiles
 
     image = np.asarray(breast_carcinoma()[0][0])
     mask = (image.mean(-1) < 170).astype(np.uint8)  # dark (nuclei-dense) tissue as "tumour"
@@ -234,8 +234,8 @@ def test_a_checkpoint_of_another_task_is_refused_before_training(exported_sample
 @needs_bundled
 def test_one_exported_tile_fine_tunes_and_says_it_validates_on_that_tile(tmp_path):
     """One tile smaller than the patch: trained on, validated on itself, and told so."""
-    from napari_histoseg.backend import LocalBackend
-    from napari_histoseg.export import export_tiles
+    from napari_histoseg.backends.local import LocalBackend
+    from napari_histoseg.tumour.export import export_tiles
 
     rng = np.random.default_rng(0)
     mask = np.zeros((24, 40), np.uint8)
@@ -267,7 +267,7 @@ def _folder(root: Path, masks, splits=None) -> Path:
 
 
 def test_data_that_cannot_train_is_refused_before_training_with_the_reason(tmp_path, capsys):
-    from napari_histoseg.backend import LocalBackend
+    from napari_histoseg.backends.local import LocalBackend
     from napari_histoseg.cli import main
 
     ignored = _folder(tmp_path / "ignored", [np.full((30, 30), 255, np.uint8)] * 2)

@@ -11,7 +11,7 @@ import pytest
 import tifffile
 import zarr
 
-from napari_histoseg.inference import predict
+from napari_histoseg.core.tiling import predict
 from napari_histoseg.models import save_checkpoint
 from napari_histoseg.models.segmenter import Segmenter
 from napari_histoseg.wsi import iter_segment_slide, read_result, segment_slide, slide_tissue
@@ -179,7 +179,7 @@ def test_20x_and_40x_scans_give_the_same_map_at_the_models_scale(files, tmp_path
 
 
 def test_napari_reader_opens_the_result_on_the_slide(files, tmp_path):
-    from napari_histoseg.io.napari_reader import get_reader
+    from napari_histoseg.plugin.reader import get_reader
 
     out = tmp_path / "r.ome.zarr"
     segment_slide(files["slide"], out, model=files["model"], **OPTS)
@@ -196,9 +196,9 @@ def test_napari_reader_opens_the_result_on_the_slide(files, tmp_path):
 
 @pytest.mark.filterwarnings("ignore")
 def test_segment_widget_whole_slide_mode_fills_layers_in_a_viewer(make_napari_viewer, qtbot, files, tmp_path):
-    from napari_histoseg.io.napari_reader import get_reader
-    from napari_histoseg.widgets.segment import MODEL_FILE, SegmentWidget
-    from napari_histoseg.widgets._wholeslide import WHOLE_SLIDE
+    from napari_histoseg.plugin.reader import get_reader
+    from napari_histoseg.plugin.widgets._wholeslide import WHOLE_SLIDE
+    from napari_histoseg.plugin.widgets.segment import MODEL_FILE, SegmentWidget
 
     viewer = make_napari_viewer()
     data, kw, _ = get_reader(files["slide"])(files["slide"])[0]
@@ -242,9 +242,9 @@ def test_segment_and_segment_slides_agree_and_call_no_glass_tumour(tmp_path, cap
     segment-slides 8.7 % of 0.609 mm² of tissue.)"""
     from skimage.io import imread
 
-    from napari_histoseg._sample_data import sample_path
     from napari_histoseg.cli import main
     from napari_histoseg.io import open_image
+    from napari_histoseg.plugin.samples import sample_path
 
     with open_image(sample_path("cmu_small_region.svs")) as slide:
         mpp = slide.mpp

@@ -1,4 +1,4 @@
-"""Benign/malignant classification of an H&E image or region, calibrated (issue 12).
+"""Benign/malignant classification of an H&E image or region, calibrated.
 
 >>> from napari_histoseg.classifier import classify          # doctest: +SKIP
 >>> probs = classify(rgb, region=mask, mpp=0.25)             # doctest: +SKIP
@@ -17,15 +17,15 @@ __all__ = ["classify", "classify_regions", "load_classifier", "train_classifier"
 
 def __getattr__(name):
     if name in ("classify", "classify_regions", "load_classifier", "ClassifierInputError"):
-        from . import infer
+        from napari_histoseg.classifier import infer
 
         return getattr(infer, name)
     if name == "train_classifier":
-        from .train import train_classifier
+        from napari_histoseg.classifier.train import train_classifier
 
         return train_classifier
     if name == "evaluate_classifier":
-        from .evaluate import evaluate_classifier
+        from napari_histoseg.classifier.evaluate import evaluate_classifier
 
         return evaluate_classifier
     raise AttributeError(f"module 'napari_histoseg.classifier' has no attribute {name!r}")

@@ -34,7 +34,7 @@ def add_evaluate_options(p) -> None:
 
 
 def run_train(args) -> int:
-    from .train import train_classifier
+    from napari_histoseg.classifier.train import train_classifier
 
     datasets = args.dataset if isinstance(args.dataset, list) else [args.dataset]
     if len(datasets) != 1:
@@ -53,7 +53,7 @@ def run_train(args) -> int:
 
 
 def run_evaluate(args) -> int:
-    from .evaluate import evaluate_classifier, format_report
+    from napari_histoseg.classifier.evaluate import evaluate_classifier, format_report
 
     res = evaluate_classifier(args.dataset, args.model, split=args.split)
     print(format_report(res))
@@ -69,9 +69,9 @@ def run_evaluate(args) -> int:
 def cmd_classify(args) -> int:
     import warnings
 
-    from ..cli import read_region
-    from ..io import open_image
-    from .infer import ClassifierInputError, classify_region, load_classifier
+    from napari_histoseg.classifier.infer import ClassifierInputError, classify_region, load_classifier
+    from napari_histoseg.io import open_image
+    from napari_histoseg.io.masks import read_region
 
     slide = open_image(args.image)
     image = slide.levels[0] if hasattr(slide, "levels") else slide

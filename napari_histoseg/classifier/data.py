@@ -16,7 +16,7 @@ near-duplicates, and mixing them would measure recall of a slide, not generalisa
 
 Training patches (:func:`augmented_crop`) are random crops of the image at its native
 scale with scale jitter, 90-degree rotations, flips, HED stain perturbation and
-brightness/contrast (the project's :mod:`napari_histoseg.augment`).
+brightness/contrast (the project's :mod:`napari_histoseg.training.augment`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..dataset import DatasetError, _read_rgb, read_dataset_json
+from napari_histoseg.io.dataset import DatasetError, read_dataset_json, read_rgb
 
 
 @dataclass
@@ -50,7 +50,7 @@ class Classified:
         return [str(r.get("group", r["id"])) for r in self.records]
 
     def load(self, i: int) -> np.ndarray:
-        return _read_rgb(self.root / self.records[i]["image"])
+        return read_rgb(self.root / self.records[i]["image"])
 
     def subset(self, split: str) -> "Classified":
         """Records whose ``split`` is ``split`` (``"all"`` gives every record)."""
@@ -111,7 +111,7 @@ def patient_split(groups, labels, fraction: float = 0.2, seed: int = 0) -> tuple
 
 def augmented_crop(image: np.ndarray, size: int, rng: np.random.Generator, cfg=None) -> np.ndarray:
     """One augmented ``size`` x ``size`` training patch of a uint8 RGB image."""
-    from ..augment import AugmentConfig, random_patch
+    from napari_histoseg.training.augment import AugmentConfig, random_patch
 
     cfg = cfg or AugmentConfig(hed_sigma=0.08, hed_bias=0.015, hed_prob=0.9)
     dummy = np.zeros(image.shape[:2], np.uint8)

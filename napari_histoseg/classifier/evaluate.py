@@ -14,10 +14,10 @@ import math
 
 import numpy as np
 
-from .calibration import expected_calibration_error, nll, softmax
-from .data import load_classification
-from .metrics import binary_metrics, per_patient, per_subtype
-from .train import BREAKHIS_MPP
+from napari_histoseg.classifier.calibration import expected_calibration_error, nll, softmax
+from napari_histoseg.classifier.data import load_classification
+from napari_histoseg.classifier.metrics import binary_metrics, per_patient, per_subtype
+from napari_histoseg.classifier.train import BREAKHIS_MPP
 
 
 def record_mpp(record: dict):
@@ -28,7 +28,7 @@ def record_mpp(record: dict):
 
 def evaluate_classifier(dataset, model=None, split: str = "test", progress=None) -> dict:
     """Per-image, per-patient and per-subtype figures and calibration, as a JSON-able dict."""
-    from .infer import Classifier, classify_region, load_classifier
+    from napari_histoseg.classifier.infer import Classifier, classify_region, load_classifier
 
     clf = model if isinstance(model, Classifier) else load_classifier(model)
     ds = load_classification(dataset).subset(split)

@@ -16,7 +16,7 @@
 :func:`classify_region` returns the whole :class:`Classification` (tile spread, boxes,
 warnings); :func:`classify_regions` does every label of a label image;
 :func:`explain_region` gives the Grad-CAM of the predicted class over the region through
-:func:`napari_histoseg.explain.explain`.
+:func:`napari_histoseg.explanations.explain`.
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from ..models.checkpoint import CheckpointError
-from .calibration import softmax
-from .tiles import aggregate, resize, tile_logits, to_input
+from napari_histoseg.classifier.calibration import softmax
+from napari_histoseg.classifier.tiles import aggregate, tile_logits, to_input
+from napari_histoseg.core.resize import resize
+from napari_histoseg.models.checkpoint import CheckpointError
 
 BUNDLED = Path(__file__).resolve().parent.parent / "weights" / "classifier.safetensors"
 MIN_TISSUE = 0.05  # least share of tissue pixels in a region (see check_he)
@@ -51,7 +52,7 @@ class Classifier:
     """
 
     def __init__(self, module, meta, device="cpu", source=""):
-        from ..device import resolve_device
+        from napari_histoseg.core.device import resolve_device
 
         if meta.task != "classification":
             raise CheckpointError(f"{source or meta.name}: a {meta.task} model, not a classifier")
@@ -83,7 +84,7 @@ class Classifier:
 
 def load_classifier(path=None, device="auto") -> Classifier:
     """Load a classification checkpoint (None: the bundled one)."""
-    from ..models import load_checkpoint
+    from napari_histoseg.models import load_checkpoint
 
     if path is None:
         if not BUNDLED.is_file():
@@ -117,7 +118,7 @@ def he_stats(rgb: np.ndarray) -> dict:
     """
     from skimage.color import rgb2hsv, rgb_from_hed
 
-    from ..stain import optical_density
+    from napari_histoseg.colour.stain import optical_density
 
     step = max(1, int(math.sqrt(rgb.shape[0] * rgb.shape[1] / 60_000)))  # ~60k pixels are plenty
     sub = np.ascontiguousarray(rgb[::step, ::step])
@@ -184,7 +185,7 @@ class Classification:
 
 def _prepare(image, model: Classifier, region, mpp, what: str):
     """RGB crop of the region's bounding box at the model's scale, its mask, offset, factor."""
-    from ..io import ImageFormatError, ensure_rgb_uint8
+    from napari_histoseg.io import ImageFormatError, ensure_rgb_uint8
 
     notes = []
     shape = np.shape(image)
@@ -302,8 +303,8 @@ def classify_regions(image, labels, model=None, mpp=None, progress=None, should_
 def explain_region(image, model=None, region=None, mpp=None, channel: Optional[int] = None,
                    progress=None, should_stop=None) -> np.ndarray:
     """Grad-CAM (float32 (H, W), 0..1, 0 outside the region) of the class ``channel``
-    (default: the predicted class) over the region, through :func:`napari_histoseg.explain.explain`."""
-    from ..explain import explain
+    (default: the predicted class) over the region, through :func:`napari_histoseg.explanations.explain`."""
+    from napari_histoseg.explanations import explain
 
     model = _model(model)
     rgb, mask, (oy, ox), factor, _ = _prepare(image, model, region, mpp, "the image")

@@ -3,7 +3,7 @@
 Malignant is the positive class (1). Sensitivity = TP / (TP + FN) (malignant found),
 specificity = TN / (TN + FP) (benign kept benign), balanced accuracy = their mean, AUC
 the area under the ROC curve of P(malignant) (Mann-Whitney U, ties half;
-:func:`napari_histoseg.metrics.pixel_auc`). A patient's probability is the mean of its
+:func:`napari_histoseg.core.scores.pixel_auc`). A patient's probability is the mean of its
 images' calibrated probabilities; its label is its images' (majority) label.
 """
 
@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from ..metrics import pixel_auc
+from napari_histoseg.core.scores import pixel_auc
 
 
 def _ratio(a, b):

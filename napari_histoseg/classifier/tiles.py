@@ -2,7 +2,7 @@
 
 A region (a boolean mask, or the whole image) is covered by ``tile`` x ``tile`` windows
 placed on a grid whose starts are spread evenly from the first to the last possible
-position (:func:`napari_histoseg.inference.tile_starts`); a window counts when at least
+position (:func:`napari_histoseg.core.windows.tile_starts`); a window counts when at least
 ``min_cover`` of it lies inside the region (the window most inside always counts). The
 region's logits are the **mean of the tiles' raw logits**, weighted by how much of each
 tile is inside the region; the calibrated probability is ``softmax(mean_logits / T)``,
@@ -16,7 +16,8 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from ..inference import Cancelled, tile_starts
+from napari_histoseg.core.runs import Cancelled
+from napari_histoseg.core.windows import tile_starts
 
 
 def tile_boxes(shape, tile: int, region: Optional[np.ndarray] = None,
@@ -78,18 +79,3 @@ def aggregate(logits: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Weighted mean of tile logits (C,)."""
     w = np.asarray(weights, np.float64)
     return (np.asarray(logits, np.float64) * w[:, None]).sum(0) / w.sum()
-
-
-def resize(image: np.ndarray, factor: float, mask: bool = False) -> np.ndarray:
-    """Resize an (H, W, 3) uint8 image (bilinear, antialiased) or an (H, W) mask (nearest)."""
-    if abs(factor - 1.0) < 1e-6:
-        return np.asarray(image, bool) if mask else image
-    h, w = image.shape[:2]
-    size = (max(1, int(round(h * factor))), max(1, int(round(w * factor))))
-    if mask:
-        t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.uint8))[None, None].float()
-        return torch.nn.functional.interpolate(t, size=size, mode="nearest")[0, 0].numpy() > 0.5
-    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
-    t = torch.nn.functional.interpolate(t, size=size, mode="bilinear", antialias=factor < 1,
-                                        align_corners=False)
-    return t[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()

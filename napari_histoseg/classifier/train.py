@@ -32,11 +32,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..models import ModelMeta, build_model, save_checkpoint
-from .calibration import expected_calibration_error, fit_temperature, nll, softmax
-from .data import augmented_crop, load_classification, patient_split
-from .metrics import binary_metrics, per_patient
-from .tiles import aggregate, resize, tile_logits, to_input
+from napari_histoseg.classifier.calibration import expected_calibration_error, fit_temperature, nll, softmax
+from napari_histoseg.classifier.data import augmented_crop, load_classification, patient_split
+from napari_histoseg.classifier.metrics import binary_metrics, per_patient
+from napari_histoseg.classifier.tiles import aggregate, tile_logits, to_input
+from napari_histoseg.core.resize import resize
+from napari_histoseg.models import ModelMeta, build_model, save_checkpoint
 
 ARCH = "classifier-mobilenet_v2"
 # BreakHis "100X" = 10x objective x 3.3x relay lens onto a 6.5 um camera pixel
@@ -200,7 +201,7 @@ def train_classifier(
             break
 
     # Calibrate the best checkpoint on the validation patients.
-    from ..models import load_checkpoint
+    from napari_histoseg.models import load_checkpoint
 
     net, meta = load_checkpoint(output)
     v = validate(net, va_images, va_labels, groups[va_idx], patch_size)

@@ -8,9 +8,10 @@ Everything here is plain Python on numpy/tifffile/zarr; no napari or Qt.
 ...     overview = slide.thumbnail(1024)
 """
 
-from .metadata import MPP_RANGE
-from .slide import SUPPORTED_SUFFIXES, Slide, image_suffix, open_image
-from .validate import ImageFormatError, check_lazy_rgb, ensure_rgb_uint8, to_uint8
+from napari_histoseg.io.metadata import MPP_RANGE
+from napari_histoseg.io.readers import open_image
+from napari_histoseg.io.slide import SUPPORTED_SUFFIXES, Slide, image_suffix
+from napari_histoseg.io.validate import ImageFormatError, check_lazy_rgb, ensure_rgb_uint8, to_uint8
 
 __all__ = [
     "open_image",

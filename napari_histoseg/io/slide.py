@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .validate import ImageFormatError, ensure_rgb_uint8
+from napari_histoseg.io.validate import ensure_rgb_uint8
 
-__all__ = ["Slide", "open_image", "SUPPORTED_SUFFIXES", "image_suffix"]
+__all__ = ["Slide", "SUPPORTED_SUFFIXES", "image_suffix"]
 
 #: File name endings :func:`open_image` understands (lower case).
 SUPPORTED_SUFFIXES = (".svs", ".ome.tif", ".ome.tiff", ".tif", ".tiff", ".png", ".jpg", ".jpeg")
@@ -252,52 +252,3 @@ def _block_mean(block: np.ndarray, f: int) -> np.ndarray:
         block = np.pad(block, ((0, ph), (0, pw), (0, 0)), mode="edge")
     H, W = block.shape[:2]
     return block.reshape(H // f, f, W // f, f, 3).mean(axis=(1, 3), dtype=np.float32)
-
-
-def open_image(path) -> Slide:
-    """Open an H&E image or whole-slide image.
-
-    Parameters
-    ----------
-    path : str or Path
-        A ``.svs``, ``.tif``/``.tiff`` (also pyramidal and OME-TIFF),
-        ``.png``, ``.jpg`` or ``.jpeg`` file.
-
-    Returns
-    -------
-    slide : Slide
-        PNG/JPEG: one in-memory level. TIFF/SVS: lazy levels of the main
-        image series (SVS thumbnail, label and macro images are not levels).
-        Use as a context manager or call ``close()`` to release the file.
-
-    Raises
-    ------
-    FileNotFoundError
-        If `path` does not exist.
-    ImageFormatError
-        If the file type is not supported, the file cannot be decoded, or the
-        image is not RGB(A) (grayscale, stacks, many channels).
-
-    Examples
-    --------
-    >>> from napari_histoseg._sample_data import sample_path
-    >>> with open_image(sample_path("cmu_small_region.svs")) as slide:
-    ...     slide.shape, slide.mpp, slide.read_region(0, 0, 0, 64, 64).shape
-    ((2967, 2220, 3), 0.499, (64, 64, 3))
-    """
-    from ._readers import read_pillow, read_tiff
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"No such image file: '{path}'")
-    if path.is_dir():
-        raise ImageFormatError(f"'{path}' is a folder, not an image file")
-    suffix = image_suffix(path)
-    if suffix is None:
-        raise ImageFormatError(
-            f"Cannot open '{path}': unsupported file type '{path.suffix or path.name}'. "
-            f"Supported: {', '.join(SUPPORTED_SUFFIXES)}."
-        )
-    if suffix in _TIFF_SUFFIXES:
-        return read_tiff(path, suffix)
-    return read_pillow(path, suffix)

@@ -81,7 +81,7 @@ def _describe_shape_problem(shape: tuple) -> str | None:
 
 def _check_dtype(dtype) -> None:
     dtype = np.dtype(dtype)
-    if dtype == bool or dtype.kind not in "uif":
+    if dtype == bool or dtype.kind not in "uif":  # noqa: E721 (a numpy dtype, not a type)
         raise ImageFormatError(
             f"{_NEED} of integers or floats; got dtype {dtype}."
         )

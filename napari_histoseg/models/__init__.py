@@ -1,20 +1,23 @@
 """Segmentation architectures, their registry, and safetensors checkpoints."""
 
-from .._triton_guard import guard as _guard
+from napari_histoseg.core.triton_guard import guard as _guard
 
-_guard()  # before smp/timm/torchvision: see napari_histoseg._triton_guard
+_guard()  # before smp/timm/torchvision: see napari_histoseg.core.triton_guard
 
-from . import lightmuseg, unet  # noqa: F401  (register the architectures)
-from . import maskrcnn  # noqa: F401  (nuclei: Mask R-CNN, issue 11)
-from . import classifier  # noqa: F401  (benign/malignant classifier, issue 12)
-from .checkpoint import (
+from napari_histoseg.models import (  # noqa: F401  (register the architectures)
+    classifier,  # noqa: F401  (benign/malignant classifier)
+    lightmuseg,
+    maskrcnn,  # noqa: F401  (nuclei: Mask R-CNN)
+    unet,
+)
+from napari_histoseg.models.checkpoint import (
     CheckpointError,
     ModelMeta,
     load_checkpoint,
     read_meta,
     save_checkpoint,
 )
-from .registry import build_model, list_architectures, register
+from napari_histoseg.models.registry import build_model, list_architectures, register
 
 __all__ = [
     "CheckpointError",

@@ -22,7 +22,7 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from .registry import build_model, list_architectures
+from napari_histoseg.models.registry import build_model, list_architectures
 
 FORMAT = "histoseg-model"
 FORMAT_VERSION = 1

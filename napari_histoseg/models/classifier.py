@@ -1,4 +1,4 @@
-"""Image classifier on the MobileNetV2 encoder (benign / malignant, issue 12).
+"""Image classifier on the MobileNetV2 encoder (benign / malignant).
 
 ``classifier-mobilenet_v2``: torchvision's ``mobilenet_v2(weights=None).features`` (the
 tensor layout of ``../shared/weights/mobilenet_v2_imagenet.safetensors``, whose keys are
@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 from torchvision.models import mobilenet_v2
 
-from .registry import register
+from napari_histoseg.models.registry import register
 
 
 class MobileNetClassifier(nn.Module):

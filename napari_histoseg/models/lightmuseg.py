@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .registry import register
+from napari_histoseg.models.registry import register
 
 
 def conv_bn_relu(cin: int, cout: int, k: int = 3) -> nn.Sequential:

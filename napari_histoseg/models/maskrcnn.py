@@ -37,7 +37,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
-from .registry import register
+from napari_histoseg.models.registry import register
 
 # MobileNetV2 ``features`` blocks that end each stride: 4, 8, 16, 32.
 _MNV2_RETURN = {"3": "0", "6": "1", "13": "2", "18": "3"}

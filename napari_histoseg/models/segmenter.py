@@ -13,9 +13,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..device import resolve_device
-from .checkpoint import ModelMeta, load_checkpoint
-from .registry import build_model
+from napari_histoseg.core.device import resolve_device
+from napari_histoseg.models.checkpoint import ModelMeta, load_checkpoint
+from napari_histoseg.models.registry import build_model
 
 
 class Segmenter:
@@ -50,7 +50,7 @@ class Segmenter:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device="auto", half=None) -> "Segmenter":
         """Load a safetensors checkpoint (see :func:`load_checkpoint`)."""
-        from .checkpoint import CheckpointError, read_meta
+        from napari_histoseg.models.checkpoint import CheckpointError, read_meta
 
         meta = read_meta(path)  # the header only: refuse another task before loading weights
         if meta.task != "segmentation":
@@ -110,3 +110,20 @@ class Segmenter:
         else:
             out = self.module(x)
         return self.activate(out.float()).cpu().numpy()
+
+
+def load_segmenter(path=None, device: str = "auto", engine: str = "torch"):
+    """A :class:`Segmenter` (``engine="torch"``) or its ONNX Runtime twin (``"onnx"``) from a checkpoint
+    path, or the bundled default model for None; see :func:`napari_histoseg.load_model`."""
+    from napari_histoseg.models.bundled import bundled_model_path
+
+    model = Segmenter.from_checkpoint(path if path is not None else bundled_model_path(), device=device)
+    if path is None:
+        model.source = "bundled"
+    if engine == "onnx":
+        from napari_histoseg.models.onnx import OnnxSegmenter
+
+        return OnnxSegmenter(model)
+    if engine != "torch":
+        raise ValueError(f"engine must be 'torch' or 'onnx', not {engine!r}")
+    return model

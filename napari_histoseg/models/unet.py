@@ -14,7 +14,7 @@ import segmentation_models_pytorch as smp
 import torch
 import torch.nn as nn
 
-from .registry import register
+from napari_histoseg.models.registry import register
 
 
 class DropoutUnet(nn.Module):

@@ -7,11 +7,11 @@
 
 def __getattr__(name):
     if name in ("detect_nuclei", "load_nuclei_model"):
-        from . import infer
+        from napari_histoseg.nuclei import infer
 
         return getattr(infer, name)
     if name == "detect_nuclei_classical":
-        from .baseline import detect_nuclei_classical
+        from napari_histoseg.nuclei.baseline import detect_nuclei_classical
 
         return detect_nuclei_classical
     raise AttributeError(f"module 'napari_histoseg.nuclei' has no attribute {name!r}")

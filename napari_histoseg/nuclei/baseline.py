@@ -1,6 +1,6 @@
 """Classical nucleus segmentation, the baseline the Mask R-CNN is measured against.
 
-Colour deconvolution to haematoxylin (:func:`skimage.color.rgb2hed`), Gaussian
+Colour deconvolution to haematoxylin (:func:`napari_histoseg.colour.stain.haematoxylin`), Gaussian
 smoothing, Otsu's threshold, hole filling and removal of specks, a distance transform,
 its local maxima as markers (:func:`skimage.feature.peak_local_max`) and a marker-
 controlled watershed (:func:`skimage.segmentation.watershed`) that splits touching
@@ -21,8 +21,9 @@ from skimage.filters import gaussian, threshold_otsu
 from skimage.morphology import remove_small_objects
 from skimage.segmentation import watershed
 
-from .features import haematoxylin, nucleus_features
-from .infer import check_image
+from napari_histoseg.colour.stain import haematoxylin
+from napari_histoseg.nuclei.features import nucleus_features
+from napari_histoseg.nuclei.infer import check_image
 
 
 def classical_labels(rgb: np.ndarray, mpp: float = 0.25, min_diameter_um: float = 3.0,

@@ -35,7 +35,7 @@ def add_evaluate_options(p) -> None:
 
 
 def run_train(args) -> int:
-    from .train import export_half, train_nuclei
+    from napari_histoseg.nuclei.train import export_half, train_nuclei
 
     arch = args.arch if args.arch.startswith("maskrcnn") else DEFAULT_ARCH
     steps = args.epochs * (args.steps_per_epoch or 100)
@@ -54,7 +54,7 @@ def run_train(args) -> int:
 
 
 def run_evaluate(args) -> int:
-    from .evaluate import evaluate_nuclei, format_table
+    from napari_histoseg.nuclei.evaluate import evaluate_nuclei, format_table
 
     result = evaluate_nuclei(args.dataset, args.model, split=args.split, baseline=not args.no_baseline,
                              tile=args.nuclei_tile, overlap=args.nuclei_overlap,
@@ -87,25 +87,26 @@ def register(subparsers) -> None:
 def cmd_nuclei(args) -> int:
     import numpy as np
 
-    from ..cli import read_region, tile_bar
-    from ..io import open_image
+    from napari_histoseg.core.runs import tile_bar
+    from napari_histoseg.io import open_image
+    from napari_histoseg.io.masks import read_region
 
     with open_image(args.image) as slide:
         rgb = np.asarray(slide.levels[0])
         mpp = args.mpp or slide.mpp
     region = read_region(args.region, rgb.shape) if args.region else None
     if args.classical:
-        from .baseline import detect_nuclei_classical
+        from napari_histoseg.nuclei.baseline import detect_nuclei_classical
 
         labels, table = detect_nuclei_classical(rgb, mpp=mpp)
     else:
-        from .infer import detect_nuclei
+        from napari_histoseg.nuclei.infer import detect_nuclei
 
         bar, progress = tile_bar(f"nuclei in {Path(args.image).name}")
         labels, table = detect_nuclei(rgb, args.model, mpp=mpp, tile=args.tile, overlap=args.overlap,
                                       score_threshold=args.score_threshold, progress=progress)
         bar.close()
-    from .features import region_summary
+    from napari_histoseg.nuclei.features import region_summary
 
     if region is not None:
         summary = region_summary(table, {"tumour": region, "rest": ~region}, mpp)

@@ -11,7 +11,7 @@
 training patch and its Mask R-CNN target (boxes, labels, masks): a window of random
 place, scaled around the ratio of the tile's mpp to the model's (scale jitter), a
 rotation by k·90°, flips, HED stain jitter and brightness/contrast (the last three from
-:mod:`napari_histoseg.augment`). Labels are resized nearest-neighbour, so every nucleus
+:mod:`napari_histoseg.training.augment`). Labels are resized nearest-neighbour, so every nucleus
 keeps its own id; nuclei cut to a sliver by the window's border are dropped.
 """
 
@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from scipy import ndimage as ndi
 from skimage.io import imread
 
-from ..augment import AugmentConfig, geometric, hed_perturb, intensity
-from ..dataset import DatasetError
-from ..dataset import read_dataset_json as _read_dataset_json
+from napari_histoseg.io.dataset import DatasetError
+from napari_histoseg.io.dataset import read_dataset_json as _read_dataset_json
+from napari_histoseg.training.augment import AugmentConfig, geometric, hed_perturb, intensity
 
 
 class InstanceDatasetError(DatasetError):

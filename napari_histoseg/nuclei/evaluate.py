@@ -13,9 +13,9 @@ import time
 
 import numpy as np
 
-from .baseline import classical_labels
-from .data import load_instances
-from .metrics import score
+from napari_histoseg.nuclei.baseline import classical_labels
+from napari_histoseg.nuclei.data import load_instances
+from napari_histoseg.nuclei.metrics import score
 
 KEYS = ("aji", "pq", "dq", "sq", "f1")
 
@@ -27,8 +27,8 @@ def _means(rows):
 def evaluate_nuclei(dataset, model=None, split="test", baseline=True, tile=640, overlap=128,
                     score_threshold=None, log=None) -> dict:
     """``{"per_image": [...], "model": {"overall", "by_organ"}, "baseline": {...}, ...}``."""
-    from ..inference import drive
-    from .infer import iter_detect, load_nuclei_model
+    from napari_histoseg.core.runs import drive
+    from napari_histoseg.nuclei.infer import iter_detect, load_nuclei_model
 
     net, meta = load_nuclei_model(model) if model is None or isinstance(model, str) else model
     if score_threshold is None:

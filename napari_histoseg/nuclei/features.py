@@ -3,7 +3,7 @@
 :func:`nucleus_features` measures every label with :func:`skimage.measure.regionprops_table`:
 centroid, area, perimeter (µm² and µm when the mpp is known, else px² and px),
 eccentricity, solidity and mean haematoxylin optical density (the H channel of
-:func:`skimage.color.rgb2hed`). :func:`region_summary` counts the nuclei whose centroid
+:func:`napari_histoseg.colour.stain.deconvolve`, OD units). :func:`region_summary` counts the nuclei whose centroid
 lies in each region (tumour against the rest), their density per mm² of region and
 their mean area.
 
@@ -19,16 +19,12 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from skimage.color import rgb2hed
 from skimage.measure import regionprops_table
+
+from napari_histoseg.colour.stain import haematoxylin
 
 COLUMNS = ["label", "centroid_y", "centroid_x", "area", "perimeter", "eccentricity",
            "solidity", "mean_haematoxylin"]
-
-
-def haematoxylin(rgb: np.ndarray) -> np.ndarray:
-    """Haematoxylin optical density (float32) of an RGB uint8 image (colour deconvolution)."""
-    return rgb2hed(rgb)[..., 0].astype(np.float32)
 
 
 def nucleus_features(labels: np.ndarray, rgb: np.ndarray | None = None, mpp: float | None = None) -> pd.DataFrame:

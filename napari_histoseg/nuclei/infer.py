@@ -26,8 +26,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..inference import drive, tile_starts
-from ..io.validate import ImageFormatError, ensure_rgb_uint8
+from napari_histoseg.core.runs import drive
+from napari_histoseg.core.windows import tile_starts
+from napari_histoseg.io.validate import ImageFormatError, ensure_rgb_uint8
 
 BUNDLED = Path(__file__).resolve().parent.parent / "weights" / "nuclei.safetensors"
 MIN_SIDE = 32
@@ -39,7 +40,7 @@ class NucleiModelError(ValueError):
 
 def load_nuclei_model(path=None):
     """``(model, meta)`` of an instances checkpoint (default: the bundled nucleus model)."""
-    from ..models.checkpoint import CheckpointError, load_checkpoint, read_meta
+    from napari_histoseg.models.checkpoint import CheckpointError, load_checkpoint, read_meta
 
     path = Path(path) if path else BUNDLED
     if not path.is_file():
@@ -54,7 +55,7 @@ def load_nuclei_model(path=None):
 
 @lru_cache(maxsize=2)
 def _load_cached(path: str, mtime: float):
-    from ..models.checkpoint import load_checkpoint
+    from napari_histoseg.models.checkpoint import load_checkpoint
 
     model, meta = load_checkpoint(path)
     return model.float(), meta
@@ -199,7 +200,7 @@ def detect_nuclei(image, model=None, mpp=None, *, tile=640, overlap=128, score_t
         Measure every nucleus (see :func:`napari_histoseg.nuclei.features.nucleus_features`).
     progress, should_stop : callables
         ``progress(done, total)`` per tile; ``should_stop()`` True cancels
-        (:class:`napari_histoseg.inference.Cancelled`).
+        (:class:`napari_histoseg.core.runs.Cancelled`).
 
     Returns
     -------
@@ -232,7 +233,7 @@ def detect_nuclei(image, model=None, mpp=None, *, tile=640, overlap=128, score_t
     labels = labels.astype(np.uint32)
     table = None
     if features:
-        from .features import nucleus_features
+        from napari_histoseg.nuclei.features import nucleus_features
 
         table = nucleus_features(labels, rgb, mpp=mpp)
     return labels, table

@@ -22,9 +22,9 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from ..models import ModelMeta, build_model, save_checkpoint
-from .data import load_instances, random_sample
-from .metrics import score
+from napari_histoseg.models import ModelMeta, build_model, save_checkpoint
+from napari_histoseg.nuclei.data import load_instances, random_sample
+from napari_histoseg.nuclei.metrics import score
 
 
 def default_val_ids(tiles) -> list[str]:
@@ -51,8 +51,8 @@ def freeze_bn(model: torch.nn.Module) -> None:
 
 def validate(model, tiles, tile=640, overlap=128) -> dict:
     """Mean AJI, PQ, F1 of whole held-out tiles."""
-    from ..inference import drive
-    from .infer import iter_detect
+    from napari_histoseg.core.runs import drive
+    from napari_histoseg.nuclei.infer import iter_detect
 
     rows = []
     for t in tiles:
@@ -68,7 +68,7 @@ def tune_score_threshold(model, tiles, candidates=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8,
     tiles, never the test split), and the table of every candidate. The detector runs once
     per tile; only the pasting is repeated per candidate. With one mask candidate the
     result is the score threshold, otherwise a ``(score, mask)`` pair."""
-    from . import infer
+    from napari_histoseg.nuclei import infer
 
     cache, real = {}, infer.run_detector
     table = {}
@@ -134,7 +134,7 @@ def train_nuclei(
     log(f"{len(train)} training tiles, {len(val)} held out for validation: {', '.join(val_ids) or '-'}")
     model = build_model(arch, **arch_kwargs)
     if init_encoder:
-        from ..models.maskrcnn import load_mobilenet_v2_features
+        from napari_histoseg.models.maskrcnn import load_mobilenet_v2_features
 
         n = load_mobilenet_v2_features(model, init_encoder)
         log(f"encoder initialised from {init_encoder} ({n} tensors)")
@@ -219,7 +219,7 @@ def train_nuclei(
 
 def finalize(path, val_tiles, log=print):
     """Choose the best checkpoint's score threshold on ``val_tiles`` (mask threshold 0.5); store them in its meta."""
-    from ..models import load_checkpoint
+    from napari_histoseg.models import load_checkpoint
 
     model, meta = load_checkpoint(path)
     # The mask threshold stays 0.5: tuning it on the two validation tiles too (0.7 won there,
@@ -238,7 +238,7 @@ def finalize(path, val_tiles, log=print):
 
 def export_half(src, dst) -> Path:
     """Copy a nucleus checkpoint with float16 weights (half the size; loads into float32)."""
-    from ..models import load_checkpoint
+    from napari_histoseg.models import load_checkpoint
 
     model, meta = load_checkpoint(src)
     return save_checkpoint(model.half(), dst, meta, sidecar=True)

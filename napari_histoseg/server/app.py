@@ -1,7 +1,7 @@
 """The FastAPI application behind ``histoseg serve`` (OpenAPI page at ``/docs``).
 
 Every route but ``/health``, ``/docs`` and ``/openapi.json`` needs the bearer token when
-the server has one. Arrays travel as described in :mod:`napari_histoseg.server.wire`;
+the server has one. Arrays travel as described in :mod:`napari_histoseg.backends.wire`;
 probabilities come back as raw float16 with ``X-Shape`` and ``X-Dtype`` headers.
 """
 
@@ -19,10 +19,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 
-from . import wire
-from .jobs import JobRunner
-from .security import BodyLimit, OutsideRoot, resolve_under, safe_unzip, token_ok
-from .store import ModelStore, sha256_file
+from napari_histoseg.backends import wire
+from napari_histoseg.core.hashing import file_sha256
+from napari_histoseg.server.jobs import JobRunner
+from napari_histoseg.server.security import BodyLimit, OutsideRoot, resolve_under, safe_unzip, token_ok
+from napari_histoseg.server.store import ModelStore
 
 
 @dataclass
@@ -78,7 +79,7 @@ def _region(text: Optional[str]):
 
 async def _guard(fn, *args, **kwargs):
     """Run blocking work off the event loop; bad input becomes 4xx with the reason."""
-    from ..models.checkpoint import CheckpointError
+    from napari_histoseg.models.checkpoint import CheckpointError
 
     try:
         return await run_in_threadpool(fn, *args, **kwargs)
@@ -94,7 +95,8 @@ async def _guard(fn, *args, **kwargs):
 
 def create_app(config: ServerConfig | None = None) -> FastAPI:
     """The application; models load here, once, on ``config.device``."""
-    from ..inference import iter_predict, drive
+    from napari_histoseg.core.runs import drive
+    from napari_histoseg.core.tiling import iter_predict
 
     config = config or ServerConfig()
     workdir = Path(config.workdir or tempfile.mkdtemp(prefix="histoseg-serve-"))
@@ -153,7 +155,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
             uploads.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkstemp(dir=uploads, suffix=".safetensors")[1])
             tmp.write_bytes(body)
-            sha = sha256_file(tmp)
+            sha = file_sha256(tmp)
             known = store.by_hash(sha)
             if known is not None:
                 tmp.unlink()
@@ -214,7 +216,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
     async def segment_slide(req: SlideRequest):
         """Tumour probability of a region of a slide the server reads itself, named by its
         path relative to the server's ``--slides`` folder."""
-        from ..io import open_image
+        from napari_histoseg.io import open_image
 
         def run():
             if config.slides is None:
@@ -240,7 +242,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
                       tile: Optional[int] = None, overlap: int = 64):
         """Heat map (Grad-CAM, SHAP, entropy, MC dropout) of the image in the body. A boolean
         target mask goes with the image as an NPZ body (arrays ``image`` and ``target``)."""
-        from ..explain import iter_explain
+        from napari_histoseg.explanations import iter_explain
 
         body = await request.body()
 

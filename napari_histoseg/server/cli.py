@@ -31,7 +31,7 @@ def register(sub) -> None:
 
 
 def cmd_serve(args) -> int:
-    from .security import SecurityError, check_bind, read_token
+    from napari_histoseg.server.security import SecurityError, check_bind, read_token
 
     try:
         token = read_token(args.token_file) if args.token_file else None
@@ -43,7 +43,7 @@ def cmd_serve(args) -> int:
 
     import uvicorn
 
-    from .app import ServerConfig, create_app
+    from napari_histoseg.server.app import ServerConfig, create_app
 
     config = ServerConfig(device=args.device, token=token, slides=Path(args.slides) if args.slides else None,
                           models=[Path(m) for m in args.model], max_body_mb=args.max_body_mb,

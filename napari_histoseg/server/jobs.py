@@ -1,6 +1,6 @@
 """Fine-tune jobs on the server: one at a time, in a thread, followed and cancelled by id.
 
-A job trains :func:`napari_histoseg.train.train` from a server model on an uploaded
+A job trains :func:`napari_histoseg.tumour.train.train` from a server model on an uploaded
 training-data folder (the zip of what *Export* writes), keeps its progress (the latest
 step, every epoch) for ``GET /jobs/{id}``, stops cleanly on ``DELETE /jobs/{id}`` (the best
 checkpoint so far is kept), and registers the new checkpoint as a server model.
@@ -75,7 +75,7 @@ class JobRunner:
         return job
 
     def _run(self, job: Job, checkpoint: Path):
-        from ..train import train
+        from napari_histoseg.tumour.train import train
 
         def progress(info):
             if info.get("kind") == "step":

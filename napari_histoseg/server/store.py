@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..backend import BUNDLED
-from .batching import Batcher
+from napari_histoseg.core.hashing import file_sha256
+from napari_histoseg.models.bundled import BUNDLED
+from napari_histoseg.server.batching import Batcher
 
 
 @dataclass
@@ -26,7 +26,7 @@ class Entry:
         """A private copy of the network for explanations (their hooks and gradients must
         not meet the batched forward passes of other requests)."""
         if self._explainer is None:
-            from ..models.segmenter import Segmenter
+            from napari_histoseg.models.segmenter import Segmenter
 
             m = self.model
             self._explainer = Segmenter(copy.deepcopy(m.module), m.meta, device=m.device, half=m.half,
@@ -48,18 +48,10 @@ class Entry:
                 "meta": meta.to_json()}
 
 
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class ModelStore:
     def __init__(self, device: str = "auto", *, batching: bool = True, wait_ms: float = 5.0, max_tiles: int = 16,
                  max_pixels: int | None = None):
-        from ..device import resolve_device
+        from napari_histoseg.core.device import resolve_device
 
         self.device = resolve_device(device)
         self.batching, self.wait_ms, self.max_tiles = batching, wait_ms, max_tiles
@@ -71,10 +63,10 @@ class ModelStore:
 
     def add(self, path, ref: str | None = None) -> Entry:
         """Load the segmentation checkpoint ``path`` (CheckpointError if it is not one)."""
-        from ..models.segmenter import Segmenter
+        from napari_histoseg.models.segmenter import Segmenter
 
         path = Path(path)
-        sha = sha256_file(path)
+        sha = file_sha256(path)
         with self._lock:
             known = self.by_hash(sha)
             if known is not None:
@@ -89,7 +81,7 @@ class ModelStore:
             return entry
 
     def add_bundled(self):
-        from ..api import bundled_model_path
+        from napari_histoseg.models.bundled import bundled_model_path
 
         try:
             entry = self.add(bundled_model_path(), ref=BUNDLED)

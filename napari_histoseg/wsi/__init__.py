@@ -7,11 +7,11 @@ No napari or Qt here; the widget side is ``widgets/_wholeslide.py``.
 >>> res.tumour_mm2, res.tumour_fraction_of_tissue, res.tiles_skipped_fraction  # doctest: +SKIP
 """
 
-from .cohort import segment_cohort
-from .omezarr import read_result
-from .scale import Scale, choose_scale
-from .stream import SlideResult, iter_segment_slide, segment_slide
-from .tissue import TissueMask, detect_tissue, slide_tissue
+from napari_histoseg.core.tissue import TissueMask, detect_tissue, slide_tissue
+from napari_histoseg.wsi.cohort import segment_cohort
+from napari_histoseg.wsi.omezarr import read_result
+from napari_histoseg.wsi.scale import Scale, choose_scale
+from napari_histoseg.wsi.stream import SlideResult, iter_segment_slide, segment_slide
 
 __all__ = ["segment_slide", "iter_segment_slide", "segment_cohort", "read_result", "SlideResult",
            "choose_scale", "Scale", "detect_tissue", "slide_tissue", "TissueMask"]

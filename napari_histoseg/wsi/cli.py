@@ -54,7 +54,7 @@ def _client(args):
 def cmd_segment_slides(args) -> int:
     from tqdm import tqdm
 
-    from . import segment_cohort
+    from napari_histoseg.wsi import segment_cohort
 
     if args.threads:
         import torch

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..io import image_suffix
-from .stream import iter_segment_slide
+from napari_histoseg.io import image_suffix
+from napari_histoseg.wsi.stream import iter_segment_slide
 
 __all__ = ["segment_cohort", "REPORT_COLUMNS", "output_path"]
 

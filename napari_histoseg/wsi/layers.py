@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .omezarr import TISSUE_RGBA, TUMOUR_RGBA, read_result
+from napari_histoseg.wsi.omezarr import TISSUE_RGBA, TUMOUR_RGBA, read_result
 
 __all__ = ["result_layer_data", "is_result"]
 

@@ -4,7 +4,7 @@ The map (on the model's pixel grid, see :mod:`.scale`) is cut into square blocks
 task each, as :func:`dask.array.map_overlap` would cut it: a task reads its block plus
 ``overlap`` px of context on every side straight from the slide's zarr store (tifffile's
 ``aszarr``; only the TIFF tiles it touches are decoded), covers that window with the
-tiled engine's blended tiles (:func:`~napari_histoseg.inference.plan_tiles`,
+tiled engine's blended tiles (:func:`~napari_histoseg.core.windows.plan_tiles`,
 ``blend_window``), runs only the tiles that touch tissue, and writes its block of the
 probability and the tumour mask at every pyramid level of the OME-Zarr (:mod:`.omezarr`).
 Blocks without tissue are not scheduled at all (they read as 0). Nothing the size of the
@@ -26,10 +26,10 @@ from typing import Optional
 
 import numpy as np
 
-from ..inference import auto_batch, plan_tiles
-from . import omezarr
-from .scale import ResampledLevel, choose_scale
-from .tissue import slide_tissue
+from napari_histoseg.core.tissue import slide_tissue
+from napari_histoseg.core.windows import auto_batch, plan_tiles
+from napari_histoseg.wsi import omezarr
+from napari_histoseg.wsi.scale import ResampledLevel, choose_scale
 
 __all__ = ["SlideJob", "Block", "SlideResult", "prepare", "segment_block", "iter_segment_slide",
            "segment_slide", "cached_model"]
@@ -117,7 +117,7 @@ def cached_model(ref: str, device: str = "cpu", engine: str = "torch", torch_thr
         if key not in _MODELS:
             import torch
 
-            from ..api import load_model
+            from napari_histoseg.models.segmenter import load_segmenter as load_model
 
             if torch_threads:
                 torch.set_num_threads(int(torch_threads))
@@ -126,7 +126,7 @@ def cached_model(ref: str, device: str = "cpu", engine: str = "torch", torch_thr
 
 
 def _cached_slide(path: str):
-    from ..io import open_image
+    from napari_histoseg.io import open_image
 
     with _LOCK:
         key = (path, os.path.getmtime(path))
@@ -213,9 +213,9 @@ def _open_out(path):
 
 
 def _read_tile(view, y0, x0, h, w):
-    from ..inference import _read
+    from napari_histoseg.core.windows import read_window
 
-    return _read(view, y0, x0, h, w)
+    return read_window(view, y0, x0, h, w)
 
 
 def prepare(slide_path, out, *, model="bundled", model_mpp=None, slide_mpp=None, level=None,
@@ -227,14 +227,14 @@ def prepare(slide_path, out, *, model="bundled", model_mpp=None, slide_mpp=None,
     Returns ``(job, blocks, done, warnings)``: the task settings, every block of the map,
     the blocks already finished (``{(by, bx): stats}``) and warnings to show.
     """
-    from ..io import open_image
-    from ..models.checkpoint import read_meta
+    from napari_histoseg.io import open_image
+    from napari_histoseg.models.checkpoint import read_meta
 
     if block % 64 or block < 128:
         raise ValueError(f"block must be a multiple of 64 and at least 128 px, got {block}")
     model = str(model or "bundled")
     if model == "bundled":
-        from ..api import bundled_model_path
+        from napari_histoseg.models.bundled import bundled_model_path
 
         meta = read_meta(bundled_model_path())
     else:
@@ -309,7 +309,7 @@ def iter_segment_slide(slide_path, out, *, scheduler=None, workers: Optional[int
     total = sum(b.tiles > 0 for b in blocks)
     stats = dict(done)
     yield len(stats), total
-    from .schedule import run_distributed, run_threads
+    from napari_histoseg.wsi.schedule import run_distributed, run_threads
 
     if scheduler is None or scheduler == "threads":
         runner = run_threads(segment_block, job, todo, workers or 1)
@@ -349,9 +349,9 @@ def segment_slide(slide_path, out, *, progress=None, should_stop=None, **kwargs)
     """Segment a whole slide into an OME-Zarr (see :func:`iter_segment_slide`).
 
     ``progress(done, total)`` is called per finished block; when ``should_stop()`` returns
-    True the run stops (finished blocks are kept) and :class:`~napari_histoseg.inference.Cancelled`
+    True the run stops (finished blocks are kept) and :class:`~napari_histoseg.core.runs.Cancelled`
     is raised.
     """
-    from ..inference import drive
+    from napari_histoseg.core.runs import drive
 
     return drive(iter_segment_slide(slide_path, out, **kwargs), progress, should_stop, "whole-slide run")

@@ -1,0 +1,306 @@
+"""The remote backend: the same calls as :class:`~napari_histoseg.backends.local.LocalBackend`,
+answered by ``histoseg serve`` on another machine (usually the one with the GPU).
+
+>>> backend = RemoteBackend("http://gpu-box:8765", token=open("token").read().strip())  # doctest: +SKIP
+>>> pred = drive(backend.segment(rgb))            # the tiled engine here, forward passes there
+
+Tiling and blending run here through the same engine as locally (so progress, cancel and
+lazy slide levels behave the same); only batches of tiles go to the server, which
+stacks concurrent requests into one forward pass. A local checkpoint file named as the
+model is uploaded once (the server knows it by its SHA-256 afterwards).
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import zipfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+from napari_histoseg.backends import wire
+from napari_histoseg.models.bundled import BUNDLED
+
+
+class BackendError(ValueError):
+    """The server answered, but refused or failed; the message says why (a ValueError, so
+    the CLI prints it as a message rather than a traceback)."""
+
+
+class BackendConnectionError(BackendError, ConnectionError):
+    """The server could not be reached, or the connection broke during a request."""
+
+
+class RemoteBackend:
+    """Client of ``histoseg serve``.
+
+    Parameters
+    ----------
+    url : str
+        ``http://host:port`` of the server.
+    token : str, optional
+        The bearer token (the content of the server's ``--token-file``).
+    timeout : float
+        Seconds to wait for an answer to one request.
+    """
+
+    def __init__(self, url: str, token: str | None = None, timeout: float = 120.0):
+        import httpx
+
+        self.url = url.rstrip("/")
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"backend URL must start with http:// or https://, not {url!r}")
+        self.name = f"server {self.url}"
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        self._uploaded: dict[tuple, str] = {}
+        self._info: dict[str, dict] = {}
+
+    # -- transport -----------------------------------------------------------------
+    def request(self, method: str, path: str, **kwargs):
+        import httpx
+
+        try:
+            r = self._http.request(method, path, **kwargs)
+        except (httpx.TransportError, OSError) as e:
+            raise BackendConnectionError(
+                f"lost the connection to the histoseg server at {self.url} ({type(e).__name__}: {e}); "
+                "check that it is running and reachable, then try again"
+            ) from None
+        if r.status_code >= 400:
+            try:
+                detail = r.json().get("detail", r.text)
+            except ValueError:
+                detail = r.text
+            what = {401: "refused the token", 403: "refused access", 404: "has no such thing",
+                    413: "refused a request this large"}.get(r.status_code, "failed")
+            raise BackendError(f"the server at {self.url} {what} (HTTP {r.status_code}): {detail}")
+        return r
+
+    def _array(self, r) -> np.ndarray:
+        return wire.decode(r.content, r.headers.get("content-type"), r.headers.get("x-shape"),
+                           r.headers.get("x-dtype"))
+
+    def close(self):
+        self._http.close()
+
+    # -- models --------------------------------------------------------------------
+    def models(self) -> list[dict]:
+        """What the server serves: ref, name, version, arch, task, tile size, device."""
+        infos = self.request("GET", "/models").json()["models"]
+        self._info = {i["ref"]: i for i in infos}
+        return infos
+
+    def list_models(self) -> list[str]:
+        return [i["ref"] for i in self.models()]
+
+    def server_ref(self, model_ref=BUNDLED) -> str:
+        """The server's name for ``model_ref``: a local checkpoint file is uploaded (once)."""
+        if model_ref in (None, "", BUNDLED):
+            return BUNDLED
+        path = Path(str(model_ref))
+        if not path.is_file():
+            return str(model_ref)   # a model the server already has, by its reference
+        st = path.stat()
+        key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+        if key not in self._uploaded:
+            from napari_histoseg.core.hashing import file_sha256
+
+            try:
+                info = self.request("GET", f"/checkpoints/{file_sha256(path)}").json()
+            except BackendError as e:
+                if "HTTP 404" not in str(e) or isinstance(e, BackendConnectionError):
+                    raise
+                info = self.request("POST", "/models", content=path.read_bytes(),
+                                    headers={"Content-Type": wire.RAW}).json()
+            self._info[info["ref"]] = info
+            self._uploaded[key] = info["ref"]
+        return self._uploaded[key]
+
+    def info(self, model_ref=BUNDLED) -> dict:
+        ref = self.server_ref(model_ref)
+        if ref not in self._info:
+            self.models()
+            if ref not in self._info:
+                raise BackendError(f"the server at {self.url} has no model {ref!r}")
+        return self._info[ref]
+
+    def model(self, model_ref=BUNDLED, device=None, engine=None) -> "RemoteModel":
+        """The server's model for ``model_ref``, checked against its list (one small request),
+        so a checkpoint uploaded before the server restarted is uploaded again."""
+        ref = self.server_ref(model_ref)
+        self.models()
+        if ref not in self._info and model_ref not in (None, "", BUNDLED) and Path(str(model_ref)).is_file():
+            self._uploaded = {k: v for k, v in self._uploaded.items() if v != ref}
+            ref = self.server_ref(model_ref)
+        return RemoteModel(self, ref)
+
+    def describe(self, model_ref=BUNDLED, device=None, engine=None) -> str:
+        i = self.info(model_ref)
+        return f"{i['name']} v{i['version']} ({i['arch']}) on {i['device']} at {self.url}"
+
+    # -- work ----------------------------------------------------------------------
+    def segment(self, image, model_ref=BUNDLED, *, tile=None, device=None, engine=None, **options):
+        """Generator like :meth:`LocalBackend.segment`: tiles here, forward passes there.
+        ``device`` and ``engine`` are the server's to choose and are ignored."""
+        from napari_histoseg.core.tiling import iter_predict
+
+        model = self.model(model_ref)
+        return (yield from iter_predict(image, model, tile=tile or model.meta.tile_size, **options))
+
+    def segment_region(self, image, model_ref=BUNDLED, *, tile=None, overlap=64, region=None, threshold=0.5):
+        """One request: the server tiles, batches and blends ``image`` (or ``region`` of it)."""
+        params = {"model": self.server_ref(model_ref), "overlap": overlap}
+        if tile:
+            params["tile"] = tile
+        if region is not None:
+            params["region"] = ",".join(str(int(v)) for v in region)
+        body, headers = wire.encode(np.asarray(image), "uint8")
+        r = self.request("POST", "/segment", params=params, content=body, headers=headers)
+        return _prediction(self._array(r), r.headers.get("x-region"), threshold)
+
+    def segment_slide(self, path: str, model_ref=BUNDLED, *, level=0, region=None, tile=None, overlap=64,
+                      threshold=0.5):
+        """A region of a slide the server reads itself (``path`` relative to its ``--slides``)."""
+        payload = {"path": str(path), "level": int(level), "model": self.server_ref(model_ref),
+                   "overlap": int(overlap), "tile": tile,
+                   "region": None if region is None else [int(v) for v in region]}
+        r = self.request("POST", "/segment-slide", json=payload)
+        return _prediction(self._array(r), r.headers.get("x-region"), threshold)
+
+    def explain(self, image, model_ref=BUNDLED, method="gradcam", *, region=None, target="mask", layer=None,
+                tile=None, overlap=64, device=None, **options):
+        """Generator like :meth:`LocalBackend.explain`; the region and ``overlap`` px of
+        context around it are sent, the heat map of the region comes back."""
+        from napari_histoseg.core.windows import check_image
+
+        image = check_image(image)
+        H, W = image.shape[:2]
+        ry, rx, rh, rw = region if region is not None else (0, 0, H, W)
+        y0, x0 = max(ry - overlap, 0), max(rx - overlap, 0)
+        y1, x1 = min(ry + rh + overlap, H), min(rx + rw + overlap, W)
+        yield 0, 1
+        crop = np.asarray(image[y0:y1, x0:x1])
+        params = {"model": self.server_ref(model_ref), "method": method, "overlap": overlap,
+                  "region": f"{ry - y0},{rx - x0},{rh},{rw}"}
+        if tile:
+            params["tile"] = tile
+        if layer:
+            params["layer"] = layer
+        if isinstance(target, np.ndarray):
+            body, headers = wire.npz(image=crop, target=target.astype(bool)), {"Content-Type": wire.NPZ}
+        else:
+            params["target"] = target
+            body, headers = wire.encode(crop, "uint8")
+        r = self.request("POST", "/explain", params=params, content=body, headers=headers)
+        yield 1, 1
+        return self._array(r).astype(np.float32)
+
+    # -- fine-tuning ---------------------------------------------------------------
+    def start_job(self, dataset, model_ref=BUNDLED, *, epochs=10, time_budget=15.0, lr=1e-4, name=None,
+                  model_version=None, **train_options) -> dict:
+        """Upload a training-data folder (zipped here; its ``models/`` is left out) and
+        start fine-tuning on the server; returns the job's state (``id`` among it)."""
+        params = {"model": self.server_ref(model_ref), "epochs": epochs, "time_budget": time_budget, "lr": lr,
+                  **{k: v for k, v in train_options.items() if k in ("patch_size", "batch_size", "steps_per_epoch")}}
+        if name:
+            params["name"] = name
+        if model_version:
+            params["model_version"] = model_version
+        r = self.request("POST", "/jobs", params=params, content=zip_dataset(dataset),
+                         headers={"Content-Type": "application/zip"})
+        return r.json()
+
+    def job(self, job_id: str) -> dict:
+        return self.request("GET", f"/jobs/{job_id}").json()
+
+    def cancel_job(self, job_id: str) -> dict:
+        return self.request("DELETE", f"/jobs/{job_id}").json()
+
+    def fetch_checkpoint(self, job_id: str, dest) -> Path:
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".part")
+        tmp.write_bytes(self.request("GET", f"/jobs/{job_id}/checkpoint").content)
+        return tmp.replace(dest)
+
+    def fine_tune(self, dataset, out, init_checkpoint=BUNDLED, *, progress=None, should_stop=None,
+                  poll: float = 1.0, **settings) -> dict:
+        """Like :meth:`LocalBackend.fine_tune`: start a job, pass its progress on, cancel it
+        when ``should_stop()``, and write the new checkpoint to ``out``."""
+        job = self.start_job(dataset, init_checkpoint, **settings)
+        seen_epochs, last_step = 0, None
+        while True:
+            if should_stop is not None and should_stop() and job["state"] == "running":
+                job = self.cancel_job(job["id"])
+            if progress is not None:
+                for rec in job["epochs"][seen_epochs:]:
+                    progress(rec)
+                seen_epochs = len(job["epochs"])
+                if job["step"] and job["step"] != last_step:
+                    last_step = job["step"]
+                    progress(job["step"])
+            if job["state"] not in ("running", "cancelling"):
+                break
+            time.sleep(poll)
+            job = self.job(job["id"])
+        if job["state"] == "failed":
+            raise BackendError(f"fine-tuning on {self.url} failed: {job['error']}")
+        if job["checkpoint_ready"]:
+            self.fetch_checkpoint(job["id"], out)
+        summary = dict(job.get("summary") or {})
+        summary.setdefault("stop_reason", job["state"])
+        summary["job"], summary["server_model"] = job["id"], job.get("new_model")
+        return summary
+
+
+class RemoteModel:
+    """A server model as the tiled engine sees it: ``predict`` sends a batch of tiles."""
+
+    def __init__(self, backend: RemoteBackend, ref: str):
+        from napari_histoseg.models.checkpoint import ModelMeta
+
+        info = backend.info(ref)
+        self.backend, self.ref = backend, ref
+        self.meta = ModelMeta.from_json(info["meta"], source=f"{backend.url} model {ref}")
+        self.device = SimpleNamespace(type=info["device"])
+        self.half = bool(info.get("half"))
+        self.source = f"{backend.url}/{ref}"
+
+    @property
+    def out_channels(self) -> int:
+        return self.meta.out_channels
+
+    @property
+    def description(self) -> str:
+        return f"{self.meta.name} v{self.meta.model_version} ({self.meta.arch}) at {self.backend.url}"
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        body, headers = wire.encode(batch, "uint8")
+        r = self.backend.request("POST", "/predict", params={"model": self.ref}, content=body, headers=headers)
+        return self.backend._array(r).astype(np.float32)
+
+
+def _prediction(prob, region_header, threshold):
+    from napari_histoseg.core.tiling import Prediction
+
+    prob = np.asarray(prob, np.float32)
+    mask = (prob >= threshold).astype(np.uint8) if prob.ndim == 2 else prob.argmax(0).astype(np.uint8)
+    region = tuple(int(v) for v in region_header.split(",")) if region_header else (0, 0, *prob.shape[-2:])
+    return Prediction(prob, mask, region)
+
+
+def zip_dataset(folder) -> bytes:
+    """A training-data folder as zip bytes (``dataset.json``, images, masks; not ``models/``)."""
+    folder = Path(folder)
+    if not (folder / "dataset.json").is_file():
+        raise ValueError(f"{folder} has no dataset.json (choose a folder written by Export)")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for path in sorted(folder.rglob("*")):
+            rel = path.relative_to(folder)
+            if path.is_file() and not path.is_symlink() and rel.parts[0] != "models":
+                zf.write(path, rel.as_posix())
+    return buf.getvalue()

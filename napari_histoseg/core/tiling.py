@@ -1,0 +1,214 @@
+"""Tiled sliding-window prediction for images of any size.
+
+The image is covered by overlapping tiles (a multiple of 32 px, the encoder's stride);
+tiles are read lazily (only the window in hand is decoded from a slide), batched, run
+through the model, and blended back with a window that is 1 in the tile's centre and
+falls off smoothly across the overlap, so the probability map has no seams. Tiles that
+stick out of the image are filled by mirroring the image, never by black or white.
+
+Glass and background are not tumour: by default the probability is gated by the tissue
+mask of :mod:`napari_histoseg.core.tissue` (the same detector ``segment-slides`` uses),
+tiles without tissue are not run, and :class:`Prediction` carries the mask, so the
+tumour can be given as a fraction of the tissue. ``tissue_gate=False`` switches it off.
+
+The engine only needs a model with ``predict(uint8 (N, h, w, 3)) -> float32 (N, C, h, w)``
+and ``out_channels`` (:class:`~napari_histoseg.models.segmenter.Segmenter`, or its ONNX
+Runtime twin).
+
+Example
+-------
+>>> from napari_histoseg.models.segmenter import Segmenter
+>>> rgb = np.full((300, 700, 3), 200, np.uint8)
+>>> pred = predict(rgb, Segmenter.random(), tile=256, overlap=64)
+>>> pred.probability.shape, pred.mask.dtype
+((300, 700), dtype('uint8'))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Generator, Optional
+
+import numpy as np
+
+from napari_histoseg.core.runs import drive
+from napari_histoseg.core.windows import auto_batch, check_image, plan_tiles, read_window
+
+WHOLE_IMAGE_TISSUE_PX = 1 << 26  # tissue of a region of an in-memory image up to 8k x 8k: found on the whole
+
+
+@dataclass
+class Prediction:
+    """Result of a tiled prediction.
+
+    Attributes
+    ----------
+    probability : ndarray, float32
+        Tumour probability (H, W) for a one-channel model, or (C, H, W) class
+        probabilities for a multi-class model.
+    mask : ndarray, uint8
+        Class codes (H, W): probability >= threshold for one channel, argmax otherwise.
+    region : tuple of int
+        ``(y, x, h, w)`` of the predicted window in the input image's pixels.
+    tissue : ndarray of bool (H, W) or None
+        Where tissue was found (None: no tissue gate; every pixel counts as tissue).
+        Outside it the probability is 0 (one channel) or class 0 (multi-class).
+    """
+
+    probability: np.ndarray
+    mask: np.ndarray
+    region: tuple[int, int, int, int]
+    tissue: Optional[np.ndarray] = None
+
+    @property
+    def tissue_px(self) -> int:
+        """Pixels of tissue in the region (all of them without a gate)."""
+        return int(self.mask.size if self.tissue is None else self.tissue.sum())
+
+    @property
+    def tumour_fraction_of_tissue(self) -> Optional[float]:
+        """Tumour pixels (``mask == 1``) over tissue pixels; None when there is no tissue."""
+        n = self.tissue_px
+        return None if n == 0 else float((self.mask == 1).sum()) / n
+
+
+def iter_predict(
+    image,
+    model,
+    *,
+    tile: int = 512,
+    overlap: int = 64,
+    batch_size: Optional[int] = None,
+    threshold: float = 0.5,
+    region: Optional[tuple[int, int, int, int]] = None,
+    preprocess: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+    tissue_gate: bool = True,
+    tissue=None,
+    mpp: Optional[float] = None,
+) -> Generator[tuple[int, int], None, Prediction]:
+    """Generator form of :func:`predict`: yields ``(tiles_done, tiles_total)`` after each
+    batch and returns the :class:`Prediction` (``result = yield from iter_predict(...)``).
+
+    Closing the generator (or a napari worker's ``quit()``) cancels between batches.
+    """
+    image = check_image(image)
+    plan = plan_tiles(image.shape, region, tile, overlap)
+    (ry, rx, rh, rw), (cy0, cx0, ch, cw), (th, tw) = plan.region, plan.context, plan.tile
+    origins, window = plan.origins, plan.window
+    in_tissue = None
+    if tissue_gate:
+        in_tissue = tissue_of(image, (cy0, cx0, ch, cw), tissue, mpp)
+        origins = [(y, x) for y, x in origins if in_tissue[y:y + th, x:x + tw].any()]
+    if batch_size is None:
+        batch_size = auto_batch(th, tw, getattr(getattr(model, "device", None), "type", "cpu"))
+
+    C = int(model.out_channels)
+    acc = np.zeros((C, ch, cw), np.float32)
+    weight = np.zeros((ch, cw), np.float32)
+    total = len(origins)
+    yield 0, total
+    for b in range(0, total, batch_size):
+        chunk = origins[b:b + batch_size]
+        tiles = [read_window(image, cy0 + y, cx0 + x, th, tw) for y, x in chunk]
+        if preprocess is not None:
+            tiles = [preprocess(t) for t in tiles]
+        probs = model.predict(np.stack(tiles))
+        for (y, x), p in zip(chunk, probs):
+            h, w = min(th, ch - y), min(tw, cw - x)
+            acc[:, y:y + h, x:x + w] += p[:, :h, :w] * window[:h, :w]
+            weight[y:y + h, x:x + w] += window[:h, :w]
+        yield min(b + batch_size, total), total
+
+    oy, ox = ry - cy0, rx - cx0
+    acc, weight = acc[:, oy:oy + rh, ox:ox + rw], weight[oy:oy + rh, ox:ox + rw]
+    prob = np.divide(acc, weight, out=np.zeros_like(acc), where=weight > 0)
+    if in_tissue is not None:
+        in_tissue = np.ascontiguousarray(in_tissue[oy:oy + rh, ox:ox + rw])
+        prob[:, ~in_tissue] = 0.0
+        if C > 1:
+            prob[0, ~in_tissue] = 1.0
+    if C == 1:
+        prob = prob[0]
+        mask = (prob >= threshold).astype(np.uint8)
+    else:
+        mask = prob.argmax(0).astype(np.uint8)
+    return Prediction(np.ascontiguousarray(prob, dtype=np.float32), mask, (ry, rx, rh, rw), in_tissue)
+
+
+def tissue_of(image, window, tissue=None, mpp: Optional[float] = None) -> np.ndarray:
+    """Tissue (bool) at every pixel of ``window`` ``(y, x, h, w)`` of ``image``.
+
+    ``tissue`` is None (found on the image by :func:`~napari_histoseg.core.tissue.image_tissue`
+    at ``mpp``), a :class:`~napari_histoseg.core.tissue.TissueMask` in this image's pixels,
+    or a boolean array of the image's (H, W).
+    """
+    from napari_histoseg.core.tissue import TissueMask, image_tissue
+
+    y, x, h, w = window
+    if tissue is None:
+        size = image.shape[0] * image.shape[1]
+        if h * w < size and (size > WHOLE_IMAGE_TISSUE_PX or not isinstance(image, np.ndarray)):
+            # a window of a lazy or large level: find tissue on the window, never read the whole level
+            return image_tissue(image, mpp=mpp, window=window).lookup((0, 0, h, w))
+        tissue = image_tissue(image, mpp=mpp)
+    if isinstance(tissue, TissueMask):
+        return tissue.lookup(window)
+    tissue = np.asarray(tissue, bool)
+    if tissue.shape != tuple(image.shape[:2]):
+        raise ValueError(f"the tissue mask is {tissue.shape[1]} x {tissue.shape[0]} px, "
+                         f"the image {image.shape[1]} x {image.shape[0]} px")
+    return tissue[y:y + h, x:x + w]
+
+
+def predict(
+    image,
+    model,
+    *,
+    progress: Optional[Callable[[int, int], None]] = None,
+    should_stop: Optional[Callable[[], bool]] = None,
+    **kwargs,
+) -> Prediction:
+    """Predict tumour probability over ``image`` (or a region of it) tile by tile.
+
+    Parameters
+    ----------
+    image : array-like, (H, W, 3)
+        RGB image: a numpy array, or a lazy array (zarr, dask, a slide level) of which
+        only the tiles in hand are read. RGBA and 16-bit input are converted with a
+        warning; grayscale is refused with :class:`~napari_histoseg.io.validate.ImageFormatError`.
+    model : Segmenter
+        The model (see :func:`napari_histoseg.load_model`).
+    tile : int
+        Largest tile edge in pixels, rounded down to a multiple of 32 (default 512);
+        tiles shrink to the smallest size that needs no more of them (:func:`fit_tile`).
+    overlap : int
+        Overlap between neighbouring tiles in pixels, blended smoothly (default 64).
+    batch_size : int, optional
+        Tiles per forward pass; by default about 2^18 px per batch on a CPU (larger
+        batches of large tiles run slower per pixel there), 2^22 on a GPU.
+    threshold : float
+        Probability at or above which a pixel is tumour in ``mask``.
+    region : (y, x, h, w), optional
+        Predict only this window (plus ``overlap`` px of context around it).
+    preprocess : callable, optional
+        Applied to every uint8 tile before the model (e.g. a fitted
+        :class:`~napari_histoseg.colour.preprocess.Preprocessor`).
+    tissue_gate : bool
+        True (default): glass and background are not tumour. Tissue is found on the
+        image (or taken from ``tissue``); tiles without tissue are not run and the
+        probability is 0 outside the tissue. False: every pixel goes through the model.
+    tissue : TissueMask or bool array (H, W), optional
+        A tissue mask found beforehand (e.g. on a slide's thumbnail, see
+        :func:`~napari_histoseg.core.tissue.slide_tissue`) in this image's pixels.
+    mpp : float, optional
+        µm per pixel of ``image``, for the scale tissue is found at (0.5 assumed).
+    progress : callable, optional
+        Called as ``progress(tiles_done, tiles_total)``.
+    should_stop : callable, optional
+        Polled between batches; when it returns True, :class:`Cancelled` is raised.
+
+    Returns
+    -------
+    Prediction
+    """
+    return drive(iter_predict(image, model, **kwargs), progress, should_stop, "prediction")

@@ -1,0 +1,173 @@
+"""The model chooser shared by the widgets: bundled default or a checkpoint file, and
+where it runs (this computer, or a ``histoseg serve`` at a URL with its token)."""
+
+from __future__ import annotations
+
+import weakref
+
+from magicgui.widgets import ComboBox, FileEdit, LineEdit
+
+from napari_histoseg.backends.local import LocalBackend
+from napari_histoseg.models.bundled import BUNDLED
+
+MODEL_FILE = "checkpoint file…"
+THIS_COMPUTER, SERVER = "this computer", "a server…"
+
+
+class ModelChoice:
+    """Two magicgui widgets (``model``, ``model_file``) and the reference they name.
+
+    :meth:`broadcast` points every live chooser at a new checkpoint (after fine-tuning).
+    """
+
+    _live: "weakref.WeakSet[ModelChoice]" = weakref.WeakSet()
+    _known: list = []     # checkpoints made in this session (fine-tuned): offered by every chooser
+    _remotes: dict = {}   # (url, token) -> RemoteBackend, shared by the widgets
+    _syncing = False
+
+    @classmethod
+    def broadcast(cls, path) -> int:
+        """Switch every widget's model to the checkpoint ``path``; returns how many."""
+        if str(path) not in cls._known:
+            cls._known.append(str(path))
+        choosers = list(cls._live)
+        for chooser in choosers:
+            chooser.use_file(path)
+        return len(choosers)
+
+    def __init__(self, on_change=None):
+        ModelChoice._live.add(self)
+        self.model = ComboBox(label="Model", choices=self._choices,
+                              tooltip="The bundled default model, one fine-tuned in this session, or a "
+                                      ".safetensors checkpoint file")
+        self.model_file = FileEdit(label="Checkpoint", mode="r", filter="*.safetensors", visible=False)
+        self.model.changed.connect(self._toggle)
+        self._local = None
+        self.runs_on = ComboBox(label="Runs on", choices=[THIS_COMPUTER, SERVER], value=THIS_COMPUTER,
+                                tooltip="Where the model runs: here, or on a GPU server started with "
+                                        "`histoseg serve` (the same setting in every histoseg widget; "
+                                        "device and engine are then the server's)")
+        self.server_url = LineEdit(label="Server URL", value="http://127.0.0.1:8765", visible=False,
+                                   tooltip="http://host:port of `histoseg serve`")
+        self.server_token = LineEdit(label="Token", value="", visible=False,
+                                     tooltip="The content of the server's --token-file (empty for a "
+                                             "server on this computer without one)")
+        self.server_token.native.setEchoMode(self.server_token.native.EchoMode.Password)
+        for peer in list(ModelChoice._live - {self}):  # a new widget starts with the others' setting
+            if peer._copy_backend_to(self):
+                break
+        self._toggle_backend()
+        for w in (self.runs_on, self.server_url, self.server_token):
+            w.changed.connect(self._backend_changed)
+        made = [c[1] for c in self._choices()[1:-1]]
+        if made:  # a widget opened after a fine-tune starts with the newest model, as the others
+            self.use_file(made[-1])
+        if on_change is not None:
+            self.model.changed.connect(on_change)
+            self.model_file.changed.connect(on_change)
+
+    @staticmethod
+    def _choices(_widget=None):
+        from pathlib import Path
+
+        made = [(f"{Path(p).stem} (fine-tuned)", p) for p in ModelChoice._known if Path(p).is_file()]
+        return [("bundled default", BUNDLED), *made, (MODEL_FILE, MODEL_FILE)]
+
+    @property
+    def widgets(self):
+        return [self.model, self.model_file]
+
+    @property
+    def backend_widgets(self):
+        return [self.runs_on, self.server_url, self.server_token]
+
+    def _toggle(self, _=None):
+        self.model_file.visible = self.model.value == MODEL_FILE
+
+    def _toggle_backend(self):
+        remote = self.runs_on.value == SERVER
+        self.server_url.visible = self.server_token.visible = remote
+
+    def _backend_changed(self, _=None):
+        """One setting for every widget: copy it to the other live choosers."""
+        self._toggle_backend()
+        if ModelChoice._syncing:
+            return
+        ModelChoice._syncing = True
+        try:
+            for other in list(ModelChoice._live):
+                if other is not self:
+                    self._copy_backend_to(other)
+        finally:
+            ModelChoice._syncing = False
+
+    def _copy_backend_to(self, other) -> bool:
+        """Give ``other`` this setting; False (and forget the one that failed) when either's
+        widgets are gone (a closed viewer)."""
+        try:
+            other.runs_on.value, other.server_url.value = self.runs_on.value, self.server_url.value
+            other.server_token.value = self.server_token.value
+            other._toggle_backend()
+            return True
+        except RuntimeError:  # its Qt widgets were deleted
+            for dead in (self, other):
+                try:
+                    dead.runs_on.value  # noqa: B018 (raises once its Qt widget is deleted)
+                except RuntimeError:
+                    ModelChoice._live.discard(dead)
+            return False
+
+    def backend(self, local=None):
+        """The backend the setting names: ``local`` (kept as this chooser's own; a new
+        :class:`LocalBackend` if none) for *this computer*, else a RemoteBackend for the
+        URL and token (one per URL and token, shared by the widgets)."""
+        if local is not None and not _is_remote(local):
+            self._local = local
+        if self.runs_on.value != SERVER:
+            if self._local is None:
+                self._local = LocalBackend()
+            return self._local
+        url, token = self.server_url.value.strip(), self.server_token.value.strip()
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"the server URL must look like http://host:8765, not {url!r}")
+        key = (url.rstrip("/"), token)
+        if key not in ModelChoice._remotes:
+            from napari_histoseg.backends.remote import RemoteBackend
+
+            ModelChoice._remotes[key] = RemoteBackend(url, token=token or None)
+        return ModelChoice._remotes[key]
+
+    def use_file(self, path):
+        """Choose the checkpoint ``path``: its own entry when it was made in this session."""
+        self.model.reset_choices()
+        if str(path) in [c[1] for c in self._choices()]:
+            self.model.value = str(path)
+        else:
+            self.model.value = MODEL_FILE
+        self.model_file.value = path
+
+    def ref(self) -> str:
+        """``"bundled"`` or the checkpoint path; ValueError when no file is chosen."""
+        if self.model.value not in (MODEL_FILE, BUNDLED):
+            return str(self.model.value)
+        if self.model.value == MODEL_FILE:
+            path = str(self.model_file.value)
+            if not path or path == "." or not path.endswith(".safetensors"):
+                raise ValueError("choose a .safetensors checkpoint file for the model")
+            return path
+        return BUNDLED
+
+    def meta(self):
+        """The chosen checkpoint's metadata (cheap: the weights stay on disk)."""
+        from napari_histoseg.models.checkpoint import read_meta
+
+        ref = self.ref()
+        if ref == BUNDLED:
+            from napari_histoseg.models.bundled import bundled_model_path
+
+            ref = bundled_model_path()
+        return read_meta(ref)
+
+
+def _is_remote(backend) -> bool:
+    return type(backend).__name__ == "RemoteBackend"

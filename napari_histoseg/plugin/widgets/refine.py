@@ -1,0 +1,342 @@
+"""The Refine dock widget: seed strokes and clicks redraw the tumour boundary.
+
+Paint on the ``seeds`` layer (1 = tumour, 2 = not tumour) or, in click mode, click
+(Shift-click: not tumour). Every finished stroke or click refines the mask layer in a
+worker; strokes that arrive during a solve are merged into the next one. Undo/redo
+(Ctrl+Z, Ctrl+Shift+Z on the seeds and mask layers), Reset and Accept. Pixels a person
+changed by hand on the mask are never overwritten by a refinement.
+"""
+
+from __future__ import annotations
+
+import napari  # noqa: F401 (names the viewer annotation napari looks for)
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, Label, PushButton
+from napari.layers import Image, Labels
+from napari.qt.threading import thread_worker
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QTimer
+from superqt import QCollapsible
+
+from napari_histoseg.plugin.widgets._layers import (
+    Scrolling,
+    image_under,
+    seeds_colormap,
+    unwrap,
+    visible_region,
+)
+from napari_histoseg.plugin.widgets._worker import Failed
+
+SEEDS = "seeds"
+CLICK_RADIUS = 5
+BIG = 2048 * 2048  # above this many pixels, refine only the region in view
+NO_MASK = "Segment an image first, then press Start refining."
+
+
+class RefineWidget(Scrolling, Container):
+    """Interactive refinement of a tumour mask by label propagation."""
+
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__(labels=True, scrollable=True)
+        self.viewer = viewer = unwrap(viewer)
+        self.session = None
+        self.seeds: Labels | None = None
+        self._mask: Labels | None = None
+        self._worker = None
+        self._pending = False
+        self._history: list[tuple[np.ndarray, np.ndarray]] = []
+        self._future: list[tuple[np.ndarray, np.ndarray]] = []
+        self._base = None      # the mask when refinement started (or was last accepted)
+        self._written = None   # what we last wrote into the mask layer
+        self._locked = None    # pixels a person edited by hand: never overwritten
+
+        self.image = ComboBox(label="Image", choices=self._layers_of(Image, rgb=True))
+        self.mask = ComboBox(label="Mask", choices=self._layers_of(Labels), tooltip="The tumour mask to correct")
+        self.prior = ComboBox(label="Prior", choices=self._prior_choices,
+                              tooltip="The model's probability: refinement leans on it away from your seeds")
+        self.start_button = PushButton(text="Start refining")
+        self.tumour_brush = PushButton(text="Paint tumour (yellow)")
+        self.not_tumour_brush = PushButton(text="Paint not tumour (cyan)")
+        self.click_mode = CheckBox(text="Click to refine (click: tumour, Shift-click: not tumour)")
+        self.undo_button, self.redo_button = PushButton(text="Undo"), PushButton(text="Redo")
+        self.reset_button, self.accept_button = PushButton(text="Reset"), PushButton(text="Accept")
+        self.prior_strength = FloatSlider(label="Prior strength", min=0.0, max=1.0, step=0.05, value=0.5,
+                                          tooltip="How much the model's probability counts against colour")
+        self.colour_sensitivity = FloatSlider(label="Colour sensitivity", min=0.1, max=3.0, step=0.1, value=1.0,
+                                              tooltip="Higher: boundaries follow smaller colour differences")
+        self.status = Label(value=NO_MASK)
+        self.status.native.setWordWrap(True)
+        advanced = Container(widgets=[self.prior_strength, self.colour_sensitivity])
+        fold = QCollapsible("Advanced")
+        fold.addWidget(advanced.native)
+        row = lambda *w: Container(widgets=list(w), layout="horizontal", labels=False)  # noqa: E731
+        self.extend([
+            self.image, self.mask, self.prior, self.start_button,
+            row(self.tumour_brush, self.not_tumour_brush), self.click_mode,
+            row(self.undo_button, self.redo_button), row(self.reset_button, self.accept_button),
+        ])
+        self.append(self.status)
+        layout = self.body.layout()
+        row_of_status = next(i for i in range(layout.count())
+                             if layout.itemAt(i).widget() is not None
+                             and layout.itemAt(i).widget().isAncestorOf(self.status.native))
+        layout.insertWidget(row_of_status, fold)
+        self.fit(460)
+
+        self.start_button.clicked.connect(self.start)
+        self.tumour_brush.clicked.connect(lambda: self.select_brush(1))
+        self.not_tumour_brush.clicked.connect(lambda: self.select_brush(2))
+        self.undo_button.clicked.connect(self.undo)
+        self.redo_button.clicked.connect(self.redo)
+        self.reset_button.clicked.connect(self.reset)
+        self.accept_button.clicked.connect(self.accept)
+        self.prior_strength.changed.connect(self._params_changed)
+        self.colour_sensitivity.changed.connect(self._params_changed)
+        for ev in (viewer.layers.events.inserted, viewer.layers.events.removed):
+            ev.connect(lambda e=None: self.reset_choices())
+        self.reset_choices()
+        self._enable(False)
+
+    # -- choices ---------------------------------------------------------------
+    def _layers_of(self, kind, rgb=False):
+        def choices(_w=None):
+            return [(ly.name, ly) for ly in self.viewer.layers
+                    if isinstance(ly, kind) and ly.name != SEEDS and (not rgb or ly.rgb)]
+        return choices
+
+    def _prior_choices(self, _w=None):
+        return [("none", None)] + [(ly.name, ly) for ly in self.viewer.layers
+                                   if isinstance(ly, Image) and not ly.rgb and ly.ndim == 2]
+
+    def reset_choices(self, *_):
+        super().reset_choices()
+        if "tumour" in self.viewer.layers and self.mask.value is None:
+            self.mask.value = self.viewer.layers["tumour"]
+        if "tumour probability" in self.viewer.layers and self.prior.value is None:
+            self.prior.value = self.viewer.layers["tumour probability"]
+        if self.session is None and self._worker is None:
+            self.status.value = (f"Press Start refining to correct '{self.mask.value.name}'."
+                                 if self.mask.value is not None else NO_MASK)
+
+    def _enable(self, on: bool):
+        for w in (self.tumour_brush, self.not_tumour_brush, self.click_mode, self.undo_button,
+                  self.redo_button, self.reset_button, self.accept_button):
+            w.enabled = on
+
+    def params(self) -> dict:
+        return {"prior_weight": float(self.prior_strength.value),
+                "color_sensitivity": float(self.colour_sensitivity.value)}
+
+    # -- starting ---------------------------------------------------------------
+    def start(self):
+        """Build the refinement session for the chosen mask (in a worker)."""
+        try:
+            image, mask = self.image.value, self.mask.value
+            if image is None or mask is None:
+                raise ValueError("choose an RGB image and the mask to refine (run Segment first)")
+            rgb = image_under(mask, image)
+            prior_layer = self.prior.value
+            prior = None
+            if prior_layer is not None:
+                if prior_layer.data.shape != mask.data.shape:
+                    raise ValueError(f"'{prior_layer.name}' and '{mask.name}' differ in shape")
+                prior = np.asarray(prior_layer.data, np.float32)
+        except Exception as e:  # noqa: BLE001
+            show_error(f"Cannot start refining: {e}")
+            return None
+        self._mask = mask
+        self._base = np.asarray(mask.data).copy()
+        self._written = self._base.copy()
+        self._locked = np.zeros(self._base.shape, bool)
+        self._history, self._future = [], []
+        self._make_seeds(mask)
+        self.status.value = "Preparing the image (colour graph)…"
+        return self._run(self._build_session, rgb, prior, self.params())
+
+    def _build_session(self, rgb, prior, params):
+        from napari_histoseg.refinement import RefineSession
+
+        return ("session", RefineSession(rgb, prior=prior, **params))
+
+    def _make_seeds(self, mask: Labels):
+        shape = mask.data.shape
+        if SEEDS in self.viewer.layers and self.viewer.layers[SEEDS].data.shape == shape:
+            seeds = self.viewer.layers[SEEDS]
+            seeds.data = np.zeros(shape, np.uint8)
+        else:
+            if SEEDS in self.viewer.layers:
+                self.viewer.layers.remove(SEEDS)
+            seeds = self.viewer.add_labels(np.zeros(shape, np.uint8), name=SEEDS, scale=mask.scale,
+                                           translate=mask.translate, opacity=0.9)
+        seeds.colormap = seeds_colormap()
+        seeds.brush_size = 12
+        seeds.events.paint.connect(self._on_paint)
+        for layer in (seeds, mask):
+            layer.bind_key("Control-z", lambda _l: self.undo(), overwrite=True)
+            layer.bind_key("Control-Shift-z", lambda _l: self.redo(), overwrite=True)
+        if self._on_click not in seeds.mouse_drag_callbacks:
+            seeds.mouse_drag_callbacks.append(self._on_click)
+        self.seeds = seeds
+
+    def select_brush(self, label: int):
+        if self.seeds is None:
+            return
+        self.viewer.layers.selection.active = self.seeds
+        self.seeds.selected_label = label
+        self.seeds.mode = "paint"
+        self.click_mode.value = False
+
+    # -- seeds arrive -----------------------------------------------------------
+    def _on_click(self, layer, event):
+        """Click mode: a click (no drag) drops a disk seed; Shift marks not tumour."""
+        if not self.click_mode.value or layer.mode != "pan_zoom":
+            return
+        start = event.position
+        yield
+        while event.type == "mouse_move":
+            yield
+        if np.linalg.norm(np.subtract(event.position, start)) > 3 * float(np.min(layer.scale)):
+            return  # a drag pans, it is no click
+        label = 2 if "Shift" in event.modifiers else 1
+        self.add_click(layer.world_to_data(event.position)[-2:], label)
+
+    def add_click(self, yx, label: int):
+        """Put a click seed (a disk of radius 5 px) at data position ``yx``."""
+        from skimage.draw import disk
+
+        rr, cc = disk(tuple(np.round(yx).astype(int)), CLICK_RADIUS, shape=self.seeds.data.shape)
+        self.seeds.data_setitem((rr, cc), label)  # records undo and emits paint
+
+    def _on_paint(self, _event=None):
+        # napari emits paint before some edits reach the array (data_setitem), so solve
+        # on the next turn of the event loop; strokes until then are merged.
+        if self._pending:
+            return
+        self._pending = True
+        if self.session is not None and self._worker is None:
+            QTimer.singleShot(0, self._solve)
+
+    def _solve(self):
+        if self._worker is not None:
+            return  # still busy: _on_returned comes back here
+        self._pending = False
+        seeds = np.asarray(self.seeds.data).copy()
+        if not seeds.any():  # every seed erased: back to the mask refinement started from
+            self._write(self._base.copy(), seeds)
+            return
+        view = None
+        if seeds.size > BIG:
+            view = visible_region(self._mask)
+        self.status.value = "Refining…"
+        self._run(self._update, seeds, view)
+
+    def _update(self, seeds, view):
+        return ("labels", seeds, self.session.update(seeds, view=view))
+
+    # -- results --------------------------------------------------------------------
+    def _run(self, fn, *args):
+        def job(*a):
+            try:
+                return fn(*a)
+            except Exception as e:  # noqa: BLE001
+                return Failed(e)
+            yield  # a generator, so that quit() can stop it
+
+        worker = thread_worker(job, start_thread=False)(*args)
+        worker.returned.connect(self._on_returned)
+        self._worker = worker
+        worker.start()
+        return worker
+
+    def _on_returned(self, out):
+        self._worker = None
+        if isinstance(out, Failed):
+            show_error(f"Refinement failed: {out.error}")
+            self.status.value = f"Failed: {out.error}"
+        elif out[0] == "session":
+            self.session = out[1]
+            self._enable(True)
+            self.select_brush(1)
+            self.status.value = "Paint tumour (1, yellow) or not tumour (2, cyan) where the mask is wrong."
+        else:
+            _, seeds, labels = out
+            self._write(labels, seeds)
+        if self._pending and self.session is not None:
+            QTimer.singleShot(0, self._solve)
+
+    def _write(self, labels, seeds):
+        mask = self._mask
+        if mask is None or mask not in self.viewer.layers:
+            return
+        hand = np.asarray(mask.data) != self._written
+        if hand.any():
+            self._locked |= hand
+            show_info("Your own edits on the mask are kept: refinement leaves those pixels alone.")
+        result = np.where(self._locked, mask.data, labels.astype(mask.data.dtype))
+        self._history.append((seeds, np.asarray(mask.data).copy()))
+        self._future.clear()
+        self._set_mask(result)
+        changed = int((result != self._base).sum())
+        self.status.value = f"Refined: {changed:,} px differ from the starting mask. Accept keeps them."
+
+    def _set_mask(self, data):
+        # the digest of what Segment wrote stays: a refined mask counts as edited
+        self._written = np.asarray(data).copy()
+        self._mask.data = data
+
+    # -- history -----------------------------------------------------------------
+    def undo(self):
+        if not self._history:
+            return
+        seeds, mask = self._history.pop()
+        self._future.append((np.asarray(self.seeds.data).copy(), np.asarray(self._mask.data).copy()))
+        self._restore(seeds_before(self._history, seeds), mask)
+
+    def redo(self):
+        if not self._future:
+            return
+        seeds, mask = self._future.pop()
+        self._history.append((seeds, np.asarray(self._mask.data).copy()))
+        self._restore(seeds, mask)
+
+    def _restore(self, seeds, mask):
+        with self.seeds.events.paint.blocker():
+            self.seeds.data = seeds
+        self._set_mask(mask)
+        self.status.value = f"{len(self._history)} step(s) to undo, {len(self._future)} to redo."
+
+    def reset(self):
+        """Forget all seeds and refinements since Start (or the last Accept)."""
+        if self._base is None:
+            return
+        self._history.clear()
+        self._future.clear()
+        self._locked[:] = False
+        self._restore(np.zeros_like(self.seeds.data), self._base.copy())
+
+    def accept(self):
+        """Keep the refined mask: record which pixels changed, clear the seeds, and
+        continue from here (Reset then returns to this mask)."""
+        if self._mask is None:
+            return
+        edits = (np.asarray(self._mask.data) != self._base)
+        prev = self._mask.metadata.get("histoseg_edits")
+        if prev is not None and prev.shape == edits.shape:
+            edits |= prev.astype(bool)
+        self._mask.metadata["histoseg_edits"] = edits.astype(np.uint8)
+        self._base = np.asarray(self._mask.data).copy()
+        self._history.clear()
+        self._future.clear()
+        with self.seeds.events.paint.blocker():
+            self.seeds.data = np.zeros_like(self.seeds.data)
+        show_info(f"Accepted: {int(edits.sum()):,} px of '{self._mask.name}' now differ from the model.")
+        self.status.value = "Accepted. Keep painting to refine further, or export the mask."
+
+    def _params_changed(self, _=None):
+        if self.session is not None and hasattr(self.session, "set_params"):
+            self.session.set_params(**self.params())
+
+
+def seeds_before(history, seeds_after):
+    """The seeds as they were before the undone step: those of the step before it."""
+    return history[-1][0].copy() if history else np.zeros_like(seeds_after)

@@ -1,0 +1,214 @@
+"""The Segment dock widget: run the tumour model over an image layer."""
+
+from __future__ import annotations
+
+import napari  # noqa: F401 (names the viewer annotation napari looks for)
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, Label, PushButton, SpinBox
+from napari.layers import Image
+from napari.qt.threading import thread_worker
+from napari.utils.notifications import show_error, show_info, show_warning
+
+from napari_histoseg.backends.local import LocalBackend
+from napari_histoseg.core.device import available_devices
+from napari_histoseg.plugin.widgets._layers import (
+    Scrolling,
+    level_data,
+    model_colour,
+    placement,
+    put_image,
+    put_labels,
+    tumour_colormap,
+    unwrap,
+    visible_region,
+)
+from napari_histoseg.plugin.widgets._model_choice import MODEL_FILE, ModelChoice  # noqa: F401 (MODEL_FILE re-exported)
+from napari_histoseg.plugin.widgets._wholeslide import WHOLE_SLIDE, WholeSlideOptions, run_whole_slide
+from napari_histoseg.plugin.widgets._worker import Failed, TileProgress, guarded
+
+STAIN_CHOICES = [("none", None), ("Macenko", "macenko"), ("Reinhard", "reinhard")]
+
+
+def _has_onnxruntime() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+class SegmentWidget(Scrolling, Container):
+    """Choose an image, a model and the tiling; Run segments in a worker, Cancel stops it.
+
+    Results: an Image layer ``tumour probability`` (float32, 0–1) and a Labels layer
+    ``tumour`` (1 = tumour), placed on the image (same scale and translate).
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer, backend=None):
+        super().__init__(labels=True, scrollable=True)
+        self.viewer = viewer = unwrap(viewer)
+        self.backend = backend or LocalBackend()
+        self.worker = None
+        self._progress = TileProgress("Segmenting tumour")
+
+        self.image = ComboBox(label="Image", choices=self._image_choices,
+                              tooltip="The H&E image layer to segment")
+        self.region = ComboBox(label="Region", choices=["whole image", "visible area", WHOLE_SLIDE], value="whole image",
+                               tooltip="visible area: only what the canvas shows now (fast on a whole slide); "
+                                       f"{WHOLE_SLIDE}: stream the slide's file through the model (tissue only)")
+        self.wsi = WholeSlideOptions()
+        self.region.changed.connect(lambda v: setattr(self.wsi, "visible", v == WHOLE_SLIDE))
+        self.level = SpinBox(label="Pyramid level", min=0, max=0, value=0, visible=False,
+                             tooltip="0 = full resolution; higher levels are coarser and faster")
+        self.model_choice = ModelChoice(on_change=self._sync_to_model)
+        self.model, self.model_file = self.model_choice.widgets
+        self.device = ComboBox(label="Device", choices=available_devices(), value="auto",
+                               tooltip="auto: cuda, then mps, then cpu")
+        self.engine = ComboBox(label="Engine", choices=[("PyTorch", "torch"), ("ONNX Runtime (CPU)", "onnx")],
+                               value="torch", visible=_has_onnxruntime(),
+                               tooltip="ONNX Runtime runs the same weights faster on a CPU")
+        self.tile = SpinBox(label="Tile (px)", min=64, max=4096, step=32, value=512,
+                            tooltip="Edge of the square windows the model sees (multiple of 32)")
+        self.overlap = SpinBox(label="Overlap (px)", min=0, max=512, step=8, value=64,
+                               tooltip="Neighbouring tiles overlap by this much and are blended")
+        self.threshold = FloatSlider(label="Threshold", min=0.05, max=0.95, step=0.05, value=0.5,
+                                     tooltip="Probability at or above which a pixel is tumour")
+        self.stain = ComboBox(label="Stain normalisation", choices=STAIN_CHOICES, value=None)
+        self.clahe = CheckBox(text="CLAHE (local contrast)", value=False)
+        self.standardise = CheckBox(text="Per-channel standardisation", value=False)
+        self.run_button = PushButton(text="Run")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.status = Label(value="Choose an image and press Run.")
+        self.status.native.setWordWrap(True)
+        self.preprocessing = Label(value="<b>Preprocessing</b> (optional)")
+        self.extend([
+            self.image, self.region, self.wsi, self.level, *self.model_choice.backend_widgets, self.model, self.model_file, self.device, self.engine, self.tile,
+            self.overlap, self.threshold, self.preprocessing, self.stain, self.clahe, self.standardise,
+            Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
+            self.status,
+        ])
+        self._model_pre: dict = {}
+        self.image.changed.connect(self._on_image)
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        for ev in (viewer.layers.events.inserted, viewer.layers.events.removed):
+            ev.connect(lambda e=None: self.image.reset_choices())
+        self.image.reset_choices()
+        self._on_image()
+        self._sync_to_model()
+        self.fit(460)
+
+    # -- choices -----------------------------------------------------------------
+    def _image_choices(self, _widget=None):
+        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image)]
+
+    def _on_image(self, _=None):
+        layer = self.image.value
+        n = len(layer.data) if (layer is not None and layer.multiscale) else 1
+        self.level.max = n - 1
+        self.level.visible = n > 1
+
+    def _sync_to_model(self, _=None):
+        """Take the tile size and preprocessing the chosen model was trained with."""
+        try:
+            meta = self.model_choice.meta()
+        except Exception as e:  # noqa: BLE001 - shown in the status line
+            self.status.value = f"Model: {e}"
+            return
+        self._model_pre = dict(meta.preprocessing or {})
+        self.tile.value = int(meta.tile_size)
+        self.stain.value = self._model_pre.get("stain_norm")
+        self.clahe.value = bool(self._model_pre.get("clahe", False))
+        self.standardise.value = bool(self._model_pre.get("standardise", False))
+        self.status.value = f"Model: {meta.name} v{meta.model_version} ({meta.arch}), trained on {meta.tile_size} px tiles"
+
+    def model_ref(self) -> str:
+        return self.model_choice.ref()
+
+    def preprocessor(self, data):
+        """A fitted Preprocessor for the chosen options, or None when all are off."""
+        if self.stain.value is None and not self.clahe.value and not self.standardise.value:
+            return None
+        from napari_histoseg.colour.preprocess import PreprocessConfig, Preprocessor
+
+        config = PreprocessConfig.from_dict({**self._model_pre, "stain_norm": self.stain.value,
+                                             "clahe": self.clahe.value, "standardise": self.standardise.value})
+        step = max(1, max(data.shape[:2]) // 1024)
+        return Preprocessor(config).fit(np.asarray(data[::step, ::step]))
+
+    # -- running -----------------------------------------------------------------
+    def run(self):
+        """Start segmenting the chosen image in a worker (returns the worker)."""
+        layer = self.image.value
+        if layer is None:
+            show_warning("Open an H&E image first: there is no image layer to segment.")
+            return None
+        if self.worker is not None:
+            show_info("A segmentation is already running.")
+            return None
+        if self.region.value == WHOLE_SLIDE:
+            return run_whole_slide(self, layer)
+        try:
+            if not layer.rgb:
+                raise ValueError(
+                    f"'{layer.name}' is not an RGB image; napari-histoseg needs an RGB H&E image"
+                )
+            level = int(self.level.value)
+            data = level_data(layer, level)
+            offset = (0, 0)
+            if self.region.value == "visible area":
+                y0, x0, h, w = visible_region(layer, level)
+                data, offset = data[y0:y0 + h, x0:x0 + w], (y0, x0)
+            ref = self.model_ref()
+            self.backend = self.model_choice.backend(self.backend)  # this computer or a server
+            pre = self.preprocessor(data)
+        except Exception as e:  # shown, never raised into Qt
+            show_error(f"Cannot segment: {e}")
+            return None
+        opts = dict(device=self.device.value, engine=self.engine.value, tile=self.tile.value, overlap=self.overlap.value,
+                    threshold=self.threshold.value, preprocess=pre)
+        place = placement(layer, level, offset)
+        worker = thread_worker(guarded, start_thread=False)(self.backend.segment, data, ref, **opts)
+        worker.yielded.connect(self._on_progress)
+        worker.returned.connect(lambda out: self._on_result(out, layer, place, ref, level))
+        worker.errored.connect(lambda e: self._finish(f"Failed: {e}"))
+        worker.aborted.connect(lambda: self._on_cancelled())
+        self.worker = worker
+        self.run_button.enabled, self.cancel_button.enabled = False, True
+        self.status.value = "Loading the model…"
+        worker.start()
+        return worker
+
+    def cancel(self):
+        if self.worker is not None:
+            self.status.value = "Cancelling…"
+            self.worker.quit()
+
+    def _on_progress(self, value):
+        if self.worker is not None:  # a late progress signal never overwrites the final status
+            self.status.value = self._progress.update(value) or self.status.value
+
+    def _on_result(self, pred, layer, place, ref, level):
+        if isinstance(pred, Failed):
+            show_error(f"Segmentation failed: {pred.error}")
+            self._finish(f"Failed: {pred.error}")
+            return
+        meta = {"model": ref, "level": level, "threshold": self.threshold.value}
+        put_image(self.viewer, "tumour probability", pred.probability, place, colormap="inferno",
+                  contrast_limits=(0.0, 1.0), opacity=0.5, visible=False, metadata=meta)
+        labels = put_labels(self.viewer, "tumour", pred.mask, layer, place, meta)
+        colour = model_colour(self.viewer, ref, labels)
+        labels.metadata["histoseg_colour"] = colour
+        labels.colormap = tumour_colormap(colour)
+        frac = float(pred.mask.mean()) * 100
+        where = self.backend.describe(ref, self.device.value, self.engine.value)
+        self._finish(f"Done: {frac:.1f} % of the {self.region.value} is tumour, in layer '{labels.name}'. "
+                     f"Model: {where}")
+
+    def _on_cancelled(self):
+        self._finish("Cancelled; the layers were left as they were.")
+        show_info("Segmentation cancelled.")
+
+    def _finish(self, message: str):
+        self._progress.close()
+        self.worker = None
+        self.run_button.enabled, self.cancel_button.enabled = True, False
+        self.status.value = message

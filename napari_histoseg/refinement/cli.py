@@ -1,0 +1,76 @@
+"""``histoseg refine IMAGE --seeds SEEDS.png [--prior PROB.tif] -o OUT.png``.
+
+Seeds: 0 no seed, 1 tumour, 2 not tumour (PNG or TIFF of the image's size). The prior is
+the model's float32 tumour probability (``histoseg segment --prob``). Writes 0/1 uint8.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["register", "cmd_refine"]
+
+
+def _read_plain(path: str) -> np.ndarray:
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"No such file: '{p}'")
+    if p.suffix.lower() in {".tif", ".tiff"}:
+        import tifffile
+
+        return tifffile.imread(p)
+    from skimage.io import imread
+
+    return imread(p)
+
+
+def cmd_refine(args) -> int:
+    import time
+
+    from napari_histoseg.io import open_image
+    from napari_histoseg.refinement import RefineSession
+    from napari_histoseg.refinement.seeds import check_seeds
+
+    with open_image(args.image) as slide:
+        image = np.asarray(slide.levels[0])
+    seeds = _read_plain(args.seeds)
+    if seeds.ndim == 3:  # an RGB(A) PNG of a label layer: take the first channel
+        seeds = seeds[..., 0]
+    seeds = check_seeds(seeds, image.shape[:2])
+    prior = _read_plain(args.prior).astype(np.float32) if args.prior else None
+    params = {k: v for k, v in (("prior_weight", args.prior_weight), ("sigma_color", args.sigma_color),
+                                ("color_sensitivity", args.color_sensitivity), ("alpha", args.alpha))
+              if v is not None}
+    t0 = time.perf_counter()
+    labels = RefineSession(image, prior, **params).update(seeds)
+    dt = time.perf_counter() - t0
+    from napari_histoseg.io.masks import write_mask
+
+    out = Path(args.output)
+    write_mask(out, labels)
+    print(f"{out}: {labels.shape[1]} x {labels.shape[0]} px, {100.0 * labels.mean():.1f} % tumour "
+          f"({int((seeds == 1).sum())} tumour and {int((seeds == 2).sum())} not-tumour seed pixels, "
+          f"{'with' if prior is not None else 'without'} prior, {dt:.1f} s)")
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add the ``refine`` command to the ``histoseg`` sub-command parsers."""
+    from napari_histoseg.refinement.session import DEFAULTS
+
+    p = subparsers.add_parser("refine", help="redraw a tumour mask from seeds (label propagation)")
+    p.add_argument("image", help="PNG, JPEG, TIFF, OME-TIFF or SVS (level 0 is used)")
+    p.add_argument("--seeds", required=True, help="seed labels (.png/.tif): 0 none, 1 tumour, 2 not tumour")
+    p.add_argument("--prior", help="the model's tumour probability, float32 .tif (histoseg segment --prob)")
+    p.add_argument("-o", "--output", required=True, help="mask to write (.png or .tif): 0 not tumour, 1 tumour")
+    d = DEFAULTS
+    p.add_argument("--prior-weight", type=float, default=None,
+                   help=f"weight of the prior against the seeds' +1/-1 (default {d['prior_weight']})")
+    p.add_argument("--sigma-color", type=float, default=None, help="colour sigma in Lab units (default: from the image)")
+    p.add_argument("--color-sensitivity", type=float, default=None,
+                   help=f"divides the automatic colour sigma (default {d['color_sensitivity']})")
+    p.add_argument("--alpha", type=float, default=None,
+                   help=f"propagation weight on the superpixel graph (default {d['alpha']})")
+    p.set_defaults(func=cmd_refine)

@@ -1,0 +1,1 @@
+"""Task "segmentation": tumour masks (train, evaluate, export, quantify, cli)."""

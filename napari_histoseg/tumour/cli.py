@@ -1,0 +1,158 @@
+"""``histoseg export``, ``histoseg geojson`` and ``histoseg quantify``.
+
+``cli.py`` calls :func:`register` with its subparsers::
+
+    histoseg export IMAGE MASK -o DATASET [--tile 512] [--only-edited] [--edits EDITS.png]
+                    [--annotator NAME] [--model NAME] [--level L] [--mpp MPP] [--min-tissue F]
+    histoseg geojson MASK -o OUT.geojson [--offset X,Y] [--scale S] [--classification Tumor]
+                     [--mpp MPP] [--min-region-um2 A | --min-region-px N]
+    histoseg geojson IN.geojson -o MASK.png --shape H,W [--offset X,Y] [--scale S]
+    histoseg quantify MASK [--image IMAGE] [--mpp MPP] [--csv OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from napari_histoseg.io.masks import read_mask
+
+
+def _pair(text: str) -> tuple[float, float]:
+    try:
+        a, b = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two numbers a,b, not {text!r}") from None
+    return a, b
+
+
+def _level(slide, level: int):
+    if not 0 <= level < len(slide.levels):
+        raise ValueError(f"level {level} does not exist; the image has {len(slide.levels)}")
+    image = slide.levels[level]
+    mpp = None
+    if slide.mpp:
+        mpp = slide.mpp * slide.levels[0].shape[1] / image.shape[1]
+    return image, mpp
+
+
+def _run_export(args) -> int:
+    from napari_histoseg.io import open_image
+    from napari_histoseg.tumour.export import export_tiles
+
+    mask = read_mask(args.mask)
+    edits = read_mask(args.edits) if args.edits else None
+    with open_image(args.image) as slide:
+        image, mpp = _level(slide, args.level)
+        if mask.shape != tuple(image.shape[:2]):
+            raise ValueError(f"mask {args.mask} is {mask.shape[1]} x {mask.shape[0]} px but level {args.level} "
+                             f"of {args.image} is {image.shape[1]} x {image.shape[0]} px")
+        recs = export_tiles(image, mask, args.output, tile=args.tile, only_edited=args.only_edited,
+                            edits=edits, source=args.image, level=args.level,
+                            mpp=args.mpp if args.mpp is not None else mpp, model=args.model,
+                            annotator=args.annotator, min_tissue=args.min_tissue, split=args.split)
+    replaced = sum(r["replaced"] for r in recs)
+    print(f"{args.output}: {len(recs) - replaced} tiles added, {replaced} replaced")
+    return 0
+
+
+def _run_geojson(args) -> int:
+    from napari_histoseg.tumour import geojson as gj
+
+    src, out = Path(args.input), Path(args.output)
+    offset = args.offset or (0.0, 0.0)
+    if src.suffix.lower() in (".geojson", ".json"):
+        if args.shape is None:
+            raise ValueError("reading GeoJSON into a mask needs --shape H,W (GeoJSON does not record it)")
+        shape = tuple(int(v) for v in args.shape)
+        mask, skipped = gj.geojson_to_mask_report(src, shape, offset=offset, scale=args.scale)
+        from napari_histoseg.io.masks import write_mask
+
+        write_mask(Path(out), mask)
+        left = ", ".join(f"{n} {k}" for k, n in sorted(skipped.items()))
+        print(f"{out}: {int(mask.sum())} px filled" + (f"; left out {left}" if left else ""))
+        return 0
+    mask = read_mask(src)
+    color = tuple(int(v) for v in args.color.split(","))
+    fc, report = gj.mask_to_geojson_report(mask, classification=args.classification, color=color, offset=offset,
+                                           scale=args.scale, label=args.label, mpp=args.mpp,
+                                           min_region_um2=args.min_region_um2, min_region_px=args.min_region_px)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(fc, allow_nan=False))
+    dropped = (f"; {report['dropped_regions']} specks under {report['min_region_px']} px left out "
+               f"({report['dropped_px']} px)" if report["dropped_regions"] else "")
+    print(f"{out}: {len(fc['features'])} regions as {args.classification!r} annotations{dropped}")
+    return 0
+
+
+def _run_quantify(args) -> int:
+    from napari_histoseg.tumour.quantify import quantify, rows, to_csv
+
+    mask = read_mask(args.mask)
+    image, mpp = None, args.mpp
+    if args.image:
+        import numpy as np
+
+        from napari_histoseg.io import open_image
+
+        with open_image(args.image) as slide:
+            level, level_mpp = _level(slide, args.level)
+            image = np.asarray(level[0:level.shape[0], 0:level.shape[1]])
+        mpp = mpp if mpp is not None else level_mpp
+    result = quantify(mask, image=image, mpp=mpp)
+    for name, value, unit in rows(result, regions=args.regions):
+        text = "" if value is None else (f"{value:.6g}" if isinstance(value, float) else str(value))
+        print(f"{name:<28} {text:>14} {unit}")
+    if args.csv:
+        to_csv(result, args.csv)
+        print(f"{args.csv}: written")
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add the ``export``, ``geojson`` and ``quantify`` subcommands."""
+    p = subparsers.add_parser("export", help="add tiles of an image and its corrected mask to a training-data folder",
+                              description="Tiles of IMAGE and MASK into DATASET (DESIGN.md layout) with "
+                                          "provenance; re-exported tiles replace, others are added; atomic.")
+    p.add_argument("image", help="the image or slide the mask belongs to")
+    p.add_argument("mask", help="corrected mask (.png/.tif): 0 not tumour, 1 tumour, 255 unknown")
+    p.add_argument("-o", "--output", required=True, help="training-data folder (created if missing)")
+    p.add_argument("--tile", type=int, default=512, help="tile edge in px (default 512)")
+    p.add_argument("--edits", help="mask of the pixels a person changed (non-zero = changed)")
+    p.add_argument("--only-edited", action="store_true", help="export only tiles with edits")
+    p.add_argument("--annotator", help="who corrected the mask")
+    p.add_argument("--model", help="the model that made the first mask (name and version)")
+    p.add_argument("--level", type=int, default=0, help="pyramid level the mask is at (default 0)")
+    p.add_argument("--mpp", type=float, help="microns per pixel (default: from the image)")
+    p.add_argument("--min-tissue", type=float, default=0.0, help="skip tiles with less tissue (0..1)")
+    p.add_argument("--split", choices=["train", "val", "test"], help="split to record for the tiles")
+    p.set_defaults(func=_run_export)
+
+    g = subparsers.add_parser("geojson", help="mask to QuPath GeoJSON, or GeoJSON to a mask",
+                              description="MASK -> annotations QuPath imports (polygons with holes, "
+                                          "slide pixel coordinates); a .geojson input is filled into a mask.")
+    g.add_argument("input", help="mask (.png/.tif) or GeoJSON (.geojson/.json)")
+    g.add_argument("-o", "--output", required=True, help="GeoJSON to write, or the mask (.png/.tif)")
+    g.add_argument("--offset", type=_pair, help="slide position X,Y of the mask's top-left corner")
+    g.add_argument("--scale", type=float, default=1.0, help="full-resolution px per mask px (default 1)")
+    g.add_argument("--classification", default="Tumor", help="QuPath class name (default Tumor)")
+    g.add_argument("--color", default="200,0,0", help="class colour r,g,b (default 200,0,0)")
+    g.add_argument("--label", type=int, default=1, help="mask code to export (default 1)")
+    g.add_argument("--shape", type=_pair, help="H,W of the mask to fill (GeoJSON input)")
+    g.add_argument("--mpp", type=float, help="microns per mask pixel (sets the minimum region size in µm²)")
+    g.add_argument("--min-region-um2", type=float, help="leave out regions and holes smaller than this "
+                                                        "(default 50 µm² with --mpp)")
+    g.add_argument("--min-region-px", type=int, help="the same in pixels (default 16 without --mpp; 0 keeps all)")
+    g.set_defaults(func=_run_geojson)
+
+    q = subparsers.add_parser("quantify", help="tumour area, fraction of tissue, regions; CSV",
+                              description="Tumour area in µm² (pixels without mpp), tumour fraction "
+                                          "of the tissue (with --image), tumour/stroma ratio, regions.")
+    q.add_argument("mask", help="mask (.png/.tif): 1 tumour, 255 unknown")
+    q.add_argument("--image", help="the image, for the tissue mask and its mpp")
+    q.add_argument("--level", type=int, default=0, help="pyramid level of the mask (default 0)")
+    q.add_argument("--mpp", type=float, help="microns per pixel of the mask")
+    q.add_argument("--csv", help="write the table here")
+    q.add_argument("--no-regions", dest="regions", action="store_false", help="leave out per-region rows")
+    q.set_defaults(func=_run_quantify)
