@@ -83,6 +83,7 @@ _SUBCOMMAND_MODULES = (
     "server.cli",       # serve
     "nuclei.cli",       # nuclei
     "classifier.cli",   # classify
+    "review.cli",       # review-queue
 )
 
 

@@ -24,6 +24,7 @@ LAYERS = [
     ["plugin", "server"],
     ["api"],
     ["backends"],
+    ["review"],
     ["tasks", "wsi"],
     ["tumour", "nuclei", "classifier"],
     ["explanations", "refinement"],
