@@ -357,12 +357,42 @@ def test_slide_from_array_and_clipping():
 
 
 # --------------------------------------------------------------------------- napari reader
-def test_get_reader_dispatch(tmp_path):
+def test_get_reader_claims_only_slides(tmp_path, ome_pyramid):
+    """napari opens plain TIFFs, PNG and JPEG itself; we take slides (no reader-choice dialog)."""
     assert get_reader(str(tmp_path / "notes.txt")) is None
-    assert get_reader(str(tmp_path / "a.png")) is not None
-    assert callable(get_reader(str(SVS)))
-    assert callable(get_reader([str(tmp_path / "x.OME.TIFF")]))
+    assert get_reader(str(PNG)) is None and get_reader(str(JPG)) is None
+    assert get_reader(str(SVS)) is read_image_layers
+    assert get_reader([str(ome_pyramid)]) is read_image_layers
     assert get_reader([str(SVS), str(PNG)]) is None
+    plain = _write_tiff(tmp_path / "plain.tif", np.zeros((64, 80, 3), np.uint8), photometric="rgb")
+    assert get_reader(str(plain)) is None  # one level, small: napari's built-in reader
+    assert get_reader(str(tmp_path / "missing.ome.tiff")) is None
+    (tmp_path / "broken.tif").write_bytes(b"not a tiff")
+    assert get_reader(str(tmp_path / "broken.tif")) is None
+    (tmp_path / "other.ome.zarr").mkdir()
+    (tmp_path / "other.ome.zarr" / ".zattrs").write_text('{"multiscales": []}')
+    assert get_reader(str(tmp_path / "other.ome.zarr")) is None  # napari-ome-zarr's, not ours
+    assert get_reader(str(tmp_path)) is None
+
+
+def test_get_reader_claims_a_large_single_level_tiff(tmp_path, monkeypatch):
+    import napari_histoseg.plugin.reader as reader
+
+    path = _write_tiff(tmp_path / "big.tif", np.zeros((64, 300, 3), np.uint8), photometric="rgb", tile=(32, 32))
+    assert get_reader(str(path)) is None
+    monkeypatch.setattr(reader, "LARGE_TIFF_PX", 256)
+    assert get_reader(str(path)) is read_image_layers
+
+
+def test_manifest_patterns_leave_png_and_jpeg_to_napari():
+    from importlib.resources import files
+
+    import yaml
+
+    manifest = yaml.safe_load(files("napari_histoseg").joinpath("napari.yaml").read_text())
+    [reader] = manifest["contributions"]["readers"]
+    assert not {"*.png", "*.jpg", "*.jpeg"} & set(reader["filename_patterns"])
+    assert "*.svs" in reader["filename_patterns"]
 
 
 def test_reader_layer_data(svs_pyramid, ome_pyramid):

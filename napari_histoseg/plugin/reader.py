@@ -18,6 +18,14 @@ otherwise (1, 1) in pixels.
 
 A ``*.zarr`` folder written by ``histoseg segment-slides`` (:mod:`napari_histoseg.wsi`)
 opens as its result layers (tumour probability, tumour, tissue), on the slide's µm grid.
+
+What is claimed
+---------------
+Only what this reader opens better than napari's built-in reader (and napari-ome-zarr):
+Aperio SVS, pyramidal TIFF / OME-TIFF and very large TIFFs (lazy levels, µm scale), and
+the OME-Zarr results of :mod:`napari_histoseg.wsi` (marked ``"histoseg"`` in their
+attributes). :func:`get_reader` returns None for a plain TIFF, PNG, JPEG or any other
+OME-Zarr, so napari opens those itself. The check reads the TIFF header only.
 """
 
 from __future__ import annotations
@@ -30,7 +38,11 @@ import numpy as np
 from napari_histoseg.io.readers import open_image
 from napari_histoseg.io.slide import Slide, image_suffix
 
-__all__ = ["get_reader", "read_image_layers", "slide_layer_data"]
+__all__ = ["get_reader", "read_image_layers", "slide_layer_data", "is_slide_tiff"]
+
+# A single-level TIFF at least this many pixels on a side is claimed too: napari's
+# built-in reader would load it into memory whole.
+LARGE_TIFF_PX = 10_000
 
 
 def slide_layer_data(slide: Slide, name: str | None = None, **extra_kwargs) -> tuple:
@@ -121,15 +133,44 @@ def read_image_layers(path) -> list[tuple]:
 
 def _result_reader(path):
     """The reader of a whole-slide result (OME-Zarr written by napari_histoseg.wsi), or None."""
-    from napari_histoseg.wsi.layers import is_result, result_layer_data
+    from napari_histoseg.wsi.layers import is_result
 
     if not is_result(str(path).rstrip("/")):
         return None
-    return lambda p: result_layer_data(str((p[0] if isinstance(p, (list, tuple)) else p)).rstrip("/"))
+    return _read_result
+
+
+def _read_result(path) -> list[tuple]:
+    from napari_histoseg.wsi.layers import result_layer_data
+
+    return result_layer_data(str(path[0] if isinstance(path, (list, tuple)) else path).rstrip("/"))
+
+
+def is_slide_tiff(path) -> bool:
+    """Whether the TIFF at ``path`` is a slide: pyramidal (SubIFDs or reduced-resolution
+    pages) or at least :data:`LARGE_TIFF_PX` pixels on a side. Reads the header only;
+    False for a file that is missing or not a TIFF.
+
+    >>> is_slide_tiff("missing.tif")
+    False
+    """
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if not tif.series:
+                return False
+            series = tif.series[0]
+            if len(series.levels) > 1:
+                return True
+            page = series.keyframe
+            return max(page.imagelength, page.imagewidth) >= LARGE_TIFF_PX
+    except Exception:  # noqa: BLE001 - not readable as a TIFF: napari's reader says why
+        return False
 
 
 def get_reader(path):
-    """npe2 reader hook: a reader function if `path` is an image we open.
+    """npe2 reader hook: a reader function if `path` is something we open better than napari.
 
     Parameters
     ----------
@@ -139,15 +180,16 @@ def get_reader(path):
     Returns
     -------
     reader : callable or None
-        :func:`read_image_layers` for ``.svs``, ``.tif``, ``.tiff``,
-        ``.ome.tif(f)``, ``.png``, ``.jpg`` and ``.jpeg``; None otherwise
-        (napari then tries other readers). The file itself is only read when
-        napari calls the reader.
+        :func:`read_image_layers` for ``.svs`` and for a pyramidal (or very large)
+        ``.tif``/``.tiff``/``.ome.tif(f)``; the result layers for an OME-Zarr written by
+        ``histoseg segment-slides``; None otherwise (a plain TIFF, PNG, JPEG, another
+        OME-Zarr, anything else), so napari tries its other readers. Only a TIFF's
+        header or a Zarr's ``.zattrs`` is read here.
 
     Examples
     --------
-    >>> get_reader("slide.svs") is read_image_layers, get_reader("notes.txt")
-    (True, None)
+    >>> get_reader("slide.svs") is read_image_layers, get_reader("notes.txt"), get_reader("photo.png")
+    (True, None, None)
     """
     if isinstance(path, (list, tuple)):
         if len(path) != 1:
@@ -157,6 +199,9 @@ def get_reader(path):
         return None
     if str(path).rstrip("/").endswith(".zarr"):
         return _result_reader(path)
-    if image_suffix(path) is None:
-        return None
-    return read_image_layers
+    suffix = image_suffix(path)
+    if suffix == ".svs":
+        return read_image_layers
+    if suffix in (".tif", ".tiff", ".ome.tif", ".ome.tiff") and is_slide_tiff(path):
+        return read_image_layers
+    return None
