@@ -135,8 +135,8 @@ def test_training_writes_a_loadable_checkpoint_with_its_history(tmp_path):
     out = tmp_path / "cls.safetensors"
     s = train_classifier(root, out, epochs=4, steps_per_epoch=4, batch_size=6, patch_size=64, scale=1.0,
                          lr=1e-3, threads=1, val_fraction=0.34, log=lambda m: None)
-    losses = [h["loss"] for h in s["history"]]
-    assert [h["epoch"] for h in s["history"]] == [1, 2, 3, 4]
+    losses = [h["train_loss"] for h in s["history"]]
+    assert [h["epoch"] for h in s["history"]] == [0, 1, 2, 3]
     assert np.isfinite(losses).all() and max(losses) < 1.5 * np.log(2)
     clf = load_classifier(out)
     assert clf.meta.task == "classification" and clf.temperature == pytest.approx(s["temperature"])

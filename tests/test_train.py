@@ -110,7 +110,7 @@ def test_should_stop_and_frozen_encoder(tmp_path):
     s = train(data, tmp_path / "v1.safetensors", arch="lightmuseg-v1", epochs=5, patch_size=32,
               batch_size=2, steps_per_epoch=3, optimizer="sgd-adam", sgd_epochs=1, loss="generalized",
               should_stop=lambda: True, log=lambda *_: None)
-    assert s["stop_reason"] == "stopped by request" and s["epochs_run"] == 1
+    assert s["stop_reason"] == "cancelled" and s["epochs_run"] == 1
     assert s["trainable_parameters"] < s["parameters"]
 
 

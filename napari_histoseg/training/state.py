@@ -13,6 +13,8 @@ from safetensors.torch import load_file, save_file
 def make_optimizer(kind: str, params, lr: float):
     if kind == "adam":
         return torch.optim.Adam(params, lr=lr)
+    if kind == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     if kind == "sgd":
         return torch.optim.SGD(params, lr=lr * 10, momentum=0.9, weight_decay=1e-4)
     raise ValueError(f"unknown optimizer {kind!r}")

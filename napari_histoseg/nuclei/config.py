@@ -1,0 +1,38 @@
+"""Settings of nucleus-detector training (``histoseg train --task instances``); no torch."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Optional
+
+from napari_histoseg.training.config import TrainConfig, option
+
+
+def _ids(text: str) -> list[str]:
+    return [s for s in text.split(",") if s]
+
+
+@dataclass
+class NucleiConfig(TrainConfig):
+    """Defaults: what the bundled nucleus model was trained with (NUCLEI_MODEL_CARD.md): AdamW,
+    100 warm-up steps, a cosine to 5 % of lr, gradient norm clipped at 10, BatchNorm frozen
+    (batches of two patches are too small to estimate its statistics), validation every 8 min."""
+
+    arch: str = option("maskrcnn-mobilenet_v2", "registered architecture (a maskrcnn-* one)")
+    arch_kwargs: dict = option({}, "JSON of extra architecture arguments", type=json.loads)
+    patch_size: int = option(256, "training patch size in px")
+    batch_size: int = option(2, "patches per batch")
+    lr: float = option(2e-4, "learning rate (peak of the cosine schedule)")
+    optimizer: str = option("adamw", "adam, adamw or sgd-adam", choices=("adam", "adamw", "sgd-adam"))
+    lr_floor: float = option(0.05, "the cosine ends at lr x this", cli=False)
+    warmup: int = option(100, "steps of linear learning-rate warm-up", cli=False)
+    clip_grad: Optional[float] = option(10.0, "clip the gradient norm to this", cli=False)
+    patience: int = option(1000, "early stopping: validations without a better (AJI + PQ) / 2")
+    val_every: Optional[float] = option(8.0, "instances: validate on the held-out tiles every MIN minutes",
+                                        type=float, flag="--nuclei-val-every", metavar="MIN")
+    val_ids: Optional[list] = option(None, "instances: train tiles held out for validation (default: a "
+                                     "breast tile and one of another organ)", type=_ids,
+                                     flag="--nuclei-val-ids", metavar="ID,ID")
+    model_mpp: float = option(0.25, "instances: mpp the model works at (MoNuSeg's 40x)", flag="--nuclei-mpp")
+    name: str = option("histoseg-nuclei", "model name written into the checkpoint")
