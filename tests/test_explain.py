@@ -131,9 +131,9 @@ def test_shap_is_signed_and_sums_to_the_change_of_the_target(blob_model):
     background away from it. Unnormalised GradientShap adds up to T(x) - T(baseline)
     (completeness; checked against empty glass, where the change is large)."""
     img, mask = (a[0] for a in blobs(1, size=64, seed=5))
-    heat = explain(img, blob_model, "shap", target="all", tile=64, samples=16, normalize=False)
+    heat = explain(img, blob_model, "shap", target="all", tile=64, samples=16, normalise=False)
     assert heat[mask].mean() > 0 > heat[~mask].mean()
-    heat = explain(img, blob_model, "shap", target="all", tile=64, samples=32, normalize=False, baseline="white")
+    heat = explain(img, blob_model, "shap", target="all", tile=64, samples=32, normalise=False, baseline="white")
     with torch.no_grad():
         t = blob_model.logits(blob_model.to_tensor(img[None])).sum().item()
         b = blob_model.logits(blob_model.to_tensor(np.full((1, 64, 64, 3), 240, np.uint8))).sum().item()
@@ -148,7 +148,7 @@ def test_shap_tiles_add_up_like_the_whole():
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 1, 3, padding=1))
     model = Segmenter(net, ModelMeta(arch="conv"), device="cpu")
     img = blobs(1, size=192, seed=7)[0][0]
-    kw = dict(target="all", samples=32, normalize=False, baseline="white")
+    kw = dict(target="all", samples=32, normalise=False, baseline="white")
     whole = explain(img, model, "shap", tile=192, **kw)
     tiled = explain(img, model, "shap", tile=64, overlap=32, **kw)
     assert tiled.sum() == pytest.approx(whole.sum(), rel=0.05)
@@ -259,3 +259,15 @@ def test_cli_writes_a_float32_tiff(tmp_path, random_checkpoint):
                  "--model", str(random_checkpoint), "--device", "cpu", "--region", "10,20,40,60"]) == 0
     heat = tifffile.imread(out)
     assert heat.dtype == np.float32 and heat.shape == (40, 60) and np.isfinite(heat).all()
+
+
+def test_a_nucleus_detector_is_not_explained_but_told_why(tmp_path):
+    from napari_histoseg.models import build_model, save_checkpoint
+    from napari_histoseg.models.detector import NucleusDetector
+
+    kw = {"channels": 32, "representation": 64}
+    path = save_checkpoint(build_model("maskrcnn-mobilenet_v2", **kw), tmp_path / "n.safetensors",
+                           ModelMeta(arch="maskrcnn-mobilenet_v2", task="instances", arch_kwargs=kw))
+    img = np.full((64, 64, 3), 200, np.uint8)
+    with pytest.raises(ExplainError, match="instances model.*segmentation and classification"):
+        explain(img, NucleusDetector.from_checkpoint(path, device="cpu"), "gradcam", tile=64)

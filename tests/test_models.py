@@ -85,3 +85,73 @@ def test_segmenter_predicts_probabilities(random_model):
     out = random_model.predict(np.zeros((2, 64, 96, 3), np.uint8))
     assert out.shape == (2, 1, 64, 96) and out.dtype == np.float32
     assert 0 <= out.min() and out.max() <= 1
+
+
+# -- one base for a loaded model ----------------------------------------------------------
+def _tiny(tmp_path, task):
+    """A small checkpoint of ``task`` (random weights)."""
+    if task == "segmentation":
+        arch, kw, meta = "unet-mobilenet_v2", {"classes": 1}, {}
+    elif task == "classification":
+        arch, kw, meta = "classifier-mobilenet_v2", {"classes": 2}, {"classes": {"0": "benign", "1": "malignant"}}
+    else:
+        arch, kw, meta = "maskrcnn-mobilenet_v2", {"channels": 32, "representation": 64}, {"classes": {"1": "nucleus"}}
+    m = ModelMeta(arch=arch, task=task, arch_kwargs=kw, name=f"tiny {task}", **meta)
+    return save_checkpoint(build_model(arch, **kw), tmp_path / f"{task}.safetensors", m)
+
+
+def test_every_task_loads_its_own_checkpoints_and_refuses_the_others_naming_both(tmp_path):
+    from napari_histoseg.models.detector import NucleusDetector
+    from napari_histoseg.models.segmenter import Segmenter
+    from napari_histoseg.models.tile_classifier import Classifier
+
+    classes = {"segmentation": Segmenter, "instances": NucleusDetector, "classification": Classifier}
+    paths = {task: _tiny(tmp_path, task) for task in classes}
+    for task, cls in classes.items():
+        model = cls.from_checkpoint(paths[task], device="cpu")
+        assert model.meta.task == task and model.source == str(paths[task])
+        assert model.device.type == "cpu" and model.half is False and not model.module.training
+        for other, path in paths.items():
+            if other != task:
+                with pytest.raises(CheckpointError, match=f"task '{other}'.*not a .*task '{task}'"):
+                    cls.from_checkpoint(path, device="cpu")
+
+
+def test_what_each_model_says_about_itself(tmp_path):
+    from napari_histoseg.models.detector import NucleusDetector
+    from napari_histoseg.models.segmenter import Segmenter
+    from napari_histoseg.models.tile_classifier import Classifier
+
+    seg = Segmenter.random(device="cpu")
+    assert seg.gradcam_layer() == "net.decoder.blocks.1" and seg.explainable
+    logits = torch.tensor([[[[1.0, -1.0]]]])  # one pixel predicted tumour, one not
+    weights = torch.ones(1, 2)
+    assert seg.explain_target(logits, 0, weights, use_prediction=True).item() == pytest.approx(1.0)
+    assert seg.explain_target(logits, 0, weights, use_prediction=False).item() == pytest.approx(0.0)
+
+    clf = Classifier.from_checkpoint(_tiny(tmp_path, "classification"), device="cpu")
+    assert clf.gradcam_layer() == "features.18" and clf.class_names == ["benign", "malignant"]
+    assert clf.explain_target(torch.tensor([[0.2, 0.7]]), 1, None, False).tolist() == [pytest.approx(0.7)]
+    with pytest.raises(ValueError, match="float32 only"):
+        Classifier.from_checkpoint(_tiny(tmp_path, "classification"), device="cpu", half=True)
+
+    det = NucleusDetector.from_checkpoint(_tiny(tmp_path, "instances"), device="cpu")
+    assert not det.explainable
+    x = det.to_tensor(np.full((1, 64, 64, 3), 255, np.uint8))
+    assert x.shape == (1, 3, 64, 64) and x.max().item() == pytest.approx(1.0)
+    (dets,) = det.detect_batch(x)
+    assert set(dets) == {"boxes", "scores", "masks"} and dets["masks"].shape[1:] == (28, 28)
+
+
+def test_one_table_of_bundled_checkpoints():
+    from napari_histoseg.models.bundled import BUNDLED_CHECKPOINTS, bundled_path
+
+    assert set(BUNDLED_CHECKPOINTS) == {"segmentation", "instances", "classification"}
+    with pytest.raises(CheckpointError, match="no bundled model for task 'tracking'.*segmentation"):
+        bundled_path("tracking")
+    for task, path in BUNDLED_CHECKPOINTS.items():
+        if path.is_file():
+            assert bundled_path(task) == path
+            from napari_histoseg.models.checkpoint import read_meta
+
+            assert read_meta(path).task == task

@@ -24,18 +24,16 @@ from __future__ import annotations
 import math
 import warnings as _warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 import torch
 
 from napari_histoseg.classifier.calibration import softmax
-from napari_histoseg.classifier.tiles import aggregate, tile_logits, to_input
+from napari_histoseg.classifier.tiles import aggregate, tile_logits
 from napari_histoseg.core.resize import resize
-from napari_histoseg.models.checkpoint import CheckpointError
+from napari_histoseg.models.tile_classifier import Classifier
 
-BUNDLED = Path(__file__).resolve().parent.parent / "weights" / "classifier.safetensors"
 MIN_TISSUE = 0.05  # least share of tissue pixels in a region (see check_he)
 
 
@@ -43,59 +41,14 @@ class ClassifierInputError(ValueError):
     """An image or region the classifier cannot judge; the message says why."""
 
 
-class Classifier:
-    """A loaded classifier: network, metadata, device and calibration temperature.
-
-    Mirrors the :class:`~napari_histoseg.models.segmenter.Segmenter` interface
-    (``module``, ``meta``, ``device``, ``to_tensor``, ``logits``, ``out_channels``), so
-    the explanation machinery can run on it.
-    """
-
-    def __init__(self, module, meta, device="cpu", source=""):
-        from napari_histoseg.core.device import resolve_device
-
-        if meta.task != "classification":
-            raise CheckpointError(f"{source or meta.name}: a {meta.task} model, not a classifier")
-        self.device = resolve_device(device)
-        self.module = module.eval().to(self.device).float()
-        self.meta, self.source, self.half = meta, source, False
-        cal = meta.training.get("calibration", {}) if isinstance(meta.training, dict) else {}
-        self.temperature = float(cal.get("temperature", 1.0))
-        self.class_names = [meta.classes[str(i)] for i in range(len(meta.classes))]
-
-    @property
-    def out_channels(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def tile(self) -> int:
-        return int(self.meta.tile_size)
-
-    @property
-    def description(self) -> str:
-        return f"{self.meta.name} v{self.meta.model_version} ({self.meta.arch})"
-
-    def to_tensor(self, batch: np.ndarray) -> torch.Tensor:
-        return to_input(batch, self.meta.mean, self.meta.std).to(self.device)
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module(x)
-
-
 def load_classifier(path=None, device="auto") -> Classifier:
-    """Load a classification checkpoint (None: the bundled one)."""
-    from napari_histoseg.models import load_checkpoint
+    """Load a classification checkpoint (None: the bundled one).
 
+    :class:`~napari_histoseg.models.CheckpointError` for a checkpoint of another task.
+    """
     if path is None:
-        if not BUNDLED.is_file():
-            raise CheckpointError(f"the bundled classifier ({BUNDLED.name}) is not in this install; "
-                                  "pass the path of a classification checkpoint")
-        path = BUNDLED
-    module, meta = load_checkpoint(path)
-    if meta.task != "classification":
-        raise CheckpointError(f"{path}: this is a {meta.task} model ({meta.name}), not a "
-                              "benign/malignant classifier")
-    return Classifier(module.float(), meta, device=device, source="bundled" if path == BUNDLED else str(path))
+        return Classifier.bundled(device=device)
+    return Classifier.from_checkpoint(path, device=device)
 
 
 def _model(model) -> Classifier:

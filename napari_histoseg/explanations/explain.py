@@ -39,36 +39,29 @@ def _resolve_model(model):
 
 
 def _torch_model(model, method: str):
-    """The torch :class:`Segmenter` behind ``model``: gradients and dropout need torch."""
-    if hasattr(model, "module") and hasattr(model, "to_tensor"):
-        return model
-    twin = getattr(model, "torch_model", None)  # OnnxSegmenter keeps its torch twin
-    if twin is not None:
-        return twin
-    raise ExplainError(
-        f"method {method!r} needs the model's torch network (gradients or dropout), and "
-        f"{type(model).__name__} has none; load it with engine='torch' (load_model(path))"
-    )
+    """The torch model behind ``model`` (gradients and dropout need torch), private to this
+    explanation: Grad-CAM hooks a layer, MC dropout switches dropout on, and on a copy a
+    segmentation running at the same time on the same model (another napari worker) is untouched."""
+    from napari_histoseg.models.loaded import LoadedModel
+    from napari_histoseg.models.onnx import OnnxSegmenter
 
-
-def _private_copy(segmenter):
-    """The segmenter with its own copy of the network.
-
-    Grad-CAM hooks a layer, MC dropout switches dropout on: on a copy, a segmentation
-    running at the same time on the same model (another napari worker) is untouched.
-    """
-    import copy
-
-    twin = copy.copy(segmenter)
-    twin.module = copy.deepcopy(segmenter.module).eval()
-    return twin
+    if not isinstance(model, (LoadedModel, OnnxSegmenter)):
+        raise ExplainError(
+            f"method {method!r} needs the model's torch network (gradients or dropout), and "
+            f"{type(model).__name__} has none; load it with engine='torch' (load_model(path))"
+        )
+    torch_model = model.torch_model
+    if not torch_model.explainable:
+        raise ExplainError(f"{torch_model.description} is a {torch_model.task} model; "
+                           f"{method!r} explains segmentation and classification models only")
+    return torch_model.private_copy()
 
 
 def tumour_channel(model) -> int:
     """Output channel of the tumour class: 0 for a one-channel model, else from ``meta.classes``."""
     if int(model.out_channels) == 1:
         return 0
-    for key, name in getattr(model.meta, "classes", {}).items():
+    for key, name in model.meta.classes.items():
         if str(name).lower() == "tumour":
             return int(key)
     return 1
@@ -98,7 +91,7 @@ def iter_explain(
     tile: int = 512,
     overlap: int = 64,
     samples: Optional[int] = None,
-    normalize: bool = True,
+    normalise: bool = True,
     preprocess: Optional[Callable[[np.ndarray], np.ndarray]] = None,
     batch_size: int = 4,
     baseline: str = "blur",
@@ -129,7 +122,7 @@ def iter_explain(
                                        region=region, preprocess=preprocess)
         return entropy_bits(pred.probability)
 
-    segmenter = _private_copy(_torch_model(model, method))
+    torch_model = _torch_model(model, method)
     plan = plan_tiles(image.shape, region, tile, overlap)
     n = int(samples) if samples is not None else _DEFAULT_SAMPLES.get(method, 0)
     if method in _DEFAULT_SAMPLES and n < 1:
@@ -138,16 +131,16 @@ def iter_explain(
     if method == "gradcam":
         from napari_histoseg.explanations.gradcam import GradCam
 
-        engine = GradCam(segmenter, layer=layer, channel=ch_index)
+        engine = GradCam(torch_model, layer=layer, channel=ch_index)
     elif method == "shap":
         from napari_histoseg.explanations.shap import GradShap
 
-        engine = GradShap(segmenter, channel=ch_index, samples=n, batch_size=batch_size,
+        engine = GradShap(torch_model, channel=ch_index, samples=n, batch_size=batch_size,
                           baseline=baseline, blur_sigma=blur_sigma, stdevs=stdevs, seed=seed)
     else:  # mc-dropout
         from napari_histoseg.explanations.uncertainty import McDropout
 
-        engine = McDropout(segmenter, channel=ch_index, samples=n, seed=seed)
+        engine = McDropout(torch_model, channel=ch_index, samples=n, seed=seed)
 
     drawn = None if isinstance(target, str) else target_array(target, plan, image.shape)
     use_prediction = isinstance(target, str) and target == "mask"
@@ -156,7 +149,7 @@ def iter_explain(
         heat = np.sqrt(np.clip(acc[1] - acc[0] ** 2, 0, None))
     else:
         heat = acc[0]
-        if normalize:
+        if normalise:
             heat = _normalise(heat, robust=method == "shap")
     return np.ascontiguousarray(heat, dtype=np.float32)
 
@@ -219,7 +212,7 @@ def explain(
         Polled after each tile; when it returns True,
         :class:`~napari_histoseg.core.runs.Cancelled` is raised.
     **kwargs
-        ``normalize`` (True; False returns Grad-CAM and SHAP in raw units: SHAP then
+        ``normalise`` (True; False returns Grad-CAM and SHAP in raw units: SHAP then
         sums to the target's change in logits), ``preprocess`` (a callable applied to
         every uint8 tile, as in inference), ``batch_size`` (4: tiles per prediction for
         entropy, samples per backward pass for SHAP), ``baseline`` (SHAP: ``"blur"``,

@@ -37,6 +37,9 @@ class MobileNetClassifier(nn.Module):
         Dropout probability before the linear head (training only).
     """
 
+    #: Grad-CAM's default layer: the last convolution of the features (stride 32).
+    gradcam_layer = "features.18"
+
     def __init__(self, classes: int = 2, dropout: float = 0.2):
         super().__init__()
         self.features = mobilenet_v2(weights=None).features  # 1280 channels, stride 32

@@ -131,6 +131,9 @@ class LightMuSeg(nn.Module):
         Channels of the decoder stages at strides 16, 8, 4, 2.
     """
 
+    #: Grad-CAM's default layer: the decoder stage at stride 8.
+    gradcam_layer = "frfm.1"
+
     def __init__(self, classes: int = 1, variant: str = "v2", decoder_channels=(96, 64, 32, 16)):
         super().__init__()
         variant = variant.lower()

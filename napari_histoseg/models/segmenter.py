@@ -1,68 +1,40 @@
-"""A loaded model ready to predict: normalisation, device, precision and engine.
+"""The loaded tumour segmentation model: uint8 RGB batches in, probability maps out.
 
 :class:`Segmenter` is what the inference engine, the backend and the public API hand
 around. It takes uint8 RGB batches and returns float32 class probabilities, so callers
-never touch normalisation, devices or dtypes.
+never touch normalisation, devices or dtypes. It is a
+:class:`~napari_histoseg.models.loaded.LoadedModel` of task ``"segmentation"``.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
-import torch.nn as nn
 
-from napari_histoseg.core.device import resolve_device
-from napari_histoseg.models.checkpoint import ModelMeta, load_checkpoint
+from napari_histoseg.models.checkpoint import ModelMeta
+from napari_histoseg.models.loaded import LoadedModel
 from napari_histoseg.models.registry import build_model
 
 
-class Segmenter:
-    """A network plus the metadata needed to use it.
+def predicted_mask(logits: torch.Tensor, channel: int) -> torch.Tensor:
+    """Boolean (N, h, w) of the pixels predicted as ``channel`` (p >= 0.5 or argmax)."""
+    if logits.shape[1] == 1:
+        return logits[:, 0] >= 0
+    return logits.argmax(1) == channel
 
-    Parameters
-    ----------
-    module : torch.nn.Module
-        The network; it is put in eval mode on ``device``.
-    meta : ModelMeta
-        Normalisation, classes, tile size, ...
-    device : str
-        ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"mps"``.
-    half : bool or None
-        Half precision; by default on for cuda only.
-    source : str
-        Where the model came from (a path, ``"bundled"``, ``"random"``), for display.
+
+class Segmenter(LoadedModel):
+    """A segmentation network plus the metadata needed to use it.
+
+    Parameters are those of :class:`~napari_histoseg.models.loaded.LoadedModel`; half
+    precision is on by default on cuda. Any module mapping (N, 3, H, W) to (N, C, H, W)
+    logits is accepted.
     """
 
-    def __init__(self, module: nn.Module, meta: ModelMeta, device="auto", half=None, source=""):
-        self.device = resolve_device(device)
-        self.half = (self.device.type == "cuda") if half is None else bool(half)
-        self.meta = meta
-        self.source = source
-        memory_format = torch.channels_last if self.device.type != "mps" else torch.contiguous_format
-        self.module = module.eval().to(self.device, memory_format=memory_format)
-        self._memory_format = memory_format
-        mean = torch.tensor(meta.mean, dtype=torch.float32).view(1, 3, 1, 1)
-        std = torch.tensor(meta.std, dtype=torch.float32).view(1, 3, 1, 1)
-        self._mean, self._std = mean.to(self.device), std.to(self.device)
-
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, device="auto", half=None) -> "Segmenter":
-        """Load a safetensors checkpoint (see :func:`load_checkpoint`)."""
-        from napari_histoseg.models.checkpoint import CheckpointError, read_meta
-
-        meta = read_meta(path)  # the header only: refuse another task before loading weights
-        if meta.task != "segmentation":
-            use = {"classification": "classify with napari_histoseg.classify / `histoseg classify`",
-                   "instances": "find nuclei with napari_histoseg.detect_nuclei / `histoseg nuclei`"}
-            kind = {"classification": "benign/malignant classifier", "instances": "nucleus detection model"}
-            raise CheckpointError(
-                f"{path}: this is a {kind.get(meta.task, repr(meta.task) + ' model')} ({meta.name}), "
-                f"not a tumour segmentation model; {use.get(meta.task, 'it cannot segment tumour')}"
-            )
-        module, meta = load_checkpoint(path)
-        return cls(module, meta, device=device, half=half, source=str(path))
+    task = "segmentation"
+    supports_half = True
+    channels_last = True
+    explainable = True
 
     @classmethod
     def random(cls, arch: str = "unet-mobilenet_v2", seed: int = 0, device="cpu", **kwargs):
@@ -70,25 +42,6 @@ class Segmenter:
         torch.manual_seed(seed)
         meta = ModelMeta(arch=arch, arch_kwargs={"classes": 1, **kwargs}, name=f"random {arch}")
         return cls(build_model(arch, **meta.arch_kwargs), meta, device=device, source="random")
-
-    @property
-    def out_channels(self) -> int:
-        return self.meta.out_channels
-
-    @property
-    def description(self) -> str:
-        return f"{self.meta.name} v{self.meta.model_version} ({self.meta.arch})"
-
-    def to_tensor(self, batch: np.ndarray) -> torch.Tensor:
-        """uint8 (N, H, W, 3) -> normalised float tensor (N, 3, H, W) on the device."""
-        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
-        x = x.permute(0, 3, 1, 2).float()
-        x = (x - self._mean) / self._std
-        return x.contiguous(memory_format=self._memory_format)
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw network output for a normalised tensor (gradients allowed)."""
-        return self.module(x)
 
     def activate(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits -> probabilities: sigmoid for one channel, softmax for several."""
@@ -111,19 +64,23 @@ class Segmenter:
             out = self.module(x)
         return self.activate(out.float()).cpu().numpy()
 
+    def explain_target(self, logits, channel, weights, use_prediction):
+        """The ``channel`` logit summed over the pixels weighted by ``weights`` (and, with
+        ``use_prediction``, predicted as ``channel``)."""
+        mask = weights
+        if use_prediction:
+            mask = weights * predicted_mask(logits.detach(), channel)
+        return (logits[:, channel] * mask).sum(dim=(1, 2))
+
 
 def load_segmenter(path=None, device: str = "auto", engine: str = "torch"):
-    """A :class:`Segmenter` (``engine="torch"``) or its ONNX Runtime twin (``"onnx"``) from a checkpoint
-    path, or the bundled default model for None; see :func:`napari_histoseg.load_model`."""
-    from napari_histoseg.models.bundled import bundled_model_path
-
-    model = Segmenter.from_checkpoint(path if path is not None else bundled_model_path(), device=device)
-    if path is None:
-        model.source = "bundled"
+    """A :class:`Segmenter` (``engine="torch"``) or its ONNX Runtime twin (``"onnx"``) from a
+    checkpoint path, or the bundled default model for None; see :func:`napari_histoseg.load_model`."""
+    if engine not in ("torch", "onnx"):
+        raise ValueError(f"engine must be 'torch' or 'onnx', not {engine!r}")
+    model = Segmenter.bundled(device=device) if path is None else Segmenter.from_checkpoint(path, device=device)
     if engine == "onnx":
         from napari_histoseg.models.onnx import OnnxSegmenter
 
         return OnnxSegmenter(model)
-    if engine != "torch":
-        raise ValueError(f"engine must be 'torch' or 'onnx', not {engine!r}")
     return model

@@ -33,6 +33,10 @@ class DropoutUnet(nn.Module):
         Channels of the five decoder stages.
     """
 
+    #: Grad-CAM's default layer: the second decoder block (128 channels at stride 8), semantic
+    #: enough to say why, fine enough to outline tumour nests.
+    gradcam_layer = "net.decoder.blocks.1"
+
     def __init__(
         self,
         encoder_name: str = "mobilenet_v2",

@@ -29,36 +29,47 @@ import torch.nn.functional as F
 from napari_histoseg.core.runs import drive
 from napari_histoseg.core.windows import tile_starts
 from napari_histoseg.io.validate import ImageFormatError, ensure_rgb_uint8
+from napari_histoseg.models.bundled import BUNDLED as BUNDLED_REF
+from napari_histoseg.models.bundled import BUNDLED_CHECKPOINTS, bundled_path
+from napari_histoseg.models.checkpoint import CheckpointError
+from napari_histoseg.models.detector import NucleusDetector, detect
 
-BUNDLED = Path(__file__).resolve().parent.parent / "weights" / "nuclei.safetensors"
 MIN_SIDE = 32
+
+#: The bundled nucleus checkpoint (its entry in :data:`napari_histoseg.models.bundled.BUNDLED_CHECKPOINTS`).
+BUNDLED = BUNDLED_CHECKPOINTS["instances"]
 
 
 class NucleiModelError(ValueError):
     """No usable nucleus model; the message says why."""
 
 
-def load_nuclei_model(path=None):
-    """``(model, meta)`` of an instances checkpoint (default: the bundled nucleus model)."""
-    from napari_histoseg.models.checkpoint import CheckpointError, load_checkpoint, read_meta
-
-    path = Path(path) if path else BUNDLED
+def load_nuclei_detector(path=None, device="cpu") -> NucleusDetector:
+    """The :class:`~napari_histoseg.models.detector.NucleusDetector` of an instances checkpoint
+    (default: the bundled nucleus model, loaded once per process); a checkpoint of another task
+    is refused with :class:`~napari_histoseg.models.CheckpointError`."""
+    if path is None:
+        try:
+            bundled = bundled_path("instances")
+        except CheckpointError as e:
+            raise NucleiModelError(str(e)) from None
+        return _load_cached(str(bundled), bundled.stat().st_mtime, str(device))
+    path = Path(path)
     if not path.is_file():
-        raise NucleiModelError(
-            f"{path}: no nucleus model there" + (" (the bundled model is not installed; train one "
-                                                 "with `histoseg train --task instances`)" if path == BUNDLED else ""))
-    meta = read_meta(path)
-    if meta.task != "instances":
-        raise CheckpointError(f"{path}: a {meta.task!r} model, not a nucleus (instances) model")
-    return _load_cached(str(path), path.stat().st_mtime) if path == BUNDLED else load_checkpoint(path)
+        raise NucleiModelError(f"{path}: no nucleus model there")
+    return NucleusDetector.from_checkpoint(path, device=device)
+
+
+def load_nuclei_model(path=None):
+    """``(module, meta)`` of an instances checkpoint (default: the bundled nucleus model);
+    see :func:`load_nuclei_detector` for the loaded model itself."""
+    detector = load_nuclei_detector(path)
+    return detector.module, detector.meta
 
 
 @lru_cache(maxsize=2)
-def _load_cached(path: str, mtime: float):
-    from napari_histoseg.models.checkpoint import load_checkpoint
-
-    model, meta = load_checkpoint(path)
-    return model.float(), meta
+def _load_cached(path: str, mtime: float, device: str) -> NucleusDetector:
+    return NucleusDetector.from_checkpoint(path, device=device, source=BUNDLED_REF)
 
 
 def check_image(image) -> np.ndarray:
@@ -77,19 +88,14 @@ def check_image(image) -> np.ndarray:
 def run_detector(model, batch: torch.Tensor):
     """Detections of a batch (B, 3, H, W) in [0, 1], with the masks kept as 28 x 28 probabilities.
 
-    Calls the parts of torchvision's ``GeneralizedRCNN`` one by one, skipping its final
-    paste of every mask into a full-size image (N x H x W floats: gigabytes on dense tissue).
-    Returns a list of dicts ``boxes`` (N, 4) xyxy, ``scores`` (N,), ``masks`` (N, 28, 28).
-    Any object with a ``detect_batch(batch)`` method returning the same is used as is
-    (another detector, or a stand-in in tests).
+    ``model`` is a :class:`~napari_histoseg.models.detector.NucleusDetector`, any object with a
+    ``detect_batch(batch)`` method returning the same (another detector, or a stand-in in tests),
+    or a bare Mask R-CNN module (:func:`napari_histoseg.models.detector.detect`). Returns a list
+    of dicts ``boxes`` (N, 4) xyxy, ``scores`` (N,), ``masks`` (N, 28, 28).
     """
     if hasattr(model, "detect_batch"):
         return model.detect_batch(batch)
-    images, _ = model.transform(list(batch))
-    features = model.backbone(images.tensors)
-    proposals, _ = model.rpn(images, features)
-    dets, _ = model.roi_heads(features, proposals, images.image_sizes)
-    return [{"boxes": d["boxes"], "scores": d["scores"], "masks": d["masks"][:, 0]} for d in dets]
+    return detect(model, batch)
 
 
 def paste(labels, dets, offset, core, next_id, score_threshold=0.5, mask_threshold=0.5):
@@ -156,7 +162,7 @@ def iter_detect(rgb, model, tile=640, overlap=128, score_threshold=0.5, mask_thr
     cy, cx = _cores(ys, tile, H), _cores(xs, tile, W)
     labels = np.zeros((H, W), np.int32)
     scores, next_id, done, total = [], 1, 0, len(ys) * len(xs)
-    if hasattr(model, "eval"):
+    if isinstance(model, torch.nn.Module):
         model.eval()
     for i, y in enumerate(ys):
         for j, x in enumerate(xs):
@@ -185,7 +191,7 @@ def detect_nuclei(image, model=None, mpp=None, *, tile=640, overlap=128, score_t
     Parameters
     ----------
     image : array (H, W, 3) RGB (uint8, or any dtype :func:`ensure_rgb_uint8` accepts)
-    model : str, Path, ``(module, meta)`` or None
+    model : str, Path, NucleusDetector, ``(module, meta)`` or None
         A nucleus checkpoint, a loaded one, or None for the bundled model.
     mpp : float, optional
         Microns per pixel of ``image``. When given and it differs from the model's by more
@@ -211,7 +217,9 @@ def detect_nuclei(image, model=None, mpp=None, *, tile=640, overlap=128, score_t
         ``features=False``.
     """
     rgb = check_image(image)
-    net, meta = (load_nuclei_model(model) if model is None or isinstance(model, (str, Path)) else model)
+    if model is None or isinstance(model, (str, Path)):
+        model = load_nuclei_detector(model)
+    net, meta = (model, model.meta) if isinstance(model, NucleusDetector) else model
     if score_threshold is None:
         score_threshold = float((meta.preprocessing or {}).get("score_threshold", 0.5))
     if mask_threshold is None:

@@ -27,17 +27,13 @@ from napari_histoseg.io.dataset import load_dataset
 from napari_histoseg.training.splits import split_tiles
 from napari_histoseg.tumour.metrics import image_metrics, summarize
 
-BUNDLED = Path(__file__).resolve().parent.parent / "weights" / "default.safetensors"
-
 
 def _as_segmenter(model):
     """A Segmenter from a Segmenter, a checkpoint path, or None (the bundled model)."""
     from napari_histoseg.models.segmenter import Segmenter
 
     if model is None:
-        if not BUNDLED.is_file():
-            raise FileNotFoundError(f"no model given and the bundled model {BUNDLED} is missing")
-        model = BUNDLED
+        return Segmenter.bundled(device="cpu")
     if isinstance(model, (str, Path)):
         return Segmenter.from_checkpoint(model, device="cpu")
     return model

@@ -1,0 +1,51 @@
+"""The loaded nucleus detector (Mask R-CNN): RGB tiles in, boxes, scores and masks out.
+
+:class:`NucleusDetector` is a :class:`~napari_histoseg.models.loaded.LoadedModel` of task
+``"instances"``. The network normalises its input itself (torchvision's detection
+transform, see :mod:`napari_histoseg.models.maskrcnn`), so tiles go in as float RGB in
+[0, 1]. The tiling, merging and rescaling to the model's mpp are in
+:mod:`napari_histoseg.nuclei.infer`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from napari_histoseg.models.loaded import LoadedModel
+
+
+@torch.no_grad()
+def detect(module: nn.Module, batch: torch.Tensor) -> list[dict]:
+    """Detections of a Mask R-CNN ``module`` for a batch (B, 3, H, W) in [0, 1], masks kept
+    as 28 x 28 probabilities.
+
+    Calls the parts of torchvision's ``GeneralizedRCNN`` one by one, skipping its final
+    paste of every mask into a full-size image (N x H x W floats: gigabytes on dense tissue).
+    Returns a list of dicts ``boxes`` (N, 4) xyxy, ``scores`` (N,), ``masks`` (N, 28, 28).
+    """
+    images, _ = module.transform(list(batch))
+    features = module.backbone(images.tensors)
+    proposals, _ = module.rpn(images, features)
+    dets, _ = module.roi_heads(features, proposals, images.image_sizes)
+    return [{"boxes": d["boxes"], "scores": d["scores"], "masks": d["masks"][:, 0]} for d in dets]
+
+
+class NucleusDetector(LoadedModel):
+    """A nucleus (instances) network plus its metadata: runs in float32 on its device."""
+
+    task = "instances"
+
+    def to_tensor(self, batch: np.ndarray) -> torch.Tensor:
+        """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [0, 1] on the device (the network
+        applies ``meta.mean``/``std`` itself)."""
+        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+        return x.permute(0, 3, 1, 2).float() / 255.0
+
+    def detect_batch(self, batch: torch.Tensor) -> list[dict]:
+        """:func:`detect` on this model's device; the detections come back on the CPU."""
+        dets = detect(self.module, batch.to(self.device))
+        if self.device.type == "cpu":
+            return dets
+        return [{k: v.cpu() for k, v in d.items()} for d in dets]
