@@ -16,6 +16,63 @@ import importlib
 import json
 import math
 import sys
+from typing import Any, Generator, Protocol
+
+# The task registry: every service (backends, ``histoseg serve``) reaches a task through
+# :func:`get_task` and knows no task by name. A task module provides what :class:`Task` lists.
+TASK_MODULES = {
+    "segmentation": "napari_histoseg.tumour.task",
+    "instances": "napari_histoseg.nuclei.task",
+    "classification": "napari_histoseg.classifier.task",
+}
+
+
+class Task(Protocol):
+    """One task as the services see it (a module such as :mod:`napari_histoseg.nuclei.task`)."""
+
+    name: str                      # the --task name and the checkpoint's ModelMeta.task
+    title: str                     # for people: "nuclei"
+    INFER_OPTIONS: frozenset       # keyword options iter_infer takes
+
+    def load_model(self, ref=None, device: str = "auto", engine: str = "torch"): ...
+    def meta(self, model): ...
+    def device(self, model) -> str: ...
+    def describe(self, model) -> str: ...
+    def iter_infer(self, model, image, **options) -> Generator[tuple[int, int], None, Any]: ...
+    def evaluate(self, dataset, model=None, **options) -> dict: ...
+    def fine_tune(self, dataset, out, init=None, *, progress=None, should_stop=None, **settings) -> dict: ...
+    def result_parts(self, result) -> tuple[dict, dict]: ...
+    def result_from_parts(self, arrays: dict, info: dict): ...
+
+
+def task_names() -> list[str]:
+    return list(TASK_MODULES)
+
+
+def get_task(name: str) -> Task:
+    """The registered task ``name`` (imported on first use); KeyError names the registered ones."""
+    if name not in TASK_MODULES:
+        raise KeyError(f"no task {name!r}; the tasks are {', '.join(TASK_MODULES)}")
+    return importlib.import_module(TASK_MODULES[name])
+
+
+def check_infer_options(task: Task, options: dict) -> None:
+    """ValueError naming every option ``task`` does not take (none is silently dropped)."""
+    unknown = sorted(set(options) - set(task.INFER_OPTIONS))
+    if unknown:
+        raise ValueError(f"{task.title} ({task.name}) does not take {', '.join(unknown)}; "
+                         f"it takes {', '.join(sorted(task.INFER_OPTIONS))}")
+
+
+def dataset_task(folder) -> str:
+    """The ``task`` a training-data folder declares in its dataset.json (default segmentation)."""
+    try:
+        with open(f"{folder}/dataset.json") as f:
+            task = json.load(f).get("task", "segmentation")
+    except (OSError, ValueError):
+        return "segmentation"
+    return task if task in TASK_MODULES else "segmentation"
+
 
 # --task NAME -> the module that trains and evaluates it. A task module provides
 # ``add_train_options(parser)``, ``add_evaluate_options(parser)`` (task-only flags,

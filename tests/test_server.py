@@ -316,3 +316,61 @@ def test_batcher_stacks_concurrent_requests_and_never_delays_a_lone_one():
     for _i in range(3):
         off(np.zeros((1, 32, 32, 3), np.uint8))
     assert off.stats()["mean_batch"] == 1.0
+
+
+@pytest.fixture(scope="module")
+def task_server(ckpt):
+    """A server holding the bundled nucleus model and classifier beside a tumour model."""
+    from napari_histoseg.models.bundled import BUNDLED_CHECKPOINTS
+
+    paths = [BUNDLED_CHECKPOINTS["instances"], BUNDLED_CHECKPOINTS["classification"]]
+    if not all(p.is_file() for p in paths):
+        pytest.skip("this install lacks the bundled nucleus model or classifier")
+    config = ServerConfig(device="cpu", token=TOKEN, models=[ckpt, *paths], bundled=False, max_body_mb=8)
+    with ServerThread(create_app(config)) as url:
+        yield url, paths
+
+
+def test_server_finds_the_same_nuclei_as_local(task_server, image):
+    url, (nuclei, _) = task_server
+    remote = RemoteBackend(url, token=TOKEN)
+    assert remote.list_models(task="instances") == ["nuclei"] and "random" in remote.list_models("segmentation")
+    steps = []
+    labels, table = drive(remote.detect_nuclei(image, str(nuclei), mpp=0.25), progress=lambda *s: steps.append(s))
+    local_labels, local_table = drive(LocalBackend().infer("instances", image, str(nuclei), mpp=0.25))
+    assert steps[-1] == (1, 1) and labels.shape == image.shape[:2] and labels.dtype == np.uint32
+    assert labels.max() > 5 and np.array_equal(labels, local_labels)  # every nucleus, the same outline
+    assert list(table.columns) == list(local_table.columns) and len(table) == labels.max()
+    np.testing.assert_allclose(table["area_um2"], local_table["area_um2"])
+    assert "on cpu" in remote.describe(str(nuclei), task="instances")
+
+
+def test_server_classifies_a_region_like_local(task_server, he_image):
+    url, (_, classifier) = task_server
+    region = np.zeros(he_image.shape[:2], bool)
+    region[100:700, 150:800] = True     # "the shape I drew"
+    remote = RemoteBackend(url, token=TOKEN)
+    got = drive(remote.classify(he_image, str(classifier), region=region, mpp=0.5))
+    local = drive(LocalBackend().classify(he_image, str(classifier), region=region, mpp=0.5))
+    assert got.label == local.label and got.n_tiles == local.n_tiles > 0
+    np.testing.assert_allclose(got.probabilities, local.probabilities, atol=1e-5)
+    assert got.probabilities.sum() == pytest.approx(1.0, abs=1e-5) and got.boxes == local.boxes
+
+
+def test_infer_refuses_a_wrong_task_model_or_option(task_server, image):
+    url, (nuclei, _) = task_server
+    remote = RemoteBackend(url, token=TOKEN)
+    with pytest.raises(BackendError, match="HTTP 404.*no task 'nope'"):
+        remote.request("POST", "/infer/nope", content=b"")
+    with pytest.raises(BackendError, match="HTTP 400.*'nuclei' is a model for instances, not for segmentation"):
+        remote.segment_region(image, "nuclei")
+    with pytest.raises(BackendError, match="HTTP 400.*'random' is a model for segmentation, not for classification"):
+        drive(remote.classify(image, "random"))
+    with pytest.raises(ValueError, match="nuclei .instances. does not take colour"):
+        drive(remote.detect_nuclei(image, str(nuclei), colour=True))  # refused before anything is sent
+    h = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/x-npz"}
+    from napari_histoseg.backends import wire
+
+    body = wire.pack({"image": image}, {"options": {"tile": 640, "colour": 1}})
+    r = httpx.post(f"{url}/infer/instances", params={"model": "nuclei"}, content=body, headers=h)
+    assert r.status_code == 400 and "does not take colour" in r.json()["detail"]

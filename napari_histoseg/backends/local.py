@@ -3,15 +3,17 @@
 The widgets reach models through one small backend object and never through torch
 directly. :class:`LocalBackend` runs the core in this process on cuda, mps or cpu;
 :class:`~napari_histoseg.backends.remote.RemoteBackend` sends the same calls to ``histoseg serve``
-on another machine (:func:`make_backend` picks one from a setting).
+on another machine (:func:`make_backend` picks one from a setting). Both offer every task of
+the registry (:mod:`napari_histoseg.tasks`) through :meth:`~LocalBackend.infer` and
+:meth:`~LocalBackend.fine_tune`; ``segment`` and ``explain`` are the tumour task's shortcuts.
 """
 
 from __future__ import annotations
 
 import threading
 
-from napari_histoseg.core.tiling import iter_predict
 from napari_histoseg.models.bundled import BUNDLED
+from napari_histoseg.tasks import check_infer_options, dataset_task, get_task
 
 
 def make_backend(url: str | None = None, token: str | None = None):
@@ -24,39 +26,58 @@ def make_backend(url: str | None = None, token: str | None = None):
 
 
 class LocalBackend:
-    """Runs models in this process; loaded models are cached per (model, device, engine)."""
+    """Runs models in this process; loaded models are cached per (task, model, device, engine)."""
 
     name = "this computer"
 
     def __init__(self):
-        self._models: dict[tuple[str, str, str], object] = {}
-        self._known: list[str] = []
+        self._models: dict[tuple[str, str, str, str], object] = {}
+        self._known: dict[str, str] = {}   # checkpoint path -> its task
         self._lock = threading.Lock()
 
-    def list_models(self) -> list[str]:
-        return [BUNDLED, *self._known]
+    def list_models(self, task: str | None = None) -> list[str]:
+        """``"bundled"`` and the checkpoints loaded so far (of ``task`` when given)."""
+        return [BUNDLED, *(p for p, t in self._known.items() if task is None or t == task)]
 
-    def model(self, model_ref: str = BUNDLED, device: str = "auto", engine: str = "torch"):
-        """The loaded model for ``model_ref`` (loading it on first use)."""
-        from napari_histoseg.models.segmenter import load_segmenter as load_model
-
-        key = (str(model_ref), str(device), str(engine))
+    def model(self, model_ref: str = BUNDLED, device: str = "auto", engine: str = "torch", *,
+              task: str = "segmentation"):
+        """The loaded model of ``task`` for ``model_ref`` (loading it on first use)."""
+        t = get_task(task)
+        key = (task, str(model_ref), str(device), str(engine))
         with self._lock:
             if key not in self._models:
                 path = None if model_ref in (None, "", BUNDLED) else model_ref
-                self._models[key] = load_model(path, device=device, engine=engine)
-                if path is not None and str(path) not in self._known:
-                    self._known.append(str(path))
+                self._models[key] = t.load_model(path, device=device, engine=engine)
+                if path is not None:
+                    self._known.setdefault(str(path), task)
             return self._models[key]
 
-    def describe(self, model_ref: str = BUNDLED, device: str = "auto", engine: str = "torch") -> str:
-        m = self.model(model_ref, device, engine)
-        return f"{m.description} on {m.device.type}"
+    def describe(self, model_ref: str = BUNDLED, device: str = "auto", engine: str = "torch", *,
+                 task: str = "segmentation") -> str:
+        return get_task(task).describe(self.model(model_ref, device, engine, task=task))
 
-    def segment(self, image, model_ref: str = BUNDLED, *, device: str = "auto", engine: str = "torch", tile=None, **options):
-        model = self.model(model_ref, device, engine)
-        tile = tile or model.meta.tile_size
-        return (yield from iter_predict(image, model, tile=tile, **options))
+    def infer(self, task: str, image, model_ref: str = BUNDLED, *, device: str = "auto", engine: str = "torch",
+              **options):
+        """Generator: yields ``(done, total)``, returns ``task``'s result (a Prediction for
+        ``"segmentation"``, ``(labels, table)`` for ``"instances"``, a Classification for
+        ``"classification"``); ``options`` are the task's ``INFER_OPTIONS``."""
+        t = get_task(task)
+        check_infer_options(t, options)
+        model = self.model(model_ref, device, engine, task=task)
+        return (yield from t.iter_infer(model, image, **options))
+
+    def segment(self, image, model_ref: str = BUNDLED, *, device: str = "auto", engine: str = "torch", tile=None,
+                **options):
+        return (yield from self.infer("segmentation", image, model_ref, device=device, engine=engine, tile=tile,
+                                      **options))
+
+    def detect_nuclei(self, image, model_ref: str = BUNDLED, *, device: str = "auto", **options):
+        """``infer("instances", ...)``: returns ``(labels uint32, table or None)``."""
+        return (yield from self.infer("instances", image, model_ref, device=device, **options))
+
+    def classify(self, image, model_ref: str = BUNDLED, *, device: str = "auto", **options):
+        """``infer("classification", ...)``: returns the Classification of ``region``."""
+        return (yield from self.infer("classification", image, model_ref, device=device, **options))
 
     def explain(self, image, model_ref: str = BUNDLED, method: str = "gradcam", *, device: str = "auto",
                 tile=None, **options):
@@ -66,16 +87,10 @@ class LocalBackend:
         tile = tile or model.meta.tile_size
         return (yield from iter_explain(image, model, method, tile=tile, **options))
 
-    def fine_tune(self, dataset, out, init_checkpoint: str = BUNDLED, *, progress=None, should_stop=None,
-                  **settings) -> dict:
-        from napari_histoseg.training.plan import training_plan
-        from napari_histoseg.tumour.train import train
-
-        # the data is checked first: a folder that cannot train is refused with the reason
-        plan = training_plan(dataset, settings.get("val_fraction", 0.15), settings.get("seed", 0))
-        if init_checkpoint in (None, "", BUNDLED):
-            from napari_histoseg.models.bundled import bundled_model_path
-
-            init_checkpoint = str(bundled_model_path())
-        return train(dataset, out, init_checkpoint=init_checkpoint, half_weights=True, progress=progress,
-                     should_stop=should_stop, log=lambda *_: None, show_bar=False, plan=plan, **settings)
+    def fine_tune(self, dataset, out, init_checkpoint: str = BUNDLED, *, task: str | None = None, progress=None,
+                  should_stop=None, **settings) -> dict:
+        """Train ``task``'s model (default: the task the folder's dataset.json names) from
+        ``init_checkpoint`` on a training-data folder; see :class:`~napari_histoseg.backends.protocol.Backend`."""
+        task = task or dataset_task(dataset)
+        return get_task(task).fine_tune(dataset, out, init_checkpoint, progress=progress, should_stop=should_stop,
+                                        **settings)

@@ -93,13 +93,14 @@ class RemoteBackend:
         self._info = {i["ref"]: i for i in infos}
         return infos
 
-    def list_models(self) -> list[str]:
-        return [i["ref"] for i in self.models()]
+    def list_models(self, task: str | None = None) -> list[str]:
+        """The server's model references (of ``task`` when given)."""
+        return [i["ref"] for i in self.models() if task is None or i.get("task") == task]
 
-    def server_ref(self, model_ref=BUNDLED) -> str:
+    def server_ref(self, model_ref=BUNDLED, task: str = "segmentation") -> str:
         """The server's name for ``model_ref``: a local checkpoint file is uploaded (once)."""
         if model_ref in (None, "", BUNDLED):
-            return BUNDLED
+            return wire.bundled_ref(task)
         path = Path(str(model_ref))
         if not path.is_file():
             return str(model_ref)   # a model the server already has, by its reference
@@ -119,8 +120,8 @@ class RemoteBackend:
             self._uploaded[key] = info["ref"]
         return self._uploaded[key]
 
-    def info(self, model_ref=BUNDLED) -> dict:
-        ref = self.server_ref(model_ref)
+    def info(self, model_ref=BUNDLED, task: str = "segmentation") -> dict:
+        ref = self.server_ref(model_ref, task)
         if ref not in self._info:
             self.models()
             if ref not in self._info:
@@ -137,8 +138,8 @@ class RemoteBackend:
             ref = self.server_ref(model_ref)
         return RemoteModel(self, ref)
 
-    def describe(self, model_ref=BUNDLED, device=None, engine=None) -> str:
-        i = self.info(model_ref)
+    def describe(self, model_ref=BUNDLED, device=None, engine=None, *, task: str = "segmentation") -> str:
+        i = self.info(model_ref, task)
         return f"{i['name']} v{i['version']} ({i['arch']}) on {i['device']} at {self.url}"
 
     # -- work ----------------------------------------------------------------------
@@ -149,6 +150,36 @@ class RemoteBackend:
 
         model = self.model(model_ref)
         return (yield from iter_predict(image, model, tile=tile or model.meta.tile_size, **options))
+
+    def infer(self, task: str, image, model_ref=BUNDLED, *, device=None, engine=None, **options):
+        """Generator like :meth:`LocalBackend.infer`. Segmentation tiles here (as :meth:`segment`);
+        the other tasks send the image and the options in one request (``POST /infer/{task}``),
+        yielding ``(0, 1)`` before it and ``(1, 1)`` after. ``device`` and ``engine`` are the
+        server's to choose and are ignored."""
+        from napari_histoseg.tasks import check_infer_options, get_task
+
+        if task == "segmentation":
+            return (yield from self.segment(image, model_ref, **options))
+        t = get_task(task)
+        check_infer_options(t, options)
+        ref = self.server_ref(model_ref, task)
+        yield 0, 1
+        arrays = {k: np.asarray(v) for k, v in options.items() if isinstance(v, np.ndarray)}
+        rest = {k: v for k, v in options.items() if k not in arrays}
+        body = wire.pack({"image": np.asarray(image), **arrays}, {"options": rest})
+        r = self.request("POST", f"/infer/{task}", params={"model": ref}, content=body,
+                         headers={"Content-Type": wire.NPZ})
+        result = t.result_from_parts(*wire.unpack(r.content, r.headers.get("content-type")))
+        yield 1, 1
+        return result
+
+    def detect_nuclei(self, image, model_ref=BUNDLED, **options):
+        """``infer("instances", ...)``: returns ``(labels uint32, table or None)``."""
+        return (yield from self.infer("instances", image, model_ref, **options))
+
+    def classify(self, image, model_ref=BUNDLED, **options):
+        """``infer("classification", ...)``: returns the Classification of ``region``."""
+        return (yield from self.infer("classification", image, model_ref, **options))
 
     def segment_region(self, image, model_ref=BUNDLED, *, tile=None, overlap=64, region=None, threshold=0.5):
         """One request: the server tiles, batches and blends ``image`` (or ``region`` of it)."""
@@ -199,12 +230,21 @@ class RemoteBackend:
         return self._array(r).astype(np.float32)
 
     # -- fine-tuning ---------------------------------------------------------------
-    def start_job(self, dataset, model_ref=BUNDLED, *, epochs=10, time_budget=15.0, lr=1e-4, name=None,
-                  model_version=None, **train_options) -> dict:
+    def start_job(self, dataset, model_ref=BUNDLED, *, task: str | None = None, epochs=10, time_budget=15.0,
+                  lr=1e-4, name=None, model_version=None, **train_options) -> dict:
         """Upload a training-data folder (zipped here; its ``models/`` is left out) and
-        start fine-tuning on the server; returns the job's state (``id`` among it)."""
-        params = {"model": self.server_ref(model_ref), "epochs": epochs, "time_budget": time_budget, "lr": lr,
-                  **{k: v for k, v in train_options.items() if k in ("patch_size", "batch_size", "steps_per_epoch")}}
+        start fine-tuning on the server; returns the job's state (``id`` among it). ``task``
+        defaults to the one the folder's dataset.json names."""
+        from napari_histoseg.tasks import dataset_task
+
+        sent = ("patch_size", "batch_size", "steps_per_epoch")
+        unknown = sorted(set(train_options) - set(sent))
+        if unknown:
+            raise ValueError(f"fine-tuning on a server takes epochs, time_budget, lr, name, model_version, "
+                             f"{', '.join(sent)}; not {', '.join(unknown)}")
+        task = task or dataset_task(dataset)
+        params = {"model": self.server_ref(model_ref, task), "task": task, "epochs": epochs,
+                  "time_budget": time_budget, "lr": lr, **{k: v for k, v in train_options.items() if v is not None}}
         if name:
             params["name"] = name
         if model_version:
@@ -226,11 +266,11 @@ class RemoteBackend:
         tmp.write_bytes(self.request("GET", f"/jobs/{job_id}/checkpoint").content)
         return tmp.replace(dest)
 
-    def fine_tune(self, dataset, out, init_checkpoint=BUNDLED, *, progress=None, should_stop=None,
-                  poll: float = 1.0, **settings) -> dict:
+    def fine_tune(self, dataset, out, init_checkpoint=BUNDLED, *, task: str | None = None, progress=None,
+                  should_stop=None, poll: float = 1.0, **settings) -> dict:
         """Like :meth:`LocalBackend.fine_tune`: start a job, pass its progress on, cancel it
         when ``should_stop()``, and write the new checkpoint to ``out``."""
-        job = self.start_job(dataset, init_checkpoint, **settings)
+        job = self.start_job(dataset, init_checkpoint, task=task, **settings)
         seen_epochs, last_step = 0, None
         while True:
             if should_stop is not None and should_stop() and job["state"] == "running":

@@ -3,7 +3,8 @@
 * ``application/octet-stream``: raw C-order bytes, with ``X-Shape: 512,512,3`` and
   ``X-Dtype: uint8`` (or ``float16``) headers. The default: no encoding cost.
 * ``image/png``: an RGB image (smaller on a slow network, costs encoding time).
-* ``application/x-npy`` / ``application/x-npz``: NumPy files, read with ``allow_pickle=False``.
+* ``application/x-npy`` / ``application/x-npz``: NumPy files, read with ``allow_pickle=False``;
+  an NPZ from :func:`pack` also holds a JSON ``info`` (options going out, a result's scalars coming back).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ NPY = "application/x-npy"
 NPZ = "application/x-npz"
 DTYPES = {"uint8", "float16", "float32", "bool"}
 MAX_DIMS = 4
+INFO_KEY = "__info__"
 
 
 class WireError(ValueError):
@@ -85,3 +87,35 @@ def png(rgb: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
+
+
+def pack(arrays: dict, info: dict | None = None) -> bytes:
+    """Arrays and a JSON-able ``info`` dict in one NPZ body (``info`` as UTF-8 bytes under ``__info__``)."""
+    import json
+
+    body = {k: v for k, v in arrays.items() if v is not None}
+    body[INFO_KEY] = np.frombuffer(json.dumps(info or {}).encode(), np.uint8)
+    return npz(**body)
+
+
+def unpack(body: bytes, content_type: str | None = NPZ) -> tuple[dict, dict]:
+    """``(arrays, info)`` of a :func:`pack` body; any other array body is ``({"image": array}, {})``."""
+    import json
+
+    data = decode(body, content_type)
+    if not isinstance(data, dict):
+        return {"image": data}, {}
+    raw = data.pop(INFO_KEY, None)
+    try:
+        info = json.loads(bytes(raw).decode()) if raw is not None else {}
+    except ValueError as e:
+        raise WireError(f"the {INFO_KEY} part is not JSON ({e})") from None
+    if not isinstance(info, dict):
+        raise WireError(f"the {INFO_KEY} part must be a JSON object")
+    return data, info
+
+
+def bundled_ref(task: str = "segmentation") -> str:
+    """The server's reference of ``task``'s bundled model: ``"bundled"`` for tumour segmentation
+    (as it always was), ``"bundled-<task>"`` for the others."""
+    return "bundled" if task == "segmentation" else f"bundled-{task}"

@@ -12,8 +12,8 @@ from pathlib import Path
 def register(sub) -> None:
     s = sub.add_parser("serve", help="serve the models over HTTP for napari on other machines",
                        description="An HTTP server (FastAPI + uvicorn; OpenAPI page at /docs) that loads the "
-                                   "models once on this machine's device and serves segmentation, explanations "
-                                   "and fine-tune jobs. Listens on localhost unless given --host and a token.")
+                                   "models once on this machine's device and serves tumour segmentation, nuclei, "
+                                   "benign/malignant classification, explanations and fine-tune jobs. Listens on localhost unless given --host and a token.")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only); "
                                                         "any other needs --token-file")
     s.add_argument("--port", type=int, default=8765)
@@ -22,7 +22,7 @@ def register(sub) -> None:
     s.add_argument("--token-file", help="file holding the bearer token clients must send")
     s.add_argument("--slides", help="folder of slides the server may read for /segment-slide (nothing outside it)")
     s.add_argument("--model", action="append", default=[], metavar="CKPT",
-                   help="a .safetensors checkpoint to serve as well as the bundled model (repeatable)")
+                   help="a .safetensors checkpoint of any task to serve as well as the bundled models (repeatable)")
     s.add_argument("--max-body-mb", type=float, default=256.0, help="largest request body (default 256 MB)")
     s.add_argument("--no-batching", action="store_true", help="do not stack concurrent requests into one pass")
     s.add_argument("--batch-wait-ms", type=float, default=5.0, help="longest a batch waits for company (default 5)")
@@ -51,7 +51,9 @@ def cmd_serve(args) -> int:
                           workdir=Path(args.workdir) if args.workdir else None)
     app = create_app(config)
     store = app.state.store
-    names = ", ".join(f"{e.ref} ({e.model.description})" for e in store.entries.values()) or "none"
+    from napari_histoseg.tasks import get_task
+
+    names = ", ".join(f"{e.ref} ({get_task(e.task).describe(e.model)})" for e in store.entries.values()) or "none"
     print(f"histoseg serve: http://{args.host}:{args.port} on {store.device.type}"
           f"{' (half precision)' if store.device.type == 'cuda' else ''}; models: {names}; "
           f"token {'required' if token else 'not required (localhost only)'}; API page /docs", flush=True)

@@ -1,7 +1,7 @@
 """Fine-tune jobs on the server: one at a time, in a thread, followed and cancelled by id.
 
-A job trains :func:`napari_histoseg.tumour.train.train` from a server model on an uploaded
-training-data folder (the zip of what *Export* writes), keeps its progress (the latest
+A job trains a server model (through its task's ``fine_tune`` in the registry,
+:mod:`napari_histoseg.tasks`) on an uploaded training-data folder (the zip of what *Export* writes), keeps its progress (the latest
 step, every epoch) for ``GET /jobs/{id}``, stops cleanly on ``DELETE /jobs/{id}`` (the best
 checkpoint so far is kept), and registers the new checkpoint as a server model.
 """
@@ -23,6 +23,7 @@ class Job:
     dataset: Path
     out: Path
     settings: dict
+    task: str = "segmentation"
     state: str = "running"      # running | cancelling | done | cancelled | failed
     created: float = field(default_factory=time.time)
     step: dict | None = None
@@ -33,7 +34,7 @@ class Job:
     cancel: bool = False
 
     def public(self) -> dict:
-        return {"id": self.id, "state": self.state, "model": self.model, "settings": self.settings,
+        return {"id": self.id, "state": self.state, "model": self.model, "task": self.task, "settings": self.settings,
                 "step": self.step, "epochs": self.epochs, "error": self.error, "new_model": self.new_model,
                 "checkpoint_ready": self.state in ("done", "cancelled") and self.out.is_file(),
                 "summary": None if self.summary is None else
@@ -54,10 +55,11 @@ class JobRunner:
     def busy(self) -> Job | None:
         return next((j for j in self.jobs.values() if j.state in ("running", "cancelling")), None)
 
-    def start(self, model_ref: str, checkpoint: Path, dataset: Path, *, epochs: int = 10,
-              time_budget: float = 15.0, lr: float = 1e-4, name: str = "histoseg-model",
-              model_version: str = "0+ft", patch_size: int = 256, batch_size: int = 8,
+    def start(self, model_ref: str, checkpoint: Path, dataset: Path, *, task: str = "segmentation",
+              epochs: int = 10, time_budget: float = 15.0, lr: float = 1e-4, name: str = "histoseg-model",
+              model_version: str = "0+ft", patch_size: int | None = None, batch_size: int | None = None,
               steps_per_epoch: int | None = None) -> Job:
+        """Start a job (``patch_size``/``batch_size`` None: the task's own defaults)."""
         with self._lock:
             running = self.busy()
             if running is not None:
@@ -66,16 +68,16 @@ class JobRunner:
             out = self.workdir / job_id / f"{_safe(name)}.safetensors"
             out.parent.mkdir(parents=True, exist_ok=True)
             settings = {"epochs": int(epochs), "time_budget_min": float(time_budget), "lr": float(lr),
-                        "name": name, "model_version": model_version, "patch_size": int(patch_size),
-                        "batch_size": int(batch_size), "steps_per_epoch": steps_per_epoch}
-            job = Job(job_id, model_ref, Path(dataset), out, settings)
+                        "name": name, "model_version": model_version, "patch_size": patch_size,
+                        "batch_size": batch_size, "steps_per_epoch": steps_per_epoch}
+            job = Job(job_id, model_ref, Path(dataset), out, settings, task)
             self.jobs[job_id] = job
         threading.Thread(target=self._run, args=(job, checkpoint), name=f"histoseg-job-{job_id}",
                          daemon=True).start()
         return job
 
     def _run(self, job: Job, checkpoint: Path):
-        from napari_histoseg.tumour.train import train
+        from napari_histoseg.tasks import get_task
 
         def progress(info):
             if info.get("kind") == "step":
@@ -84,13 +86,12 @@ class JobRunner:
                 job.epochs.append({k: _plain(v) for k, v in info.items() if k != "history"})
 
         s = job.settings
+        given = {k: s[k] for k in ("patch_size", "batch_size", "steps_per_epoch") if s[k] is not None}
         try:
-            job.summary = train(job.dataset, job.out, init_checkpoint=checkpoint, epochs=s["epochs"],
-                                time_budget=s["time_budget_min"], lr=s["lr"], name=s["name"],
-                                model_version=s["model_version"], patch_size=s["patch_size"],
-                                batch_size=s["batch_size"], steps_per_epoch=s["steps_per_epoch"], half_weights=True,
-                                threads=self.threads, progress=progress, should_stop=lambda: job.cancel,
-                                log=lambda *_: None, show_bar=False)
+            job.summary = get_task(job.task).fine_tune(
+                job.dataset, job.out, checkpoint, epochs=s["epochs"], time_budget=s["time_budget_min"], lr=s["lr"],
+                name=s["name"], model_version=s["model_version"], half_weights=True, threads=self.threads,
+                progress=progress, should_stop=lambda: job.cancel, **given)
             job.summary = {k: _plain(v) for k, v in job.summary.items()}
             if job.out.is_file():
                 job.new_model = self.on_checkpoint(job.out, s["name"])

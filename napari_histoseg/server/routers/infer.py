@@ -1,0 +1,133 @@
+"""Inference: ``/predict`` (a batch of tiles), ``/segment`` and ``/segment-slide`` (tumour, tiled
+and blended here) and ``/infer/{task}`` (any registered task, one image or region per request)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel
+
+from napari_histoseg.backends import wire
+from napari_histoseg.core.runs import drive
+from napari_histoseg.server.routers.common import F16, NPZ, NPZ_BODY, RAW_BODY, array_response, arrays, guard
+from napari_histoseg.server.routers.common import region as parse_region
+from napari_histoseg.tasks import check_infer_options, get_task
+
+router = APIRouter()
+SEGMENTATION = "segmentation"
+
+
+class SlideRequest(BaseModel):
+    path: str
+    level: int = 0
+    region: Optional[tuple[int, int, int, int]] = None
+    model: str = "bundled"
+    tile: Optional[int] = None
+    overlap: int = 64
+
+
+def run_task(entry, image, **options):
+    """``entry``'s task on ``image``: a tumour model's forward passes go through its batcher
+    (stacked with other requests'), the other tasks' runs take turns on the model."""
+    task = get_task(entry.task)
+    check_infer_options(task, options)
+    if entry.batcher is not None:
+        with entry.batcher.request():
+            return drive(task.iter_infer(entry.engine_model(), image, **options))
+    with entry.run_lock:
+        return drive(task.iter_infer(entry.model, image, **options))
+
+
+def _prediction_response(pred) -> Response:
+    return array_response(pred.probability, **{"X-Region": ",".join(map(str, pred.region))})
+
+
+@router.post("/predict", tags=["segment"], openapi_extra=RAW_BODY, responses=F16)
+async def predict_tiles(request: Request, model: str = "bundled"):
+    """Probabilities (N, C, h, w) for a batch of uint8 RGB tiles (N, h, w, 3), h and w
+    multiples of 32: the forward pass only (the client tiles and blends)."""
+    body = await request.body()
+    store = request.app.state.store
+
+    def run():
+        entry = store.get(model, SEGMENTATION)
+        tiles = arrays(body, request)["image"]
+        if tiles.ndim != 4 or tiles.shape[-1] != 3 or tiles.dtype != np.uint8:
+            raise ValueError(f"send uint8 tiles (N, h, w, 3), not {tiles.dtype} {tiles.shape}")
+        if tiles.shape[1] % 32 or tiles.shape[2] % 32:
+            raise ValueError(f"tile sides must be multiples of 32, not {tiles.shape[1:3]}")
+        with entry.batcher.request():
+            return entry.batcher(tiles)
+    return array_response(await guard(run))
+
+
+@router.post("/segment", tags=["segment"], openapi_extra=RAW_BODY, responses=F16)
+async def segment(request: Request, model: str = "bundled", tile: Optional[int] = None, overlap: int = 64,
+                  region: Optional[str] = None):
+    """Tumour probability of an RGB image sent in the body (or of ``region=y,x,h,w``
+    of it, the rest serving as context), tiled, batched and blended on the server."""
+    body = await request.body()
+    store, window = request.app.state.store, parse_region(region)
+
+    def run():
+        entry = store.get(model, SEGMENTATION)
+        return run_task(entry, arrays(body, request)["image"], tile=tile, overlap=overlap, region=window)
+    return _prediction_response(await guard(run))
+
+
+
+@router.post("/segment-slide", tags=["segment"], responses=F16)
+async def segment_slide(request: Request, req: SlideRequest):
+    """Tumour probability of a region of a slide the server reads itself, named by its
+    path relative to the server's ``--slides`` folder."""
+    from napari_histoseg.io import open_image
+    from napari_histoseg.server.security import resolve_under
+
+    store, config = request.app.state.store, request.app.state.config
+
+    def run():
+        if config.slides is None:
+            raise FileNotFoundError("this server serves no slides (start it with --slides DIR)")
+        path = resolve_under(config.slides, req.path)
+        entry = store.get(req.model, SEGMENTATION)
+        with open_image(path) as slide:
+            if not 0 <= req.level < len(slide.levels):
+                raise ValueError(f"level {req.level} does not exist; the slide has {len(slide.levels)}")
+            image = slide.levels[req.level]
+            h, w = (req.region[2], req.region[3]) if req.region else image.shape[:2]
+            if h * w > config.max_region_px:
+                raise ValueError(f"region of {h} x {w} px is larger than this server's limit "
+                                 f"({config.max_region_px} px); ask for smaller regions or a coarser level")
+            return run_task(entry, image, tile=req.tile, overlap=req.overlap, region=req.region)
+    return _prediction_response(await guard(run))
+
+
+@router.post("/infer/{task}", tags=["infer"], openapi_extra=NPZ_BODY, responses=NPZ)
+async def infer(request: Request, task: str, model: str = "bundled"):
+    """Run a registered task (``segmentation``, ``instances``, ``classification``) on the image
+    in the body. Send an NPZ made by ``backends.wire.pack``: the array ``image``, array options
+    (a classification ``region`` mask) and the other options as ``{"options": {...}}``; or just
+    the image (raw, PNG or NPY). The answer is the result's arrays and info, packed the same way."""
+    body = await request.body()
+    store = request.app.state.store
+
+    def run():
+        t = get_task(task)
+        entry = store.get(model, t.name)
+        parts, info = wire.unpack(body, request.headers.get("content-type")) if _is_npz(request) else \
+            (arrays(body, request), {})
+        if "image" not in parts:
+            raise ValueError("the body has no array named 'image'")
+        image = parts.pop("image")
+        options = info.get("options") or {}
+        if not isinstance(options, dict):
+            raise ValueError("options must be a JSON object")
+        return t.result_parts(run_task(entry, image, **options, **parts))
+    result_arrays, result_info = await guard(run)
+    return Response(wire.pack(result_arrays, result_info), media_type=wire.NPZ)
+
+
+def _is_npz(request: Request) -> bool:
+    return (request.headers.get("content-type") or "").split(";")[0].strip().lower() == wire.NPZ
