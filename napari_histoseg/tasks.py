@@ -12,6 +12,7 @@ commands on their own (``python -m napari_histoseg.tasks train ...``)::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import math
@@ -84,24 +85,55 @@ TASKS = {
 }
 
 
-# What the shared flags mean when not given, per task: each is what that task's bundled
-# model was trained with (segmentation: MODEL_CARD.md; instances: NUCLEI_MODEL_CARD.md;
-# classification: CLASSIFIER_MODEL_CARD.md).
-TASK_DEFAULTS = {
-    "segmentation": {"patch_size": 256, "batch_size": 8, "lr": 1e-3},
-    "instances": {"patch_size": 256, "batch_size": 2, "lr": 2e-4},
-    "classification": {"patch_size": 192, "batch_size": 16, "lr": 3e-4},
+# --task NAME -> its training settings (a TrainConfig subclass, imported without torch) and the
+# module whose ``train(dataset, out, cfg)`` runs the shared loop with the task's hooks. The
+# defaults of each config are what that task's bundled model was trained with.
+TRAINING = {
+    "segmentation": ("napari_histoseg.tumour.config:TumourConfig", "napari_histoseg.tumour.train"),
+    "instances": ("napari_histoseg.nuclei.config:NucleiConfig", "napari_histoseg.nuclei.train"),
+    "classification": ("napari_histoseg.classifier.config:ClassifierConfig", "napari_histoseg.classifier.train"),
 }
 
 
-def _default_help(name: str) -> str:
-    return "default: " + ", ".join(f"{d[name]:g} ({task})" for task, d in TASK_DEFAULTS.items())
+def train_config(task: str):
+    """The configuration class (a :class:`~napari_histoseg.training.config.TrainConfig`) of ``task``."""
+    mod, cls = TRAINING[task][0].split(":")
+    return getattr(importlib.import_module(mod), cls)
 
 
-def _fill_task_defaults(args, task: str) -> None:
-    for name, value in TASK_DEFAULTS[task].items():
-        if getattr(args, name, None) is None:
-            setattr(args, name, value)
+def _train_flags() -> dict:
+    """``{flag: (dest, {task: field})}`` over every task's command-line settings."""
+    from napari_histoseg.training.config import flag_of
+
+    flags: dict = {}
+    for task in TRAINING:
+        for f in train_config(task).cli_fields():
+            flags.setdefault(flag_of(f), (f.name, {}))[1][task] = f
+    return flags
+
+
+def _add_train_flag(p, flag: str, dest: str, fields: dict) -> None:
+    f = next(iter(fields.values()))
+    md = f.metadata
+    if len(fields) == len(TRAINING) and len({repr(x.default) for x in fields.values()}) == 1:
+        default = "" if any(f.default is x for x in (None, False, dataclasses.MISSING)) else f" (default {f.default})"
+    elif len(fields) == len(TRAINING):
+        default = " (default: " + ", ".join(f"{x.default} ({t})" for t, x in fields.items()) + ")"
+    else:
+        default = f" ({' and '.join(fields)} only)"
+    kw = {"dest": dest, "default": None, "help": md["help"] + default}
+    if md["action"] == "bool":
+        kw["action"] = argparse.BooleanOptionalAction
+    elif md["action"]:
+        kw["action"] = md["action"]
+    else:
+        kw["type"] = md["type"] or type(f.default)
+        choices = sorted({c for x in fields.values() for c in (x.metadata["choices"] or ())})
+        if choices:
+            kw["choices"] = choices
+        if md["metavar"]:
+            kw["metavar"] = md["metavar"]
+    p.add_argument(flag, **kw)
 
 
 def _task_modules():
@@ -145,40 +177,14 @@ def _task_of(args) -> str:
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a tumour, nucleus or benign/malignant model on training-data folders",
                        description="Train on the 'train' tiles of one or more training-data folders, "
-                                   "validating on a hold-out by group, keeping the best checkpoint.")
+                                   "validating on a hold-out by group, keeping the best checkpoint. "
+                                   "A flag the task does not use is refused.")
     p.add_argument("dataset", nargs="+", help="training-data folder(s) (dataset.json, images/, masks/)")
     p.add_argument("-o", "--output", required=True, help="checkpoint to write (.safetensors)")
-    p.add_argument("--arch", default="unet-mobilenet_v2", help="registered architecture")
-    p.add_argument("--arch-kwargs", default="{}", help="JSON of extra architecture arguments")
-    p.add_argument("--epochs", type=int, default=100, help="maximum epochs (default 100)")
-    p.add_argument("--init-encoder", default=None, help="safetensors encoder weights to start from")
-    p.add_argument("--init-checkpoint", default=None, metavar="PATH",
-                   help="fine-tune this tumour-segmentation checkpoint ('bundled': the bundled model) "
-                        "instead of training from scratch; its architecture replaces --arch")
-    p.add_argument("--resume", action="store_true", help="continue from OUTPUT's .state.safetensors")
-    p.add_argument("--time-budget", type=float, default=None, metavar="MIN", help="stop after MIN minutes")
-    p.add_argument("--patch-size", type=int, default=None, help=_default_help("patch_size"))
-    p.add_argument("--batch-size", type=int, default=None, help=_default_help("batch_size"))
-    p.add_argument("--steps-per-epoch", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None, help=_default_help("lr"))
-    p.add_argument("--optimizer", choices=["adam", "sgd-adam"], default="adam")
-    p.add_argument("--sgd-epochs", type=int, default=10, help="SGD epochs before Adam (sgd-adam)")
-    p.add_argument("--loss", choices=["soft", "generalized"], default="soft",
-                   help="Dice term: soft Dice (default) or generalised Dice, plus weighted CE")
-    p.add_argument("--val-fraction", type=float, default=0.15)
-    p.add_argument("--patience", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--name", default="histoseg-model")
-    p.add_argument("--model-version", default="0")
-    p.add_argument("--half-weights", action="store_true", help="store weights as float16")
-    p.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=None,
-                   help="keep BatchNorm running statistics fixed while training (default: on when "
-                        "fine-tuning a checkpoint, off otherwise)")
     p.add_argument("--summary", default=None, help="write the training summary JSON here")
     _add_task_arg(p)
-    for _, module in _task_modules():
-        module.add_train_options(p)
+    for flag, (dest, fields) in _train_flags().items():
+        _add_train_flag(p, flag, dest, fields)
     p.set_defaults(func=_run_train)
 
 
@@ -207,31 +213,24 @@ def register(subparsers) -> None:
 
 def _run_train(args) -> int:
     task = _task_of(args)
-    _fill_task_defaults(args, task)
-    if TASKS[task] is not None:
-        if getattr(args, "init_checkpoint", None):
-            raise ValueError(f"--init-checkpoint fine-tunes tumour-segmentation models; the {task!r} "
-                             "task does not take it")
-        return _task_module(task).run_train(args)
-    from napari_histoseg.training.plan import training_plan
-    from napari_histoseg.tumour.train import train
-
-    plan = training_plan(args.dataset, args.val_fraction, args.seed)  # refuses unusable data first
-    print(plan.message, flush=True)
-    summary = train(
-        args.dataset, args.output, arch=args.arch, arch_kwargs=json.loads(args.arch_kwargs),
-        epochs=args.epochs, init_encoder=args.init_encoder, resume=args.resume,
-        init_checkpoint=args.init_checkpoint, plan=plan,
-        time_budget=args.time_budget, patch_size=args.patch_size, batch_size=args.batch_size,
-        steps_per_epoch=args.steps_per_epoch, lr=args.lr, optimizer=args.optimizer,
-        sgd_epochs=args.sgd_epochs, loss=args.loss, val_fraction=args.val_fraction,
-        patience=args.patience, seed=args.seed, threads=args.threads, name=args.name,
-        model_version=args.model_version, half_weights=args.half_weights,
-        freeze_bn=getattr(args, "freeze_bn", None), log=lambda s: print(s, flush=True),
-    )
+    config = train_config(task)
+    names = {f.name for f in config.cli_fields()}
+    given = {dest: getattr(args, dest) for dest, _ in _train_flags().values() if getattr(args, dest, None) is not None}
+    refused = sorted(flag for flag, (dest, _) in _train_flags().items() if dest in given and dest not in names)
+    if refused:
+        print(f"histoseg train: --task {task} does not use {', '.join(refused)}; leave "
+              f"{'it' if len(refused) == 1 else 'them'} out (see histoseg train --help)", file=sys.stderr)
+        return 2
+    datasets = args.dataset if isinstance(args.dataset, list) else [args.dataset]
+    if task != "segmentation" and len(datasets) != 1:
+        print(f"histoseg train: --task {task} trains on one dataset folder, got {len(datasets)}", file=sys.stderr)
+        return 2
+    train = importlib.import_module(TRAINING[task][1]).train
+    summary = train(datasets if task == "segmentation" else datasets[0], args.output, config(**given),
+                    log=lambda s: print(s, flush=True))
     if args.summary:
         with open(args.summary, "w") as f:
-            json.dump(summary, f, indent=2)
+            json.dump(summary, f, indent=2, default=float)
     return 0
 
 

@@ -70,7 +70,7 @@ class TrainConfig:
     resume: bool = option(False, "continue from OUTPUT's .state.safetensors", action="store_true")
     init_encoder: Optional[str] = option(None, "safetensors encoder weights to start from", type=str)
     init_checkpoint: Optional[str] = option(None, "fine-tune this checkpoint of the task ('bundled': the "
-                                            "bundled model) instead of training from scratch",
+                                            "bundled model) instead of training from scratch; its architecture replaces --arch",
                                             type=str, metavar="PATH")
     name: str = option("histoseg-model", "model name written into the checkpoint")
     model_version: str = option("0", "model version written into the checkpoint")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Optional
 
 from napari_histoseg.training.config import TrainConfig, option
 
@@ -19,6 +18,3 @@ class TumourConfig(TrainConfig):
                        choices=("soft", "generalized"))
     val_fraction: float = option(0.15, "fraction of the train tiles held out by group for validation")
     name: str = option("histoseg-model", "model name written into the checkpoint")
-    init_checkpoint: Optional[str] = option(None, "fine-tune this tumour-segmentation checkpoint ('bundled': "
-                                            "the bundled model); its architecture replaces --arch",
-                                            type=str, metavar="PATH")
