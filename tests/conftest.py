@@ -1,5 +1,6 @@
 """Shared fixtures. Real data is read from ../shared beside the checkout; tests that
-need it skip with a reason where it is absent."""
+need it skip with a reason where it is absent. The synthetic builders (images, models,
+training-data folders of every task) are in :mod:`napari_histoseg.testing`."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from napari_histoseg import testing
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__import__("os").environ.get("HISTOSEG_SHARED", REPO.parent / "shared"))
@@ -23,27 +26,19 @@ def shared_path(*parts) -> Path:
 @pytest.fixture(scope="session")
 def he_image() -> np.ndarray:
     """The bundled 1000 x 1000 breast carcinoma sample, RGB uint8."""
-    from napari_histoseg.plugin.samples import breast_carcinoma
-
-    data = breast_carcinoma()[0][0]
-    return np.asarray(data)
+    return testing.he_image()
 
 
 @pytest.fixture(scope="session")
 def random_model():
     """A randomly initialised default architecture on the CPU (no weights needed)."""
-    from napari_histoseg.models.segmenter import Segmenter
-
-    return Segmenter.random("unet-mobilenet_v2", seed=0, device="cpu")
+    return testing.random_segmenter("unet-mobilenet_v2", seed=0, device="cpu")
 
 
 @pytest.fixture
 def random_checkpoint(tmp_path, random_model):
     """The random model saved as a .safetensors checkpoint with small tiles."""
-    from napari_histoseg.models import save_checkpoint
-
-    random_model.meta.tile_size = 256
-    return save_checkpoint(random_model.module, tmp_path / "random.safetensors", random_model.meta)
+    return testing.save_random_checkpoint(tmp_path / "random.safetensors", random_model, tile_size=256)
 
 
 @pytest.fixture(autouse=True)

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent / PKG
 # packages on one line must not import each other. ``""`` is the facade (napari_histoseg/__init__).
 LAYERS = [
     [""],
-    ["cli"],
+    ["cli", "testing"],
     ["plugin", "server"],
     ["api"],
     ["backends"],
