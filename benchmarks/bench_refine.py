@@ -5,7 +5,7 @@ in ../shared/data, with its tumour mask) and 4096 x 4096 (that 4096 x 2048 regio
 its mirror image). Without ../shared the bundled TIAToolbox sample is tiled up instead
 (and the clicks come from a mask made of its dark regions).
 
-Clicks: the simulated annotator of DESIGN.md (largest error, disk of 5 px) drives a warm
+Clicks: the simulated annotator of docs/ARCHITECTURE.md (largest error, disk of 5 px) drives a warm
 RefineSession for ``--clicks`` clicks without a prior; each ``update`` (one new click on
 top of the earlier ones) is timed. random_walker (mode cg_mg, pyamg, beta 130) is timed
 on the same image with the same seeds after several of those clicks (``--rw-at``); at

@@ -8,7 +8,7 @@
 1. The model (``--model``, default the bundled one) predicts N training tiles of
    ``--data`` (a seeded shuffle of its ``train`` split; the N = 5 tiles are among the
    N = 10, and so on).
-2. The simulated annotator of ``DESIGN.md`` (``robot.simulate_clicks`` with the
+2. The simulated annotator of ``docs/ARCHITECTURE.md`` (``robot.simulate_clicks`` with the
    refinement session) corrects each prediction with up to ``--clicks`` clicks and keeps
    the best mask it saw (``--accept best``) or the last (``--accept last``); the pixels
    that differ from the model's mask are the edits.

@@ -1,4 +1,4 @@
-"""Read, validate and split a training-data folder (the layout of ``DESIGN.md``).
+"""Read, validate and split a training-data folder (the layout of ``docs/ARCHITECTURE.md``).
 
 ::
 

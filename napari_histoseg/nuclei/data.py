@@ -1,4 +1,4 @@
-"""Instance training data: the ``"task": "instances"`` layout of ``DESIGN.md``.
+"""Instance training data: the ``"task": "instances"`` layout of ``docs/ARCHITECTURE.md``.
 
 ::
 

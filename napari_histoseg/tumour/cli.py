@@ -113,7 +113,7 @@ def _run_quantify(args) -> int:
 def register(subparsers) -> None:
     """Add the ``export``, ``geojson`` and ``quantify`` subcommands."""
     p = subparsers.add_parser("export", help="add tiles of an image and its corrected mask to a training-data folder",
-                              description="Tiles of IMAGE and MASK into DATASET (DESIGN.md layout) with "
+                              description="Tiles of IMAGE and MASK into DATASET (docs/ARCHITECTURE.md layout) with "
                                           "provenance; re-exported tiles replace, others are added; atomic.")
     p.add_argument("image", help="the image or slide the mask belongs to")
     p.add_argument("mask", help="corrected mask (.png/.tif): 0 not tumour, 1 tumour, 255 unknown")

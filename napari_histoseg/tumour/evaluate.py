@@ -85,7 +85,7 @@ def evaluate(
     Parameters
     ----------
     dataset_dir : path
-        Training-data folder (DESIGN.md layout).
+        Training-data folder (docs/ARCHITECTURE.md layout).
     model : Segmenter, path or None
         The model; a checkpoint path; None for the bundled default model.
     split : str

@@ -1,6 +1,6 @@
 """Export an image and its corrected mask as tiles of a training-data folder.
 
-The folder follows ``DESIGN.md`` (read back by :mod:`napari_histoseg.io.dataset`)::
+The folder follows ``docs/ARCHITECTURE.md`` (read back by :mod:`napari_histoseg.io.dataset`)::
 
     DATASET/dataset.json, images/ID.png, masks/ID.png, edits/ID.png (optional)
 
