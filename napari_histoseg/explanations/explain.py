@@ -6,9 +6,9 @@ heat map lines up pixel for pixel with the probability map of the same view.
 Predictive entropy comes straight from :func:`~napari_histoseg.core.tiling.iter_predict`.
 
 Normalisation (Grad-CAM to [0, 1] by its maximum; SHAP to [-1, 1] by the 99.5th
-percentile of its absolute values, clipped) is done **once, after blending**, over the whole output, never per tile: tiles stay
-comparable, and a tile with little evidence stays dim instead of being stretched to
-full red. The uncertainty maps are absolute (bits, probability spread) and never
+percentile of its absolute values, clipped) is done **once, after blending**, over the
+whole output, never per tile: tiles stay comparable, and a tile with little evidence stays
+dim instead of being stretched to full red. The uncertainty maps are absolute (bits, probability spread) and never
 normalised, so two views can be compared.
 """
 
