@@ -48,7 +48,7 @@ def test_entropy_is_a_probability_of_doubt(explaining, qtbot):
 
 def test_mc_dropout_of_a_model_without_dropout_says_so(explaining, qtbot, tmp_path, monkeypatch):
     shown = []
-    monkeypatch.setattr("napari_histoseg.plugin.widgets.explain.show_error", shown.append)
+    monkeypatch.setattr("napari_histoseg.plugin.widgets._runner.show_error", shown.append)
     w = explaining
     path = save_checkpoint(build_model("unet-resnet50", dropout=0.0), tmp_path / "r50.safetensors",
                            ModelMeta(arch="unet-resnet50", arch_kwargs={"classes": 1, "dropout": 0.0}, tile_size=256))

@@ -89,12 +89,11 @@ def test_mask_rcnn_checkpoint_runs_and_cancels(make_napari_viewer, qtbot, tmp_pa
     viewer.add_image(img, name="he", rgb=True)
     w = NucleiWidget(viewer)
     w.method.value, w.model_file.value = "file", path
-    worker = w.run()
-    with qtbot.waitSignal(worker.yielded, timeout=60_000):
-        pass
-    with qtbot.waitSignal(worker.aborted, timeout=60_000):
+    with qtbot.waitSignal(w.runner.progressed, timeout=60_000):
+        assert w.run() is not None
+    with qtbot.waitSignal(w.runner.ended, timeout=60_000) as ended:
         w.cancel_button.clicked.emit()
-    qtbot.waitUntil(lambda: w.worker is None, timeout=5000)
+    assert ended.args == ["cancelled"] and w.worker is None
     assert "nuclei" not in viewer.layers and w.status.value.startswith("Cancelled")
     viewer.layers["he"].data = img[:300, :300]
     run_and_wait(w, qtbot)
@@ -118,3 +117,20 @@ def test_a_rerun_keeps_nuclei_a_person_edited(widget, qtbot):
     run_and_wait(widget, qtbot)
     assert widget.viewer.layers["nuclei"] is layer and layer.data[0, 0] == 99
     assert "nuclei [2]" in widget.viewer.layers and "nuclei [2]" in widget.status.value
+
+
+def test_the_widget_finds_the_nuclei_histoseg_nuclei_finds_at_another_mpp(make_napari_viewer, qtbot, he_image):
+    """The image at 0.5 µm/px, the bundled model at 0.25: both resample the same way."""
+    from napari_histoseg.nuclei.infer import detect_nuclei
+
+    rgb = np.ascontiguousarray(he_image[:256, 384:640])
+    viewer = make_napari_viewer()
+    viewer.add_image(rgb, name="he", rgb=True, metadata={"mpp": 0.5})
+    w = NucleiWidget(viewer)
+    w.method.value = "model"
+    run_and_wait(w, qtbot, timeout=120_000)
+    assert w.status.value.startswith("Done"), w.status.value
+    cli_labels, cli_table = detect_nuclei(rgb, None, mpp=0.5, score_threshold=w.score.value)
+    assert cli_labels.max() > 0
+    np.testing.assert_array_equal(viewer.layers["nuclei"].data, cli_labels)
+    np.testing.assert_allclose(viewer.layers["nuclei"].features["area_um2"], cli_table["area_um2"])

@@ -27,7 +27,8 @@ def _app(ckpt):
 @pytest.fixture
 def setup(make_napari_viewer, he_image, random_checkpoint, monkeypatch):
     errors = []
-    monkeypatch.setattr(segment_module, "show_error", errors.append)
+    monkeypatch.setattr(segment_module, "show_error", errors.append)   # refused before running
+    monkeypatch.setattr("napari_histoseg.plugin.widgets._runner.show_error", errors.append)   # a run failed
     viewer = make_napari_viewer()
     viewer.add_image(np.ascontiguousarray(he_image[:512, :512]), name="slide", rgb=True)
     w = SegmentWidget(viewer)

@@ -50,9 +50,9 @@ def test_cancel_stops_the_run_and_leaves_layers_alone(widget, qtbot):
     worker = widget.run()
     with qtbot.waitSignal(worker.yielded, timeout=30_000):
         pass
-    with qtbot.waitSignal(worker.aborted, timeout=30_000):
+    with qtbot.waitSignal(widget.runner.ended, timeout=30_000) as ended:
         widget.cancel_button.clicked.emit()
-    qtbot.waitUntil(lambda: widget.worker is None, timeout=5000)
+    assert ended.args == ["cancelled"] and widget.worker is None
     assert "tumour" not in viewer.layers and "tumour probability" not in viewer.layers
     assert widget.status.value.startswith("Cancelled") and widget.run_button.enabled
 
@@ -71,7 +71,7 @@ def test_rerun_never_overwrites_hand_edits(widget, qtbot):
 
 def test_checkpoint_of_another_architecture_becomes_a_notification(widget, qtbot, tmp_path, monkeypatch):
     shown = []
-    monkeypatch.setattr("napari_histoseg.plugin.widgets.segment.show_error", shown.append)
+    monkeypatch.setattr("napari_histoseg.plugin.widgets._runner.show_error", shown.append)
     bad = tmp_path / "resnet_claiming_mobilenet.safetensors"
     net = build_model("unet-resnet50")
     import json
@@ -143,33 +143,41 @@ def test_plugin_loaded_after_the_viewer_does_not_crash_it(tmp_path, random_check
     assert "alive True (1, 1, 64, 64)" in out.stdout
 
 
-def test_a_run_that_ends_while_its_progress_bar_is_made_leaves_no_bar(monkeypatch):
+def test_a_run_that_ends_while_its_progress_bar_is_made_leaves_no_bar(monkeypatch, qtbot):
     """napari's first progress bar processes Qt events, so a fast failure can finish the
     run inside the first progress update: its message must stand and no bar may stay."""
-    from napari_histoseg.plugin.widgets import _worker
+    from magicgui.widgets import Label
 
-    bars = []
+    from napari_histoseg.plugin.widgets import _runner
+
+    bars, status = [], Label(value="")
+    runner = _runner.Runner(status)
+    monkeypatch.setattr(_runner, "show_error", lambda m: None)
 
     class Bar:
         def __init__(self, **kwargs):
             bars.append(self)
-            self.closed = False
-            tracker.close()  # the run's result handler runs while the bar is being made
-
-        def close(self):
-            self.closed = True
-
-    monkeypatch.setattr(_worker, "progress", Bar)
-    tracker = _worker.TileProgress("Segmenting tumour")
-    assert tracker.update((0, 4)) is None
-    assert bars and bars[0].closed
-
-    class QuietBar(Bar):
-        def __init__(self, **kwargs):
-            self.closed, self.n = False, 0
+            self.closed, self.n, self.total = False, 0, kwargs.get("total")
+            runner._finish(run, ("failed", ValueError("no such model")))  # the result arrives meanwhile
 
         def refresh(self):
             pass
 
-    monkeypatch.setattr(_worker, "progress", QuietBar)
-    assert tracker.update((1, 4)) == "Segmenting tumour: 1 / 4 tiles"  # the next run starts afresh
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(_runner, "progress", Bar)
+
+    def work():
+        yield 0, 4
+
+    worker = runner.start(work(), lambda out: None, what="Segmentation")
+    finished = []
+    worker.finished.connect(lambda: finished.append(True))
+    run = runner._run
+    runner._on_report(run, (0, 4))
+    assert bars and bars[0].closed and status.value == "Failed: no such model"
+    runner._on_report(run, (1, 4))                 # a report still queued from the ended run
+    assert status.value == "Failed: no such model" and len(bars) == 1
+    qtbot.waitUntil(lambda: bool(finished), timeout=10_000)   # the worker's own result is ignored
+    assert status.value == "Failed: no such model"

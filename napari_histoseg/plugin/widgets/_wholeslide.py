@@ -12,11 +12,9 @@ from pathlib import Path
 
 from magicgui.widgets import CheckBox, Container, FileEdit, FloatSpinBox, SpinBox
 from napari.layers import Layer
-from napari.qt.threading import thread_worker
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_error, show_warning
 
 from napari_histoseg.plugin.widgets._layers import hand_edited
-from napari_histoseg.plugin.widgets._worker import Failed, TileProgress, guarded
 
 WHOLE_SLIDE = "whole slide → OME-Zarr"
 RESULT_LAYERS = ("tumour probability", "tumour", "tissue")
@@ -73,17 +71,12 @@ def run_whole_slide(widget, layer):
                   engine=widget.engine.value, tile=widget.tile.value, overlap=widget.overlap.value,
                   threshold=widget.threshold.value, tissue=opts.tissue_only.value, block=opts.block.value,
                   model_mpp=opts.model_mpp.value or None, slide_mpp=opts.slide_mpp.value or None)
-    run = widget._wholeslide_run = _Run(widget, layer, out)   # Qt keeps only weak refs to slots' owners
-    worker = thread_worker(guarded, start_thread=False)(iter_segment_slide, str(path), str(out), **kwargs)
-    worker.yielded.connect(run.on_progress)
-    worker.returned.connect(run.on_result)
-    worker.errored.connect(lambda e: widget._finish(f"Failed: {e}"))
-    worker.aborted.connect(run.on_cancelled)
-    widget.worker = worker
-    widget.run_button.enabled, widget.cancel_button.enabled = False, True
-    widget.status.value = f"Finding tissue and preparing {out.name}…"
-    worker.start()
-    return worker
+    run = _Run(widget, layer, out)
+    return widget.runner.start(
+        lambda *_: iter_segment_slide(str(path), str(out), **kwargs), run.on_result,
+        what="Whole-slide segmentation", label="Whole slide", describe=run.on_progress,
+        message=f"Finding tissue and preparing {out.name}…",
+        cancelled=f"Cancelled: the blocks written so far are kept in {out.name}; Run resumes.")
 
 
 class _Run:
@@ -92,8 +85,6 @@ class _Run:
     def __init__(self, widget, source, out: Path):
         self.widget, self.source, self.out = widget, source, out
         self.layers: list = []
-        self.progress = TileProgress("Whole slide")
-        self.over = False   # Qt may deliver the last progress after the result
 
     def _add_layers(self):
         from napari_histoseg.wsi.layers import result_layer_data
@@ -107,29 +98,21 @@ class _Run:
             kw["metadata"] = {**kw["metadata"], "histoseg_source": self.source.name}
             self.layers.append(viewer.add_layer(Layer.create(data, kw, kind)))
 
-    def on_progress(self, value):
-        done, total = value
+    def _show_layers(self):
         if not self.layers:
             self._add_layers()
         else:
             for layer in self.layers:
                 layer.refresh()
-        if self.over:
-            return
-        self.widget.status.value = f"Whole slide: {done} / {total} blocks with tissue written to {self.out.name}"
-        self.progress.update(value)   # may process events (the result's among them): last
+
+    def on_progress(self, value):
+        """The layers fill in as blocks are written; ``(done, total, status)`` for the runner."""
+        done, total = value
+        self._show_layers()
+        return done, total, f"{done} / {total} blocks with tissue written to {self.out.name}"
 
     def on_result(self, res):
-        self.over = True
-        if isinstance(res, Failed):
-            show_error(f"Whole-slide segmentation failed: {res.error}")
-            self.progress.close()
-            self.widget._finish(f"Failed: {res.error}")
-            return
-        if not self.layers:
-            self._add_layers()
-        for layer in self.layers:
-            layer.refresh()
+        self._show_layers()
         for note in res.warnings:
             show_warning(note)
         if res.tumour_mm2 is not None:
@@ -138,12 +121,5 @@ class _Run:
             area = f"{res.tumour_px} px tumour (slide µm/px unknown)"
         frac = res.tumour_fraction_of_tissue
         of = f", {100 * frac:.1f} % of the tissue" if frac is not None else ", no tissue found"
-        self.progress.close()
-        self.widget._finish(f"Done: {area}{of}; {100 * res.tiles_skipped_fraction:.0f} % of tiles skipped as "
-                            f"background, {res.seconds:.0f} s. Saved as {self.out}")
-
-    def on_cancelled(self):
-        self.over = True
-        self.progress.close()
-        self.widget._finish(f"Cancelled: the blocks written so far are kept in {self.out.name}; Run resumes.")
-        show_info("Whole-slide segmentation cancelled.")
+        return (f"Done: {area}{of}; {100 * res.tiles_skipped_fraction:.0f} % of tiles skipped as "
+                f"background, {res.seconds:.0f} s. Saved as {self.out}")

@@ -13,7 +13,6 @@ import napari  # noqa: F401 (names the viewer annotation napari looks for)
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, LineEdit, PushButton
 from napari.layers import Image, Labels, Points, Shapes
-from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from napari_histoseg.plugin.widgets._layers import (
@@ -29,7 +28,8 @@ from napari_histoseg.plugin.widgets._layers import (
     unwrap,
     visible_region,
 )
-from napari_histoseg.plugin.widgets._worker import Failed, TileProgress, guarded
+from napari_histoseg.plugin.widgets._runner import Runner, RunsWork
+from napari_histoseg.plugin.widgets._shapes import shape_masks
 
 WHAT = [("the visible area", "view"), ("each shape I drew", "shapes"), ("each tumour region", "tumour")]
 #: Grad-CAM colours: 0 transparent (the tissue shows through), 1 opaque red
@@ -38,24 +38,10 @@ COLOURS = {"malignant": (0.95, 0.2, 0.2, 1.0), "benign": (0.2, 0.5, 1.0, 1.0)}
 LABEL_SIZE = 12  # points, on screen
 
 
-def shape_items(shapes: Shapes, image: Image, level: int, shape_hw) -> list:
-    """``(name, (y0, x0, h, w), mask)`` per drawn shape, in pixels of ``level``."""
-    from skimage.draw import polygon
-
-    ds = level_downsample(image, level)
-    items = []
-    for i, verts in enumerate(shapes.data):
-        pts = np.array([image.world_to_data(shapes.data_to_world(v))[-2:] for v in verts]) / ds
-        y0, x0 = np.clip(np.floor(pts.min(0)), 0, shape_hw).astype(int)
-        y1, x1 = np.clip(np.ceil(pts.max(0)) + 1, 0, shape_hw).astype(int)
-        if y1 - y0 < 2 or x1 - x0 < 2:
-            continue
-        mask = np.zeros((y1 - y0, x1 - x0), bool)
-        rr, cc = polygon(pts[:, 0] - y0, pts[:, 1] - x0, shape=mask.shape)
-        mask[rr, cc] = True
-        if mask.any():
-            items.append((f"shape {i + 1}", (int(y0), int(x0), int(y1 - y0), int(x1 - x0)), mask))
-    return items
+def shape_items(shapes: Shapes, image: Image, level: int) -> list:
+    """``(name, (y0, x0, h, w), mask)`` per drawn shape of at least 2 x 2 px, in pixels of ``level``."""
+    return [(f"shape {i + 1}", box, mask) for i, box, mask in shape_masks(shapes, image, level)
+            if box[2] >= 2 and box[3] >= 2]
 
 
 def label_items(labels: Labels, image: Image) -> tuple[int, list]:
@@ -71,59 +57,13 @@ def label_items(labels: Labels, image: Image) -> tuple[int, list]:
     return level, items
 
 
-def classify_items(data, items, model_path, mpp, gradcam: bool):
-    """Generator for the worker: yields ``(done, total)``, returns ``(model, results, heat)``.
-
-    ``results`` holds ``(name, box, mask, Classification or error message)``; ``heat`` is
-    ``(union_box, map)`` or None.
-    """
-    from napari_histoseg.classifier.infer import (
-        ClassifierInputError,
-        classify_region,
-        explain_region,
-        load_classifier,
-    )
-
-    model = load_classifier(model_path or None)
-    total = len(items) * (2 if gradcam else 1)
-    results, done = [], 0
-    if gradcam and items:
-        uy0 = min(b[0] for _, b, _ in items)
-        ux0 = min(b[1] for _, b, _ in items)
-        uy1 = max(b[0] + b[2] for _, b, _ in items)
-        ux1 = max(b[1] + b[3] for _, b, _ in items)
-        heat = np.zeros((uy1 - uy0, ux1 - ux0), np.float32)
-    yield 0, total
-    for name, (y0, x0, h, w), mask in items:
-        crop = np.asarray(data[y0:y0 + h, x0:x0 + w])
-        try:
-            r = classify_region(crop, model, mask, mpp, what=name)
-        except ClassifierInputError as e:
-            results.append((name, (y0, x0, h, w), mask, str(e)))
-            done += 2 if gradcam else 1
-            yield done, total
-            continue
-        results.append((name, (y0, x0, h, w), mask, r))
-        done += 1
-        yield done, total
-        if gradcam:
-            cam = explain_region(crop, model, mask, mpp)
-            sub = heat[y0 - uy0:y0 - uy0 + h, x0 - ux0:x0 - ux0 + w]
-            np.maximum(sub, cam, out=sub)
-            done += 1
-            yield done, total
-    return model, results, ((uy0, ux0), heat) if gradcam and items else None
-
-
-class ClassifyWidget(Scrolling, Container):
+class ClassifyWidget(RunsWork, Scrolling, Container):
     """Benign or malignant, with a calibrated probability, for regions of an H&E image."""
 
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(labels=True, scrollable=True)
         self.viewer = viewer = unwrap(viewer)
-        self.worker = None
         self._follows_zoom = False
-        self._progress = TileProgress("Classifying", unit="steps")
         self.image = ComboBox(label="Image", choices=self._choices(Image, rgb=True))
         self.what = ComboBox(label="Classify", choices=WHAT, value="view")
         self.shapes = ComboBox(label="Shape layer", choices=self._choices(Shapes), visible=False)
@@ -136,6 +76,7 @@ class ClassifyWidget(Scrolling, Container):
         self.run_button, self.cancel_button = PushButton(text="Classify"), PushButton(text="Cancel", enabled=False)
         self.status = Label(value="Choose what to classify and press Classify.")
         self.status.native.setWordWrap(True)
+        self.runner = Runner(self.status, self.run_button, self.cancel_button)
         self.extend([self.image, self.what, self.shapes, self.tumour, self.mpp, self.model, self.gradcam,
                      Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
                      self.status])
@@ -173,7 +114,7 @@ class ClassifyWidget(Scrolling, Container):
             shapes = self.shapes.value
             if shapes is None or len(shapes.data) == 0:
                 raise ValueError("draw one or more shapes (a Shapes layer) around the regions to classify")
-            items = shape_items(shapes, layer, level, level_data(layer, level).shape[:2])
+            items = shape_items(shapes, layer, level)
             if not items:
                 raise ValueError("the drawn shapes are outside the image")
         else:
@@ -184,7 +125,7 @@ class ClassifyWidget(Scrolling, Container):
         return layer, level, items, mpp
 
     def run(self):
-        if self.worker is not None:
+        if self.runner.running:
             show_info("A classification is already running.")
             return None
         try:
@@ -192,31 +133,15 @@ class ClassifyWidget(Scrolling, Container):
         except Exception as e:  # noqa: BLE001
             show_error(f"Cannot classify: {e}")
             return None
-        data = level_data(layer, level)
-        worker = thread_worker(guarded, start_thread=False)(
-            classify_items, data, items, self.model.value.strip(), mpp, self.gradcam.value)
-        worker.yielded.connect(self._on_progress)
-        worker.returned.connect(lambda out: self._on_result(out, layer, level))
-        worker.aborted.connect(lambda: self._finish("Cancelled; nothing was added."))
-        self.worker = worker
-        self.run_button.enabled, self.cancel_button.enabled = False, True
-        self.status.value = f"Classifying {len(items)} region(s)…"
-        worker.start()
-        return worker
+        from napari_histoseg.classifier.regions import iter_classify_regions
 
-    def _on_progress(self, value):
-        if self.worker is not None:  # a late progress signal must not overwrite the final message
-            self.status.value = self._progress.update(value) or self.status.value
-
-    def cancel(self):
-        if self.worker is not None:
-            self.worker.quit()
+        data, model, gradcam = level_data(layer, level), self.model.value.strip(), self.gradcam.value
+        return self.runner.start(lambda *_: iter_classify_regions(data, items, model, mpp, gradcam),
+                                 lambda out: self._on_result(out, layer, level), what="Classification",
+                                 label="Classifying", unit="steps", cancelled="Cancelled; nothing was added.",
+                                 message=f"Classifying {len(items)} region(s)…")
 
     def _on_result(self, out, layer, level):
-        if isinstance(out, Failed):
-            show_error(f"Classification failed: {out.error}")
-            self._finish(f"Failed: {out.error}")
-            return
         model, results, heat = out
         points, text, colours, refused, notes = [], [], [], [], set()
         for name, (y0, x0, h, w), mask, r in results:
@@ -246,7 +171,7 @@ class ClassifyWidget(Scrolling, Container):
         msg += f"; {len(refused)} refused (see notifications)." if refused else "."
         msg += (" Text: label, calibrated probability ± its spread over the region's tiles. "
                 "Grad-CAM: the redder, the more that tissue drove the label.")
-        self._finish(msg)
+        return msg
 
     def _put_points(self, pts, text, colours, place, hw):
         """A point at each region's centre (its colour: the label), and the label as white
@@ -299,9 +224,3 @@ class ClassifyWidget(Scrolling, Container):
         boxes.data = [np.array([[a[0, 0], a[0, 1]], [a[0, 0], a[1, 1]], [a[1, 0], a[1, 1]], [a[1, 0], a[0, 1]]])
                       for a in data]
         boxes.metadata["histoseg_digest"] = mask_digest(np.concatenate(boxes.data))
-
-    def _finish(self, message):
-        self._progress.close()
-        self.worker = None
-        self.run_button.enabled, self.cancel_button.enabled = True, False
-        self.status.value = message

@@ -8,7 +8,6 @@ import napari  # noqa: F401 (names the viewer annotation napari looks for)
 import numpy as np
 from magicgui.widgets import ComboBox, Container, Label, LineEdit, PushButton
 from napari.layers import Image, Shapes
-from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QFrame
 
@@ -22,7 +21,8 @@ from napari_histoseg.plugin.widgets._layers import (
     visible_region,
 )
 from napari_histoseg.plugin.widgets._model_choice import ModelChoice
-from napari_histoseg.plugin.widgets._worker import Failed, TileProgress, guarded
+from napari_histoseg.plugin.widgets._runner import Runner, RunsWork
+from napari_histoseg.plugin.widgets._shapes import rasterise
 
 METHODS = [("Grad-CAM", "gradcam"), ("SHAP (GradientShap)", "shap"),
            ("Uncertainty: entropy", "entropy"), ("Uncertainty: MC dropout", "mc-dropout")]
@@ -36,7 +36,7 @@ LEGEND = {
 }
 
 
-class ExplainWidget(Scrolling, Container):
+class ExplainWidget(RunsWork, Scrolling, Container):
     """Why the model decided, and where it is unsure, as layers over the image.
 
     Red is high and blue low for every method (one colour map, ``bwr``); the legend
@@ -48,8 +48,6 @@ class ExplainWidget(Scrolling, Container):
         super().__init__(labels=True, scrollable=True)
         self.viewer = viewer = unwrap(viewer)
         self.backend = backend or LocalBackend()
-        self.worker = None
-        self._progress = TileProgress("Explaining")
         self.cache: dict[str, np.ndarray] = {}
 
         self.image = ComboBox(label="Image", choices=self._choices(Image, rgb=True))
@@ -68,6 +66,7 @@ class ExplainWidget(Scrolling, Container):
         self.legend.native.setWordWrap(True)
         self.status = Label(value="Choose a method and press Explain.")
         self.status.native.setWordWrap(True)
+        self.runner = Runner(self.status, self.run_button, self.cancel_button)
         self._bar = QFrame()
         self._bar.setFixedHeight(12)
         self._bar.setStyleSheet("background: qlineargradient(x1:0, y1:0, x2:1, y2:0, "
@@ -120,18 +119,10 @@ class ExplainWidget(Scrolling, Container):
         return layer, level, data, method, opts
 
     def _shape_mask(self, layer, level, region):
-        from skimage.draw import polygon
-
         shapes = self.shapes.value
         if shapes is None or len(shapes.data) == 0:
             raise ValueError("draw a shape (Shapes layer) around the region to explain")
-        y0, x0, h, w = region
-        ds = level_data(layer, 0).shape[0] / level_data(layer, level).shape[0]
-        mask = np.zeros((h, w), bool)
-        for verts in shapes.data:
-            pts = np.array([layer.world_to_data(shapes.data_to_world(v))[-2:] for v in verts]) / ds
-            rr, cc = polygon(pts[:, 0] - y0, pts[:, 1] - x0, shape=(h, w))
-            mask[rr, cc] = True
+        mask = rasterise(shapes, layer, level, region)
         if not mask.any():
             raise ValueError("the drawn shape is outside the region explained")
         return mask
@@ -143,7 +134,7 @@ class ExplainWidget(Scrolling, Container):
         return f"{layer.name}|{level}|{method}|{opts['region']}|{t}|{opts.get('layer')}|{ref}"
 
     def run(self):
-        if self.worker is not None:
+        if self.runner.running:
             show_info("An explanation is already running.")
             return None
         try:
@@ -160,32 +151,16 @@ class ExplainWidget(Scrolling, Container):
             self.status.value = "Shown from the cache (computed earlier)."
             return None
 
-        worker = thread_worker(guarded, start_thread=False)(self.backend.explain, data, ref, method, **opts)
-        worker.yielded.connect(self._on_progress)
-        worker.returned.connect(lambda heat: self._on_result(heat, key, method, place))
-        worker.aborted.connect(lambda: self._finish("Cancelled; nothing was added."))
-        self.worker = worker
-        self.run_button.enabled, self.cancel_button.enabled = False, True
-        self.status.value = f"Computing {dict((v, k) for k, v in METHODS)[method]}…"
-        worker.start()
-        return worker
-
-    def cancel(self):
-        if self.worker is not None:
-            self.worker.quit()
-
-    def _on_progress(self, value):
-        if self.worker is not None:  # a late progress signal never overwrites the final status
-            self.status.value = self._progress.update(value) or self.status.value
+        backend = self.backend
+        return self.runner.start(lambda *_: backend.explain(data, ref, method, **opts),
+                                 lambda heat: self._on_result(heat, key, method, place), what="Explanation",
+                                 label="Explaining", cancelled="Cancelled; nothing was added.",
+                                 message=f"Computing {dict((v, k) for k, v in METHODS)[method]}…")
 
     def _on_result(self, heat, key, method, place):
-        if isinstance(heat, Failed):
-            show_error(f"Explanation failed: {heat.error}")
-            self._finish(f"Failed: {heat.error}")
-            return
         self.cache[key] = heat
         self._show(heat, method, place)
-        self._finish("Done. Toggle the layer's eye to compare with the tissue.")
+        return "Done. Toggle the layer's eye to compare with the tissue."
 
     def _show(self, heat, method, place):
         (lo, hi), _, _ = LEGEND[method]
@@ -194,9 +169,3 @@ class ExplainWidget(Scrolling, Container):
                   opacity=0.6, metadata={"method": method})
         layer = self.viewer.layers[name]
         layer.colormap, layer.contrast_limits = "bwr", (lo, hi)
-
-    def _finish(self, message):
-        self._progress.close()
-        self.worker = None
-        self.run_button.enabled, self.cancel_button.enabled = True, False
-        self.status.value = message

@@ -9,7 +9,6 @@ import napari  # noqa: F401 (names the viewer annotation napari looks for)
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, PushButton, SpinBox
 from napari.layers import Image, Labels
-from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QFileDialog, QTableWidget, QTableWidgetItem
 
@@ -20,17 +19,16 @@ from napari_histoseg.plugin.widgets._layers import (
     tumour_colormap,
     unwrap,
 )
-from napari_histoseg.plugin.widgets._worker import Failed
+from napari_histoseg.plugin.widgets._runner import Runner, RunsWork
 
 
-class ExportWidget(Scrolling, Container):
+class ExportWidget(RunsWork, Scrolling, Container):
     """Export the corrected mask as training tiles or QuPath GeoJSON, import GeoJSON,
     and measure the tumour (area in µm², fraction of the tissue, regions)."""
 
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(labels=True, scrollable=True)
         self.viewer = viewer = unwrap(viewer)
-        self.worker = None
         self.image = ComboBox(label="Image", choices=self._choices(Image, rgb=True))
         self.mask = ComboBox(label="Mask", choices=self._choices(Labels))
         self.dataset = FileEdit(label="Dataset folder", mode="d",
@@ -50,6 +48,7 @@ class ExportWidget(Scrolling, Container):
         self.table.horizontalHeader().setStretchLastSection(True)
         self.status = Label(value="")
         self.status.native.setWordWrap(True)
+        self.runner = Runner(self.status, self.export_button)
         row = lambda *w: Container(widgets=list(w), layout="horizontal", labels=False)  # noqa: E731
         self.extend([self.image, self.mask, self.dataset, self.tile, self.only_edited, self.annotator,
                      self.export_button, row(self.save_geojson, self.load_geojson),
@@ -105,30 +104,14 @@ class ExportWidget(Scrolling, Container):
             return None
         from napari_histoseg.tumour.export import export_tiles
 
-        def job():
-            try:
-                return export_tiles(np.asarray(rgb), np.asarray(mask.data), out, **kwargs)
-            except Exception as e:  # noqa: BLE001
-                return Failed(e)
-            yield
+        return self.runner.start(lambda *_: export_tiles(np.asarray(rgb), np.asarray(mask.data), out, **kwargs),
+                                 lambda tiles: self._exported(tiles, out),
+                                 what="Export", message="Exporting…",
+                                 failed="the dataset was left as it was")
 
-        self.status.value = "Exporting…"
-        self.export_button.enabled = False
-        worker = thread_worker(job, start_thread=False)()
-        worker.returned.connect(lambda res: self._exported(res, out))
-        self.worker = worker
-        worker.start()
-        return worker
-
-    def _exported(self, res, out):
-        self.worker = None
-        self.export_button.enabled = True
-        if isinstance(res, Failed):
-            show_error(f"Export failed; the dataset was left as it was: {res.error}")
-            self.status.value = f"Export failed: {res.error}"
-            return
-        self.status.value = f"{len(res)} tile(s) written to {out}"
-        show_info(self.status.value)
+    def _exported(self, tiles, out):
+        show_info(f"{len(tiles)} tile(s) written to {out}")
+        return f"{len(tiles)} tile(s) written to {out}"
 
     # -- GeoJSON ----------------------------------------------------------------------
     def write_geojson(self, path=None):

@@ -15,7 +15,6 @@ import napari  # noqa: F401 (names the viewer annotation napari looks for)
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, FloatSlider, Label, PushButton
 from napari.layers import Image, Labels, Shapes
-from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from napari_histoseg.plugin.widgets._layers import (
@@ -29,74 +28,21 @@ from napari_histoseg.plugin.widgets._layers import (
     unwrap,
     visible_region,
 )
-from napari_histoseg.plugin.widgets._worker import Failed, TileProgress, guarded
+from napari_histoseg.plugin.widgets._runner import Runner, RunsWork
+from napari_histoseg.plugin.widgets._shapes import rasterise
 
 WHERE = ["whole image", "visible area", "drawn shapes", "inside tumour layer"]
 METHODS = [("Mask R-CNN (bundled model)", "model"), ("Mask R-CNN (checkpoint file)", "file"),
            ("classical watershed", "classical")]
 
 
-def _job(data, offset, region, method, model_file, mpp, score_threshold, tumour):
-    """Core work in the worker thread: yields (done, total), returns a result dict."""
-    from napari_histoseg.nuclei.features import nucleus_features, region_summary
-
-    rgb = np.asarray(data)
-    if method == "classical":
-        from napari_histoseg.nuclei.baseline import classical_labels
-        from napari_histoseg.nuclei.infer import check_image
-
-        yield 0, 1
-        rgb = check_image(rgb)
-        labels = classical_labels(rgb, mpp or 0.25)
-        yield 1, 1
-    else:
-        from napari_histoseg.nuclei.infer import _rescale, check_image, iter_detect, load_nuclei_model
-
-        rgb = check_image(rgb)
-        net, meta = load_nuclei_model(model_file if method == "file" else None)
-        factor = mpp / meta.mpp if (mpp and meta.mpp and abs(mpp / meta.mpp - 1) > 0.05) else 1.0
-        work = _rescale(rgb, factor) if factor != 1.0 else rgb
-        mask_threshold = float((meta.preprocessing or {}).get("mask_threshold", 0.5))
-        labels, _ = yield from iter_detect(work, net, score_threshold=score_threshold,
-                                           mask_threshold=mask_threshold)
-        if factor != 1.0:
-            from skimage.transform import resize
-
-            labels = resize(labels, rgb.shape[:2], order=0, preserve_range=True, anti_aliasing=False)
-    labels = np.asarray(labels).astype(np.uint32)
-    if region is not None:  # keep nuclei whose centroid is inside the region
-        table = nucleus_features(labels, None)
-        cy = np.clip(table["centroid_y"].round().astype(int), 0, region.shape[0] - 1)
-        cx = np.clip(table["centroid_x"].round().astype(int), 0, region.shape[1] - 1)
-        drop = table["label"].to_numpy()[~region[cy, cx]]
-        labels[np.isin(labels, drop)] = 0
-    from skimage.segmentation import relabel_sequential
-
-    labels = relabel_sequential(labels)[0].astype(np.uint32)
-    table = nucleus_features(labels, rgb, mpp=mpp)
-    regions = {"tumour": tumour, "rest": ~tumour} if tumour is not None else {"all": np.ones(labels.shape, bool)}
-    if region is not None:
-        regions = {k: v & region for k, v in regions.items()}
-    table["region"] = "all"
-    if tumour is not None:
-        cy = np.clip(table["centroid_y"].round().astype(int), 0, tumour.shape[0] - 1)
-        cx = np.clip(table["centroid_x"].round().astype(int), 0, tumour.shape[1] - 1)
-        table["region"] = np.where(tumour[cy, cx], "tumour", "rest")
-    summary = region_summary(table, regions, mpp)
-    table["centroid_y"] += offset[0]  # image pixels, not window pixels
-    table["centroid_x"] += offset[1]
-    return {"labels": labels, "table": table, "summary": summary}
-
-
-class NucleiWidget(Scrolling, Container):
+class NucleiWidget(RunsWork, Scrolling, Container):
     """Choose an image, where to look and the detector; Run works in a worker, Cancel stops it."""
 
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(labels=True, scrollable=True)
         self.viewer = viewer = unwrap(viewer)
-        self.worker = None
         self.result = None
-        self._progress = TileProgress("Finding nuclei")
         self.image = ComboBox(label="Image", choices=self._image_choices, tooltip="The H&E image layer")
         self.where = ComboBox(label="Where", choices=WHERE, value="whole image",
                               tooltip="drawn shapes: the polygons/rectangles of the Shapes layer below; "
@@ -117,6 +63,7 @@ class NucleiWidget(Scrolling, Container):
         self.status = Label(value="Choose an image and press Run.")
         for w in (self.summary, self.status):
             w.native.setWordWrap(True)
+        self.runner = Runner(self.status, self.run_button, self.cancel_button)
         self.extend([self.image, self.where, self.shapes, self.tumour, self.method, self.model_file, self.score,
                      Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
                      self.summary, self.csv, self.save_button, self.status])
@@ -171,25 +118,21 @@ class NucleiWidget(Scrolling, Container):
         """A boolean mask on the image's level-0 grid (the window at ``offset`` of ``shape``)
         from a Shapes layer or a Labels layer, wherever they lie in the world."""
         img = self.image.value
-        full_shape = level_data(img, 0).shape[:2]
         if isinstance(layer, Shapes):
-            px = [((np.asarray(v)[:, -2:] * layer.scale[-2:] + layer.translate[-2:]) - img.translate[-2:])
-                  / img.scale[-2:] for v in layer.data]
-            m = Shapes(px, shape_type=layer.shape_type).to_masks(mask_shape=np.asarray(full_shape))
-            full = np.asarray(m).any(axis=0)
-        else:
-            level, (y0, x0) = mask_window(layer, img)
-            data = np.asarray(layer.data) > 0
-            if level != 0:
-                from skimage.transform import resize
+            return rasterise(layer, img, 0, (*offset, *shape[:2]))
+        full_shape = level_data(img, 0).shape[:2]
+        level, (y0, x0) = mask_window(layer, img)
+        data = np.asarray(layer.data) > 0
+        if level != 0:
+            from skimage.transform import resize
 
-                ds = level_downsample(img, level)
-                y0, x0 = int(round(y0 * ds)), int(round(x0 * ds))
-                data = resize(data, (round(data.shape[0] * ds), round(data.shape[1] * ds)), order=0,
-                              anti_aliasing=False) > 0
-            full = np.zeros(full_shape, bool)
-            h, w = min(data.shape[0], full_shape[0] - y0), min(data.shape[1], full_shape[1] - x0)
-            full[y0:y0 + h, x0:x0 + w] = data[:h, :w]
+            ds = level_downsample(img, level)
+            y0, x0 = int(round(y0 * ds)), int(round(x0 * ds))
+            data = resize(data, (round(data.shape[0] * ds), round(data.shape[1] * ds)), order=0,
+                          anti_aliasing=False) > 0
+        full = np.zeros(full_shape, bool)
+        h, w = min(data.shape[0], full_shape[0] - y0), min(data.shape[1], full_shape[1] - x0)
+        full[y0:y0 + h, x0:x0 + w] = data[:h, :w]
         return full[offset[0]:offset[0] + shape[0], offset[1]:offset[1] + shape[1]]
 
     def _inputs(self, layer):
@@ -228,7 +171,7 @@ class NucleiWidget(Scrolling, Container):
         if layer is None:
             show_warning("Open an H&E image first: there is no image layer.")
             return None
-        if self.worker is not None:
+        if self.runner.running:
             show_info("Nucleus detection is already running.")
             return None
         try:
@@ -237,33 +180,21 @@ class NucleiWidget(Scrolling, Container):
         except Exception as e:  # noqa: BLE001 - shown, never raised into Qt
             show_error(f"Cannot find nuclei: {e}")
             return None
+        from napari_histoseg.nuclei.regions import nuclei_in_region
+
         place = placement(layer, 0, offset)
-        worker = thread_worker(guarded, start_thread=False)(
-            _job, data, offset, region, self.method.value, model_file, mpp, self.score.value, tumour)
-        worker.yielded.connect(lambda v: self._on_progress(v, worker))
-        worker.returned.connect(lambda out: self._on_result(out, layer, place, mpp))
-        worker.errored.connect(lambda e: self._finish(f"Failed: {e}"))
-        worker.aborted.connect(self._on_cancelled)
-        self.worker = worker
-        self.run_button.enabled, self.cancel_button.enabled = False, True
-        self.status.value = "Loading the model…"
-        worker.start()
-        return worker
+        classical, score = self.method.value == "classical", self.score.value
 
-    def _on_progress(self, value, worker):
-        if worker is self.worker:  # a late progress signal never overwrites the final status
-            self.status.value = self._progress.update(value) or self.status.value
+        def work(progress, should_stop):
+            return nuclei_in_region(data, classical=classical, model=model_file, mpp=mpp, score_threshold=score,
+                                    region=region, tumour=tumour, progress=progress, should_stop=should_stop)
 
-    def cancel(self):
-        if self.worker is not None:
-            self.status.value = "Cancelling…"
-            self.worker.quit()
+        return self.runner.start(work, lambda out: self._on_result(out, layer, place, mpp, offset),
+                                 what="Nucleus detection", label="Finding nuclei", message="Loading the model…")
 
-    def _on_result(self, out, layer, place, mpp):
-        if isinstance(out, Failed):
-            show_error(f"Nucleus detection failed: {out.error}")
-            self._finish(f"Failed: {out.error}")
-            return
+    def _on_result(self, out, layer, place, mpp, offset):
+        out["table"]["centroid_y"] += offset[0]  # image pixels, not window pixels
+        out["table"]["centroid_x"] += offset[1]
         self.result = out
         meta = {"histoseg_source": layer.name, "method": self.method.value, "mpp": mpp,
                 "histoseg_digest": mask_digest(out["labels"])}
@@ -276,9 +207,8 @@ class NucleiWidget(Scrolling, Container):
         nuclei.contour = 1
         self.summary.value = self._summary_html(out["summary"], mpp)
         self.save_button.enabled = True
-        self._finish(f"Done: {int(out['labels'].max())} nuclei; their measurements are in the "
-                     f"'{name}' layer's features table.")
-        return nuclei
+        return (f"Done: {int(out['labels'].max())} nuclei; their measurements are in the "
+                f"'{name}' layer's features table.")
 
     def _default_csv(self, layer):
         """Beside the image's file (``IMAGE-nuclei.csv``), unless a path was chosen."""
@@ -314,13 +244,3 @@ class NucleiWidget(Scrolling, Container):
             return None
         self.status.value = f"Saved {len(self.result['table'])} rows to {path}"
         return path
-
-    def _on_cancelled(self):
-        self._finish("Cancelled; the layers were left as they were.")
-        show_info("Nucleus detection cancelled.")
-
-    def _finish(self, message):
-        self._progress.close()
-        self.worker = None
-        self.run_button.enabled, self.cancel_button.enabled = True, False
-        self.status.value = message

@@ -13,7 +13,6 @@ import napari  # noqa: F401 (names the viewer annotation napari looks for)
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, Label, PushButton
 from napari.layers import Image, Labels
-from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 from superqt import QCollapsible
@@ -25,7 +24,7 @@ from napari_histoseg.plugin.widgets._layers import (
     unwrap,
     visible_region,
 )
-from napari_histoseg.plugin.widgets._worker import Failed
+from napari_histoseg.plugin.widgets._runner import Runner
 
 SEEDS = "seeds"
 CLICK_RADIUS = 5
@@ -42,7 +41,6 @@ class RefineWidget(Scrolling, Container):
         self.session = None
         self.seeds: Labels | None = None
         self._mask: Labels | None = None
-        self._worker = None
         self._pending = False
         self._history: list[tuple[np.ndarray, np.ndarray]] = []
         self._future: list[tuple[np.ndarray, np.ndarray]] = []
@@ -66,6 +64,8 @@ class RefineWidget(Scrolling, Container):
                                               tooltip="Higher: boundaries follow smaller colour differences")
         self.status = Label(value=NO_MASK)
         self.status.native.setWordWrap(True)
+        self.runner = Runner(self.status)
+        self.runner.ended.connect(self._after_run)
         advanced = Container(widgets=[self.prior_strength, self.colour_sensitivity])
         fold = QCollapsible("Advanced")
         fold.addWidget(advanced.native)
@@ -150,8 +150,7 @@ class RefineWidget(Scrolling, Container):
         self._locked = np.zeros(self._base.shape, bool)
         self._history, self._future = [], []
         self._make_seeds(mask)
-        self.status.value = "Preparing the image (colour graph)…"
-        return self._run(self._build_session, rgb, prior, self.params())
+        return self._run("Preparing the image (colour graph)…", self._build_session, rgb, prior, self.params())
 
     def _build_session(self, rgb, prior, params):
         from napari_histoseg.refinement import RefineSession
@@ -227,40 +226,31 @@ class RefineWidget(Scrolling, Container):
         view = None
         if seeds.size > BIG:
             view = visible_region(self._mask)
-        self.status.value = "Refining…"
-        self._run(self._update, seeds, view)
+        self._run("Refining…", self._update, seeds, view)
 
     def _update(self, seeds, view):
         return ("labels", seeds, self.session.update(seeds, view=view))
 
     # -- results --------------------------------------------------------------------
-    def _run(self, fn, *args):
-        def job(*a):
-            try:
-                return fn(*a)
-            except Exception as e:  # noqa: BLE001
-                return Failed(e)
-            yield  # a generator, so that quit() can stop it
+    @property
+    def _worker(self):
+        return self.runner.worker
 
-        worker = thread_worker(job, start_thread=False)(*args)
-        worker.returned.connect(self._on_returned)
-        self._worker = worker
-        worker.start()
-        return worker
+    def _run(self, message, fn, *args):
+        return self.runner.start(lambda *_: fn(*args), self._on_returned, what="Refinement", message=message)
 
     def _on_returned(self, out):
-        self._worker = None
-        if isinstance(out, Failed):
-            show_error(f"Refinement failed: {out.error}")
-            self.status.value = f"Failed: {out.error}"
-        elif out[0] == "session":
+        if out[0] == "session":
             self.session = out[1]
             self._enable(True)
             self.select_brush(1)
-            self.status.value = "Paint tumour (1, yellow) or not tumour (2, cyan) where the mask is wrong."
-        else:
-            _, seeds, labels = out
-            self._write(labels, seeds)
+            return "Paint tumour (1, yellow) or not tumour (2, cyan) where the mask is wrong."
+        _, seeds, labels = out
+        self._write(labels, seeds)
+        return None
+
+    def _after_run(self, _outcome):
+        """Strokes made during a solve are solved next (also after a failed one)."""
         if self._pending and self.session is not None:
             QTimer.singleShot(0, self._solve)
 

@@ -6,7 +6,6 @@ import napari  # noqa: F401 (names the viewer annotation napari looks for)
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, Label, PushButton, SpinBox
 from napari.layers import Image
-from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from napari_histoseg.backends.local import LocalBackend
@@ -23,8 +22,8 @@ from napari_histoseg.plugin.widgets._layers import (
     visible_region,
 )
 from napari_histoseg.plugin.widgets._model_choice import MODEL_FILE, ModelChoice  # noqa: F401 (MODEL_FILE re-exported)
+from napari_histoseg.plugin.widgets._runner import Runner, RunsWork
 from napari_histoseg.plugin.widgets._wholeslide import WHOLE_SLIDE, WholeSlideOptions, run_whole_slide
-from napari_histoseg.plugin.widgets._worker import Failed, TileProgress, guarded
 
 STAIN_CHOICES = [("none", None), ("Macenko", "macenko"), ("Reinhard", "reinhard")]
 
@@ -35,7 +34,7 @@ def _has_onnxruntime() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None
 
 
-class SegmentWidget(Scrolling, Container):
+class SegmentWidget(RunsWork, Scrolling, Container):
     """Choose an image, a model and the tiling; Run segments in a worker, Cancel stops it.
 
     Results: an Image layer ``tumour probability`` (float32, 0–1) and a Labels layer
@@ -46,8 +45,6 @@ class SegmentWidget(Scrolling, Container):
         super().__init__(labels=True, scrollable=True)
         self.viewer = viewer = unwrap(viewer)
         self.backend = backend or LocalBackend()
-        self.worker = None
-        self._progress = TileProgress("Segmenting tumour")
 
         self.image = ComboBox(label="Image", choices=self._image_choices,
                               tooltip="The H&E image layer to segment")
@@ -78,6 +75,7 @@ class SegmentWidget(Scrolling, Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="Choose an image and press Run.")
         self.status.native.setWordWrap(True)
+        self.runner = Runner(self.status, self.run_button, self.cancel_button)
         self.preprocessing = Label(value="<b>Preprocessing</b> (optional)")
         self.extend([
             self.image, self.region, self.wsi, self.level, *self.model_choice.backend_widgets, self.model, self.model_file, self.device, self.engine, self.tile,
@@ -141,7 +139,7 @@ class SegmentWidget(Scrolling, Container):
         if layer is None:
             show_warning("Open an H&E image first: there is no image layer to segment.")
             return None
-        if self.worker is not None:
+        if self.runner.running:
             show_info("A segmentation is already running.")
             return None
         if self.region.value == WHOLE_SLIDE:
@@ -166,31 +164,12 @@ class SegmentWidget(Scrolling, Container):
         opts = dict(device=self.device.value, engine=self.engine.value, tile=self.tile.value, overlap=self.overlap.value,
                     threshold=self.threshold.value, preprocess=pre)
         place = placement(layer, level, offset)
-        worker = thread_worker(guarded, start_thread=False)(self.backend.segment, data, ref, **opts)
-        worker.yielded.connect(self._on_progress)
-        worker.returned.connect(lambda out: self._on_result(out, layer, place, ref, level))
-        worker.errored.connect(lambda e: self._finish(f"Failed: {e}"))
-        worker.aborted.connect(lambda: self._on_cancelled())
-        self.worker = worker
-        self.run_button.enabled, self.cancel_button.enabled = False, True
-        self.status.value = "Loading the model…"
-        worker.start()
-        return worker
-
-    def cancel(self):
-        if self.worker is not None:
-            self.status.value = "Cancelling…"
-            self.worker.quit()
-
-    def _on_progress(self, value):
-        if self.worker is not None:  # a late progress signal never overwrites the final status
-            self.status.value = self._progress.update(value) or self.status.value
+        backend = self.backend
+        return self.runner.start(lambda *_: backend.segment(data, ref, **opts),
+                                 lambda pred: self._on_result(pred, layer, place, ref, level),
+                                 what="Segmentation", label="Segmenting tumour", message="Loading the model…")
 
     def _on_result(self, pred, layer, place, ref, level):
-        if isinstance(pred, Failed):
-            show_error(f"Segmentation failed: {pred.error}")
-            self._finish(f"Failed: {pred.error}")
-            return
         meta = {"model": ref, "level": level, "threshold": self.threshold.value}
         put_image(self.viewer, "tumour probability", pred.probability, place, colormap="inferno",
                   contrast_limits=(0.0, 1.0), opacity=0.5, visible=False, metadata=meta)
@@ -200,15 +179,5 @@ class SegmentWidget(Scrolling, Container):
         labels.colormap = tumour_colormap(colour)
         frac = float(pred.mask.mean()) * 100
         where = self.backend.describe(ref, self.device.value, self.engine.value)
-        self._finish(f"Done: {frac:.1f} % of the {self.region.value} is tumour, in layer '{labels.name}'. "
-                     f"Model: {where}")
-
-    def _on_cancelled(self):
-        self._finish("Cancelled; the layers were left as they were.")
-        show_info("Segmentation cancelled.")
-
-    def _finish(self, message: str):
-        self._progress.close()
-        self.worker = None
-        self.run_button.enabled, self.cancel_button.enabled = True, False
-        self.status.value = message
+        return (f"Done: {frac:.1f} % of the {self.region.value} is tumour, in layer '{labels.name}'. "
+                f"Model: {where}")
