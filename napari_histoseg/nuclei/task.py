@@ -14,26 +14,25 @@ INFER_OPTIONS = frozenset({"mpp", "tile", "overlap", "score_threshold", "mask_th
 
 
 def load_model(ref=None, device: str = "auto", engine: str = "torch"):
-    """``(network, meta)`` of a nucleus checkpoint (None or ``"bundled"``: the bundled one).
-    The detector runs on the CPU (its tiles are CPU tensors), whatever ``device`` says."""
-    from napari_histoseg.nuclei.infer import load_nuclei_model
+    """The :class:`~napari_histoseg.models.detector.NucleusDetector` of a nucleus checkpoint
+    (None or ``"bundled"``: the bundled one) on ``device``."""
+    from napari_histoseg.nuclei.infer import load_nuclei_detector
 
     if engine != "torch":
         raise ValueError(f"the nucleus detector runs on torch only, not {engine!r}")
-    return load_nuclei_model(None if ref in (None, "", BUNDLED) else ref)
+    return load_nuclei_detector(None if ref in (None, "", BUNDLED) else ref, device=device)
 
 
 def meta(model):
-    return model[1]
+    return model.meta
 
 
 def device(model) -> str:
-    return "cpu"
+    return model.device.type
 
 
 def describe(model) -> str:
-    m = model[1]
-    return f"{m.name} v{m.model_version} ({m.arch}) on cpu"
+    return f"{model.description} on {model.device.type}"
 
 
 def iter_infer(model, image, **options):
