@@ -36,7 +36,8 @@ def in_view(viewer, f, src):
     """Whether the canvas is centred on field ``f`` and shows all of it."""
     cy, cx = viewer.camera.center[-2:]
     y0, x0 = src.translate[0] + f.y * src.scale[0], src.translate[1] + f.x * src.scale[1]
-    return y0 <= cy <= y0 + f.h and x0 <= cx <= x0 + f.w and viewer.camera.zoom * f.h <= min(viewer.canvas.size)
+    h, w = f.h * src.scale[0], f.w * src.scale[1]
+    return y0 <= cy <= y0 + h and x0 <= cx <= x0 + w and viewer.camera.zoom * max(h, w) <= min(viewer.canvas.size)
 
 
 def press(viewer, qtbot, key):
@@ -130,3 +131,26 @@ def test_refine_opens_on_the_field_crop(make_napari_viewer, he_image, tmp_path, 
     assert r is not None and r.mask.value is viewer.layers[FIELD_LAYER]
     qtbot.waitUntil(lambda: r.session is not None, timeout=60_000)
     assert viewer.layers["seeds"].data.shape == viewer.layers[FIELD_LAYER].data.shape
+
+
+def test_a_segment_slides_result_is_reviewed_in_its_store(make_napari_viewer, tmp_path):
+    pytest.importorskip("zarr")
+    from napari_histoseg.wsi import omezarr
+
+    p = probability(512, 512)
+    root, _ = omezarr.create_store(tmp_path / "s.ome.zarr", shape=p.shape, chunk=256, mpp=0.5,
+                                   settings={"x": 1})
+    omezarr.write_block(root, 0, 0, np.rint(p * 255).astype(np.uint8), (p >= 0.5).astype(np.uint8))
+    viewer = make_napari_viewer()
+    viewer.open(str(tmp_path / "s.ome.zarr"), plugin="napari-histoseg")
+    _, w = viewer.window.add_plugin_dock_widget("napari-histoseg", NAME)
+    w.size.value = 128
+    w.reviewer.value = "A"
+    w.start()
+    assert w.state is not None and len(w.state.fields) == 16
+    assert (tmp_path / "s.ome.zarr" / "histoseg-review" / "A.json").is_file()
+    f = w.field
+    layer = viewer.layers[FIELD_LAYER]
+    assert not layer.multiscale and layer.data.shape == (128, 128)
+    assert tuple(layer.translate[-2:]) == pytest.approx(tuple(np.add(w.source.translate, np.multiply((f.y, f.x), 0.5))))
+    assert in_view(viewer, f, w.source)

@@ -46,6 +46,7 @@ class ReviewWidget(Scrolling, Container):
         self.source: ReviewSource | None = None
         self._loaded = None      # the field's mask as it was shown (to notice edits)
         self._refine = None      # the Refine dock opened from here
+        self._units = {}
 
         self.image = ComboBox(label="Image", choices=self._layers_of(Image, rgb=True))
         self.prob = ComboBox(label="Probability", choices=self._layers_of(Image, rgb=False),
@@ -136,6 +137,7 @@ class ReviewWidget(Scrolling, Container):
             src = ReviewSource.from_arrays(levels, mdata, self._tissue(image, prob, levels[0].shape),
                                            image_path=img_path, review_dir=folder, name=prob.name)
         src.scale, src.translate = tuple(prob.scale[-2:]), tuple(prob.translate[-2:])
+        self._units = {"units": tuple(prob.units)[-2:]} if getattr(prob, "units", None) is not None else {}
         return src
 
     def _tissue(self, image, prob, shape):
@@ -227,7 +229,8 @@ class ReviewWidget(Scrolling, Container):
         edit = st.edit_of(f)
         data = src.mask_of(f) if edit is None else edit
         sy, sx = src.scale
-        place = {"scale": (sy, sx), "translate": (src.translate[0] + f.y * sy, src.translate[1] + f.x * sx)}
+        place = {"scale": (sy, sx), "translate": (src.translate[0] + f.y * sy, src.translate[1] + f.x * sx),
+                 **self._units}
         layers = self.viewer.layers
         if "seeds" in layers and self._refine is not None:
             layers.remove("seeds")     # seeds belong to the field they were drawn on
@@ -274,7 +277,7 @@ class ReviewWidget(Scrolling, Container):
             self.viewer.layers.remove(STATUS_LAYER)
         layer = self.viewer.add_shapes(rects, shape_type="rectangle", name=STATUS_LAYER, face_color=[0, 0, 0, 0],
                                        edge_color=self._colours(), edge_width=max(2.0, st.size / 40),
-                                       scale=src.scale, translate=src.translate)
+                                       scale=src.scale, translate=src.translate, **self._units)
         layer.editable = False
         layer.metadata["statuses"] = [st.status(f) for f in st.fields]
         self._bind_keys(layer)
