@@ -9,29 +9,29 @@ from __future__ import annotations
 
 import numpy as np
 
+from napari_histoseg.core.runs import drive
 
-def iter_classify_regions(image, items, model=None, mpp=None, gradcam: bool = True):
+
+def iter_classify_regions(image, items, classify, explain=None, refused=()):
     """Classify each region of ``image``; a generator yielding ``(done, total)`` steps.
 
     ``items``: ``(name, (y0, x0, h, w), mask or None)`` per region, the box in pixels of
-    ``image`` and the mask over the box. ``model``: a classifier checkpoint path (None or
-    empty: the bundled one). ``gradcam``: also the classifier's Grad-CAM of the predicted
-    class over each region, in one map over the regions' union box.
+    ``image`` and the mask over the box. ``classify(crop, mask, name)``: a generator (as a
+    backend's ``classify``) returning the region's
+    :class:`~napari_histoseg.classifier.infer.Classification`; an exception of one of the
+    types ``refused`` (besides :class:`~napari_histoseg.classifier.infer.ClassifierInputError`)
+    refuses that region only. ``explain(crop, mask)``: its Grad-CAM map, or None for no map.
 
-    Returns ``(model, results, heat)``: ``results`` holds ``(name, box, mask, Classification
-    or the reason it was refused)``; ``heat`` is ``((y0, x0) of the union box, map)`` or None.
+    Returns ``(results, heat)``: ``results`` holds ``(name, box, mask, Classification or the
+    reason it was refused)``; ``heat`` is ``((y0, x0) of the union box, map)`` or None.
     """
-    from napari_histoseg.classifier.infer import (
-        ClassifierInputError,
-        classify_region,
-        explain_region,
-        load_classifier,
-    )
+    from napari_histoseg.classifier.infer import ClassifierInputError
 
-    model = load_classifier(model or None)
-    total = len(items) * (2 if gradcam else 1)
-    results, done = [], 0
-    if gradcam and items:
+    refused = (ClassifierInputError, *refused)
+    steps = 2 if explain is not None else 1
+    total = len(items) * steps
+    results, done, heat = [], 0, None
+    if explain is not None and items:
         uy0 = min(b[0] for _, b, _ in items)
         ux0 = min(b[1] for _, b, _ in items)
         uy1 = max(b[0] + b[2] for _, b, _ in items)
@@ -41,19 +41,19 @@ def iter_classify_regions(image, items, model=None, mpp=None, gradcam: bool = Tr
     for name, (y0, x0, h, w), mask in items:
         crop = np.asarray(image[y0:y0 + h, x0:x0 + w])
         try:
-            r = classify_region(crop, model, mask, mpp, what=name)
-        except ClassifierInputError as e:
+            r = drive(classify(crop, mask, name))  # one step per region
+        except refused as e:
             results.append((name, (y0, x0, h, w), mask, str(e)))
-            done += 2 if gradcam else 1
+            done += steps
             yield done, total
             continue
         results.append((name, (y0, x0, h, w), mask, r))
         done += 1
         yield done, total
-        if gradcam:
-            cam = explain_region(crop, model, mask, mpp)
+        if explain is not None:
             sub = heat[y0 - uy0:y0 - uy0 + h, x0 - ux0:x0 - ux0 + w]
-            np.maximum(sub, cam, out=sub)
+            np.maximum(sub, explain(crop, mask), out=sub)
             done += 1
             yield done, total
-    return model, results, ((uy0, ux0), heat) if gradcam and items else None
+    return results, ((uy0, ux0), heat) if heat is not None else None
+

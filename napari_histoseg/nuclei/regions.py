@@ -1,14 +1,15 @@
 """Nuclei of one region of an image, measured and summarised against a tumour mask.
 
-The detection is the one ``histoseg nuclei`` runs (:func:`napari_histoseg.nuclei.infer.detect_nuclei`,
-or :func:`~napari_histoseg.nuclei.baseline.detect_nuclei_classical`), so the same image and
-mpp give the same nuclei here as on the command line; a nucleus belongs to the region that
-holds its centroid.
+What the Nuclei widget shows after the detection ``histoseg nuclei`` runs
+(:func:`napari_histoseg.nuclei.infer.detect_nuclei`, here or on a server, or
+:func:`~napari_histoseg.nuclei.baseline.detect_nuclei_classical`); a nucleus belongs to the
+region that holds its centroid.
 
 Example
 -------
->>> out = nuclei_in_region(rgb, mpp=0.25, tumour=tumour_mask)   # doctest: +SKIP
->>> out["labels"].max(), out["summary"]                         # doctest: +SKIP
+>>> labels, _ = detect_nuclei(rgb, mpp=0.25, features=False)     # doctest: +SKIP
+>>> out = measure_nuclei(labels, rgb, mpp=0.25, tumour=tumour)   # doctest: +SKIP
+>>> out["labels"].max(), out["summary"]                          # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -26,16 +27,13 @@ def centroid_inside(table: pd.DataFrame, mask: np.ndarray) -> np.ndarray:
     return np.asarray(mask, bool)[cy, cx]
 
 
-def nuclei_in_region(rgb, *, classical: bool = False, model=None, mpp: float | None = None,
-                     score_threshold: float | None = None, region: np.ndarray | None = None,
-                     tumour: np.ndarray | None = None, progress=None, should_stop=None) -> dict:
-    """Find, measure and summarise the nuclei of ``rgb``.
+def measure_nuclei(labels, rgb, *, mpp: float | None = None, region: np.ndarray | None = None,
+                   tumour: np.ndarray | None = None) -> dict:
+    """Measure and summarise the nuclei ``labels`` found in ``rgb``.
 
-    ``classical``: the watershed baseline instead of the Mask R-CNN ``model`` (a checkpoint
-    path, or None for the bundled one). ``region``: only nuclei whose centroid lies inside
-    this boolean mask are kept. ``tumour``: a boolean mask; each nucleus is then ``"tumour"``
-    or ``"rest"`` in the table's ``region`` column and in the summary. ``progress`` and
-    ``should_stop`` as for :func:`~napari_histoseg.nuclei.infer.detect_nuclei`.
+    ``region``: only nuclei whose centroid lies inside this boolean mask are kept (and
+    renumbered 1..N). ``tumour``: a boolean mask; each nucleus is then ``"tumour"`` or
+    ``"rest"`` in the table's ``region`` column and in the summary (else ``"all"``).
 
     Returns ``{"labels": uint32 (H, W) numbered 1..N, "table": one row per nucleus,
     "summary": count, density and mean area per region}``.
@@ -43,16 +41,7 @@ def nuclei_in_region(rgb, *, classical: bool = False, model=None, mpp: float | N
     from napari_histoseg.nuclei.infer import check_image
 
     rgb = check_image(rgb)
-    if classical:
-        from napari_histoseg.nuclei.baseline import detect_nuclei_classical
-
-        labels, _ = detect_nuclei_classical(rgb, mpp=mpp, features=False)
-    else:
-        from napari_histoseg.nuclei.infer import detect_nuclei
-
-        labels, _ = detect_nuclei(rgb, model, mpp=mpp, score_threshold=score_threshold, features=False,
-                                  progress=progress, should_stop=should_stop)
-    labels = np.asarray(labels, np.uint32)
+    labels = np.array(labels, np.uint32)
     if region is not None:
         table = nucleus_features(labels, None)
         labels[np.isin(labels, table["label"].to_numpy()[~centroid_inside(table, region)])] = 0

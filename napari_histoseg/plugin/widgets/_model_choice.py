@@ -15,9 +15,12 @@ THIS_COMPUTER, SERVER = "this computer", "a server…"
 
 
 class ModelChoice:
-    """Two magicgui widgets (``model``, ``model_file``) and the reference they name.
+    """Two magicgui widgets (``model``, ``model_file``) and the reference they name, and
+    where the model runs (``backend_widgets``, one setting shared by every widget).
 
-    :meth:`broadcast` points every live chooser at a new checkpoint (after fine-tuning).
+    :meth:`broadcast` points every live chooser of a tumour model at a new checkpoint (after
+    fine-tuning). ``models=False``: only where it runs, for a widget that chooses its
+    model of another task itself (Nuclei, Classify).
     """
 
     _live: "weakref.WeakSet[ModelChoice]" = weakref.WeakSet()
@@ -30,13 +33,14 @@ class ModelChoice:
         """Switch every widget's model to the checkpoint ``path``; returns how many."""
         if str(path) not in cls._known:
             cls._known.append(str(path))
-        choosers = list(cls._live)
+        choosers = [c for c in cls._live if c.models]
         for chooser in choosers:
             chooser.use_file(path)
         return len(choosers)
 
-    def __init__(self, on_change=None):
+    def __init__(self, on_change=None, models: bool = True):
         ModelChoice._live.add(self)
+        self.models = models
         self.model = ComboBox(label="Model", choices=self._choices,
                               tooltip="The bundled default model, one fine-tuned in this session, or a "
                                       ".safetensors checkpoint file")
@@ -60,7 +64,7 @@ class ModelChoice:
         for w in (self.runs_on, self.server_url, self.server_token):
             w.changed.connect(self._backend_changed)
         made = [c[1] for c in self._choices()[1:-1]]
-        if made:  # a widget opened after a fine-tune starts with the newest model, as the others
+        if made and models:  # a widget opened after a fine-tune starts with the newest model, as the others
             self.use_file(made[-1])
         if on_change is not None:
             self.model.changed.connect(on_change)
@@ -75,7 +79,7 @@ class ModelChoice:
 
     @property
     def widgets(self):
-        return [self.model, self.model_file]
+        return [self.model, self.model_file] if self.models else []
 
     @property
     def backend_widgets(self):

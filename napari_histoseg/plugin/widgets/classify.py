@@ -15,6 +15,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label,
 from napari.layers import Image, Labels, Points, Shapes
 from napari.utils.notifications import show_error, show_info, show_warning
 
+from napari_histoseg.models.bundled import BUNDLED
 from napari_histoseg.plugin.widgets._layers import (
     Scrolling,
     free_layer,
@@ -28,6 +29,7 @@ from napari_histoseg.plugin.widgets._layers import (
     unwrap,
     visible_region,
 )
+from napari_histoseg.plugin.widgets._model_choice import THIS_COMPUTER, ModelChoice
 from napari_histoseg.plugin.widgets._runner import Runner, RunsWork
 from napari_histoseg.plugin.widgets._shapes import shape_masks
 
@@ -73,11 +75,13 @@ class ClassifyWidget(RunsWork, Scrolling, Container):
         self.model = LineEdit(label="Model", value="", tooltip="A classification checkpoint; empty: the bundled one")
         self.model.native.setPlaceholderText("bundled classifier")
         self.gradcam = CheckBox(text="Grad-CAM over each region", value=True)
+        self.model_choice = ModelChoice(models=False)
         self.run_button, self.cancel_button = PushButton(text="Classify"), PushButton(text="Cancel", enabled=False)
         self.status = Label(value="Choose what to classify and press Classify.")
         self.status.native.setWordWrap(True)
         self.runner = Runner(self.status, self.run_button, self.cancel_button)
-        self.extend([self.image, self.what, self.shapes, self.tumour, self.mpp, self.model, self.gradcam,
+        self.extend([self.image, self.what, self.shapes, self.tumour, self.mpp, *self.model_choice.backend_widgets,
+                     self.model, self.gradcam,
                      Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
                      self.status])
         self.fit(460)
@@ -133,16 +137,33 @@ class ClassifyWidget(RunsWork, Scrolling, Container):
         except Exception as e:  # noqa: BLE001
             show_error(f"Cannot classify: {e}")
             return None
+        try:
+            backend = self.model_choice.backend()
+        except ValueError as e:
+            show_error(f"Cannot classify: {e}")
+            return None
         from napari_histoseg.classifier.regions import iter_classify_regions
 
-        data, model, gradcam = level_data(layer, level), self.model.value.strip(), self.gradcam.value
-        return self.runner.start(lambda *_: iter_classify_regions(data, items, model, mpp, gradcam),
-                                 lambda out: self._on_result(out, layer, level), what="Classification",
+        data, ref = level_data(layer, level), self.model.value.strip() or BUNDLED
+
+        def classify(crop, mask, name):
+            return backend.classify(crop, ref, region=mask, mpp=mpp, what=name)
+
+        explain = None
+        if self.gradcam.value and self.model_choice.runs_on.value == THIS_COMPUTER:
+            from napari_histoseg.classifier.infer import explain_region
+
+            def explain(crop, mask):
+                return explain_region(crop, backend.model(ref, task="classification"), mask, mpp)
+        elif self.gradcam.value:
+            show_warning("The classifier's Grad-CAM is made on this computer only: none over the server's labels.")
+        return self.runner.start(lambda *_: iter_classify_regions(data, items, classify, explain),
+                                 lambda out: self._on_result(out, layer, level, backend, ref), what="Classification",
                                  label="Classifying", unit="steps", cancelled="Cancelled; nothing was added.",
                                  message=f"Classifying {len(items)} region(s)…")
 
-    def _on_result(self, out, layer, level):
-        model, results, heat = out
+    def _on_result(self, out, layer, level, backend, ref):
+        results, heat = out
         points, text, colours, refused, notes = [], [], [], [], set()
         for name, (y0, x0, h, w), mask, r in results:
             if isinstance(r, str):
@@ -167,7 +188,7 @@ class ClassifyWidget(RunsWork, Scrolling, Container):
             show_warning(f"{len(refused)} of {len(results)} region(s) not classified: {refused[0]}{more}")
         for n in sorted(notes):
             show_warning(n)
-        msg = f"{len(points)} region(s) classified by {model.description}"
+        msg = f"{len(points)} region(s) classified by {backend.describe(ref, task='classification')}"
         msg += f"; {len(refused)} refused (see notifications)." if refused else "."
         msg += (" Text: label, calibrated probability ± its spread over the region's tiles. "
                 "Grad-CAM: the redder, the more that tissue drove the label.")

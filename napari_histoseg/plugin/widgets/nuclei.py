@@ -17,6 +17,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, FloatSlider, Label, 
 from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_error, show_info, show_warning
 
+from napari_histoseg.models.bundled import BUNDLED
 from napari_histoseg.plugin.widgets._layers import (
     Scrolling,
     free_layer,
@@ -28,6 +29,7 @@ from napari_histoseg.plugin.widgets._layers import (
     unwrap,
     visible_region,
 )
+from napari_histoseg.plugin.widgets._model_choice import ModelChoice
 from napari_histoseg.plugin.widgets._runner import Runner, RunsWork
 from napari_histoseg.plugin.widgets._shapes import rasterise
 
@@ -50,7 +52,9 @@ class NucleiWidget(RunsWork, Scrolling, Container):
         self.shapes = ComboBox(label="Shapes", choices=self._shape_choices, visible=False)
         self.tumour = ComboBox(label="Tumour mask", choices=self._label_choices, nullable=True,
                                tooltip="Labels layer (non-zero = tumour) for the tumour vs rest summary")
-        self.method = ComboBox(label="Detector", choices=METHODS, value="model")
+        self.method = ComboBox(label="Detector", choices=METHODS, value="model",
+                               tooltip="The classical watershed always runs on this computer")
+        self.model_choice = ModelChoice(models=False)
         self.model_file = FileEdit(label="Checkpoint", filter="*.safetensors", visible=False)
         self.score = FloatSlider(label="Min. score", min=0.05, max=0.95, step=0.05, value=0.5,
                                  tooltip="Detections below this confidence are dropped")
@@ -64,7 +68,8 @@ class NucleiWidget(RunsWork, Scrolling, Container):
         for w in (self.summary, self.status):
             w.native.setWordWrap(True)
         self.runner = Runner(self.status, self.run_button, self.cancel_button)
-        self.extend([self.image, self.where, self.shapes, self.tumour, self.method, self.model_file, self.score,
+        self.extend([self.image, self.where, self.shapes, self.tumour, *self.model_choice.backend_widgets,
+                     self.method, self.model_file, self.score,
                      Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
                      self.summary, self.csv, self.save_button, self.status])
         self.where.changed.connect(lambda v: setattr(self.shapes, "visible", v == "drawn shapes"))
@@ -91,11 +96,12 @@ class NucleiWidget(RunsWork, Scrolling, Container):
     def _score_from_model(self):
         """Start the score slider at the bundled model's validated threshold, if it has one."""
         try:
+            from napari_histoseg.models.bundled import bundled_path
             from napari_histoseg.models.checkpoint import read_meta
-            from napari_histoseg.nuclei.infer import BUNDLED
 
-            if BUNDLED.is_file():
-                self.score.value = float(read_meta(BUNDLED).preprocessing.get("score_threshold", 0.5))
+            path = bundled_path("instances")
+            if path.is_file():
+                self.score.value = float(read_meta(path).preprocessing.get("score_threshold", 0.5))
         except Exception:  # noqa: BLE001 - the slider keeps 0.5
             pass
 
@@ -176,20 +182,26 @@ class NucleiWidget(RunsWork, Scrolling, Container):
             return None
         try:
             data, offset, region, tumour, mpp = self._inputs(layer)
-            model_file = str(self.model_file.value) if self.method.value == "file" else None
+            model_ref = str(self.model_file.value) if self.method.value == "file" else BUNDLED
+            backend = None if self.method.value == "classical" else self.model_choice.backend()
         except Exception as e:  # noqa: BLE001 - shown, never raised into Qt
             show_error(f"Cannot find nuclei: {e}")
             return None
-        from napari_histoseg.nuclei.regions import nuclei_in_region
+        from napari_histoseg.nuclei.regions import measure_nuclei
 
-        place = placement(layer, 0, offset)
-        classical, score = self.method.value == "classical", self.score.value
+        place, score = placement(layer, 0, offset), self.score.value
 
-        def work(progress, should_stop):
-            return nuclei_in_region(data, classical=classical, model=model_file, mpp=mpp, score_threshold=score,
-                                    region=region, tumour=tumour, progress=progress, should_stop=should_stop)
+        def work():
+            if backend is None:
+                from napari_histoseg.nuclei.baseline import detect_nuclei_classical
 
-        return self.runner.start(work, lambda out: self._on_result(out, layer, place, mpp, offset),
+                labels, _ = detect_nuclei_classical(data, mpp=mpp, features=False)
+            else:  # histoseg nuclei's detect_nuclei, here or on the server
+                labels, _ = yield from backend.detect_nuclei(data, model_ref, mpp=mpp, score_threshold=score,
+                                                             features=False)
+            return measure_nuclei(labels, data, mpp=mpp, region=region, tumour=tumour)
+
+        return self.runner.start(work(), lambda out: self._on_result(out, layer, place, mpp, offset),
                                  what="Nucleus detection", label="Finding nuclei", message="Loading the model…")
 
     def _on_result(self, out, layer, place, mpp, offset):
