@@ -75,9 +75,8 @@ def dataset_task(folder) -> str:
     return task if task in TASK_MODULES else "segmentation"
 
 
-# --task NAME -> the module that trains and evaluates it. A task module provides
-# ``add_train_options(parser)``, ``add_evaluate_options(parser)`` (task-only flags,
-# imported without torch), ``run_train(args)`` and ``run_evaluate(args)``.
+# --task NAME -> the module that evaluates it: ``add_evaluate_options(parser)`` (task-only
+# flags, imported without torch) and ``run_evaluate(args)``. Training: TRAINING below.
 TASKS = {
     "segmentation": None,                             # tumour masks: this module
     "instances": "napari_histoseg.nuclei.cli",        # nuclei
