@@ -137,3 +137,35 @@ def test_finetune_on_a_server_writes_the_checkpoint_here(setup, qtbot, tmp_path,
     assert read_meta(out).model_version == "0+ft1"
     assert w.model_choice.ref() == str(out) and "now use it" in ft.status.value
     assert len(srv.app.state.jobs.jobs) == 1  # it trained on the server
+
+
+def test_nuclei_and_classify_run_on_a_server_as_here(make_napari_viewer, he_image, qtbot):
+    """'Runs on' a server: the same nuclei as histoseg nuclei's function here, and a label
+    for the view from the server's bundled classifier."""
+    from napari_histoseg.nuclei.infer import detect_nuclei
+    from napari_histoseg.plugin.widgets.classify import ClassifyWidget
+    from napari_histoseg.plugin.widgets.nuclei import NucleiWidget
+
+    srv = ServerThread(create_app(ServerConfig(device="cpu", token=TOKEN)))
+    url = srv.start()
+    try:
+        rgb = np.ascontiguousarray(he_image[:256, 384:640])
+        viewer = make_napari_viewer()
+        viewer.add_image(rgb, name="he", rgb=True, metadata={"mpp": 0.5})
+        nuclei, classify = NucleiWidget(viewer), ClassifyWidget(viewer)
+        nuclei.model_choice.runs_on.value = SERVER
+        nuclei.model_choice.server_url.value, nuclei.model_choice.server_token.value = url, TOKEN
+        assert classify.model_choice.runs_on.value == SERVER   # one setting for every widget
+        assert nuclei.run() is not None
+        qtbot.waitUntil(lambda: nuclei.worker is None, timeout=120_000)
+        assert nuclei.status.value.startswith("Done"), nuclei.status.value
+        here, _ = detect_nuclei(rgb, None, mpp=0.5, score_threshold=nuclei.score.value, features=False)
+        np.testing.assert_array_equal(viewer.layers["nuclei"].data, here)
+        classify.mpp.value = 0.5
+        assert classify.run() is not None
+        qtbot.waitUntil(lambda: classify.worker is None, timeout=120_000)
+        assert "1 region(s) classified" in classify.status.value and url in classify.status.value, \
+            classify.status.value
+        assert len(viewer.layers["classification"].data) == 1
+    finally:
+        srv.stop()
