@@ -63,22 +63,27 @@ def test_grayscale_image_and_pickle_model_are_refused(tmp_path, random_checkpoin
 
 @pytest.mark.parametrize("task, batch, lr", [("segmentation", 8, 1e-3), ("instances", 2, 2e-4),
                                              ("classification", 16, 3e-4)])
-def test_train_flags_left_out_take_the_tasks_own_defaults(task, batch, lr):
+def test_train_flags_left_out_take_the_tasks_own_defaults(task, batch, lr, monkeypatch, tmp_path):
     """`histoseg train --task instances` without --batch-size must not train Mask R-CNN at
     the segmentation model's batch 8 and learning rate 1e-3; a flag given always wins."""
-    from napari_histoseg.cli import build_parser
-    from napari_histoseg.tasks import _fill_task_defaults
+    import importlib
 
-    args = build_parser().parse_args(["train", "data", "-o", "m.safetensors", "--task", task])
-    _fill_task_defaults(args, task)
-    assert (args.batch_size, args.lr) == (batch, lr)
-    args = build_parser().parse_args(["train", "data", "-o", "m.safetensors", "--task", task, "--batch-size", "3"])
-    _fill_task_defaults(args, task)
-    assert args.batch_size == 3
+    from napari_histoseg.tasks import TRAINING
+
+    seen = []
+    module = importlib.import_module(TRAINING[task][1])
+    monkeypatch.setattr(module, "train", lambda data, out, cfg, **kw: seen.append(cfg) or {})
+    (tmp_path / "data").mkdir()
+    base = ["train", str(tmp_path / "data"), "-o", str(tmp_path / "m.safetensors"), "--task", task]
+    assert main(base) == 0 and main([*base, "--batch-size", "3"]) == 0
+    assert (seen[0].batch_size, seen[0].lr) == (batch, lr)
+    assert (seen[1].batch_size, seen[1].lr) == (3, lr)
 
 
-def test_init_checkpoint_is_refused_for_tasks_that_do_not_take_it(tmp_path, capsys):
-    rc = main(["train", str(tmp_path), "-o", str(tmp_path / "m.safetensors"), "--task", "instances",
-               "--init-checkpoint", "bundled"])
-    assert rc == 2 and "--init-checkpoint fine-tunes tumour-segmentation models" in capsys.readouterr().err
+@pytest.mark.parametrize("task, flag", [("instances", ["--loss", "generalized"]),
+                                        ("classification", ["--nuclei-val-every", "2"]),
+                                        ("segmentation", ["--cls-dropout", "0.1"])])
+def test_a_flag_the_task_does_not_use_is_refused_by_name(task, flag, tmp_path, capsys):
+    rc = main(["train", str(tmp_path), "-o", str(tmp_path / "m.safetensors"), "--task", task, *flag])
+    assert rc == 2 and f"--task {task} does not use {flag[0]}" in capsys.readouterr().err
     assert not (tmp_path / "m.safetensors").exists()
