@@ -374,3 +374,22 @@ def test_infer_refuses_a_wrong_task_model_or_option(task_server, image):
     body = wire.pack({"image": image}, {"options": {"tile": 640, "colour": 1}})
     r = httpx.post(f"{url}/infer/instances", params={"model": "nuclei"}, content=body, headers=h)
     assert r.status_code == 400 and "does not take colour" in r.json()["detail"]
+
+
+def test_a_classifier_is_fine_tuned_on_the_server(task_server, tmp_path):
+    """The Fine-tune widget's call for a classification folder: the job trains the server's
+    classifier (the task is the folder's), and the new classifier comes back and is served."""
+    from napari_histoseg.models import read_meta
+    from napari_histoseg.testing import classification_dataset
+
+    url, (_, classifier) = task_server
+    data = classification_dataset(tmp_path / "cls", patients=5, per=2, size=160)
+    remote = RemoteBackend(url, token=TOKEN)
+    out = tmp_path / "cls-ft.safetensors"
+    summary = remote.fine_tune(data, out, str(classifier), epochs=1, patch_size=64, batch_size=4, steps_per_epoch=1,
+                               poll=0.2)
+    meta = read_meta(out)
+    assert meta.task == "classification" and meta.model_version.endswith("+ft")
+    assert summary["server_model"] in remote.list_models(task="classification")
+    with pytest.raises(BackendError, match="HTTP 400.*'random' is a model for segmentation, not for classification"):
+        remote.start_job(data, "random")  # a tumour model cannot train on a classification folder
