@@ -33,6 +33,7 @@ OURS = (FIELD_LAYER, PRIOR_LAYER, STATUS_LAYER, "seeds")
 KEYS = {"n": "next", "p": "previous", "a": "accept", "f": "flag", "s": "skip"}
 KEYS_TEXT = "Keys: n next · p previous · a accept · f flag · s skip"
 FIELD_COLOURS = {0: [0, 0, 0, 0], 1: [1.0, 0.25, 0.0, 1.0], None: [0, 0, 0, 0]}
+CURRENT_COLOUR = (1.0, 0.85, 0.0, 1.0)   # the field on the canvas: yellow
 NOT_STARTED = "Choose the layers and press Start review."
 
 
@@ -272,11 +273,13 @@ class ReviewWidget(Scrolling, Container):
     # -- the status layer ----------------------------------------------------------
     def _status_layer(self):
         src, st = self.source, self.state
-        rects = [np.array([[f.y - 0.5, f.x - 0.5], [f.y + f.h - 0.5, f.x + f.w - 0.5]]) for f in st.fields]
+        e = max(2.0, st.size / 40)   # outlines inset by half their width: neighbours' never overlap
+        rects = [np.array([[f.y - 0.5 + e / 2, f.x - 0.5 + e / 2], [f.y + f.h - 0.5 - e / 2, f.x + f.w - 0.5 - e / 2]])
+                 for f in st.fields]
         if STATUS_LAYER in self.viewer.layers:
             self.viewer.layers.remove(STATUS_LAYER)
         layer = self.viewer.add_shapes(rects, shape_type="rectangle", name=STATUS_LAYER, face_color=[0, 0, 0, 0],
-                                       edge_color=self._colours(), edge_width=max(2.0, st.size / 40),
+                                       edge_color=self._colours(), edge_width=e,
                                        scale=src.scale, translate=src.translate, **self._units)
         layer.editable = False
         layer.metadata["statuses"] = [st.status(f) for f in st.fields]
@@ -287,7 +290,7 @@ class ReviewWidget(Scrolling, Container):
     def _colours(self) -> np.ndarray:
         st = self.state
         out = np.array([[*np.divide(STATUS_COLOURS[st.status(f)], 255), 1.0] for f in st.fields], float)
-        out[st.position, 3] = 1.0
+        out[st.position] = CURRENT_COLOUR
         return out
 
     def _colour_status(self):
