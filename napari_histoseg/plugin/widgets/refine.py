@@ -42,11 +42,7 @@ class RefineWidget(Scrolling, Container):
         self.seeds: Labels | None = None
         self._mask: Labels | None = None
         self._pending = False
-        self._history: list[tuple[np.ndarray, np.ndarray]] = []
-        self._future: list[tuple[np.ndarray, np.ndarray]] = []
-        self._base = None      # the mask when refinement started (or was last accepted)
-        self._written = None   # what we last wrote into the mask layer
-        self._locked = None    # pixels a person edited by hand: never overwritten
+        self.edits = None      # MaskEdits: history, base, pixels a person edited by hand
 
         self.image = ComboBox(label="Image", choices=self._layers_of(Image, rgb=True))
         self.mask = ComboBox(label="Mask", choices=self._layers_of(Labels), tooltip="The tumour mask to correct")
@@ -144,11 +140,10 @@ class RefineWidget(Scrolling, Container):
         except Exception as e:  # noqa: BLE001
             show_error(f"Cannot start refining: {e}")
             return None
+        from napari_histoseg.refinement.edits import MaskEdits
+
         self._mask = mask
-        self._base = np.asarray(mask.data).copy()
-        self._written = self._base.copy()
-        self._locked = np.zeros(self._base.shape, bool)
-        self._history, self._future = [], []
+        self.edits = MaskEdits(mask.data)
         self._make_seeds(mask)
         return self._run("Preparing the image (colour graph)…", self._build_session, rgb, prior, self.params())
 
@@ -221,7 +216,7 @@ class RefineWidget(Scrolling, Container):
         self._pending = False
         seeds = np.asarray(self.seeds.data).copy()
         if not seeds.any():  # every seed erased: back to the mask refinement started from
-            self._write(self._base.copy(), seeds)
+            self._write(self.edits.base.copy(), seeds)
             return
         view = None
         if seeds.size > BIG:
@@ -258,65 +253,47 @@ class RefineWidget(Scrolling, Container):
         mask = self._mask
         if mask is None or mask not in self.viewer.layers:
             return
-        hand = np.asarray(mask.data) != self._written
-        if hand.any():
-            self._locked |= hand
+        result, hand = self.edits.apply(mask.data, labels, seeds)
+        if hand:
             show_info("Your own edits on the mask are kept: refinement leaves those pixels alone.")
-        result = np.where(self._locked, mask.data, labels.astype(mask.data.dtype))
-        self._history.append((seeds, np.asarray(mask.data).copy()))
-        self._future.clear()
         self._set_mask(result)
-        changed = int((result != self._base).sum())
-        self.status.value = f"Refined: {changed:,} px differ from the starting mask. Accept keeps them."
+        self.status.value = (f"Refined: {self.edits.changed(result):,} px differ from the starting mask. "
+                             "Accept keeps them.")
 
     def _set_mask(self, data):
         # the digest of what Segment wrote stays: a refined mask counts as edited
-        self._written = np.asarray(data).copy()
+        self.edits.wrote(data)
         self._mask.data = data
 
     # -- history -----------------------------------------------------------------
     def undo(self):
-        if not self._history:
-            return
-        seeds, mask = self._history.pop()
-        self._future.append((np.asarray(self.seeds.data).copy(), np.asarray(self._mask.data).copy()))
-        self._restore(seeds_before(self._history, seeds), mask)
+        step = self.edits and self.edits.undo(self.seeds.data, self._mask.data)
+        if step is not None:
+            self._restore(*step)
 
     def redo(self):
-        if not self._future:
-            return
-        seeds, mask = self._future.pop()
-        self._history.append((seeds, np.asarray(self._mask.data).copy()))
-        self._restore(seeds, mask)
+        step = self.edits and self.edits.redo(self._mask.data)
+        if step is not None:
+            self._restore(*step)
 
     def _restore(self, seeds, mask):
         with self.seeds.events.paint.blocker():
             self.seeds.data = seeds
         self._set_mask(mask)
-        self.status.value = f"{len(self._history)} step(s) to undo, {len(self._future)} to redo."
+        self.status.value = f"{len(self.edits.history)} step(s) to undo, {len(self.edits.future)} to redo."
 
     def reset(self):
         """Forget all seeds and refinements since Start (or the last Accept)."""
-        if self._base is None:
-            return
-        self._history.clear()
-        self._future.clear()
-        self._locked[:] = False
-        self._restore(np.zeros_like(self.seeds.data), self._base.copy())
+        if self.edits is not None:
+            self._restore(*self.edits.reset(self.seeds.data))
 
     def accept(self):
         """Keep the refined mask: record which pixels changed, clear the seeds, and
         continue from here (Reset then returns to this mask)."""
         if self._mask is None:
             return
-        edits = (np.asarray(self._mask.data) != self._base)
-        prev = self._mask.metadata.get("histoseg_edits")
-        if prev is not None and prev.shape == edits.shape:
-            edits |= prev.astype(bool)
-        self._mask.metadata["histoseg_edits"] = edits.astype(np.uint8)
-        self._base = np.asarray(self._mask.data).copy()
-        self._history.clear()
-        self._future.clear()
+        edits = self.edits.accept(self._mask.data, self._mask.metadata.get("histoseg_edits"))
+        self._mask.metadata["histoseg_edits"] = edits
         with self.seeds.events.paint.blocker():
             self.seeds.data = np.zeros_like(self.seeds.data)
         show_info(f"Accepted: {int(edits.sum()):,} px of '{self._mask.name}' now differ from the model.")
@@ -326,7 +303,3 @@ class RefineWidget(Scrolling, Container):
         if self.session is not None and hasattr(self.session, "set_params"):
             self.session.set_params(**self.params())
 
-
-def seeds_before(history, seeds_after):
-    """The seeds as they were before the undone step: those of the step before it."""
-    return history[-1][0].copy() if history else np.zeros_like(seeds_after)
