@@ -286,3 +286,25 @@ def test_data_that_cannot_train_is_refused_before_training_with_the_reason(tmp_p
         assert not out.exists()
     assert "needs at least 1 training tile" in str(pytest.raises(ValueError, LocalBackend().fine_tune,
                                                                   ignored, tmp_path / "y.safetensors").value)
+
+
+@pytest.mark.parametrize("task, flags, refused", [
+    ("instances", ["--val-fraction", "0.2", "--loss", "soft"], "--loss, --val-fraction"),
+    ("classification", ["--loss", "generalized"], "--loss"),
+    ("segmentation", ["--cls-ema", "0.99", "--nuclei-mpp", "0.5"], "--cls-ema, --nuclei-mpp"),
+])
+def test_a_flag_the_task_does_not_use_is_refused_by_name(tmp_path, capsys, task, flags, refused):
+    from napari_histoseg.cli import main
+
+    out = tmp_path / "x.safetensors"
+    assert main(["train", str(tmp_path), "-o", str(out), "--task", task, *flags]) == 2
+    assert f"--task {task} does not use {refused}" in capsys.readouterr().err and not out.exists()
+
+
+def test_every_task_declares_the_loop_settings_it_now_honours():
+    from napari_histoseg.tasks import TRAINING, train_config
+
+    for task in TRAINING:
+        names = train_config(task).field_names()
+        assert {"freeze_bn", "resume", "patience", "name", "optimizer", "arch", "init_checkpoint"} <= names, task
+    assert "val_fraction" in train_config("classification").field_names()
