@@ -6,7 +6,7 @@
                     [--annotator NAME] [--model NAME] [--level L] [--mpp MPP] [--min-tissue F]
     histoseg geojson MASK -o OUT.geojson [--offset X,Y] [--scale S] [--classification Tumor]
                      [--mpp MPP] [--min-region-um2 A | --min-region-px N]
-    histoseg geojson IN.geojson -o MASK.png --shape H,W [--offset X,Y] [--scale S]
+    histoseg geojson IN.geojson -o MASK.png --shape H,W [--offset X,Y] [--scale S] [--classes tumour|all|any|A=1,B=2]
     histoseg quantify MASK [--image IMAGE] [--mpp MPP] [--csv OUT]
 """
 
@@ -66,24 +66,44 @@ def _run_geojson(args) -> int:
         if args.shape is None:
             raise ValueError("reading GeoJSON into a mask needs --shape H,W (GeoJSON does not record it)")
         shape = tuple(int(v) for v in args.shape)
-        mask, skipped = gj.geojson_to_mask_report(src, shape, offset=offset, scale=args.scale)
+        data = gj.read_geojson(src)
+        codes = gj.class_codes(data, _classes(args.classes))
+        mask, skipped = gj.geojson_to_mask_report(data, shape, offset=offset, scale=args.scale, classes=codes)
         from napari_histoseg.io.masks import write_mask
 
         write_mask(Path(out), mask)
         left = ", ".join(f"{n} {k}" for k, n in sorted(skipped.items()))
-        print(f"{out}: {int(mask.sum())} px filled" + (f"; left out {left}" if left else ""))
+        used = ", ".join(f"{'unclassified' if k is None else k} -> {v}" for k, v in
+                         sorted(codes.items(), key=lambda kv: (kv[1], str(kv[0]))))
+        print(f"{out}: {int((mask > 0).sum())} px filled ({used or 'no class mapped'})"
+              + (f"; left out {left}" if left else ""))
         return 0
     mask = read_mask(src)
     color = tuple(int(v) for v in args.color.split(","))
     fc, report = gj.mask_to_geojson_report(mask, classification=args.classification, color=color, offset=offset,
                                            scale=args.scale, label=args.label, mpp=args.mpp,
-                                           min_region_um2=args.min_region_um2, min_region_px=args.min_region_px)
+                                           min_region_um2=args.min_region_um2, min_region_px=args.min_region_px,
+                                           tolerance=args.tolerance, provenance={"source": str(src)})
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(fc, allow_nan=False))
     dropped = (f"; {report['dropped_regions']} specks under {report['min_region_px']} px left out "
                f"({report['dropped_px']} px)" if report["dropped_regions"] else "")
-    print(f"{out}: {len(fc['features'])} regions as {args.classification!r} annotations{dropped}")
+    what = f"{args.classification!r}" if (args.classification or "").strip() else "unclassified"
+    print(f"{out}: {len(fc['features'])} regions as {what} annotations{dropped}")
     return 0
+
+
+def _classes(text: str):
+    """``tumour``, ``all``, ``any`` or ``Name=code,Name=code`` (``=code`` alone: unclassified)."""
+    if text in ("tumour", "all", "any"):
+        return text
+    codes = {}
+    for item in text.split(","):
+        name, sep, code = item.rpartition("=")
+        if not sep or not code.strip().isdigit() or not 0 < int(code) < 255:
+            raise ValueError(f"--classes: expected tumour, all, any or Name=code,... with codes 1-254, not {item!r}")
+        codes[name.strip() or None] = int(code)
+    return codes
 
 
 def _run_quantify(args) -> int:
@@ -136,7 +156,13 @@ def register(subparsers) -> None:
     g.add_argument("-o", "--output", required=True, help="GeoJSON to write, or the mask (.png/.tif)")
     g.add_argument("--offset", type=_pair, help="slide position X,Y of the mask's top-left corner")
     g.add_argument("--scale", type=float, default=1.0, help="full-resolution px per mask px (default 1)")
-    g.add_argument("--classification", default="Tumor", help="QuPath class name (default Tumor)")
+    g.add_argument("--classification", default="Tumor", help="QuPath class name (default Tumor; '' unclassified)")
+    g.add_argument("--classes", default="tumour",
+                   help="GeoJSON input: class names to mask codes: tumour (default: Tumour/Tumor and unclassified "
+                        "-> 1, others left out), all (others 2, 3, ... by name), any (everything 1), "
+                        "or Name=code,... (=code for unclassified)")
+    g.add_argument("--tolerance", type=float, default=0.0,
+                   help="outline simplification in mask px (default 0: exact pixel edges)")
     g.add_argument("--color", default="200,0,0", help="class colour r,g,b (default 200,0,0)")
     g.add_argument("--label", type=int, default=1, help="mask code to export (default 1)")
     g.add_argument("--shape", type=_pair, help="H,W of the mask to fill (GeoJSON input)")

@@ -1,0 +1,139 @@
+"""Every GeoJSON file QuPath wrote in ../shared/samples/qupath-geojson: read, filled, measured.
+
+The samples are real exports (QuPath 0.3 to 0.6) from public repositories; they stay in
+../shared and the tests skip where it is absent.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import shared_path
+
+from napari_histoseg.core.polygons import ring_area
+from napari_histoseg.tumour.geojson import (
+    class_codes,
+    class_name,
+    features_of,
+    geojson_to_mask,
+    geojson_to_mask_report,
+    mask_to_geojson,
+)
+
+QP = ("samples", "qupath-geojson")
+
+
+def _all_files():
+    return sorted(shared_path(*QP).glob("*/*.geojson"))
+
+
+def _polys(f):
+    g = f.get("geometry") or {}
+    return [g["coordinates"]] if g.get("type") == "Polygon" else g["coordinates"] if g.get("type") == "MultiPolygon" else []
+
+
+def _area(poly) -> float:
+    return abs(ring_area(poly[0])) - sum(abs(ring_area(h)) for h in poly[1:])
+
+
+def _fill_alone(f):
+    """The Feature filled into a 1000-px grid over its bounding box: (pixels, area of one pixel)."""
+    xy = np.array([pt[:2] for p in _polys(f) for pt in p[0]], float)
+    lo, hi = np.floor(xy.min(axis=0)) - 1, np.ceil(xy.max(axis=0)) + 1
+    scale = float((hi - lo).max() / 1000)
+    shape = (int((hi[1] - lo[1]) / scale) + 2, int((hi[0] - lo[0]) / scale) + 2)
+    m = geojson_to_mask(f, shape, offset=tuple(lo), scale=scale, classes="any")
+    return int(m.sum()), scale * scale
+
+
+def test_every_file_loads_and_every_polygon_fills_to_its_area():
+    files = _all_files()
+    assert len(files) == 5
+    checked = 0
+    for path in files:
+        feats = features_of(path)
+        assert feats, path
+        _, skipped = geojson_to_mask_report(path, (100, 100), classes="any")
+        assert set(skipped) <= {"Point", "MultiPoint", "LineString"}, (path, skipped)
+        for f in feats:
+            polys = _polys(f)
+            if not polys:
+                continue
+            want = sum(_area(p) for p in polys)
+            px, px_area = _fill_alone(f)
+            assert abs(px * px_area - want) <= 0.005 * want, (path.name, f.get("id"), px * px_area, want)
+            checked += 1
+    assert checked >= 100
+
+
+def test_holes_stay_holes():
+    path = shared_path(*QP, "CosciaLab__Qupath_to_LMD", "2023_02_02__CD163_CD31_CDH1.geojson")
+    [f] = [f for f in features_of(path) if any(len(p) > 1 for p in _polys(f))]
+    outer, hole = f["geometry"]["coordinates"][0], f["geometry"]["coordinates"][1]
+    x0, y0 = np.floor(np.asarray(outer, float).min(axis=0)) - 2
+    w, h = np.ptp(np.asarray(outer, float), axis=0).astype(int) + 6
+    full = geojson_to_mask(f, (h, w), offset=(x0, y0), classes="any")
+    hole_only = geojson_to_mask({"type": "Polygon", "coordinates": [hole]}, (h, w), offset=(x0, y0))
+    outer_only = geojson_to_mask({"type": "Polygon", "coordinates": [outer]}, (h, w), offset=(x0, y0))
+    assert hole_only.sum() > 0 and not (full & hole_only).any()
+    assert full.sum() == outer_only.sum() - hole_only.sum()
+    again = mask_to_geojson(full, offset=(x0, y0), min_region_px=0)  # our export keeps the hole
+    assert any(len(g["geometry"]["coordinates"]) > 1 for g in again["features"])
+    np.testing.assert_array_equal(geojson_to_mask(again, (h, w), offset=(x0, y0)), full)
+
+
+def test_classifications_are_kept():
+    names = {p.name: sorted({str(class_name(f)) for f in features_of(p)}) for p in _all_files()}
+    assert len(names["QuPath_Annotations_wo_calibs.geojson"]) >= 40
+    assert len(names["2023_02_02__CD163_CD31_CDH1.geojson"]) >= 8
+    assert names["multilabel_qupath_export.geojson"] == ["None"]
+    path = shared_path(*QP, "CosciaLab__Qupath_to_LMD", "2023_02_02__CD163_CD31_CDH1.geojson")
+    codes = class_codes(path, "all")
+    assert len(set(codes.values())) == len({c for c in codes.values()})
+    assert all(1 <= v <= 254 for v in codes.values())
+    # each class gets its own code, and each code's pixels are that class's polygons
+    feats = features_of(path)
+    xy = np.array([pt[:2] for f in feats for p in _polys(f) for pt in p[0]], float)
+    scale = float(np.ceil(xy.max() / 1000))
+    shape = (int(xy[:, 1].max() / scale) + 2, int(xy[:, 0].max() / scale) + 2)
+    m = geojson_to_mask(path, shape, scale=scale, classes="all", warn=False)
+    assert len(set(np.unique(m).tolist()) - {0}) >= 5
+
+
+def test_old_qupath_03_format_reads():
+    path = shared_path(*QP, "tdmorello__napari-geojson", "qp_all_shapes.geojson")
+    feats = features_of(path)
+    assert any("object_type" in (f.get("properties") or {}) for f in feats)
+    m, skipped = geojson_to_mask_report(path, (2000, 2000), classes="any")
+    assert m.any() and "Point" in skipped
+
+
+def test_maskgeo_annotations_against_their_label_image():
+    tifffile = pytest.importorskip("tifffile")
+    folder = shared_path(*QP, "wuwenrui555__maskgeo")
+    labels = tifffile.imread(folder / "multilabel.ome.tiff")
+    feats = features_of(folder / "multilabel_qupath_export.geojson")
+    assert len(feats) == 5 and sum(bool(f["geometry"].get("isEllipse")) for f in feats) == 2
+    # The annotations were drawn around the labelled objects (not traced from them), so
+    # each covers exactly one object, and the first rectangle [28, 125] x [76, 144]
+    # fills exactly its 97 x 68 pixels and holds all of object 120. They are unclassified:
+    # the default import reads them as tumour.
+    for f in feats:
+        inside = labels[geojson_to_mask(f, labels.shape) == 1]
+        assert len(set(np.unique(inside).tolist()) - {0}) == 1
+    rect = geojson_to_mask(feats[0], labels.shape)
+    assert rect.sum() == 97 * 68 and rect[76:144, 28:125].all()
+    assert (labels[rect == 1] == 120).sum() == (labels == 120).sum()
+
+
+def test_our_export_is_read_by_the_same_parser(tmp_path):
+    m = np.zeros((64, 64), np.uint8)
+    m[4:30, 4:40] = 1
+    m[10:14, 10:14] = 0
+    path = tmp_path / "ours.geojson"
+    path.write_text(json.dumps(mask_to_geojson(m, min_region_px=0, provenance={"model": "x"}), allow_nan=False))
+    [f] = features_of(path)
+    assert class_name(f) == "Tumor" and f["properties"]["objectType"] == "annotation"
+    np.testing.assert_array_equal(geojson_to_mask(path, m.shape), m)
