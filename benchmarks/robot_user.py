@@ -9,6 +9,7 @@ probability as prior (the bundled model, or ``--model``). Prints mean Dice after
 
     python benchmarks/robot_user.py                      # default: 3 tiles per set (< 10 min)
     python benchmarks/robot_user.py --limit 0 --no-rw    # every test tile, ours only
+    python benchmarks/robot_user.py --strokes 10         # the stroke annotator (medial axis, 5 px)
     python benchmarks/robot_user.py --postprocess        # coarse vs coarse + LP (paper, a)
     python benchmarks/robot_user.py --colour-spaces      # which colour separates tumour edges
 
@@ -29,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 SHARED = REPO.parent / "shared" / "data"
 AT = (0, 1, 2, 3, 5, 10, 20)
+AT_STROKES = (0, 1, 2, 3, 5, 10)
 
 
 def tiles(name: str, split: str = "test", limit: int = 0):
@@ -88,46 +90,71 @@ def parse_params(items):
 
 
 def run_robot(args):
-    from napari_histoseg.refinement.robot import noc, random_walker_refiner, session_refiner, simulate_clicks
+    from napari_histoseg.refinement.robot import (
+        noc,
+        random_walker_refiner,
+        session_refiner,
+        simulate_clicks,
+        simulate_strokes,
+        worst_drop,
+    )
 
     params = parse_params(args.param)
     prior_fn = None if args.no_prior_arm else load_prior_fn(args.model, args.prior_cache)
     arms = ["none"] + (["model"] if prior_fn else [])
-    methods = {"LP (ours)": lambda: session_refiner(**params)}
+    methods = {f"LP {m}": (lambda m=m: session_refiner(**{**params, "method": m})) for m in args.methods}
     if not args.no_rw:
         methods["random_walker"] = lambda: random_walker_refiner()
-    print(f"# params {params or 'defaults'}; clicks {args.clicks}; limit {args.limit or 'all'} per set")
+    steps = args.strokes or args.clicks
+    unit = "strokes" if args.strokes else "clicks"
+    at = [k for k in (AT_STROKES if args.strokes else AT) if k <= steps]
+    print(f"# params {params or 'defaults'}; {steps} {unit}; limit {args.limit or 'all'} per set")
     for name in args.sets:
         if not (SHARED / name).exists():
             print(f"# {SHARED / name} is absent: skipped")
             continue
         res = {(a, m): [] for a in arms for m in methods}
         times = {m: [] for m in methods}
+        has_tumour = []
         for tid, img, truth in tiles(name, "test", args.limit):
             prior = prior_fn(img, name, tid) if prior_fn else None
+            has_tumour.append(bool((truth == 1).any()))
             for arm in arms:
                 for m, make in methods.items():
                     if m == "random_walker" and arm != "none":
                         continue  # seeds only: the same as the no-prior arm
                     fn = make()
                     t0 = time.perf_counter()
-                    d = simulate_clicks(img, truth, fn, prior=prior if arm == "model" else None,
-                                        max_clicks=args.clicks)
-                    times[m].append((time.perf_counter() - t0) / args.clicks)
+                    pr = prior if arm == "model" else None
+                    if args.strokes:
+                        d = simulate_strokes(img, truth, fn, prior=pr, max_strokes=steps)
+                    else:
+                        d = simulate_clicks(img, truth, fn, prior=pr, max_clicks=steps)
+                    times[m].append((time.perf_counter() - t0) / steps)
                     res[(arm, m)].append(d)
+                    if args.verbose:
+                        print(f"#   {tid} {arm} {m}: " + " ".join(f"{x:.3f}" for x in d))
         n = len(next(iter(res.values())))
-        print(f"\n## {name} test split, {n} tiles (512 x 512)")
-        print("| prior | method | " + " | ".join(f"Dice@{k}" for k in AT if k <= args.clicks) + " | NoC@90 |")
-        print("|---|---|" + "---|" * (sum(k <= args.clicks for k in AT) + 1))
-        for (arm, m), ds in res.items():
-            if not ds:
-                continue
+        print(f"\n## {name} test split, {n} tiles (512 x 512), {unit}")
+        extra = " worst single drop | tiles with a drop > 0.02 |" if args.strokes else ""
+        print("| prior | method | " + " | ".join(f"Dice@{k}" for k in at) + f" | {unit[:-1]}s to 0.90 |" + extra)
+        print("|---|---|" + "---|" * (len(at) + 1 + (2 if args.strokes else 0)))
+        keep = np.array(has_tumour)
+        rows = [(f"{arm}", m, ds) for (arm, m), ds in res.items() if ds]
+        if not keep.all() and keep.any():  # Dice on a tumour-free tile is 0 or 1: show the rest alone too
+            rows += [(f"{arm}, {keep.sum()} tiles with tumour", m, [d for d, k in zip(ds, keep) if k])
+                     for (arm, m), ds in res.items() if ds]
+        for arm, m, ds in rows:
             a = np.array(ds)
-            cells = " | ".join(f"{a[:, k].mean():.3f}" for k in AT if k <= args.clicks)
+            cells = " | ".join(f"{a[:, k].mean():.3f}" for k in at)
             nocs = np.mean([noc(d, 0.9) for d in ds])
-            print(f"| {arm} | {m} | {cells} | {nocs:.1f} |")
+            row = f"| {arm} | {m} | {cells} | {nocs:.1f} |"
+            if args.strokes:
+                drops = np.array([worst_drop(d) for d in ds])
+                row += f" {drops.max():.3f} | {(drops > 0.02).sum()}/{len(ds)} |"
+            print(row)
         for m, t in times.items():
-            print(f"# {name}: {m}: mean {np.mean(t) * 1000:.0f} ms per click (incl. session setup)")
+            print(f"# {name}: {m}: mean {np.mean(t) * 1000:.0f} ms per {unit[:-1]} (incl. session setup)")
 
 
 def run_postprocess(args):
@@ -210,6 +237,11 @@ def main(argv=None):
     ap.add_argument("--sets", nargs="+", default=["camelyon", "bcss"])
     ap.add_argument("--limit", type=int, default=3, help="tiles per set (0 = all test tiles)")
     ap.add_argument("--clicks", type=int, default=20)
+    ap.add_argument("--strokes", type=int, default=0,
+                    help="the stroke annotator with this many strokes (5 px wide, medial axis) instead of clicks")
+    ap.add_argument("--methods", nargs="+", default=["confined", "lgc"],
+                    help="RefineSession methods to compare (confined: the default; lgc: the plain propagation)")
+    ap.add_argument("-v", "--verbose", action="store_true", help="print every tile's Dice curve")
     ap.add_argument("--model", default=None, help="checkpoint for the prior (default: bundled)")
     ap.add_argument("--prior-cache", help="folder for the model's probabilities (SET-ID.npy), reused")
     ap.add_argument("--no-rw", action="store_true", help="skip random_walker")

@@ -57,12 +57,16 @@ def test_one_click_flips_a_uniform_region_and_stops_at_its_edge(with_prior):
     assert labels[outside].mean() < 0.01, "no tumour across the strong colour edge"
 
 
-def test_not_tumour_click_removes_a_false_region_and_keeps_the_rest():
+@pytest.mark.parametrize("method", ["confined", "lgc"])
+def test_not_tumour_click_removes_a_false_region_and_keeps_the_rest(method):
     img, inside = disk_image()
     prior = np.where(inside, 0.8, 0.2).astype(np.float32)
-    prior[:, :60] = 0.8  # a false tumour strip on the pink side, 60 px wide
-    labels = refine(img, click(inside.shape, 256, 20, 2), prior=prior)
-    assert labels[:, :50].mean() < 0.01
+    prior[:, :60] = 0.8  # a false tumour strip on the pink side, 60 px wide, 512 long
+    labels = refine(img, click(inside.shape, 256, 20, 2), prior=prior, method=method)
+    # the plain propagation clears the whole strip; the confined one what lies within
+    # its reach of one click (the strip's ends, 250 px away, need a second click)
+    rows = slice(0, 512) if method == "lgc" else slice(76, 436)
+    assert labels[rows, :50].mean() < 0.01
     assert labels[inside].mean() > 0.99
 
 
@@ -186,3 +190,96 @@ def test_robot_clicks_into_the_largest_error_and_counts_clicks():
     dices = simulate_clicks(img, inside.astype(np.uint8), refine, max_clicks=3)
     assert len(dices) == 4 and dices[0] == 0.0 and dices[1] > 0.9
     assert noc(dices) == 1 and noc([0.1, 0.2]) == 1
+
+
+def texture_pair(size=256, seed=0):
+    """Two touching halves of one mean colour: left dense dark dots on pale pink (like
+    lymphocytes), right smooth pink-purple of the same mean colour."""
+    rng = np.random.default_rng(seed)
+    dots = rng.random((size, size)) < 0.25
+    from scipy import ndimage
+
+    dots = ndimage.binary_dilation(dots & (rng.random((size, size)) < 0.3), iterations=1)
+    left = np.where(dots[..., None], PURPLE, PINK).astype(np.float32)
+    img = np.empty((size, size, 3), np.float32)
+    img[:, : size // 2] = left[:, : size // 2]
+    img[:, size // 2:] = left[:, : size // 2].reshape(-1, 3).mean(0)
+    img = np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
+    return img
+
+
+@pytest.mark.parametrize("with_prior", [False, True])
+def test_a_stroke_in_one_texture_does_not_take_the_touching_one_of_the_same_colour(with_prior):
+    img = texture_pair()
+    means = img[:, :128].reshape(-1, 3).mean(0), img[:, 128:].reshape(-1, 3).mean(0)
+    assert np.abs(means[0] - means[1]).max() < 3  # the same colour on average
+    seeds = np.zeros(img.shape[:2], np.uint8)
+    seeds[40:216, 62:67] = 1  # a 5 px stroke down the middle of the dotted half
+    prior = np.full(seeds.shape, 0.3, np.float32) if with_prior else None
+    labels = refine(img, seeds, prior=prior)
+    assert labels[:, 20:108].mean() > 0.9, "the stroked texture becomes tumour"
+    assert labels[:, 148:].mean() < 0.05, "the other texture stays as it was"
+
+
+@pytest.mark.parametrize("method", ["confined", "lgc"])
+def test_a_stroke_and_clicks_are_always_honoured(real, method):
+    img, prior = real
+    seeds = np.zeros(img.shape[:2], np.uint8)
+    seeds[50:55, 20:360] = 2  # a long stroke across everything
+    seeds[250:255, 20:360] = 1
+    seeds[52, 100] = 1  # a one-pixel click of the other class inside it
+    for p in (None, prior, 1.0 - prior):
+        labels = refine(img, seeds, prior=p, method=method)
+        assert np.all(labels[seeds == 1] == 1) and np.all(labels[seeds == 2] == 0)
+
+
+def test_undo_and_redo_give_exactly_the_labels_of_before(real):
+    img, prior = real
+    session = RefineSession(img, prior)
+    s1 = click(img.shape[:2], 100, 100, 1)
+    s2 = s1.copy()
+    s2[200:205, 40:300] = 2
+    l1 = session.update(s1)
+    l2 = session.update(s2)
+    assert not np.array_equal(l1, l2)
+    assert np.array_equal(session.update(s1), l1)  # undo
+    assert np.array_equal(session.update(s2), l2)  # redo
+    s3 = s2.copy()
+    s3[300:305, 40:300] = 1  # and work goes on warm from the restored state
+    l3 = session.update(s3)
+    assert np.all(l3[s3 == 1] == 1) and np.all(l3[s3 == 2] == 0)
+
+
+def test_a_stroke_does_not_flood_a_confident_model_far_away():
+    """A not-tumour stroke in a pale lumen inside a confident tumour nest clears the
+    lumen and leaves the nest; the plain propagation (method lgc) may take more."""
+    img, inside = disk_image(noise=4.0)
+    yy, xx = np.mgrid[:512, :512]
+    lumen = (yy - 256) ** 2 + (xx - 256) ** 2 <= 30 ** 2
+    img[lumen] = (240, 235, 240)
+    prior = np.where(inside, 0.95, 0.05).astype(np.float32)
+    seeds = np.zeros(inside.shape, np.uint8)
+    seeds[254:259, 236:277] = 2
+    labels = refine(img, seeds, prior=prior)
+    nest = inside & ~ndimage_dilate(lumen, 4)
+    assert labels[lumen & ~ndimage_dilate(~lumen, 3)].mean() < 0.05
+    assert labels[nest].mean() > 0.98
+
+
+def ndimage_dilate(mask, n):
+    from scipy import ndimage
+
+    return ndimage.binary_dilation(mask, iterations=n)
+
+
+def test_robot_strokes_along_the_largest_error_inside_it():
+    from napari_histoseg.refinement.robot import next_stroke, simulate_strokes, worst_drop
+
+    truth = np.zeros((100, 100), np.uint8)
+    truth[10:60, 10:90] = 1
+    stroke, label = next_stroke(np.zeros_like(truth), truth)
+    assert label == 1 and stroke.any() and np.all(truth[stroke] == 1)
+    assert stroke[35].sum() >= 30  # along the long axis of the 50 x 80 block
+    img, inside = disk_image(256, 80)
+    dices = simulate_strokes(img, inside.astype(np.uint8), refine, max_strokes=3)
+    assert len(dices) == 4 and dices[1] > 0.9 and worst_drop(dices) < 0.02

@@ -24,18 +24,16 @@ from scipy import ndimage as ndi
 
 from napari_histoseg.core.scores import dice
 
-__all__ = ["next_click", "simulate_clicks", "noc", "session_refiner", "random_walker_refiner"]
+__all__ = ["next_click", "next_stroke", "simulate_clicks", "simulate_strokes", "noc", "worst_drop", "session_refiner",
+           "random_walker_refiner"]
 
 CLICK_RADIUS = 5
+STROKE_WIDTH = 5
 
 
-def next_click(pred: np.ndarray, truth: np.ndarray, ignore_index: int = 255):
-    """Where the annotator clicks next: ``(y, x, label)`` or None when nothing is wrong.
-
-    ``label`` is 1 (tumour) inside the largest missed-tumour component, 2 (not tumour)
-    inside the largest false-tumour component, whichever is larger; the point is the
-    one farthest from the component's border (the image edge counts as border).
-    """
+def largest_error(pred: np.ndarray, truth: np.ndarray, ignore_index: int = 255):
+    """``(label, mask)`` of the largest connected error component, or None: label 1
+    (tumour) for missed tumour, 2 (not tumour) for false tumour."""
     valid = truth != ignore_index
     best = None
     for label, err in ((1, valid & (truth == 1) & (pred != 1)), (2, valid & (truth != 1) & (pred == 1))):
@@ -47,12 +45,48 @@ def next_click(pred: np.ndarray, truth: np.ndarray, ignore_index: int = 255):
         k = int(sizes.argmax())
         if best is None or sizes[k] > best[0]:
             best = (int(sizes[k]), label, comp == k)
-    if best is None:
+    return None if best is None else best[1:]
+
+
+def next_click(pred: np.ndarray, truth: np.ndarray, ignore_index: int = 255):
+    """Where the annotator clicks next: ``(y, x, label)`` or None when nothing is wrong.
+
+    ``label`` is 1 (tumour) inside the largest missed-tumour component, 2 (not tumour)
+    inside the largest false-tumour component, whichever is larger; the point is the
+    one farthest from the component's border (the image edge counts as border).
+    """
+    err = largest_error(pred, truth, ignore_index)
+    if err is None:
         return None
-    _, label, mask = best
+    label, mask = err
     dist = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
     y, x = np.unravel_index(int(dist.argmax()), dist.shape)
     return int(y), int(x), label
+
+
+def next_stroke(pred: np.ndarray, truth: np.ndarray, ignore_index: int = 255, width: int = STROKE_WIDTH):
+    """The annotator's next stroke: ``(mask, label)`` or None when nothing is wrong.
+
+    A stroke ``width`` px wide along the medial axis (skeleton) of the largest error
+    component, kept inside it: where the component is thinner than the stroke, only
+    the skeleton's pixels at least ``width // 2 + 1`` px from its border are painted,
+    and where none are, a click-sized disk at the farthest point. Labelled by the truth
+    (every stroke pixel is in the component, so of its class).
+    """
+    from skimage.morphology import disk, skeletonize
+
+    err = largest_error(pred, truth, ignore_index)
+    if err is None:
+        return None
+    label, mask = err
+    dist = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    half = width // 2
+    axis = skeletonize(mask) & (dist > half)
+    if not axis.any():
+        axis = np.zeros_like(mask)
+        axis[np.unravel_index(int(dist.argmax()), dist.shape)] = True
+    stroke = ndi.binary_dilation(axis, disk(half)) & mask
+    return stroke, label
 
 
 def _paint(seeds: np.ndarray, y: int, x: int, label: int, radius: int = CLICK_RADIUS) -> None:
@@ -103,6 +137,42 @@ def simulate_clicks(image, truth, refine_fn: Callable, prior=None, max_clicks: i
         if on_click is not None:
             on_click(k, seeds, pred)
     return dices
+
+
+def simulate_strokes(image, truth, refine_fn: Callable, prior=None, max_strokes: int = 10,
+                     width: int = STROKE_WIDTH, ignore_index: int = 255,
+                     on_stroke: Callable | None = None) -> list[float]:
+    """The annotator with strokes (:func:`next_stroke`) instead of clicks.
+
+    Same start, same refinement calls and same return value as :func:`simulate_clicks`:
+    ``max_strokes + 1`` Dice values, after 0, 1, ..., ``max_strokes`` strokes. A stroke
+    overwrites earlier seeds under it (the newest paint wins, as in napari).
+    """
+    truth = np.asarray(truth)
+    pred = np.zeros(truth.shape, np.uint8) if prior is None else (np.asarray(prior) >= 0.5).astype(np.uint8)
+    seeds = np.zeros(truth.shape, np.uint8)
+    dices = [dice(pred, truth, ignore_index=ignore_index)]
+    for k in range(1, max_strokes + 1):
+        st = next_stroke(pred, truth, ignore_index, width)
+        if st is None:
+            dices.extend([dices[-1]] * (max_strokes + 1 - len(dices)))
+            break
+        seeds[st[0]] = st[1]
+        pred = np.asarray(refine_fn(image, seeds, prior)).astype(np.uint8)
+        dices.append(dice(pred, truth, ignore_index=ignore_index))
+        if on_stroke is not None:
+            on_stroke(k, seeds, pred)
+    return dices
+
+
+def worst_drop(dices: Sequence[float]) -> float:
+    """The largest fall in Dice caused by one step (0 when none fell).
+
+    >>> round(worst_drop([0.5, 0.7, 0.6, 0.9]), 3)
+    0.1
+    """
+    d = np.diff(np.asarray(dices, float))
+    return float(max(0.0, -d.min())) if d.size else 0.0
 
 
 def noc(dices: Sequence[float], target: float = 0.9) -> int:

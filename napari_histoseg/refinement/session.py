@@ -28,20 +28,30 @@ One update (a new click on top of the earlier ones) does three things:
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import numpy as np
+import scipy.sparse as sp_
 
-from napari_histoseg.refinement.graph import coarse_graph, colour_features, pixel_affinity, superpixels
+from napari_histoseg.refinement.graph import (
+    coarse_graph,
+    colour_features,
+    pixel_affinity,
+    superpixels,
+    texture_features,
+)
 from napari_histoseg.refinement.index import SuperpixelIndex
 from napari_histoseg.refinement.seeds import NOT_TUMOUR, TUMOUR, check_image, check_prior, check_seeds
 from napari_histoseg.refinement.solver import normalise, propagate_grid, solve_clamped, solve_pixels
 
-__all__ = ["RefineSession", "DEFAULTS"]
+__all__ = ["RefineSession", "DEFAULTS", "METHODS"]
 
+METHODS = ("confined", "lgc")
 DEFAULTS = dict(prior_weight=0.5, sigma_color=None, color_sensitivity=1.0, alpha=0.999,
                 alpha_fine=0.9999, superpixel_size=16, color_space="lab", no_prior_bias=0.05,
-                change_tol=1e-2, tol=1e-3, compactness=10.0)
+                change_tol=1e-2, tol=1e-3, compactness=10.0, method="confined",
+                confidence_weight=1.0, reach=12.0, hop_cost=0.5, texture_weight=1.0)
 
 
 class RefineSession:
@@ -85,6 +95,27 @@ class RefineSession:
         superpixels with ``|G|`` below it get no pixel-level solve). Default 0.01.
     tol : float
         Relative residual at which the conjugate gradients stop. Default 1e-3.
+    method : {"confined", "lgc"}
+        ``"lgc"``: the plain propagation above (every seed reaches as far as colour lets
+        it). ``"confined"`` (default) adds two limits, so that a stroke means "these
+        pixels and what is clearly like them": the model's confidence as a per-node
+        fidelity (``confidence_weight``: a confident superpixel resists and passes
+        little on) and a geodesic reach (superpixels farther than ``reach`` from every
+        seed, along colour steps, keep the model's answer).
+    confidence_weight : float
+        ``"confined"``: leak ``confidence_weight * |2 p - 1| * (d / reach)^2`` per
+        superpixel, ``d`` the sum of the colour steps along its shortest path from the
+        seeds, at most ``reach`` (its reach shrinks like one over the square root of the
+        leak). Default 1.
+    reach : float
+        ``"confined"``: geodesic radius in units of the median colour step between
+        neighbouring superpixels; each hop also costs ``hop_cost``. Default 12.
+    hop_cost : float
+        ``"confined"``: cost of one hop on top of its colour step. Default 0.5.
+    texture_weight : float
+        ``"confined"``: the coarse graph's superpixels also differ by their local
+        contrast (:func:`~napari_histoseg.refinement.graph.texture_features`, times
+        this weight, in colour units); 0 for colour alone. Default 1.
 
     Attributes
     ----------
@@ -106,13 +137,19 @@ class RefineSession:
         p = self.params
         if not 0.0 <= p["alpha"] < 1.0 or not 0.0 <= p["alpha_fine"] < 1.0:
             raise ValueError("alpha and alpha_fine must be in [0, 1)")
+        if p["method"] not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, not {p['method']!r}")
         t0 = time.perf_counter()
         self.image = check_image(image)
         h, w = self.shape = self.image.shape[:2]
         self.prior = check_prior(prior, self.shape)
         feat = colour_features(self.image, p["color_space"])
         self.superpixels = sp = superpixels(feat, int(p["superpixel_size"]), p["compactness"])
-        self.graph = g = coarse_graph(sp, feat, p["sigma_color"], p["color_sensitivity"])
+        feat_c = feat
+        if p["method"] == "confined" and p["texture_weight"] > 0:
+            feat_c = np.concatenate([feat, np.float32(p["texture_weight"]) * texture_features(feat)], -1)
+        self.graph = g = coarse_graph(sp, feat_c, p["sigma_color"], p["color_sensitivity"])
+        del feat_c
         self._S = normalise(g.weights)
         self.affinity = pixel_affinity(feat, p["sigma_color"], p["color_sensitivity"])
         del feat
@@ -133,6 +170,7 @@ class RefineSession:
         self._band = np.zeros(n, bool)
         self._dirty = np.zeros(n, bool)
         self._pos = np.full(h * w, -1, np.int32)
+        self._history: dict = {}
         self.timings = {"setup": time.perf_counter() - t0}
 
     # -- helpers --------------------------------------------------------------------
@@ -144,6 +182,29 @@ class RefineSession:
         else:
             self._y = (np.float32(p["prior_weight"]) * (2.0 * self.prior - 1.0)).ravel().astype(np.float32)
         self._yc = np.bincount(self._sp, self._y, minlength=self.graph.n) / self.graph.count
+        g = self.graph
+        if self.prior is None:
+            conf = np.zeros(g.n)
+        else:
+            conf = np.bincount(self._sp, np.abs(2.0 * self.prior.ravel() - 1.0), minlength=g.n) / g.count
+        self._leak = p["confidence_weight"] * conf
+        step = np.sqrt(g.d2) / max(g.sigma_auto, 1e-6) + 1e-6
+        e = g.edges
+        ij = (np.concatenate([e[:, 0], e[:, 1]]), np.concatenate([e[:, 1], e[:, 0]]))
+        self._steps = sp_.coo_matrix((np.concatenate([step, step]), ij), shape=(g.n, g.n)).tocsr()
+        self._cost = self._steps.copy()
+        self._cost.data += p["hop_cost"]
+
+    def _seed_distance(self, seeded: np.ndarray, cost) -> np.ndarray:
+        """Geodesic distance of every superpixel from the nearest seeded one along the
+        edge costs ``cost`` (CSR), ``inf`` beyond ``reach``."""
+        from scipy.sparse.csgraph import dijkstra
+
+        src = np.flatnonzero(seeded)
+        if src.size == 0:
+            return np.full(seeded.size, np.inf)
+        return dijkstra(cost, directed=False, indices=src, min_only=True,
+                        limit=self.params["reach"])
 
     def set_params(self, **params) -> None:
         """Change parameters of a running session; the next :meth:`update` recomputes
@@ -157,7 +218,7 @@ class RefineSession:
         unknown = set(params) - set(DEFAULTS)
         if unknown:
             raise TypeError(f"unknown refinement parameter(s): {', '.join(sorted(unknown))}")
-        rebuild = [k for k in ("superpixel_size", "compactness", "color_space")
+        rebuild = [k for k in ("superpixel_size", "compactness", "color_space", "method", "texture_weight")
                    if k in params and params[k] != self.params[k]]
         if rebuild:
             raise ValueError(f"changing {', '.join(rebuild)} needs a new RefineSession")
@@ -172,6 +233,7 @@ class RefineSession:
         self._set_prior_term()
         self._G = None
         self._dirty[:] = False
+        self._history.clear()
 
     @property
     def labels(self) -> np.ndarray:
@@ -203,6 +265,11 @@ class RefineSession:
         t0 = time.perf_counter()
         p = self.params
         s = check_seeds(seeds, self.shape).ravel()
+        key = (hashlib.blake2b(s.tobytes(), digest_size=16).digest(), None if view is None else tuple(view))
+        if key in self._history:  # undo / redo: the very state this seed layer had
+            self._restore(self._history[key], s)
+            self.timings.update(total=time.perf_counter() - t0, restored=True)
+            return self.labels
         ch = np.flatnonzero(s != self._seeds)
         n = self.graph.n
         touched = np.zeros(n, bool)
@@ -217,7 +284,18 @@ class RefineSession:
         tot = self._nt + self._nn
         clamped = tot > 0
         target = (self._nt - self._nn) / np.maximum(tot, 1)
-        G = solve_clamped(self._S, np.zeros(n), clamped, target - self._yc, p["alpha"], x0=self._G, tol=p["tol"])
+        values = target - self._yc
+        leak = None
+        if p["method"] == "confined":
+            far = ~np.isfinite(self._seed_distance(clamped, self._cost))
+            values[far] = 0.0
+            clamped = clamped | far
+            # confidence resists more the more colour lies between a node and the seeds:
+            # in the region a stroke was drawn in the stroke wins, across edges the model
+            dc = np.minimum(self._seed_distance(tot > 0, self._steps), p["reach"])
+            leak = self._leak * (dc / p["reach"]) ** 2
+        G = solve_clamped(self._S, np.zeros(n), clamped, values, p["alpha"], x0=self._G, tol=p["tol"], leak=leak)
+        clamped = tot > 0
         Lc = self._yc + G > 0
         e = self.graph.edges
         active = np.abs(G) > p["change_tol"]
@@ -275,8 +353,32 @@ class RefineSession:
         self._labels[allpix[hit]] = sd[hit] == TUMOUR
         t3 = time.perf_counter()
         self.timings.update(seeds=t1 - t0, coarse=t2 - t1, fine=t3 - t2, total=t3 - t0,
-                            fine_pixels=int(U.size), redrawn=int(changed.sum()))
+                            fine_pixels=int(U.size), redrawn=int(changed.sum()), restored=False)
+        self._remember(key)
         return self.labels
+
+    # -- undo / redo ----------------------------------------------------------------
+    HISTORY_BYTES = 256 * 2 ** 20
+
+    def _remember(self, key) -> None:
+        """Keep the state after this update so that the same seeds again (undo, redo)
+        give exactly these labels; the oldest states go first beyond ``HISTORY_BYTES``."""
+        state = (self._G.copy(), self._band.copy(), self._dirty.copy(), self._Gpix.copy(), self._labels.copy())
+        size = sum(a.nbytes for a in state)
+        self._history.pop(key, None)
+        while self._history and size * (len(self._history) + 1) > self.HISTORY_BYTES:
+            self._history.pop(next(iter(self._history)))
+        if size <= self.HISTORY_BYTES:
+            self._history[key] = state
+
+    def _restore(self, state, seeds: np.ndarray) -> None:
+        G, band, dirty, gpix, labels = state
+        n = self.graph.n
+        self._seeds = seeds.copy()
+        self._nt = np.bincount(self._sp[seeds == TUMOUR], minlength=n).astype(np.int64)
+        self._nn = np.bincount(self._sp[seeds == NOT_TUMOUR], minlength=n).astype(np.int64)
+        self._G, self._band, self._dirty = G.copy(), band.copy(), dirty.copy()
+        self._Gpix[:], self._labels[:] = gpix, labels
 
     def postprocess(self, alpha: float = 0.9) -> np.ndarray:
         """The paper's use (a): label propagation of the prior alone on the pixel graph.

@@ -62,7 +62,7 @@ def _cg(A, b, x0, tol, maxiter):
 
 def solve_clamped(S: sp_.csr_matrix, y: np.ndarray, clamped: np.ndarray, values: np.ndarray,
                   alpha: float, x0: np.ndarray | None = None, tol: float = 1e-4,
-                  maxiter: int = 1000) -> np.ndarray:
+                  maxiter: int = 1000, leak: np.ndarray | None = None) -> np.ndarray:
     """Label propagation on a graph with clamped nodes.
 
     Parameters
@@ -79,6 +79,11 @@ def solve_clamped(S: sp_.csr_matrix, y: np.ndarray, clamped: np.ndarray, values:
         Propagation weight in [0, 1).
     x0 : (n,) float, optional
         Warm start (the previous solution).
+    leak : (n,) float, optional
+        Extra per-node fidelity to ``Y``: the system becomes
+        ``(I + diag(leak) - alpha S) F = (1 - alpha) Y``, so a node with a large leak
+        holds its own value and passes little on (its reach shrinks like
+        ``1 / sqrt(leak)`` hops).
 
     Returns
     -------
@@ -91,7 +96,8 @@ def solve_clamped(S: sp_.csr_matrix, y: np.ndarray, clamped: np.ndarray, values:
     if free.size == 0:
         return F
     Suu = S[free][:, free]
-    A = (sp_.identity(free.size, format="csr") - alpha * Suu).tocsr()
+    diag = np.ones(free.size) if leak is None else 1.0 + leak[free]
+    A = (sp_.diags(diag, format="csr") - alpha * Suu).tocsr()
     b = (1.0 - alpha) * y[free]
     if clamped.any():
         cidx = np.flatnonzero(clamped)
