@@ -51,10 +51,10 @@ def evaluate(dataset, model=None, **options) -> dict:
 
 
 def fine_tune(dataset, out, init=BUNDLED, *, progress=None, should_stop=None, **settings) -> dict:
-    """Train a classifier from ``init`` (a checkpoint of this task; ``"bundled"``: the bundled one; None:
-    from scratch) on training-data folder(s) through the one training loop; ``settings`` are
-    fields of :class:`~napari_histoseg.classifier.config.ClassifierConfig` (others are refused). Weights are stored as float16 unless
-    ``half_weights=False``."""
+    """Train a classifier from ``init`` (a checkpoint of this task; ``"bundled"``: the bundled
+    one; None: from scratch) on training-data folder(s) through the one training loop;
+    ``settings`` are fields of :class:`~napari_histoseg.classifier.config.ClassifierConfig` (others are refused).
+    Weights are stored as float16 unless ``half_weights=False``."""
     from napari_histoseg.classifier.train import train
 
     settings.setdefault("half_weights", True)

@@ -3,6 +3,8 @@ evaluation and training of a nucleus model, and its result in wire parts."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from napari_histoseg.models.bundled import BUNDLED
@@ -47,14 +49,16 @@ def iter_infer(model, image, **options):
 def evaluate(dataset, model=None, **options) -> dict:
     from napari_histoseg.nuclei.evaluate import evaluate_nuclei
 
-    return evaluate_nuclei(dataset, None if model in (None, "", BUNDLED) else str(model), **options)
+    if model in (None, "", BUNDLED):
+        model = None
+    return evaluate_nuclei(dataset, str(model) if isinstance(model, Path) else model, **options)
 
 
 def fine_tune(dataset, out, init=BUNDLED, *, progress=None, should_stop=None, **settings) -> dict:
-    """Train a nucleus model from ``init`` (a checkpoint of this task; ``"bundled"``: the bundled one; None:
-    from scratch) on training-data folder(s) through the one training loop; ``settings`` are
-    fields of :class:`~napari_histoseg.nuclei.config.NucleiConfig` (others are refused). Weights are stored as float16 unless
-    ``half_weights=False``."""
+    """Train a nucleus model from ``init`` (a checkpoint of this task; ``"bundled"``: the bundled
+    one; None: from scratch) on training-data folder(s) through the one training loop;
+    ``settings`` are fields of :class:`~napari_histoseg.nuclei.config.NucleiConfig` (others are refused).
+    Weights are stored as float16 unless ``half_weights=False``."""
     from napari_histoseg.nuclei.train import train
 
     settings.setdefault("half_weights", True)

@@ -49,7 +49,8 @@ async def start_job(request: Request, model: str = "bundled", task: Optional[str
             entry = store.get(model, t.name)
             meta = entry.meta
             return runner.start(entry.ref, entry.path, dest, task=t.name, epochs=epochs, time_budget=time_budget,
-                                lr=lr, name=name or meta.name, model_version=model_version or f"{meta.model_version}+ft",
+                                lr=lr, name=name or meta.name,
+                                model_version=model_version or f"{meta.model_version}+ft",
                                 patch_size=patch_size, batch_size=batch_size,
                                 steps_per_epoch=steps_per_epoch).public()
         except RuntimeError as e:
