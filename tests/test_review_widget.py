@@ -82,7 +82,7 @@ def test_accept_and_flag_keys_and_status_colours(make_napari_viewer, he_image, t
     assert st.status(st.fields[2]) == "skipped" and st.position == 2
     assert w.progress.value.startswith("2 of 16 fields reviewed") and "1 flagged" in w.progress.value
     colours = viewer.layers[STATUS_LAYER].edge_color
-    distinct = {tuple(np.round(colours[k], 2)) for k in (0, 1, 2, 3)}   # accepted, flagged, skipped, unreviewed
+    distinct = {tuple(np.round(colours[k], 2)) for k in (0, 1, 2, 3)}   # accepted, flagged, current, unreviewed
     assert len(distinct) == 4
 
 
@@ -113,6 +113,7 @@ def test_a_correction_survives_moving_on_and_back(make_napari_viewer, he_image, 
     painted = layer.data.copy()
     painted[10:60, 10:60] = 1
     layer.data = painted                       # as a brush (or the Refine dock) leaves it
+    assert w.state.status(f) == "corrected" and (tmp_path / "A._Path-edits").is_dir()   # kept at once
     w.next_button.clicked.emit()
     assert w.state.status(f) == "corrected"
     w.prev_button.clicked.emit()

@@ -5,7 +5,7 @@ Choose the image, the tumour probability and the mask (a Segment run's layers, o
 The canvas jumps to each field; the field's mask is a single-scale ``review field`` layer
 (paint on it, or press Refine this field to correct it with the Refine dock); keys on the
 viewer: n next, p previous, a accept, f flag, s skip. A field whose mask was changed is
-saved as *corrected* (its edit map) when you leave it, and shown again as you left it when
+saved as *corrected* (its edit map) with every stroke, and shown again as you left it when
 you come back. The ``review status`` layer outlines every field in its status colour, and
 the review is saved after every step (``histoseg-review/REVIEWER.json`` beside the result,
 or beside the image), so reopening it with the same reviewer name resumes it.
@@ -48,6 +48,7 @@ class ReviewWidget(Scrolling, Container):
         self._loaded = None      # the field's mask as it was shown (to notice edits)
         self._refine = None      # the Refine dock opened from here
         self._units = {}
+        self._switching = False  # while go() replaces the field layer's data
 
         self.image = ComboBox(label="Image", choices=self._layers_of(Image, rgb=True))
         self.prob = ComboBox(label="Probability", choices=self._layers_of(Image, rgb=False),
@@ -221,6 +222,16 @@ class ReviewWidget(Scrolling, Container):
         self._loaded = data.copy()
         return True
 
+    def _on_field_edit(self, _event=None):
+        """Keep every stroke at once (a closed viewer loses nothing)."""
+        if self._switching or self.state is None:
+            return
+        try:
+            if self._leave():
+                self._show_state()
+        except Exception as e:  # noqa: BLE001
+            show_error(f"Cannot keep the field's edit: {e}")
+
     def go(self, pos: int):
         """Show field ``pos`` of the queue: its mask as an editable layer, the canvas on it."""
         self._leave()
@@ -243,14 +254,21 @@ class ReviewWidget(Scrolling, Container):
         else:
             self.viewer.add_image(prob, name=PRIOR_LAYER, colormap="inferno", contrast_limits=(0, 1),
                                   visible=False, **place)
-        if FIELD_LAYER in layers:
-            lay = layers[FIELD_LAYER]
-            lay.data = data.copy()
-            lay.scale, lay.translate = place["scale"], place["translate"]
-        else:
-            lay = self.viewer.add_labels(data.copy(), name=FIELD_LAYER, opacity=0.6, colormap=FIELD_COLOURS, **place)
-            self._bind_keys(lay)
-        self._loaded = data.copy()
+        self._switching = True
+        try:
+            if FIELD_LAYER in layers:
+                lay = layers[FIELD_LAYER]
+                lay.data = data.copy()
+                lay.scale, lay.translate = place["scale"], place["translate"]
+            else:
+                lay = self.viewer.add_labels(data.copy(), name=FIELD_LAYER, opacity=0.6, colormap=FIELD_COLOURS,
+                                             **place)
+                self._bind_keys(lay)
+                lay.events.paint.connect(self._on_field_edit)
+                lay.events.data.connect(self._on_field_edit)
+            self._loaded = data.copy()
+        finally:
+            self._switching = False
         cy = src.translate[0] + (f.y + f.h / 2 - 0.5) * sy
         cx = src.translate[1] + (f.x + f.w / 2 - 0.5) * sx
         self.viewer.camera.center = (cy, cx)
