@@ -296,3 +296,12 @@ def test_cli_train_and_evaluate_instances(tmp_path, capsys):
     assert "baseline" in text and "breast" in text and "AJI" in text
     result = json.loads((tmp_path / "e.json").read_text())
     assert result["baseline"]["overall"]["aji"] > 0.8       # disks are easy for the watershed
+
+
+def test_a_patch_without_nuclei_gives_empty_targets_not_an_error():
+    import numpy as np
+
+    from napari_histoseg.nuclei.data import targets_from_labels
+
+    t = targets_from_labels(np.zeros((32, 48), np.uint16))
+    assert t["boxes"].shape == (0, 4) and t["masks"].shape == (0, 32, 48) and len(t["labels"]) == 0

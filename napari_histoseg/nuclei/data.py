@@ -105,7 +105,7 @@ def targets_from_labels(labels: np.ndarray, min_area: int = 12) -> dict:
     return {
         "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
         "labels": torch.ones(len(boxes), dtype=torch.int64),
-        "masks": torch.from_numpy(np.stack(masks)) if masks else torch.zeros((0, h, w), torch.uint8),
+        "masks": torch.from_numpy(np.stack(masks)) if masks else torch.zeros((0, h, w), dtype=torch.uint8),
     }
 
 
