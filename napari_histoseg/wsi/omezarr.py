@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["create_store", "write_block", "mark_done", "finished_blocks", "read_result", "level_count"]
+__all__ = ["create_store", "write_block", "mark_done", "finished_blocks", "read_result", "level_count", "write_labels"]
 
 _BLOCKS = "histoseg-blocks"
 _V2 = {"name": "v2", "separator": "/"}
@@ -121,7 +121,8 @@ def create_store(path, *, shape, chunk: int, mpp, translate=(0.0, 0.0), tissue=N
                             "colors": [{"label-value": 1, "rgba": TISSUE_RGBA}]}})
     root.attrs.update({
         "multiscales": _multiscales("tumour probability", levels, mpp, translate),
-        "omero": {"channels": [{"label": "tumour probability (255 = 1.0)", "color": "FF4000",
+        "omero": {"version": "0.4", "name": "tumour probability", "rdefs": {"model": "color"},
+                  "channels": [{"label": "tumour probability (255 = 1.0)", "color": "FF4000", "active": True,
                                 "window": {"start": 0, "end": 255, "min": 0, "max": 255}}]},
         "histoseg": {"settings": settings, "probability_scale": 1 / 255, "chunk": chunk},
     })
@@ -211,3 +212,47 @@ def read_result(path) -> dict:
         arrays, ts, tt = levels_of(t, t.attrs["multiscales"])
         out.update(tissue=arrays[0], tissue_scale=ts, tissue_translate=tt)
     return out
+
+
+def write_labels(path, labels, *, mpp=None, name: str = "labels", overwrite: bool = False) -> None:
+    """Write a label image (a napari Labels layer) as an OME-Zarr (NGFF 0.4, zarr format 2).
+
+    The root is a greyscale image of the label values (``omero`` window 0..max: readers
+    that need an image, such as QuPath, open it) and ``labels/<name>`` the same pyramid as
+    an NGFF image-label (nearest-neighbour levels), so napari-ome-zarr gives a Labels layer.
+    µm axes with ``mpp``. An existing path is refused unless ``overwrite``.
+    """
+    import zarr
+
+    path = Path(path)
+    if path.exists():
+        if not overwrite:
+            raise ValueError(f"{path} already exists; choose another name")
+        shutil.rmtree(path)
+    labels = np.asarray(labels)
+    dtype = np.uint8 if labels.max(initial=0) < 256 else np.uint32
+    chunk = 512
+    levels = level_count(labels.shape, chunk)
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    pyramid = [labels.astype(dtype, copy=False)]
+    for _ in range(1, levels):
+        pyramid.append(pyramid[-1][::2, ::2])
+    for group in (root, root.create_group("labels").create_group(name)):
+        for k, a in enumerate(pyramid):
+            c = max(32, chunk >> k)
+            group.create_array(str(k), shape=a.shape, chunks=(c, c), dtype=dtype, fill_value=0,
+                               chunk_key_encoding=_V2)[...] = a
+    top = int(labels.max(initial=0))
+    root.attrs.update({
+        "multiscales": _multiscales(name, levels, mpp, (0.0, 0.0), "nearest"),
+        "omero": {"version": "0.4", "name": name, "rdefs": {"model": "greyscale"},
+                  "channels": [{"label": name, "color": "FFFFFF", "active": True,
+                                "window": {"start": 0, "end": max(top, 1), "min": 0, "max": max(top, 1)}}]},
+        "histoseg-labels": {"name": name, "mpp": mpp},
+    })
+    root["labels"].attrs["labels"] = [name]
+    root[f"labels/{name}"].attrs.update({
+        "multiscales": _multiscales(name, levels, mpp, (0.0, 0.0), "nearest"),
+        "image-label": {"version": "0.4", "source": {"image": "../../"},
+                        "colors": [{"label-value": 1, "rgba": TUMOUR_RGBA}]},
+    })
