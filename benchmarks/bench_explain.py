@@ -5,19 +5,25 @@ baseline (the image blurred with a Gaussian of 24 px, the SHAP baseline) in orde
 decreasing attribution, and follow the target score, the mean tumour probability over
 the pixels the model called tumour on the intact image, as more pixels go. A faithful
 map makes the score fall faster than the same deletion in random order, so the ratio
-of the areas under the two curves (attribution / random) is below 1; lower is better.
-SHAP is ordered by its signed value (most tumour-raising first); Grad-CAM's ties (its
-zeros) are broken at random. Deleting single pixels at random scatters the damage over
+of the areas under the two curves, random / attribution, is above 1; higher is better
+(the aim: >= 1.2 for the default saliency method, at both deletion units).
+Signed maps (SHAP, input x gradient) are ordered by their signed value (most
+tumour-raising first); ties (Grad-CAM's zeros) are broken at random. Deleting single pixels at random scatters the damage over
 every neighbourhood at once, which a CNN feels early, while a smooth map (Grad-CAM)
 deletes whole areas and leaves the rest intact; so the test is also run with 16 x 16
 squares as the unit of deletion (squares ranked by mean attribution against squares in
 random order), which compares maps of any smoothness on the same footing.
+
+Uncertainty: on the same test tiles, the pixel-level ROC AUC of each uncertainty map
+(entropy, MC dropout, flip/rotation TTA) against "the model is wrong here" (prediction
+at 0.5 differs from the ground-truth mask; ignore pixels left out): 0.5 is chance.
 
 Then the time to explain one 1024 x 1024 view (four adjacent BCSS test tiles) with
 each method at its defaults (tiles of 512 px, overlap 64: 9 tiles; SHAP 8 samples,
 MC dropout 16 passes).
 
     python benchmarks/bench_explain.py                       # bundled model, 3+3 test images
+    python benchmarks/bench_explain.py --methods gradcam,inputxgrad --images 2 --steps 5
     python benchmarks/bench_explain.py --layers net.encoder.features.18,net.decoder.blocks.0
     python benchmarks/bench_explain.py --quick               # a smoke run
 
@@ -43,6 +49,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 SHARED = Path(os.environ.get("HISTOSEG_SHARED", REPO.parent / "shared"))
 
+from napari_histoseg.core.scores import pixel_auc  # noqa: E402
 from napari_histoseg.explanations import explain  # noqa: E402
 from napari_histoseg.explanations.shap import stain_baseline  # noqa: E402
 from napari_histoseg.models.segmenter import Segmenter  # noqa: E402
@@ -67,7 +74,9 @@ def test_images(dataset, n, model, min_tumour=0.05):
             continue
         prob = model.predict(img[None])[0, 0]
         if (prob >= 0.5).mean() >= min_tumour:
-            out.append((f"{dataset}/{t['id']}", img, prob >= 0.5))
+            truth = imread(SHARED / "data" / dataset / t["mask"])
+            truth = truth[..., 0] if truth.ndim == 3 else truth
+            out.append((f"{dataset}/{t['id']}", img, prob >= 0.5, truth))
         if len(out) == n:
             break
     return out
@@ -112,7 +121,7 @@ def order_by(heat, rng, patch=1):
 def faithfulness(model, images, methods, steps, samples, patches=(1, 16)):
     """Deletion AUC ratios (attribution / random) per method and deletion unit."""
     rows = {(name, p): [] for name in methods for p in patches}
-    for ident, img, mask in images:
+    for ident, img, mask, _ in images:
         base = stain_baseline(img)[0]
         rng = np.random.default_rng(0)
         a_rand = {p: auc(*deletion_curve(model, img, base, order_by(rng.random(mask.shape), rng, p), mask, steps))
@@ -122,10 +131,25 @@ def faithfulness(model, images, methods, steps, samples, patches=(1, 16)):
             heat = explain(img, model, method, target="mask", tile=512, samples=samples, **kw)
             ratios = []
             for p in patches:
-                ratio = auc(*deletion_curve(model, img, base, order_by(heat, rng, p), mask, steps)) / a_rand[p]
+                ratio = a_rand[p] / auc(*deletion_curve(model, img, base, order_by(heat, rng, p), mask, steps))
                 rows[(name, p)].append(ratio)
                 ratios.append(f"{ratio:.3f}")
             line.append(f"{name} {'/'.join(ratios)}")
+        print("  " + "  ".join(line), flush=True)
+    return rows
+
+
+def uncertainty_auroc(model, images, methods=("entropy", "mc-dropout", "tta")):
+    """Pixel ROC AUC of each uncertainty map against the model's errors, per image."""
+    rows = {m: [] for m in methods}
+    for ident, img, mask, truth in images:
+        valid = truth != 255
+        wrong = np.where(valid, (mask != (truth > 0)).astype(np.uint8), 255)
+        line = [f"{ident:<28} error rate {wrong[valid].mean():.3f}"]
+        for m in methods:
+            a = pixel_auc(explain(img, model, m, tile=512), wrong)
+            rows[m].append(a)
+            line.append(f"{m} {a:.3f}")
         print("  " + "  ".join(line), flush=True)
     return rows
 
@@ -144,7 +168,9 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=10, help="deletion steps (fractions 0, 1/steps, ..., 1)")
     p.add_argument("--samples", type=int, default=8, help="SHAP samples in the deletion test")
     p.add_argument("--layers", default=None, help="comma-separated Grad-CAM layers to compare (default layer only)")
+    p.add_argument("--methods", default="gradcam,hirescam,inputxgrad,shap", help="saliency methods to compare")
     p.add_argument("--no-timing", action="store_true")
+    p.add_argument("--no-uncertainty", action="store_true")
     p.add_argument("--quick", action="store_true", help="1 image per dataset, 4 steps, 2 SHAP samples")
     args = p.parse_args(argv)
     if args.quick:
@@ -155,15 +181,14 @@ def main(argv=None):
     torch.manual_seed(0)
     model, source = load_model(args.model)
     print(f"model: {source} ({model.description}); torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{platform.processor() or platform.machine()}, cpu")
+          f"{platform.processor() or platform.machine()}, cpu; load average {os.getloadavg()[0]:.1f}")
 
-    methods = {"gradcam": ("gradcam", {})}
+    methods = {m: (m, {}) for m in args.methods.split(",")}
     if args.layers:
-        methods = {f"gradcam[{n}]": ("gradcam", {"layer": n}) for n in args.layers.split(",")}
-    methods["shap"] = ("shap", {})
+        methods.update({f"gradcam[{n}]": ("gradcam", {"layer": n}) for n in args.layers.split(",")})
     images = test_images("bcss", args.images, model) + test_images("camelyon", args.images, model)
     print(f"\nDeletion test: {len(images)} test images (512 x 512, model calls >= 5 % tumour), {args.steps} steps, "
-          f"baseline = Gaussian blur 24 px; ratio = AUC(attribution order) / AUC(random order), lower is better; "
+          f"baseline = Gaussian blur 24 px; ratio = AUC(random order) / AUC(attribution order), higher is better; "
           f"deleting single pixels / 16x16 squares")
     t0 = time.perf_counter()
     rows = faithfulness(model, images, methods, args.steps, args.samples)
@@ -171,17 +196,24 @@ def main(argv=None):
         r = np.array(ratios)
         unit = "pixels" if patch == 1 else f"{patch}x{patch} squares"
         print(f"  {name:<30} {unit:<15} mean ratio {r.mean():.3f}  (min {r.min():.3f}, max {r.max():.3f}, "
-              f"below 1 on {int((r < 1).sum())}/{r.size})")
+              f"median {np.median(r):.3f}, above 1 on {int((r > 1).sum())}/{r.size})")
     print(f"  ({time.perf_counter() - t0:.0f} s)")
+
+    if not args.no_uncertainty:
+        print("\nUncertainty vs error: pixel ROC AUC (model wrong at 0.5 vs ground truth), same images")
+        for m, aucs in uncertainty_auroc(model, images).items():
+            a = np.array(aucs, float)
+            print(f"  {m:<11} mean AUROC {np.nanmean(a):.3f}  (min {np.nanmin(a):.3f}, max {np.nanmax(a):.3f})")
 
     if not args.no_timing:
         view = view_1024()
         print("\nTime per 1024 x 1024 view (defaults: tile 512, overlap 64 -> 9 tiles; target mask):")
-        for method in ("gradcam", "shap", "entropy", "mc-dropout"):
+        for method in (*methods, "entropy", "mc-dropout", "tta"):
             t = time.perf_counter()
-            heat = explain(view, model, method)
+            name, kw = methods.get(method, (method, {}))
+            heat = explain(view, model, name, **kw)
             dt = time.perf_counter() - t
-            print(f"  {method:<11} {dt:7.1f} s   map {heat.shape}, range {heat.min():.3f} .. {heat.max():.3f}", flush=True)
+            print(f"  {method:<11} {dt:7.1f} s  (load {os.getloadavg()[0]:.1f})   map {heat.shape}, range {heat.min():.3f} .. {heat.max():.3f}", flush=True)
     return 0
 
 

@@ -26,7 +26,7 @@ from napari_histoseg.explanations.tiled import iter_tiles, target_array
 
 __all__ = ["METHODS", "TARGETS", "ExplainError", "explain", "iter_explain", "tumour_channel"]
 
-_DEFAULT_SAMPLES = {"shap": 8, "mc-dropout": 16}
+_DEFAULT_SAMPLES = {"shap": 8, "mc-dropout": 16, "tta": 8}
 
 
 def _resolve_model(model):
@@ -116,11 +116,11 @@ def iter_explain(
 
     if method == "entropy":
         from napari_histoseg.core.tiling import iter_predict
-        from napari_histoseg.explanations.uncertainty import entropy_bits
+        from napari_histoseg.explanations.uncertainty import calibrated, entropy_bits, temperature
 
         pred = yield from iter_predict(image, model, tile=tile, overlap=overlap, batch_size=batch_size,
                                        region=region, preprocess=preprocess)
-        return entropy_bits(pred.probability)
+        return entropy_bits(calibrated(pred.probability, temperature(model)))
 
     torch_model = _torch_model(model, method)
     plan = plan_tiles(image.shape, region, tile, overlap)
@@ -132,11 +132,23 @@ def iter_explain(
         from napari_histoseg.explanations.gradcam import GradCam
 
         engine = GradCam(torch_model, layer=layer, channel=ch_index)
+    elif method == "hirescam":
+        from napari_histoseg.explanations.gradients import HiResCam
+
+        engine = HiResCam(torch_model, layer=layer, channel=ch_index)
+    elif method == "inputxgrad":
+        from napari_histoseg.explanations.gradients import InputXGrad
+
+        engine = InputXGrad(torch_model, channel=ch_index, blur_sigma=blur_sigma)
     elif method == "shap":
         from napari_histoseg.explanations.shap import GradShap
 
         engine = GradShap(torch_model, channel=ch_index, samples=n, batch_size=batch_size,
                           baseline=baseline, blur_sigma=blur_sigma, stdevs=stdevs, seed=seed)
+    elif method == "tta":
+        from napari_histoseg.explanations.uncertainty import FlipTta
+
+        engine = FlipTta(torch_model, channel=ch_index, samples=n)
     else:  # mc-dropout
         from napari_histoseg.explanations.uncertainty import McDropout
 
@@ -145,12 +157,12 @@ def iter_explain(
     drawn = None if isinstance(target, str) else target_array(target, plan, image.shape)
     use_prediction = isinstance(target, str) and target == "mask"
     acc = yield from iter_tiles(image, engine, plan, drawn, use_prediction=use_prediction, preprocess=preprocess)
-    if method == "mc-dropout":
+    if method in ("mc-dropout", "tta"):
         heat = np.sqrt(np.clip(acc[1] - acc[0] ** 2, 0, None))
     else:
         heat = acc[0]
         if normalise:
-            heat = _normalise(heat, robust=method == "shap")
+            heat = _normalise(heat, robust=method in ("shap", "inputxgrad"))
     return np.ascontiguousarray(heat, dtype=np.float32)
 
 

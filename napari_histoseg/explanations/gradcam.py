@@ -22,7 +22,6 @@ from captum.attr import LayerAttribution, LayerGradCam
 
 from napari_histoseg.explanations.methods import ExplainError
 from napari_histoseg.models import layers
-from napari_histoseg.models.segmenter import predicted_mask as target_mask_from_logits  # noqa: F401  (used by shap)
 
 
 def default_layer(module: nn.Module, device="cpu") -> str:

@@ -1,6 +1,11 @@
 """Names shared by the explanation modules (no torch here)."""
 
-METHODS = ("gradcam", "shap", "entropy", "mc-dropout")
+METHODS = ("gradcam", "hirescam", "inputxgrad", "shap", "entropy", "mc-dropout", "tta")
+#: attribution methods (they explain a target); the others map uncertainty
+ATTRIBUTIONS = ("gradcam", "hirescam", "inputxgrad", "shap")
+#: the default saliency and uncertainty methods, chosen by benchmarks/bench_explain.py
+DEFAULT_SALIENCY = "gradcam"
+DEFAULT_UNCERTAINTY = "entropy"
 TARGETS = ("mask", "all", "view")
 
 

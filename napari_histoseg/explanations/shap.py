@@ -24,7 +24,6 @@ import torch
 from captum.attr import GradientShap
 from scipy.ndimage import gaussian_filter
 
-from napari_histoseg.explanations.gradcam import target_mask_from_logits
 from napari_histoseg.explanations.methods import ExplainError
 
 BASELINES = ("blur", "white", "blur+white")
@@ -62,8 +61,8 @@ class GradShap:
 
     Parameters
     ----------
-    model : Segmenter
-        A torch segmenter.
+    model : LoadedModel
+        A torch model that names its target (``explain_target``): a segmenter or a classifier.
     channel : int
         Output channel of the tumour class.
     samples : int
@@ -100,10 +99,16 @@ class GradShap:
         model, ch = self.model, self.channel
         x = model.to_tensor(tile[None])
         w = torch.from_numpy(weights).to(model.device)
-        if use_prediction:
+        # The target as the model defines it (explain_target: a segmenter's masked pixel sum,
+        # a classifier's tile logit), linearised at this tile: its gradient with respect to
+        # the logits, so every interpolated sample is scored on the same pixels.
+        with torch.enable_grad():
             with torch.no_grad():
-                w = w * target_mask_from_logits(model.logits(x).float(), ch)[0]
-        if not bool(w.any()):
+                base_logits = model.logits(x).float()
+            base_logits.requires_grad_(True)
+            t = model.explain_target(base_logits, ch, w, use_prediction).sum()
+            coef = torch.autograd.grad(t, base_logits)[0].detach() if t.requires_grad else None
+        if coef is None or not bool(coef.any()):
             return np.zeros(tile.shape[:2], np.float32)
         h, w_ = tile.shape[:2]
         if surround is not None and self.margin:
@@ -114,7 +119,7 @@ class GradShap:
         base = model.to_tensor(np.ascontiguousarray(base))
 
         def forward(z):
-            return (model.logits(z).float()[:, ch] * w).sum(dim=(1, 2))
+            return (model.logits(z).float() * coef).flatten(1).sum(1)
 
         gs = GradientShap(forward)
         total = torch.zeros_like(x)

@@ -38,6 +38,51 @@ def entropy_bits(prob: np.ndarray) -> np.ndarray:
     return np.clip(h, 0.0, 1.0).astype(np.float32)
 
 
+def temperature(model) -> float:
+    """The calibration temperature in the model's metadata (``training.calibration``), else 1."""
+    training = model.meta.training
+    cal = training.get("calibration", {}) if isinstance(training, dict) else {}
+    return float(cal.get("temperature", 1.0) or 1.0)
+
+
+def calibrated(prob: np.ndarray, temp: float) -> np.ndarray:
+    """Probabilities with their logits divided by ``temp`` (sigmoid for (H, W), softmax for (C, H, W))."""
+    if temp == 1.0:
+        return prob
+    p = np.clip(np.asarray(prob, np.float64), 1e-7, 1 - 1e-7)
+    if p.ndim == 2:
+        return (1.0 / (1.0 + np.exp(-np.log(p / (1 - p)) / temp))).astype(np.float32)
+    z = np.log(p) / temp
+    z = np.exp(z - z.max(0, keepdims=True))
+    return (z / z.sum(0, keepdims=True)).astype(np.float32)
+
+
+class FlipTta:
+    """Per-tile test-time-augmentation moments: the tumour probability under the 8 flips and
+    quarter turns of the tile (the dihedral group; H&E has no up or left), as ``(E[p], E[p^2])``
+    for the tiled driver; the map is their standard deviation, in [0, 0.5]."""
+
+    combine, depth, margin, always = "blend", 2, 0, True  # see explain.tiled
+
+    def __init__(self, model, channel: int = 0, samples: int = 8):
+        self.model, self.channel, self.samples = model, int(channel), max(1, min(int(samples), 8))
+
+    def __call__(self, tile: np.ndarray, weights=None, use_prediction=False, index: int = 0) -> np.ndarray:
+        x = self.model.to_tensor(tile[None])
+        square = x.shape[-1] == x.shape[-2]
+        views = [(k, f) for f in (False, True) for k in ((0, 1, 2, 3) if square else (0, 2))][: self.samples]
+        probs = []
+        with torch.no_grad():
+            for k, f in views:
+                z = torch.flip(x, (-1,)) if f else x
+                z = torch.rot90(z, k, (-2, -1))
+                p = self.model.activate(self.model.logits(z).float())[:, self.channel]
+                p = torch.rot90(p, -k, (-2, -1))
+                probs.append(torch.flip(p, (-1,)) if f else p)
+        probs = torch.cat(probs)
+        return torch.stack([probs.mean(0), (probs * probs).mean(0)]).cpu().numpy().astype(np.float32)
+
+
 def dropout_layers(module: nn.Module) -> list[nn.Module]:
     """The dropout modules of ``module`` that drop something (p > 0)."""
     return [m for m in module.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
@@ -68,7 +113,7 @@ class McDropout:
         if not self.layers:
             raise ExplainError(
                 f"Monte-Carlo dropout needs dropout layers, and this model "
-                f"({getattr(model, 'description', type(model.module).__name__)}) has none; use "
+                f"({model.description}) has none; use "
                 "method='entropy' for its uncertainty, or a model trained with dropout "
                 "(unet-mobilenet_v2 has Dropout2d(p=0.3) before its head)"
             )
