@@ -34,12 +34,14 @@ class Task(Protocol):
     name: str                      # the --task name and the checkpoint's ModelMeta.task
     title: str                     # for people: "nuclei"
     INFER_OPTIONS: frozenset       # keyword options iter_infer takes
+    EXPLAIN_OPTIONS: frozenset     # keyword options iter_explain takes (empty: no explanations)
 
     def load_model(self, ref=None, device: str = "auto", engine: str = "torch"): ...
     def meta(self, model): ...
     def device(self, model) -> str: ...
     def describe(self, model) -> str: ...
     def iter_infer(self, model, image, **options) -> Generator[tuple[int, int], None, Any]: ...
+    def iter_explain(self, model, image, method: str = "gradcam", **options): ...
     def evaluate(self, dataset, model=None, **options) -> dict: ...
     def fine_tune(self, dataset, out, init=None, *, progress=None, should_stop=None, **settings) -> dict: ...
     def result_parts(self, result) -> tuple[dict, dict]: ...
@@ -57,12 +59,14 @@ def get_task(name: str) -> Task:
     return importlib.import_module(TASK_MODULES[name])
 
 
-def check_infer_options(task: Task, options: dict) -> None:
-    """ValueError naming every option ``task`` does not take (none is silently dropped)."""
-    unknown = sorted(set(options) - set(task.INFER_OPTIONS))
+def check_infer_options(task: Task, options: dict, allowed=None) -> None:
+    """ValueError naming every option ``task`` does not take (none is silently dropped);
+    ``allowed``: the options to check against (default ``task.INFER_OPTIONS``)."""
+    allowed = task.INFER_OPTIONS if allowed is None else allowed
+    unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise ValueError(f"{task.title} ({task.name}) does not take {', '.join(unknown)}; "
-                         f"it takes {', '.join(sorted(task.INFER_OPTIONS))}")
+                         f"it takes {', '.join(sorted(allowed)) or 'none'}")
 
 
 def dataset_task(folder) -> str:

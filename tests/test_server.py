@@ -393,3 +393,17 @@ def test_a_classifier_is_fine_tuned_on_the_server(task_server, tmp_path):
     assert summary["server_model"] in remote.list_models(task="classification")
     with pytest.raises(BackendError, match="HTTP 400.*'random' is a model for segmentation, not for classification"):
         remote.start_job(data, "random")  # a tumour model cannot train on a classification folder
+
+
+def test_server_explains_a_classification_like_local(task_server, he_image):
+    url, (_, classifier) = task_server
+    crop = np.ascontiguousarray(he_image[100:500, 150:600])
+    region = np.zeros(crop.shape[:2], bool)
+    region[40:360, 50:400] = True
+    got = drive(RemoteBackend(url, token=TOKEN).explain(crop, str(classifier), task="classification", region=region,
+                                                        mpp=0.5))
+    local = drive(LocalBackend().explain(crop, str(classifier), task="classification", region=region, mpp=0.5))
+    assert got.shape == crop.shape[:2] and got.max() > 0 and not got[~region].any()
+    np.testing.assert_allclose(got, local, atol=2e-3)  # float16 on the wire
+    with pytest.raises(ValueError, match="nuclei .instances. has no explanations"):
+        drive(LocalBackend().explain(crop, task="instances"))

@@ -80,12 +80,16 @@ class LocalBackend:
         return (yield from self.infer("classification", image, model_ref, device=device, **options))
 
     def explain(self, image, model_ref: str = BUNDLED, method: str = "gradcam", *, device: str = "auto",
-                tile=None, **options):
-        from napari_histoseg.explanations import iter_explain
-
-        model = self.model(model_ref, device, "torch")
-        tile = tile or model.meta.tile_size
-        return (yield from iter_explain(image, model, method, tile=tile, **options))
+                tile=None, task: str = "segmentation", **options):
+        """Generator: yields ``(done, total)``, returns the float32 heat map. ``task`` other than
+        segmentation: that task's ``iter_explain`` (classification: Grad-CAM of ``region``)."""
+        t = get_task(task)
+        if not t.EXPLAIN_OPTIONS:
+            raise ValueError(f"{t.title} ({task}) has no explanations")
+        if tile is not None:
+            options["tile"] = tile
+        check_infer_options(t, options, t.EXPLAIN_OPTIONS)
+        return (yield from t.iter_explain(self.model(model_ref, device, task=task), image, method, **options))
 
     def fine_tune(self, dataset, out, init_checkpoint: str = BUNDLED, *, task: str | None = None, progress=None,
                   should_stop=None, **settings) -> dict:

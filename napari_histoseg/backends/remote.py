@@ -202,10 +202,14 @@ class RemoteBackend:
         return _prediction(self._array(r), r.headers.get("x-region"), threshold)
 
     def explain(self, image, model_ref=BUNDLED, method="gradcam", *, region=None, target="mask", layer=None,
-                tile=None, overlap=64, device=None, **options):
+                tile=None, overlap=64, device=None, task="segmentation", **options):
         """Generator like :meth:`LocalBackend.explain`; the region and ``overlap`` px of
-        context around it are sent, the heat map of the region comes back."""
+        context around it are sent, the heat map of the region comes back. Another ``task``
+        (classification: ``region`` is a mask) sends the image and options in one request."""
         from napari_histoseg.core.windows import check_image
+
+        if task != "segmentation":
+            return (yield from self._explain_task(task, image, model_ref, method, region=region, **options))
 
         image = check_image(image)
         H, W = image.shape[:2]
@@ -226,6 +230,24 @@ class RemoteBackend:
             params["target"] = target
             body, headers = wire.encode(crop, "uint8")
         r = self.request("POST", "/explain", params=params, content=body, headers=headers)
+        yield 1, 1
+        return self._array(r).astype(np.float32)
+
+    def _explain_task(self, task, image, model_ref, method, **options):
+        from napari_histoseg.tasks import check_infer_options, get_task
+
+        t = get_task(task)
+        options = {k: v for k, v in options.items() if v is not None}
+        if not t.EXPLAIN_OPTIONS:
+            raise ValueError(f"{t.title} ({task}) has no explanations")
+        check_infer_options(t, options, t.EXPLAIN_OPTIONS)
+        ref = self.server_ref(model_ref, task)
+        yield 0, 1
+        arrays = {k: np.asarray(v) for k, v in options.items() if isinstance(v, np.ndarray)}
+        rest = {k: v for k, v in options.items() if k not in arrays}
+        body = wire.pack({"image": np.asarray(image), **arrays}, {"method": method, "options": rest})
+        r = self.request("POST", f"/explain/{task}", params={"model": ref}, content=body,
+                         headers={"Content-Type": wire.NPZ})
         yield 1, 1
         return self._array(r).astype(np.float32)
 

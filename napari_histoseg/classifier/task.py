@@ -11,6 +11,7 @@ name = "classification"
 title = "benign/malignant classification"
 # keyword options of infer (those of napari_histoseg.classifier.infer.classify_region)
 INFER_OPTIONS = frozenset({"region", "mpp", "check", "what"})
+EXPLAIN_OPTIONS = frozenset({"region", "mpp", "channel"})   # Grad-CAM of a region
 
 
 def load_model(ref=None, device: str = "auto", engine: str = "torch"):
@@ -42,6 +43,17 @@ def iter_infer(model, image, *, region=None, mpp=None, **options):
     from napari_histoseg.core.threaded import iter_threaded
 
     return (yield from iter_threaded(classify_region, image, model, region, mpp, **options))
+
+
+def iter_explain(model, image, method: str = "gradcam", *, region=None, mpp=None, **options):
+    """Generator: yields ``(done, total)``, returns the Grad-CAM (float32 (H, W), 0 outside
+    ``region``) of :func:`~napari_histoseg.classifier.infer.explain_region`."""
+    from napari_histoseg.classifier.infer import explain_region
+    from napari_histoseg.core.threaded import iter_threaded
+
+    if method != "gradcam":
+        raise ValueError(f"the classifier explains with gradcam only, not {method!r}")
+    return (yield from iter_threaded(explain_region, image, model, region, mpp, **options))
 
 
 def evaluate(dataset, model=None, **options) -> dict:

@@ -13,6 +13,7 @@ name = "instances"
 title = "nuclei"
 # keyword options of infer (those of napari_histoseg.nuclei.infer.detect_nuclei)
 INFER_OPTIONS = frozenset({"mpp", "tile", "overlap", "score_threshold", "mask_threshold", "features"})
+EXPLAIN_OPTIONS = frozenset()   # no explanations of nuclei
 
 
 def load_model(ref=None, device: str = "auto", engine: str = "torch"):
@@ -44,6 +45,11 @@ def iter_infer(model, image, **options):
     from napari_histoseg.nuclei.infer import detect_nuclei
 
     return (yield from iter_threaded(detect_nuclei, image, model, **options))
+
+
+def iter_explain(model, image, method: str = "gradcam", **options):
+    raise ValueError("nuclei have no explanations")
+    yield  # a generator, like the other tasks'
 
 
 def evaluate(dataset, model=None, **options) -> dict:

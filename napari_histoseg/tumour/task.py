@@ -12,6 +12,9 @@ title = "tumour segmentation"
 # keyword options of infer (those of napari_histoseg.core.tiling.iter_predict)
 INFER_OPTIONS = frozenset({"tile", "overlap", "batch_size", "threshold", "region", "preprocess", "tissue_gate",
                            "tissue", "mpp"})
+# keyword options of explain (those of napari_histoseg.explanations.iter_explain)
+EXPLAIN_OPTIONS = frozenset({"target", "region", "layer", "tile", "overlap", "samples", "normalise", "preprocess",
+                             "batch_size", "baseline", "blur_sigma", "stdevs", "channel"})
 
 
 def load_model(ref=None, device: str = "auto", engine: str = "torch"):
@@ -40,6 +43,14 @@ def iter_infer(model, image, *, tile=None, region=None, **options):
     if region is not None:
         region = tuple(int(v) for v in region)
     return (yield from iter_predict(image, model, tile=tile or model.meta.tile_size, region=region, **options))
+
+
+def iter_explain(model, image, method: str = "gradcam", *, tile=None, **options):
+    """Generator: yields ``(done, total)`` tiles, returns the float32 heat map of
+    :func:`~napari_histoseg.explanations.iter_explain`."""
+    from napari_histoseg.explanations import iter_explain as explain_tumour
+
+    return (yield from explain_tumour(image, model, method, tile=tile or model.meta.tile_size, **options))
 
 
 def evaluate(dataset, model=None, **options) -> dict:

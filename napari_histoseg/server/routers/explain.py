@@ -1,4 +1,4 @@
-"""``/explain``: heat maps of a tumour model's answer."""
+"""``/explain``: heat maps of a tumour model's answer; ``/explain/{task}``: of any task that has them."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ from typing import Optional
 
 from fastapi import APIRouter, Request
 
+from napari_histoseg.backends import wire
 from napari_histoseg.core.runs import drive
-from napari_histoseg.server.routers.common import F16, RAW_BODY, array_response, arrays, guard
+from napari_histoseg.server.routers.common import F16, NPZ_BODY, RAW_BODY, array_response, arrays, guard
 from napari_histoseg.server.routers.common import region as parse_region
+from napari_histoseg.tasks import check_infer_options, get_task
 
 router = APIRouter()
 
@@ -31,4 +33,30 @@ async def explain(request: Request, model: str = "bundled", method: str = "gradc
         with entry.explain_lock:
             return drive(iter_explain(parts["image"], entry.explainer(), method, target=tgt, region=window,
                                       layer=layer or None, tile=tile or entry.model.meta.tile_size, overlap=overlap))
+    return array_response(await guard(run))
+
+
+@router.post("/explain/{task}", tags=["explain"], openapi_extra=NPZ_BODY, responses=F16)
+async def explain_task(request: Request, task: str, model: str = "bundled"):
+    """Heat map of a registered task's answer (classification: Grad-CAM of a ``region`` mask).
+    The body is an NPZ made by ``backends.wire.pack``: ``image``, array options, and
+    ``{"method": ..., "options": {...}}``."""
+    body = await request.body()
+    store = request.app.state.store
+
+    def run():
+        t = get_task(task)
+        entry = store.get(model, t.name)
+        if not t.EXPLAIN_OPTIONS:
+            raise ValueError(f"{t.title} ({t.name}) has no explanations")
+        parts, info = wire.unpack(body, request.headers.get("content-type"))
+        if "image" not in parts:
+            raise ValueError("the body has no array named 'image'")
+        image = parts.pop("image")
+        options = {**(info.get("options") or {}), **parts}
+        check_infer_options(t, options, t.EXPLAIN_OPTIONS)
+        segmentation = entry.batcher is not None
+        with entry.explain_lock if segmentation else entry.run_lock:   # hooks must not meet other runs
+            target = entry.explainer() if segmentation else entry.model
+            return drive(t.iter_explain(target, image, info.get("method", "gradcam"), **options))
     return array_response(await guard(run))
