@@ -7,11 +7,12 @@ import hashlib
 import napari  # noqa: F401 (names the viewer annotation napari looks for)
 import numpy as np
 from magicgui.widgets import ComboBox, Container, Label, LineEdit, PushButton
-from napari.layers import Image, Shapes
-from napari.utils.notifications import show_error, show_info
+from napari.layers import Image, Labels, Shapes
+from napari.utils.notifications import show_error
 from qtpy.QtWidgets import QFrame
 
 from napari_histoseg.backends.local import LocalBackend
+from napari_histoseg.explanations.methods import ATTRIBUTIONS, DEFAULT_SALIENCY
 from napari_histoseg.plugin.widgets._layers import (
     Scrolling,
     level_data,
@@ -24,23 +25,41 @@ from napari_histoseg.plugin.widgets._model_choice import ModelChoice
 from napari_histoseg.plugin.widgets._runner import Runner, RunsWork
 from napari_histoseg.plugin.widgets._shapes import rasterise
 
-METHODS = [("Grad-CAM", "gradcam"), ("SHAP (GradientShap)", "shap"),
-           ("Uncertainty: entropy", "entropy"), ("Uncertainty: MC dropout", "mc-dropout")]
+METHODS = [("Grad-CAM", "gradcam"), ("HiResCAM", "hirescam"), ("Input x gradient", "inputxgrad"),
+           ("SHAP (GradientShap)", "shap"), ("Uncertainty: entropy", "entropy"),
+           ("Uncertainty: MC dropout", "mc-dropout"), ("Uncertainty: flips/turns (TTA)", "tta")]
 TARGETS = [("predicted tumour", "mask"), ("a shape I drew", "shape"), ("everything shown", "all")]
-#: value range of each method's map, and what its two ends mean to a reader
+#: value range of each method's map, and what high (red) and, for signed maps, negative (blue) mean
 LEGEND = {
-    "gradcam": ((0.0, 1.0), "not looked at", "drove the tumour call"),
+    "gradcam": ((0.0, 1.0), "", "drove the tumour call"),
+    "hirescam": ((0.0, 1.0), "", "drove the tumour call"),
+    "inputxgrad": ((-1.0, 1.0), "pushes towards not tumour", "pushes towards tumour"),
     "shap": ((-1.0, 1.0), "pushes towards not tumour", "pushes towards tumour"),
-    "entropy": ((0.0, 1.0), "model is sure", "model is unsure (p near 0.5)"),
-    "mc-dropout": ((0.0, 0.25), "stable answer", "answer changes under dropout"),
+    "entropy": ((0.0, 1.0), "", "model is unsure (p near 0.5)"),
+    "mc-dropout": ((0.0, 0.25), "", "answer changes under dropout"),
+    "tta": ((0.0, 0.25), "", "answer changes when the tile is flipped or turned"),
 }
+
+
+def heat_colormap(signed: bool):
+    """One convention for every map: clear where the value is near 0, more opaque and red the
+    higher it is (blue for a signed map's negative side), so the H&E stays readable."""
+    from napari.utils.colormaps import Colormap
+
+    if signed:
+        return Colormap([[0.1, 0.3, 1, 0.85], [0.1, 0.3, 1, 0.0], [1, 0.1, 0, 0.0], [1, 0.1, 0, 0.85]],
+                        controls=[0, 0.45, 0.55, 1], name="histoseg signed heat")
+    return Colormap([[1, 0.9, 0, 0.0], [1, 0.6, 0, 0.0], [1, 0.45, 0, 0.55], [1, 0.05, 0, 0.85]],
+                    controls=[0, 0.15, 0.5, 1], name="histoseg heat")
 
 
 class ExplainWidget(RunsWork, Scrolling, Container):
     """Why the model decided, and where it is unsure, as layers over the image.
 
-    Red is high and blue low for every method (one colour map, ``bwr``); the legend
-    under the buttons says what high and low mean for the chosen method. Results are
+    Every map is clear where its value is low and red (more opaque) where it is high; a
+    signed map is blue where it pushes the other way. The legend under the buttons says what
+    red means for the chosen method; the map goes under the mask layers, so their outline
+    stays visible. Results are
     cached, so switching back to a map already computed costs nothing.
     """
 
@@ -51,7 +70,7 @@ class ExplainWidget(RunsWork, Scrolling, Container):
         self.cache: dict[str, np.ndarray] = {}
 
         self.image = ComboBox(label="Image", choices=self._choices(Image, rgb=True))
-        self.method = ComboBox(label="Method", choices=METHODS, value="gradcam",
+        self.method = ComboBox(label="Method", choices=METHODS, value=DEFAULT_SALIENCY,
                                tooltip="On a 2-core CPU, per 1024 x 1024 view: Grad-CAM ~12 s, entropy ~4 s, "
                                        "MC dropout ~25 s, SHAP ~3 min (see BENCHMARKS.md)")
         self.target = ComboBox(label="Explain", choices=TARGETS, value="mask",
@@ -70,7 +89,8 @@ class ExplainWidget(RunsWork, Scrolling, Container):
         self._bar = QFrame()
         self._bar.setFixedHeight(12)
         self._bar.setStyleSheet("background: qlineargradient(x1:0, y1:0, x2:1, y2:0, "
-                                "stop:0 #0000ff, stop:0.5 #ffffff, stop:1 #ff0000); border: 1px solid #555;")
+                                "stop:0 #1a4dff, stop:0.45 #ffffff, stop:0.55 #ffffff, stop:1 #ff1a00); "
+                                "border: 1px solid #555;")
         self.extend([self.image, self.method, self.target, self.shapes, self.region,
                      *self.model_choice.backend_widgets, *self.model_choice.widgets, self.layer,
                      Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False)])
@@ -94,9 +114,13 @@ class ExplainWidget(RunsWork, Scrolling, Container):
     def _on_method(self, _=None):
         method = self.method.value
         (lo, hi), low, high = LEGEND[method]
-        self.legend.value = f"blue {lo:g}: {low}  ·  red {hi:g}: {high}"
-        self.target.enabled = method in ("gradcam", "shap")
-        self.layer.visible = method == "gradcam"
+        clear = f"clear {0:g}: no effect" if lo < 0 else f"clear {lo:g}: nothing"
+        self.legend.value = (f"red {hi:g}: {high}  ·  {clear}" + (f"  ·  blue {lo:g}: {low}" if lo < 0 else ""))
+        half = "stop:0 #1a4dff, stop:0.45 #ffffff, " if lo < 0 else "stop:0 #ffffff, stop:0.15 #ffffff, "
+        self._bar.setStyleSheet(f"background: qlineargradient(x1:0, y1:0, x2:1, y2:0, {half}"
+                                "stop:1 #ff1a00); border: 1px solid #555;")
+        self.target.enabled = method in ATTRIBUTIONS
+        self.layer.visible = method in ("gradcam", "hirescam")
 
     # -- running ------------------------------------------------------------------
     def _request(self):
@@ -110,11 +134,11 @@ class ExplainWidget(RunsWork, Scrolling, Container):
         else:
             y0, x0, (h, w) = 0, 0, data.shape[:2]
         method = self.method.value
-        target = self.target.value if method in ("gradcam", "shap") else "mask"
+        target = self.target.value if method in ATTRIBUTIONS else "mask"
         if target == "shape":
             target = self._shape_mask(layer, level, (y0, x0, h, w))
         opts = {"region": (y0, x0, h, w), "target": target}
-        if method == "gradcam" and self.layer.value.strip():
+        if method in ("gradcam", "hirescam") and self.layer.value.strip():
             opts["layer"] = self.layer.value.strip()
         return layer, level, data, method, opts
 
@@ -134,9 +158,6 @@ class ExplainWidget(RunsWork, Scrolling, Container):
         return f"{layer.name}|{level}|{method}|{opts['region']}|{t}|{opts.get('layer')}|{ref}"
 
     def run(self):
-        if self.runner.running:
-            show_info("An explanation is already running.")
-            return None
         try:
             layer, level, data, method, opts = self._request()
             ref = self.model_choice.ref()
@@ -165,7 +186,12 @@ class ExplainWidget(RunsWork, Scrolling, Container):
     def _show(self, heat, method, place):
         (lo, hi), _, _ = LEGEND[method]
         name = f"explain: {dict((v, k) for k, v in METHODS)[method]}"
-        put_image(self.viewer, name, heat, place, colormap="bwr", contrast_limits=(lo, hi),
-                  opacity=0.6, metadata={"method": method})
-        layer = self.viewer.layers[name]
-        layer.colormap, layer.contrast_limits = "bwr", (lo, hi)
+        cmap = heat_colormap(signed=lo < 0)
+        put_image(self.viewer, name, heat, place, colormap=cmap, contrast_limits=(lo, hi),
+                  opacity=1.0, blending="translucent", metadata={"method": method})
+        layers = self.viewer.layers
+        layer = layers[name]
+        layer.colormap, layer.contrast_limits, layer.opacity = cmap, (lo, hi), 1.0
+        masks = [i for i, ly in enumerate(layers) if isinstance(ly, Labels)]
+        if masks and layers.index(layer) > masks[0]:  # under the masks: their outline stays on top
+            layers.move(layers.index(layer), masks[0])
