@@ -271,3 +271,24 @@ def test_segment_and_segment_slides_agree_and_call_no_glass_tumour(tmp_path, cap
     assert abs(frac - float(row["tumour_fraction_of_tissue"])) < 0.01
     assert float(row["tissue_mm2"]) == pytest.approx(tissue.sum() * mpp ** 2 / 1e6, rel=0.01)
     assert (gated == ss_tumour).mean() > 0.99
+
+
+def test_result_opens_in_napari_ome_zarr_with_its_scale(files, tmp_path):
+    """Another NGFF reader sees the result as we do: the probability image and both labels, on the µm grid."""
+    reader = pytest.importorskip("napari_ome_zarr._reader")
+    import zarr
+
+    out = tmp_path / "n.ome.zarr"
+    segment_slide(files["slide"], out, model=files["model"], **OPTS)
+    attrs = dict(zarr.open_group(str(out), mode="r").attrs)
+    omero = attrs["omero"]
+    assert omero["version"] == "0.4" and omero["channels"][0]["window"]["end"] == 255
+    assert attrs["multiscales"][0]["version"] == "0.4"
+    layers = reader.napari_get_reader(str(out))(str(out))
+    kinds = sorted(kind for _, _, kind in layers)
+    assert kinds == ["image", "labels", "labels"]
+    [(prob, kw, _)] = [la for la in layers if la[2] == "image"]
+    assert prob[0].shape == files["canvas"].shape[:2]
+    assert tuple(kw["scale"]) == pytest.approx((0.5, 0.5))
+    tumour = [la for la in layers if la[2] == "labels" and la[0][0].shape == prob[0].shape]
+    assert tumour and tuple(tumour[0][1]["scale"]) == pytest.approx((0.5, 0.5))
