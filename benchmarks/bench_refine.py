@@ -14,6 +14,7 @@ Prints median and 95th percentile per interaction and the ratio of medians.
 
     python benchmarks/bench_refine.py                  # 1024^2 and 4096^2
     python benchmarks/bench_refine.py --sizes 1024 --clicks 30
+    python benchmarks/bench_refine.py --sizes 1024 --patterns clicks strokes random   # per method
 """
 
 from __future__ import annotations
@@ -67,6 +68,53 @@ def test_image(size: int):
 
 def pct(a, q):
     return float(np.percentile(np.asarray(a) * 1000.0, q))
+
+
+def next_seed(pattern, pred, truth, k, rng):
+    """``(mask, label)`` of the next interaction of ``pattern``: the robot's click or
+    stroke, or a random click of alternating label (a hard pattern: every update
+    moves the answer somewhere new)."""
+    from napari_histoseg.refinement.robot import CLICK_RADIUS, _paint, next_click, next_stroke
+
+    if pattern == "strokes":
+        return next_stroke(pred, truth)
+    if pattern == "random":
+        c = (int(rng.integers(0, truth.shape[0])), int(rng.integers(0, truth.shape[1])), 1 + k % 2)
+    else:
+        c = next_click(pred, truth)
+        if c is None:
+            return None
+    m = np.zeros(truth.shape, np.uint8)
+    _paint(m, c[0], c[1], 1, CLICK_RADIUS)
+    return m.astype(bool), c[2]
+
+
+def run_pattern(size: int, steps: int, pattern: str, method: str):
+    """Time ``steps`` warm updates of ``pattern`` on ``size``^2 (no prior)."""
+    import os
+
+    from napari_histoseg.refinement import RefineSession
+
+    img, truth, what = test_image(size)
+    load = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    session = RefineSession(img, method=method)
+    setup = time.perf_counter() - t0
+    seeds = np.zeros(truth.shape, np.uint8)
+    pred = np.zeros(truth.shape, np.uint8)
+    rng = np.random.default_rng(0)
+    times = []
+    for k in range(steps):
+        nxt = next_seed(pattern, pred, truth, k, rng)
+        if nxt is None:
+            break
+        seeds[nxt[0]] = nxt[1]
+        t = time.perf_counter()
+        pred = session.update(seeds)
+        times.append(time.perf_counter() - t)
+    warm = times[1:]
+    print(f"| {size}^2 | {method} | {pattern} | {setup:.2f} s | {len(warm)} | {pct(warm, 50):.1f} ms | "
+          f"{pct(warm, 95):.1f} ms | {times[0] * 1000:.1f} ms | {load:.1f} -> {os.getloadavg()[0]:.1f} |")
 
 
 def run(size: int, clicks: int, rw_at, view):
@@ -129,12 +177,24 @@ def main(argv=None):
     ap.add_argument("--clicks", type=int, default=20)
     ap.add_argument("--rw-at", type=int, nargs="+", default=[5, 10, 20],
                     help="clicks after which random_walker runs (at 1024^2; 4096^2: the last only)")
+    ap.add_argument("--patterns", nargs="+", choices=["clicks", "strokes", "random"],
+                    help="instead of the random_walker comparison: time these interaction patterns "
+                         "(robot clicks, robot strokes, random clicks of alternating label) per method")
+    ap.add_argument("--methods", nargs="+", default=["confined", "lgc"])
     ap.add_argument("--view", type=int, default=0,
                     help="also time 4096^2 with a view of this many px square around the image centre")
     args = ap.parse_args(argv)
     import os
 
-    print(f"# CPU cores: {os.cpu_count()}; numpy {np.__version__}")
+    print(f"# CPU cores: {os.cpu_count()}; numpy {np.__version__}; load average {os.getloadavg()[0]:.1f}")
+    if args.patterns:
+        print("| image | method | pattern | session setup | warm updates | median | 95th pct | first | "
+              "load average (start -> end) |\n|---|---|---|---|---|---|---|---|---|")
+        for size in args.sizes:
+            for method in args.methods:
+                for pattern in args.patterns:
+                    run_pattern(size, args.clicks, pattern, method)
+        return 0
     for size in args.sizes:
         rw_at = set(args.rw_at) if size <= 2048 else {max(args.rw_at)}
         run(size, args.clicks, rw_at, None)
