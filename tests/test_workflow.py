@@ -50,8 +50,8 @@ def _menu_action(menu, title):
             found = _menu_action(action.menu(), title)
             if found is not None:
                 return found
-        elif action.text().replace("&", "") == title:
-            return action
+        elif action.text().replace("&", "") in (title, f"{title} (HistoSeg HE tumour segmentation)"):
+            return action  # napari adds the plugin's name once a plugin also fills the Layers menus
     return None
 
 
