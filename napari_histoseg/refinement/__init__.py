@@ -12,6 +12,11 @@ seeds. Two uses:
 
 Seeds: 0 = no seed, 1 = tumour, 2 = not tumour. Labels: uint8, 1 tumour, 0 not.
 
+``method="confined"`` (the default) bounds what a seed changes: a geodesic reach along
+colour, and the model's confidence resisting more the farther from the seeds, so that a
+stroke means "these pixels and what is clearly like them"; ``method="lgc"`` is the plain
+propagation (see :class:`RefineSession`).
+
 >>> from napari_histoseg.refinement import RefineSession, refine     # doctest: +SKIP
 >>> labels = refine(rgb, seeds, prior=prob)                      # doctest: +SKIP
 >>> session = RefineSession(rgb, prior=prob)                     # doctest: +SKIP
@@ -41,8 +46,8 @@ def refine(image, seeds, prior=None, **params) -> np.ndarray:
     prior : (H, W) float32, optional
         The model's tumour probability in [0, 1].
     **params
-        See :class:`RefineSession` (``prior_weight``, ``sigma_color``,
-        ``color_sensitivity``, ``alpha``, ...).
+        See :class:`RefineSession` (``method``, ``prior_weight``, ``sigma_color``,
+        ``color_sensitivity``, ``alpha``, ``confidence_weight``, ``reach``, ...).
 
     Returns
     -------

@@ -41,7 +41,8 @@ def cmd_refine(args) -> int:
     seeds = check_seeds(seeds, image.shape[:2])
     prior = _read_plain(args.prior).astype(np.float32) if args.prior else None
     params = {k: v for k, v in (("prior_weight", args.prior_weight), ("sigma_color", args.sigma_color),
-                                ("color_sensitivity", args.color_sensitivity), ("alpha", args.alpha))
+                                ("color_sensitivity", args.color_sensitivity), ("alpha", args.alpha),
+                                ("method", args.method))
               if v is not None}
     t0 = time.perf_counter()
     labels = RefineSession(image, prior, **params).update(seeds)
@@ -58,7 +59,7 @@ def cmd_refine(args) -> int:
 
 def register(subparsers) -> None:
     """Add the ``refine`` command to the ``histoseg`` sub-command parsers."""
-    from napari_histoseg.refinement.session import DEFAULTS
+    from napari_histoseg.refinement.session import DEFAULTS, METHODS
 
     p = subparsers.add_parser("refine", help="redraw a tumour mask from seeds (label propagation)")
     p.add_argument("image", help="PNG, JPEG, TIFF, OME-TIFF or SVS (level 0 is used)")
@@ -73,4 +74,7 @@ def register(subparsers) -> None:
                    help=f"divides the automatic colour sigma (default {d['color_sensitivity']})")
     p.add_argument("--alpha", type=float, default=None,
                    help=f"propagation weight on the superpixel graph (default {d['alpha']})")
+    p.add_argument("--method", choices=METHODS, default=None,
+                   help=f"confined: a seed's reach follows colour and the model's confidence; lgc: the plain "
+                        f"propagation (default {d['method']})")
     p.set_defaults(func=cmd_refine)

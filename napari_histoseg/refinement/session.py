@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import replace
 
 import numpy as np
 import scipy.sparse as sp_
@@ -148,7 +149,10 @@ class RefineSession:
         feat_c = feat
         if p["method"] == "confined" and p["texture_weight"] > 0:
             feat_c = np.concatenate([feat, np.float32(p["texture_weight"]) * texture_features(feat)], -1)
-        self.graph = g = coarse_graph(sp, feat_c, p["sigma_color"], p["color_sensitivity"])
+        g = coarse_graph(sp, feat, p["sigma_color"], p["color_sensitivity"])
+        if feat_c is not feat:  # the colour sets the automatic sigma; texture only adds distance
+            g = replace(coarse_graph(sp, feat_c, g.sigma), sigma_auto=g.sigma_auto)
+        self.graph = g
         del feat_c
         self._S = normalise(g.weights)
         self.affinity = pixel_affinity(feat, p["sigma_color"], p["color_sensitivity"])
