@@ -214,7 +214,7 @@ def _fine_tune_and_resegment(viewer, qtbot, seg, dataset, tumour, accepted):
 
     def watch():  # what a person sees while it runs
         seen.append(ft.status.value)
-        bars.append(getattr(ft._bar, "desc", None))
+        bars.append(getattr(ft.runner.bar, "desc", None))
         return ft.worker is None
 
     assert ft.run() is not None, ft.status.value

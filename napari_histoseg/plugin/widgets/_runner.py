@@ -183,15 +183,26 @@ class Runner(QObject):
         self._buttons(running=False)
         self.ended.emit(kind)
 
+    @property
+    def bar(self):
+        """napari's progress bar of the run going on (None when it has none)."""
+        return None if self._run is None else self._run.bar
+
     def _say(self, text: str) -> None:
-        if self.status is not None:
-            self.status.value = text
+        try:
+            if self.status is not None:
+                self.status.value = text
+        except RuntimeError:  # the widget was closed while its run went on
+            pass
 
     def _buttons(self, running: bool) -> None:
-        if self.run_button is not None:
-            self.run_button.enabled = not running
-        if self.cancel_button is not None:
-            self.cancel_button.enabled = running
+        try:
+            if self.run_button is not None:
+                self.run_button.enabled = not running
+            if self.cancel_button is not None:
+                self.cancel_button.enabled = running
+        except RuntimeError:  # the widget was closed while its run went on
+            pass
 
 
 class RunsWork:

@@ -13,7 +13,7 @@ import napari  # noqa: F401 (names the viewer annotation napari looks for)
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, LineEdit, PushButton
 from napari.layers import Image, Labels, Points, Shapes
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_error, show_warning
 
 from napari_histoseg.models.bundled import BUNDLED
 from napari_histoseg.plugin.widgets._layers import (
@@ -129,9 +129,6 @@ class ClassifyWidget(RunsWork, Scrolling, Container):
         return layer, level, items, mpp
 
     def run(self):
-        if self.runner.running:
-            show_info("A classification is already running.")
-            return None
         try:
             layer, level, items, mpp = self._request()
         except Exception as e:  # noqa: BLE001

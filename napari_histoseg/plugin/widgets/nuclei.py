@@ -15,7 +15,7 @@ import napari  # noqa: F401 (names the viewer annotation napari looks for)
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, FloatSlider, Label, PushButton
 from napari.layers import Image, Labels, Shapes
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_error, show_warning
 
 from napari_histoseg.models.bundled import BUNDLED
 from napari_histoseg.plugin.widgets._layers import (
@@ -176,9 +176,6 @@ class NucleiWidget(RunsWork, Scrolling, Container):
         layer = self.image.value
         if layer is None:
             show_warning("Open an H&E image first: there is no image layer.")
-            return None
-        if self.runner.running:
-            show_info("Nucleus detection is already running.")
             return None
         try:
             data, offset, region, tumour, mpp = self._inputs(layer)

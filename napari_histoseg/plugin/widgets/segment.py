@@ -6,7 +6,7 @@ import napari  # noqa: F401 (names the viewer annotation napari looks for)
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, Label, PushButton, SpinBox
 from napari.layers import Image
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_error, show_warning
 
 from napari_histoseg.backends.local import LocalBackend
 from napari_histoseg.core.device import available_devices
@@ -138,9 +138,6 @@ class SegmentWidget(RunsWork, Scrolling, Container):
         layer = self.image.value
         if layer is None:
             show_warning("Open an H&E image first: there is no image layer to segment.")
-            return None
-        if self.runner.running:
-            show_info("A segmentation is already running.")
             return None
         if self.region.value == WHOLE_SLIDE:
             return run_whole_slide(self, layer)
