@@ -33,7 +33,7 @@ def test_gradcam_layer_lands_on_the_image_and_is_cached(explaining, qtbot):
     assert layer.data.shape == (192, 256) and np.isfinite(layer.data).all()
     np.testing.assert_allclose(layer.scale, (0.5, 0.5))
     np.testing.assert_allclose(layer.translate, (10.0, 20.0))
-    assert layer.colormap.name == "bwr" and tuple(layer.contrast_limits) == (0.0, 1.0)
+    assert layer.colormap.name == "histoseg heat" and tuple(layer.contrast_limits) == (0.0, 1.0)  # clear to red
     assert w.run() is None and "cache" in w.status.value  # the second time costs nothing
     assert "drove the tumour call" in w.legend.value
 
