@@ -104,12 +104,12 @@ def left_fraction(heat):
     return mass[:, : heat.shape[1] // 2].sum() / mass.sum()
 
 
-@pytest.mark.parametrize("method,least", [("gradcam", 0.90), ("hirescam", 0.90), ("inputxgrad", 0.95),
+@pytest.mark.parametrize("method,least", [("gradcam", 0.90), ("hirescam", 0.90), ("inputxgrad", 0.95), ("gradcam-ixg", 0.95),
                                           ("shap", 0.99)])
 def test_attributions_fall_in_the_half_the_model_sees(left_model, noise, method, least):
     """Grad-CAM, HiResCAM: >= 90 % of their mass in the left half (the stride-2 layer and
     bilinear upsampling spill a few px over the middle); input x gradient: >= 95 % (its
-    2-px smoothing spills over the middle); SHAP: >= 99 % (the gradient on the right half
+    2-px smoothing spills over the middle; Grad-CAM x input gradient too, as its product); SHAP: >= 99 % (the gradient on the right half
     is exactly 0)."""
     heat = explain(noise, left_model, method, target="all", tile=128, samples=4)
     assert heat.shape == noise.shape[:2] and heat.dtype == np.float32

@@ -2,7 +2,7 @@
 
 ``cli.py`` calls :func:`register` with its subparsers::
 
-    histoseg explain IMAGE --method gradcam|shap|entropy|mc-dropout -o OUT.tif
+    histoseg explain IMAGE --method gradcam|hirescam|inputxgrad|gradcam-ixg|shap|entropy|mc-dropout|tta -o OUT.tif
                      [--model PATH] [--device auto] [--tile N] [--overlap N]
                      [--region y,x,h,w] [--target mask|all] [--layer NAME]
                      [--samples N] [--level L]
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-METHODS = ("gradcam", "shap", "entropy", "mc-dropout")
+from napari_histoseg.explanations.methods import METHODS
 
 
 def _region(text: str) -> tuple[int, int, int, int]:
@@ -35,7 +35,9 @@ def register(subparsers) -> None:
         "explain", help="write a Grad-CAM, SHAP or uncertainty map of an image (float32 TIFF)",
         description="Explain the tumour segmentation of an image. gradcam: 0..1, where the model looked; "
                     "shap: -1..1, positive pushes towards tumour, negative away; entropy: 0..1 bits; "
-                    "mc-dropout: standard deviation of the probability over dropout samples.")
+                    "mc-dropout / tta: standard deviation of the probability over dropout samples / flips and "
+                    "quarter turns; hirescam 0..1, inputxgrad -1..1, gradcam-ixg 0..1 (Grad-CAM ranked "
+                    "inside by input x gradient).")
     p.add_argument("image", help="PNG, JPEG, TIFF, OME-TIFF or SVS")
     p.add_argument("--method", required=True, choices=METHODS)
     p.add_argument("-o", "--output", required=True, help="float32 map to write (.tif)")

@@ -21,7 +21,7 @@ import numpy as np
 
 from napari_histoseg.core.runs import drive
 from napari_histoseg.core.windows import check_image, plan_tiles
-from napari_histoseg.explanations.methods import METHODS, TARGETS, ExplainError
+from napari_histoseg.explanations.methods import DEFAULT_SALIENCY, METHODS, TARGETS, ExplainError
 from napari_histoseg.explanations.tiled import iter_tiles, target_array
 
 __all__ = ["METHODS", "TARGETS", "ExplainError", "explain", "iter_explain", "tumour_channel"]
@@ -83,7 +83,7 @@ def _normalise(heat: np.ndarray, robust: bool) -> np.ndarray:
 def iter_explain(
     image,
     model=None,
-    method: str = "gradcam",
+    method: str = DEFAULT_SALIENCY,
     *,
     target="mask",
     region: Optional[tuple[int, int, int, int]] = None,
@@ -121,6 +121,14 @@ def iter_explain(
         pred = yield from iter_predict(image, model, tile=tile, overlap=overlap, batch_size=batch_size,
                                        region=region, preprocess=preprocess)
         return entropy_bits(calibrated(pred.probability, temperature(model)))
+
+    if method == "gradcam-ixg":  # Grad-CAM x the positive part of input x gradient
+        kw = dict(target=target, region=region, tile=tile, overlap=overlap, preprocess=preprocess,
+                  batch_size=batch_size, blur_sigma=blur_sigma, channel=ch_index)
+        cam = yield from iter_explain(image, model, "gradcam", layer=layer, **kw)
+        ixg = yield from iter_explain(image, model, "inputxgrad", **kw)
+        heat = cam * np.clip(ixg, 0.0, None)
+        return np.ascontiguousarray(_normalise(heat, robust=False) if normalise else heat, dtype=np.float32)
 
     torch_model = _torch_model(model, method)
     plan = plan_tiles(image.shape, region, tile, overlap)
@@ -169,7 +177,7 @@ def iter_explain(
 def explain(
     image,
     model=None,
-    method: str = "gradcam",
+    method: str = DEFAULT_SALIENCY,
     *,
     target="mask",
     region: Optional[tuple[int, int, int, int]] = None,
@@ -190,7 +198,12 @@ def explain(
     model : Segmenter, str or Path, optional
         A loaded model, a checkpoint path, or None for the bundled default. Gradient and
         dropout methods need the torch engine (an ONNX model's torch twin is used).
-    method : {"gradcam", "shap", "entropy", "mc-dropout"}
+    method : str
+        One of :data:`~napari_histoseg.explanations.methods.METHODS`; default
+        ``"gradcam-ixg"``: the Grad-CAM map times the positive part of input x gradient
+        (:mod:`.gradients`), the most faithful by the deletion test of
+        ``benchmarks/bench_explain.py`` (BENCHMARKS.md). ``"hirescam"``, ``"inputxgrad"``,
+        ``"tta"`` (std of the tumour probability over the 8 flips/quarter turns) also.
         ``"gradcam"``: Grad-CAM on ``layer``, ReLU'd, upsampled (bilinear), in [0, 1].
         ``"shap"``: GradientShap attribution summed over RGB, signed, in [-1, 1]
         (scaled by the 99.5th percentile of its magnitude and clipped):

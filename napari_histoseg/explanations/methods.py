@@ -1,11 +1,11 @@
 """Names shared by the explanation modules (no torch here)."""
 
-METHODS = ("gradcam", "hirescam", "inputxgrad", "shap", "entropy", "mc-dropout", "tta")
+METHODS = ("gradcam", "hirescam", "inputxgrad", "gradcam-ixg", "shap", "entropy", "mc-dropout", "tta")
 #: attribution methods (they explain a target); the others map uncertainty
-ATTRIBUTIONS = ("gradcam", "hirescam", "inputxgrad", "shap")
+ATTRIBUTIONS = ("gradcam", "hirescam", "inputxgrad", "gradcam-ixg", "shap")
 #: the default saliency and uncertainty methods, chosen by benchmarks/bench_explain.py
-DEFAULT_SALIENCY = "gradcam"
-DEFAULT_UNCERTAINTY = "entropy"
+DEFAULT_SALIENCY = "gradcam-ixg"
+DEFAULT_UNCERTAINTY = "tta"
 TARGETS = ("mask", "all", "view")
 
 

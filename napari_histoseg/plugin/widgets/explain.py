@@ -25,12 +25,14 @@ from napari_histoseg.plugin.widgets._model_choice import ModelChoice
 from napari_histoseg.plugin.widgets._runner import Runner, RunsWork
 from napari_histoseg.plugin.widgets._shapes import rasterise
 
-METHODS = [("Grad-CAM", "gradcam"), ("HiResCAM", "hirescam"), ("Input x gradient", "inputxgrad"),
-           ("SHAP (GradientShap)", "shap"), ("Uncertainty: entropy", "entropy"),
-           ("Uncertainty: MC dropout", "mc-dropout"), ("Uncertainty: flips/turns (TTA)", "tta")]
+METHODS = [("Grad-CAM x input gradient", "gradcam-ixg"), ("Grad-CAM", "gradcam"), ("HiResCAM", "hirescam"),
+           ("Input x gradient", "inputxgrad"),
+           ("SHAP (GradientShap)", "shap"), ("Uncertainty: flips/turns (TTA)", "tta"),
+           ("Uncertainty: entropy", "entropy"), ("Uncertainty: MC dropout", "mc-dropout")]
 TARGETS = [("predicted tumour", "mask"), ("a shape I drew", "shape"), ("everything shown", "all")]
 #: value range of each method's map, and what high (red) and, for signed maps, negative (blue) mean
 LEGEND = {
+    "gradcam-ixg": ((0.0, 1.0), "", "drove the tumour call (areas, and the structures in them)"),
     "gradcam": ((0.0, 1.0), "", "drove the tumour call"),
     "hirescam": ((0.0, 1.0), "", "drove the tumour call"),
     "inputxgrad": ((-1.0, 1.0), "pushes towards not tumour", "pushes towards tumour"),
@@ -114,13 +116,13 @@ class ExplainWidget(RunsWork, Scrolling, Container):
     def _on_method(self, _=None):
         method = self.method.value
         (lo, hi), low, high = LEGEND[method]
-        clear = f"clear {0:g}: no effect" if lo < 0 else f"clear {lo:g}: nothing"
+        clear = "clear 0: no effect" if lo < 0 else f"clear {lo:g}: low"
         self.legend.value = (f"red {hi:g}: {high}  ·  {clear}" + (f"  ·  blue {lo:g}: {low}" if lo < 0 else ""))
         half = "stop:0 #1a4dff, stop:0.45 #ffffff, " if lo < 0 else "stop:0 #ffffff, stop:0.15 #ffffff, "
         self._bar.setStyleSheet(f"background: qlineargradient(x1:0, y1:0, x2:1, y2:0, {half}"
                                 "stop:1 #ff1a00); border: 1px solid #555;")
         self.target.enabled = method in ATTRIBUTIONS
-        self.layer.visible = method in ("gradcam", "hirescam")
+        self.layer.visible = method in ("gradcam", "hirescam", "gradcam-ixg")
 
     # -- running ------------------------------------------------------------------
     def _request(self):
@@ -138,7 +140,7 @@ class ExplainWidget(RunsWork, Scrolling, Container):
         if target == "shape":
             target = self._shape_mask(layer, level, (y0, x0, h, w))
         opts = {"region": (y0, x0, h, w), "target": target}
-        if method in ("gradcam", "hirescam") and self.layer.value.strip():
+        if method in ("gradcam", "hirescam", "gradcam-ixg") and self.layer.value.strip():
             opts["layer"] = self.layer.value.strip()
         return layer, level, data, method, opts
 
