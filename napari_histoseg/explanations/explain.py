@@ -128,7 +128,7 @@ def iter_explain(
         cam = yield from iter_explain(image, model, "gradcam", layer=layer, **kw)
         ixg = yield from iter_explain(image, model, "inputxgrad", **kw)
         heat = cam * np.clip(ixg, 0.0, None)
-        return np.ascontiguousarray(_normalise(heat, robust=False) if normalise else heat, dtype=np.float32)
+        return np.ascontiguousarray(_normalise(heat, robust=True) if normalise else heat, dtype=np.float32)
 
     torch_model = _torch_model(model, method)
     plan = plan_tiles(image.shape, region, tile, overlap)
