@@ -73,8 +73,9 @@ class ExplainWidget(RunsWork, Scrolling, Container):
 
         self.image = ComboBox(label="Image", choices=self._choices(Image, rgb=True))
         self.method = ComboBox(label="Method", choices=METHODS, value=DEFAULT_SALIENCY,
-                               tooltip="On a 2-core CPU, per 1024 x 1024 view: Grad-CAM ~12 s, entropy ~4 s, "
-                                       "MC dropout ~25 s, SHAP ~3 min (see BENCHMARKS.md)")
+                               tooltip="On a 2-core CPU, per 1024 x 1024 view: Grad-CAM x input gradient ~11 s, "
+                                       "Grad-CAM ~5 s, input x gradient ~9 s, SHAP ~27 s, TTA ~12 s, "
+                                       "entropy ~3 s, MC dropout ~8 s (see BENCHMARKS.md)")
         self.target = ComboBox(label="Explain", choices=TARGETS, value="mask",
                                tooltip="Which pixels' tumour score to explain (Grad-CAM and SHAP)")
         self.shapes = ComboBox(label="Shape layer", choices=self._choices(Shapes), visible=False)
