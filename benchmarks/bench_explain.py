@@ -168,7 +168,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=10, help="deletion steps (fractions 0, 1/steps, ..., 1)")
     p.add_argument("--samples", type=int, default=8, help="SHAP samples in the deletion test")
     p.add_argument("--layers", default=None, help="comma-separated Grad-CAM layers to compare (default layer only)")
-    p.add_argument("--methods", default="gradcam,hirescam,inputxgrad,shap", help="saliency methods to compare")
+    p.add_argument("--methods", default="gradcam-ixg,gradcam,hirescam,inputxgrad,shap", help="saliency methods to compare")
     p.add_argument("--no-timing", action="store_true")
     p.add_argument("--no-uncertainty", action="store_true")
     p.add_argument("--quick", action="store_true", help="1 image per dataset, 4 steps, 2 SHAP samples")

@@ -9,11 +9,17 @@ method     what the map is                                          range
 ========== ======================================================== ====================
 gradcam    Grad-CAM (captum ``LayerGradCam``) of the tumour target   0 .. 1 (normalised)
            on a network layer, upsampled to the image
+gradcam-  the default: Grad-CAM times the positive part of input     0 .. 1 (normalised)
+ixg        x gradient (the most faithful by the deletion test)
+hirescam   HiResCAM: gradient x activation per location of a layer  0 .. 1 (normalised)
+inputxgrad (x - blurred x) * gradient, summed over RGB, smoothed 2 px  -1 .. 1 (normalised)
 shap       GradientShap (captum) of the tumour target against a      -1 .. 1 (normalised)
            heavily blurred copy of the image, summed over RGB
 entropy    predictive entropy of the tumour probability, in bits     0 .. 1 (absolute)
 mc-dropout standard deviation of the tumour probability over N       0 .. 0.5 (absolute)
            passes with only the dropout layers switched on
+tta        standard deviation of the tumour probability over the 8   0 .. 0.5 (absolute)
+           flips and quarter turns (best predictor of errors)
 ========== ======================================================== ====================
 
 What the colours mean (red high, blue low, one colour map for all):
