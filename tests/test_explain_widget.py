@@ -28,6 +28,7 @@ def run_and_wait(w, qtbot):
 
 def test_gradcam_layer_lands_on_the_image_and_is_cached(explaining, qtbot):
     w = explaining
+    w.method.value = "gradcam"
     run_and_wait(w, qtbot)
     layer = w.viewer.layers["explain: Grad-CAM"]
     assert layer.data.shape == (192, 256) and np.isfinite(layer.data).all()
