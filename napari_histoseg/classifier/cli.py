@@ -13,43 +13,10 @@ import json
 import sys
 
 
-def add_train_options(p) -> None:
-    """Classification-only flags of ``histoseg train`` (prefixed: the parser is shared)."""
-    g = p.add_argument_group("classification (benign/malignant)")
-    g.add_argument("--cls-scale", type=float, default=0.5, metavar="F",
-                   help="classification: resize the training images by F (default 0.5: BreakHis "
-                        "100X 0.197 µm/px is read at 0.394 µm/px)")
-    g.add_argument("--cls-dropout", type=float, default=0.2, help="classification: dropout before the head")
-    g.add_argument("--cls-ema", type=float, default=0.0, metavar="DECAY",
-                   help="classification: validate and keep a moving average of the weights "
-                        "(the bundled model: 0.99)")
-    g.add_argument("--cls-mpp", type=float, default=None, metavar="UM",
-                   help="classification: µm/px of the training images (default: from BreakHis magnification)")
-
-
 def add_evaluate_options(p) -> None:
     """Classification-only flags of ``histoseg evaluate``."""
     g = p.add_argument_group("classification (benign/malignant)")
     g.add_argument("--per-image", action="store_true", help="classification: also print every image")
-
-
-def run_train(args) -> int:
-    from napari_histoseg.classifier.train import train_classifier
-
-    datasets = args.dataset if isinstance(args.dataset, list) else [args.dataset]
-    if len(datasets) != 1:
-        raise SystemExit("histoseg train --task classification: give one dataset folder")
-    summary = train_classifier(
-        datasets[0], args.output, epochs=args.epochs, time_budget=args.time_budget,
-        init_encoder=args.init_encoder, batch_size=args.batch_size, patch_size=args.patch_size,
-        lr=args.lr, steps_per_epoch=args.steps_per_epoch, val_fraction=args.val_fraction,
-        patience=args.patience, seed=args.seed, threads=args.threads, dropout=args.cls_dropout,
-        name=args.name, model_version=args.model_version, mpp=args.cls_mpp, scale=args.cls_scale,
-        half_weights=args.half_weights, ema=args.cls_ema, log=lambda s: print(s, flush=True))
-    if getattr(args, "summary", None):
-        with open(args.summary, "w") as f:
-            json.dump(summary, f, indent=2)
-    return 0
 
 
 def run_evaluate(args) -> int:

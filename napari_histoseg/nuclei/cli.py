@@ -15,42 +15,12 @@ from pathlib import Path
 DEFAULT_ARCH = "maskrcnn-mobilenet_v2"
 
 
-def add_train_options(p) -> None:
-    g = p.add_argument_group("instances (nuclei)")
-    g.add_argument("--nuclei-val-every", type=float, default=8.0, metavar="MIN",
-                   help="instances: validate on the held-out tiles every MIN minutes (default 8)")
-    g.add_argument("--nuclei-val-ids", default=None, metavar="ID,ID",
-                   help="instances: train tiles held out for validation (default: a breast tile "
-                        "and one of another organ)")
-    g.add_argument("--nuclei-mpp", type=float, default=0.25,
-                   help="instances: mpp the model works at (default 0.25, MoNuSeg's 40x)")
-
-
 def add_evaluate_options(p) -> None:
     g = p.add_argument_group("instances (nuclei)")
     g.add_argument("--no-baseline", action="store_true",
                    help="instances: skip the classical watershed baseline")
     g.add_argument("--nuclei-tile", type=int, default=640, help="instances: tile size (default 640)")
     g.add_argument("--nuclei-overlap", type=int, default=128, help="instances: tile overlap (default 128)")
-
-
-def run_train(args) -> int:
-    from napari_histoseg.nuclei.train import export_half, train_nuclei
-
-    arch = args.arch if args.arch.startswith("maskrcnn") else DEFAULT_ARCH
-    steps = args.epochs * (args.steps_per_epoch or 100)
-    summary = train_nuclei(
-        args.dataset[0], args.output, arch=arch, arch_kwargs=json.loads(args.arch_kwargs),
-        init_encoder=args.init_encoder, time_budget=args.time_budget, max_steps=steps,
-        patch_size=args.patch_size, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-        threads=args.threads, val_every=args.nuclei_val_every, model_mpp=args.nuclei_mpp,
-        val_ids=args.nuclei_val_ids.split(",") if args.nuclei_val_ids else None,
-        log=lambda s: print(s, flush=True))
-    if args.half_weights and Path(args.output).is_file():
-        export_half(args.output, args.output)
-    if args.summary:
-        Path(args.summary).write_text(json.dumps(summary, indent=2))
-    return 0
 
 
 def run_evaluate(args) -> int:
