@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from napari_histoseg.tumour.geojson import geojson_to_mask
+from napari_histoseg.tumour.geojson_import import geojson_to_mask
 
 
 def main(n: int = 20000, radius: float = 1000.0) -> None:

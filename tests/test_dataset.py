@@ -10,37 +10,11 @@ import pytest
 from skimage.io import imsave
 
 from napari_histoseg.io.dataset import DatasetError, load_dataset
+from napari_histoseg.testing import tumour_dataset as make_dataset
 from napari_histoseg.training.augment import AugmentConfig, hed_perturb, random_patch
 from napari_histoseg.training.splits import holdout_validation, split_tiles
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-
-
-def make_dataset(root: Path, n: int = 6, size: int = 64, groups=None, splits=None) -> Path:
-    """A tiny dataset: tumour (code 1) is a dark purple left part of each tile."""
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    rng = np.random.default_rng(0)
-    tiles = []
-    for i in range(n):
-        mask = np.zeros((size, size), np.uint8)
-        mask[:, : size // 2 + i] = 1
-        img = np.where(mask[..., None] == 1, [90, 40, 120], [230, 200, 220]).astype(np.float64)
-        img = np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
-        tid = f"t{i}"
-        imsave(root / "images" / f"{tid}.png", img, check_contrast=False)
-        imsave(root / "masks" / f"{tid}.png", mask, check_contrast=False)
-        t = {"id": tid, "image": f"images/{tid}.png", "mask": f"masks/{tid}.png", "source": "synthetic",
-             "x": (i % 3) * size, "y": (i // 3) * size, "width": size, "height": size}
-        if groups is not None:
-            t["group"] = groups[i]
-        if splits is not None:
-            t["split"] = splits[i]
-        tiles.append(t)
-    meta = {"format": "histoseg-dataset", "version": 1, "classes": {"0": "not tumour", "1": "tumour"},
-            "ignore_index": 255, "tiles": tiles}
-    (root / "dataset.json").write_text(json.dumps(meta))
-    return root
 
 
 def test_valid_dataset_loads(tmp_path):

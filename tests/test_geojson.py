@@ -10,13 +10,12 @@ import pytest
 from skimage import draw
 
 from napari_histoseg.core.polygons import ring_area
-from napari_histoseg.tumour.geojson import (
+from napari_histoseg.tumour.geojson import instances_to_geojson, mask_to_geojson
+from napari_histoseg.tumour.geojson_import import (
     class_codes,
     class_name,
     geojson_to_mask,
     geojson_to_mask_report,
-    instances_to_geojson,
-    mask_to_geojson,
     measurements_of,
 )
 

@@ -7,7 +7,6 @@ import pytest
 import torch
 from scipy import ndimage as ndi
 from skimage.color import rgb2hed
-from skimage.draw import disk
 
 from napari_histoseg.colour.stain import haematoxylin
 from napari_histoseg.io.validate import ImageFormatError
@@ -16,20 +15,7 @@ from napari_histoseg.nuclei.baseline import detect_nuclei_classical
 from napari_histoseg.nuclei.features import nucleus_features, region_summary
 from napari_histoseg.nuclei.infer import BUNDLED, detect_nuclei
 from napari_histoseg.nuclei.metrics import aji, pq, score
-
-BG, NUC = (235, 215, 230), (95, 45, 140)  # light pink background, haematoxylin-purple disks
-
-
-def disks_image(shape, centres, radius):
-    """RGB image with dark disks and its true label image."""
-    img = np.empty((*shape, 3), np.uint8)
-    img[:] = BG
-    truth = np.zeros(shape, np.int32)
-    for i, (cy, cx) in enumerate(centres, start=1):
-        rr, cc = disk((cy, cx), radius, shape=shape)
-        img[rr, cc] = NUC
-        truth[rr, cc] = i
-    return img, truth
+from napari_histoseg.testing import NUCLEUS, disks_image
 
 
 class FakeDetector:
@@ -259,7 +245,7 @@ def test_score_threshold_is_tuned_on_held_out_tiles():
             return out
 
     img, truth = disks_image((200, 200), [(60, 60), (140, 140)], 16)
-    img[20:24, 150:154] = NUC                 # a speck that is no nucleus
+    img[20:24, 150:154] = NUCLEUS                 # a speck that is no nucleus
     thr, table = tune_score_threshold(Scored(), [InstanceTile("v", img, truth)], candidates=(0.3, 0.5))
     assert thr == 0.5 and table[0.5]["pq"] > table[0.3]["pq"]
 

@@ -13,13 +13,13 @@ import pytest
 from conftest import shared_path
 
 from napari_histoseg.core.polygons import ring_area
-from napari_histoseg.tumour.geojson import (
+from napari_histoseg.tumour.geojson import mask_to_geojson
+from napari_histoseg.tumour.geojson_import import (
     class_codes,
     class_name,
     features_of,
     geojson_to_mask,
     geojson_to_mask_report,
-    mask_to_geojson,
 )
 
 QP = ("samples", "qupath-geojson")

@@ -9,7 +9,7 @@ import pytest
 import tifffile
 from skimage import draw
 
-from napari_histoseg.tumour.geojson import class_name, features_of, geojson_to_mask, measurements_of
+from napari_histoseg.tumour.geojson_import import class_name, features_of, geojson_to_mask, measurements_of
 
 
 def _mask():

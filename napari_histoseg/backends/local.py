@@ -54,7 +54,8 @@ class LocalBackend:
 
     def describe(self, model_ref: str = BUNDLED, device: str = "auto", engine: str = "torch", *,
                  task: str = "segmentation") -> str:
-        return get_task(task).describe(self.model(model_ref, device, engine, task=task))
+        model = self.model(model_ref, device, engine, task=task)
+        return f"{model.description} on {model.device.type}"
 
     def infer(self, task: str, image, model_ref: str = BUNDLED, *, device: str = "auto", engine: str = "torch",
               **options):

@@ -23,18 +23,6 @@ def load_model(ref=None, device: str = "auto", engine: str = "torch"):
     return load_classifier(None if ref in (None, "", BUNDLED) else ref, device=device)
 
 
-def meta(model):
-    return model.meta
-
-
-def device(model) -> str:
-    return model.device.type
-
-
-def describe(model) -> str:
-    return f"{model.description} on {model.device.type}"
-
-
 def iter_infer(model, image, *, region=None, mpp=None, **options):
     """Generator: yields ``(done, total)`` tiles, returns the
     :class:`~napari_histoseg.classifier.infer.Classification` of ``region`` (a boolean (H, W)

@@ -26,18 +26,6 @@ def load_model(ref=None, device: str = "auto", engine: str = "torch"):
     return load_nuclei_detector(None if ref in (None, "", BUNDLED) else ref, device=device)
 
 
-def meta(model):
-    return model.meta
-
-
-def device(model) -> str:
-    return model.device.type
-
-
-def describe(model) -> str:
-    return f"{model.description} on {model.device.type}"
-
-
 def iter_infer(model, image, **options):
     """Generator: yields ``(done, total)`` tiles, returns ``(labels uint32, table or None)``
     exactly as :func:`~napari_histoseg.nuclei.infer.detect_nuclei` (same resampling to the model's mpp)."""

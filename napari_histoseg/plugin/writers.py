@@ -110,7 +110,7 @@ def write_shapes_geojson(path: str, data, meta: dict) -> list[str]:
     """Shapes -> QuPath GeoJSON annotations: polygons, rectangles and ellipses as Polygons
     (ellipses marked ``isEllipse``), lines and paths as LineStrings; a ``class`` or
     ``classification`` feature column gives each shape its class."""
-    from napari_histoseg.tumour.geojson import _feature, _metadata, _num
+    from napari_histoseg.tumour.geojson import feature, json_number, provenance_metadata
 
     factor, offset, _ = placement(meta)
     types = meta.get("shape_type") or ["polygon"] * len(data)
@@ -120,7 +120,7 @@ def write_shapes_geojson(path: str, data, meta: dict) -> list[str]:
         for col in ("classification", "class"):
             if col in features:
                 names = list(features[col])
-    md = _metadata(_provenance(meta))
+    md = provenance_metadata(_provenance(meta))
     feats = []
     for i, (shape, kind) in enumerate(zip(data, types)):
         rc = np.asarray(shape, float)[:, -2:]
@@ -128,7 +128,7 @@ def write_shapes_geojson(path: str, data, meta: dict) -> list[str]:
             rc = _ellipse(rc)
         # napari puts a vertex at a pixel's centre; QuPath's origin is the top-left corner
         xy = np.stack([(rc[:, 1] + 0.5) * factor + offset[0], (rc[:, 0] + 0.5) * factor + offset[1]], axis=1)
-        pts = [[_num(x), _num(y)] for x, y in xy]
+        pts = [[json_number(x), json_number(y)] for x, y in xy]
         if kind in ("line", "path"):
             geom = {"type": "LineString", "coordinates": pts}
         else:
@@ -138,7 +138,7 @@ def write_shapes_geojson(path: str, data, meta: dict) -> list[str]:
         name = None if names is None else names[i]
         cls = None if name is None or not str(name).strip() or str(name) == "nan" else \
             {"name": str(name).strip(), "color": list(_colour(abs(hash(str(name))) % 1000))}
-        feats.append(_feature(geom, "annotation", cls, {}, md))
+        feats.append(feature(geom, "annotation", cls, {}, md))
     return _write_json(path, {"type": "FeatureCollection", "features": feats})
 
 

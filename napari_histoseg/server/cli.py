@@ -51,9 +51,8 @@ def cmd_serve(args) -> int:
                           workdir=Path(args.workdir) if args.workdir else None)
     app = create_app(config)
     store = app.state.store
-    from napari_histoseg.tasks import get_task
 
-    names = ", ".join(f"{e.ref} ({get_task(e.task).describe(e.model)})" for e in store.entries.values()) or "none"
+    names = ", ".join(f"{e.ref} ({e.model.description} on {e.model.device.type})" for e in store.entries.values()) or "none"
     print(f"histoseg serve: http://{args.host}:{args.port} on {store.device.type}"
           f"{' (half precision)' if store.device.type == 'cuda' else ''}; models: {names}; "
           f"token {'required' if token else 'not required (localhost only)'}; API page /docs", flush=True)

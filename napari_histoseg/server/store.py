@@ -29,7 +29,7 @@ class Entry:
 
     @property
     def meta(self):
-        return get_task(self.task).meta(self.model)
+        return self.model.meta
 
     def explainer(self):
         """A private copy of the network for explanations (their hooks and gradients must
@@ -53,7 +53,7 @@ class Entry:
         meta = self.meta
         return {"ref": self.ref, "name": meta.name, "version": meta.model_version, "arch": meta.arch,
                 "task": self.task, "tile_size": meta.tile_size, "classes": meta.classes,
-                "sha256": self.sha256, "device": get_task(self.task).device(self.model),
+                "sha256": self.sha256, "device": self.model.device.type,
                 "half": bool(getattr(self.model, "half", False)), "meta": meta.to_json()}
 
 

@@ -59,6 +59,7 @@ def _run_export(args) -> int:
 
 def _run_geojson(args) -> int:
     from napari_histoseg.tumour import geojson as gj
+    from napari_histoseg.tumour import geojson_import as gji
 
     src, out = Path(args.input), Path(args.output)
     offset = args.offset or (0.0, 0.0)
@@ -66,9 +67,9 @@ def _run_geojson(args) -> int:
         if args.shape is None:
             raise ValueError("reading GeoJSON into a mask needs --shape H,W (GeoJSON does not record it)")
         shape = tuple(int(v) for v in args.shape)
-        data = gj.read_geojson(src)
-        codes = gj.class_codes(data, _classes(args.classes))
-        mask, skipped = gj.geojson_to_mask_report(data, shape, offset=offset, scale=args.scale, classes=codes)
+        data = gji.read_geojson(src)
+        codes = gji.class_codes(data, _classes(args.classes))
+        mask, skipped = gji.geojson_to_mask_report(data, shape, offset=offset, scale=args.scale, classes=codes)
         from napari_histoseg.io.masks import write_mask
 
         write_mask(Path(out), mask)

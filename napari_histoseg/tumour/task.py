@@ -24,18 +24,6 @@ def load_model(ref=None, device: str = "auto", engine: str = "torch"):
     return load_segmenter(None if ref in (None, "", BUNDLED) else ref, device=device, engine=engine)
 
 
-def meta(model):
-    return model.meta
-
-
-def device(model) -> str:
-    return model.device.type
-
-
-def describe(model) -> str:
-    return f"{model.description} on {model.device.type}"
-
-
 def iter_infer(model, image, *, tile=None, region=None, **options):
     """Generator: yields ``(done, total)`` tiles, returns the :class:`~napari_histoseg.core.tiling.Prediction`."""
     from napari_histoseg.core.tiling import iter_predict

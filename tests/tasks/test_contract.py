@@ -41,7 +41,7 @@ class TaskContract:
             pytest.skip(f"the bundled {self.task} model is not in this checkout")
         task = get_task(self.task)
         model = task.load_model(None, device="cpu")
-        assert task.meta(model).task == self.task
+        assert model.meta.task == self.task
         image = np.full((192, 192, 3), 225, np.uint8)
         image[60:130, 60:130] = (90, 40, 120)
         assert drive(task.iter_infer(model, image, **self.infer_options)) is not None
@@ -55,7 +55,7 @@ class TaskContract:
         module, meta = load_checkpoint(out)
         assert meta.task == self.task and sum(p.numel() for p in module.parameters()) == summary["parameters"]
         task = get_task(self.task)
-        assert task.meta(task.load_model(str(out), device="cpu")).task == self.task
+        assert task.load_model(str(out), device="cpu").meta.task == self.task
         result = task.evaluate(data, model=str(out))
         assert isinstance(result, dict) and result
 

@@ -137,7 +137,7 @@ class ExportWidget(RunsWork, Scrolling, Container):
             path = path or QFileDialog.getOpenFileName(self.native, "Import GeoJSON", "", "GeoJSON (*.geojson *.json)")[0]
             if not path:
                 return None
-            from napari_histoseg.tumour.geojson import geojson_to_mask_report
+            from napari_histoseg.tumour.geojson_import import geojson_to_mask_report
 
             ds = level_downsample(image, level)
             labels, skipped = geojson_to_mask_report(path, mask.data.shape, offset=(x0 * ds, y0 * ds), scale=ds)
