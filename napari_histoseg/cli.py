@@ -13,7 +13,9 @@ import sys
 from pathlib import Path
 
 from napari_histoseg.core.runs import tile_bar
-from napari_histoseg.io.masks import write_mask
+from napari_histoseg.io.checks import float_arg, int_arg
+
+MIN_TILE, MAX_TILE = 64, 4096
 
 
 def cmd_segment(args) -> int:
@@ -26,11 +28,33 @@ def cmd_segment(args) -> int:
         from napari_histoseg.server.security import read_token
 
         token = read_token(args.token_file)
+    from napari_histoseg.io.atomic import atomic_path, output_folder
+    from napari_histoseg.io.checks import InputError, batch_bytes, check_memory, check_pixels
+    from napari_histoseg.io.masks import MASK_SUFFIXES, write_mask
+
+    out = Path(args.output)
+    if out.suffix.lower() not in MASK_SUFFIXES:
+        raise InputError(f"-o {out.name}: a mask is written as .png, .tif or .tiff")
+    if args.prob and Path(args.prob).suffix.lower() not in (".tif", ".tiff"):
+        raise InputError(f"--prob {Path(args.prob).name}: the probability is written as .tif or .tiff")
+    for path in (out, *([Path(args.prob)] if args.prob else [])):
+        output_folder(path)   # before the model runs: a bad output path fails in a second, not after
     model = load_model(args.model, device=args.device, engine=args.engine, backend=args.backend, token=token)
+    tile = args.tile or model.meta.tile_size
+    if not MIN_TILE <= tile <= MAX_TILE:
+        raise InputError(f"tile size {tile} px (the model's) is outside {MIN_TILE}..{MAX_TILE}; give --tile")
+    if 2 * args.overlap >= tile:
+        raise InputError(f"--overlap {args.overlap} must be less than half the tile ({tile} px)")
+    if args.batch_size:
+        check_memory(batch_bytes(args.batch_size, tile), f"--batch-size {args.batch_size} of {tile} px tiles",
+                     hint="use a smaller --batch-size")
     with open_image(args.image) as slide:
         if not 0 <= args.level < len(slide.levels):
-            raise SystemExit(f"histoseg: level {args.level} does not exist; {args.image} has {len(slide.levels)}")
+            raise InputError(f"level {args.level} does not exist; {args.image} has {len(slide.levels)}")
         image = slide.levels[args.level]
+        check_pixels(image.shape, f"{Path(args.image).name} level {args.level}",
+                     hint="give a lower resolution --level, or run `histoseg segment-slides` for whole slides")
+        warn(slide.warnings)
         downsample = slide.shape[0] / image.shape[0]
         mpp = slide.mpp * downsample if slide.mpp else None
         tissue = None
@@ -40,18 +64,27 @@ def cmd_segment(args) -> int:
             found = slide_tissue(slide)   # as segment-slides finds it, then in this level's pixels
             tissue = TissueMask(found.mask, found.downsample / downsample)
         bar, progress = tile_bar(f"segmenting {Path(args.image).name}")
-        pred = predict(image, model, tile=args.tile or model.meta.tile_size, overlap=args.overlap,
+        pred = predict(image, model, tile=tile, overlap=args.overlap,
                        threshold=args.threshold, batch_size=args.batch_size, progress=progress,
                        tissue_gate=not args.no_tissue_gate, tissue=tissue, mpp=mpp)
         bar.close()
-    write_mask(Path(args.output), pred.mask)
-    if args.prob:
+    if args.prob:   # both files or neither: the probability is renamed into place only with the mask
         import tifffile
 
-        tifffile.imwrite(args.prob, pred.probability, compression="zlib")
+        with atomic_path(args.prob) as tmp:
+            tifffile.imwrite(tmp, pred.probability, compression="zlib")
+            write_mask(out, pred.mask)
+    else:
+        write_mask(out, pred.mask)
     print(f"{args.output}: {pred.mask.shape[1]} x {pred.mask.shape[0]} px, {summary(pred, mpp)} "
           f"(model {model.description}, {model.device.type})")
     return 0
+
+
+def warn(messages, what: str = "") -> None:
+    """Print conversions done to the input (``slide.warnings``) as ``histoseg: warning: ...``."""
+    for m in messages or ():
+        print(f"histoseg: warning: {what + ': ' if what else ''}{m}", file=sys.stderr)
 
 
 def summary(pred, mpp=None) -> str:
@@ -111,11 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", help="a .safetensors checkpoint (default: the bundled model)")
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     s.add_argument("--engine", default="torch", choices=["torch", "onnx"], help="onnx: ONNX Runtime on the CPU")
-    s.add_argument("--tile", type=int, default=None, help="tile edge in px (default: the model's)")
-    s.add_argument("--overlap", type=int, default=64, help="tile overlap in px (default 64)")
-    s.add_argument("--threshold", type=float, default=0.5)
-    s.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass (default: by tile size and device)")
-    s.add_argument("--level", type=int, default=0, help="pyramid level (0 = full resolution)")
+    s.add_argument("--tile", type=int_arg(MIN_TILE, MAX_TILE), default=None,
+                   help=f"tile edge in px, {MIN_TILE}..{MAX_TILE} (default: the model's)")
+    s.add_argument("--overlap", type=int_arg(0, MAX_TILE // 2), default=64,
+                   help="tile overlap in px, under half the tile (default 64)")
+    s.add_argument("--threshold", type=float_arg(0, 1, lo_open=True, hi_open=True), default=0.5,
+                   help="tumour probability at or above which a pixel is tumour, in (0, 1) (default 0.5)")
+    s.add_argument("--batch-size", type=int_arg(1, 1024), default=None,
+                   help="tiles per forward pass (default: by tile size and device)")
+    s.add_argument("--level", type=int_arg(0, 64), default=0, help="pyramid level (0 = full resolution)")
     s.add_argument("--no-tissue-gate", action="store_true",
                    help="let the model judge glass and background too (default: only detected tissue "
                         "can be tumour, as in segment-slides)")
@@ -136,16 +173,69 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _raised_here(exc: BaseException) -> bool:
+    """True when ``exc`` was raised by napari-histoseg's own code (a deliberate refusal of bad
+    input), not deep inside a library (a bug to show with its traceback)."""
+    tb = exc.__traceback__
+    last = None
+    while tb is not None:
+        last = tb
+        tb = tb.tb_next
+    return last is not None and Path(last.tb_frame.f_code.co_filename).resolve().is_relative_to(
+        Path(__file__).resolve().parent)
+
+
+def user_error(exc: BaseException) -> str | None:
+    """The one-line message for an error caused by the input or the environment, or None for
+    an error that is a bug (shown with its traceback)."""
+    from napari_histoseg.io.checks import InputError
+    from napari_histoseg.io.dataset import DatasetError
+    from napari_histoseg.io.validate import ImageFormatError
+
+    if isinstance(exc, (InputError, ImageFormatError, DatasetError)):
+        return str(exc)
+    if type(exc).__name__ in ("CheckpointError", "ExportError", "ClassifierInputError"):
+        return str(exc)
+    if isinstance(exc, ModuleNotFoundError) and exc.name and exc.name.split(".")[0] in _OPTIONAL:
+        return f"this needs the optional package {exc.name.split('.')[0]} ({_OPTIONAL[exc.name.split('.')[0]]})"
+    if isinstance(exc, MemoryError):
+        return "not enough memory for this input; read a region or a lower pyramid level, or use smaller tiles"
+    if isinstance(exc, OSError):   # missing files, full or read-only disks, refused connections
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        return f"{exc.strerror or exc}{where}" if exc.strerror else str(exc)
+    if isinstance(exc, ValueError) and _raised_here(exc):
+        return str(exc)
+    return None
+
+
+_OPTIONAL = {"onnxruntime": "pip install onnxruntime", "openslide": "pip install openslide-python",
+             "distributed": "pip install distributed", "fastapi": "pip install 'napari-histoseg[server]'",
+             "uvicorn": "pip install 'napari-histoseg[server]'", "shap": "pip install shap",
+             "captum": "pip install captum"}
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"histoseg: warning: {message}", file=sys.stderr)
+
+
 def main(argv=None) -> int:
+    """Run ``histoseg``; bad input ends as ``histoseg: <message>`` with exit code 2."""
+    import warnings
+
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("histoseg: interrupted", file=sys.stderr)
-        return 130
-    except (FileNotFoundError, ValueError) as e:  # bad input: a message, not a traceback
-        print(f"histoseg: {e}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning   # conversions and skipped input are said on the CLI
+        try:
+            return int(args.func(args) or 0)
+        except KeyboardInterrupt:
+            print("histoseg: interrupted", file=sys.stderr)
+            return 130
+        except Exception as e:
+            message = user_error(e)
+            if message is None:
+                raise
+            print(f"histoseg: {message}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

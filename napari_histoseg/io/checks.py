@@ -11,6 +11,10 @@ gets the same clear message everywhere and never a meaningless result:
   pyramid level).
 * :func:`inside`: a path resolved and required to stay inside a folder (``..``, absolute paths
   and symlinks that leave it are refused).
+* :func:`check_memory` / :func:`batch_bytes`: a working-memory estimate (a batch of patches
+  through a network) checked against a memory budget before anything runs.
+* :func:`field` / :func:`check_type`: JSON read against a documented schema, with messages
+  that name the field (``dataset.json: tiles[3].image must be a string; got null``).
 
 :class:`InputError` is a ``ValueError``; the CLI turns it into ``histoseg: <message>`` and exit
 code 2, the server into a 4xx with the message, a widget into a napari notification.
@@ -36,6 +40,12 @@ __all__ = [
     "max_pixels",
     "check_pixels",
     "inside",
+    "MAX_MEMORY_FRACTION",
+    "memory_budget",
+    "batch_bytes",
+    "check_memory",
+    "check_type",
+    "field",
 ]
 
 #: Default pixel budget of one in-memory image (height x width): 2^30 px is 3 GiB as RGB uint8.
@@ -191,3 +201,107 @@ def inside(root, relative, what: str = "path") -> Path:
     if target != root_resolved and root_resolved not in target.parents:
         raise InputError(f"{what} {str(relative)!r} leads outside its folder")
     return target
+
+
+#: Default working-memory budget: this fraction of the machine's physical memory.
+#: Override with ``HISTOSEG_MAX_MEMORY_GB``.
+MAX_MEMORY_FRACTION = 0.5
+
+
+def memory_budget() -> int:
+    """Bytes one job may plan to use: ``HISTOSEG_MAX_MEMORY_GB`` if set, else half the RAM."""
+    env = os.environ.get("HISTOSEG_MAX_MEMORY_GB")
+    if env:
+        try:
+            value = float(env)
+            if math.isfinite(value) and value > 0:
+                return int(value * 2 ** 30)
+        except ValueError:
+            pass
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        total = 16 * 2 ** 30
+    return int(total * MAX_MEMORY_FRACTION)
+
+
+def batch_bytes(batch: int, height: int, width: int | None = None, *,
+                floats_per_pixel: float | None = None, training: bool = False) -> int:
+    """A rough upper estimate of the memory a batch of (height x width) patches takes in a
+    convolutional network: ``floats_per_pixel`` float32 values per input pixel (default about
+    64 for inference, where activations are freed layer by layer, and 400 for training, which
+    keeps every activation for the backward pass plus gradients and the optimiser's state;
+    a U-Net with a MobileNetV2 encoder)."""
+    width = height if width is None else width
+    per_px = floats_per_pixel if floats_per_pixel is not None else (400.0 if training else 64.0)
+    return int(batch) * int(height) * int(width) * int(per_px * 4)
+
+
+def check_memory(nbytes: int, what: str, *, budget: int | None = None,
+                 hint: str = "use a smaller patch or batch size") -> None:
+    """Refuse a job whose estimated memory ``nbytes`` is over the budget, with a message that
+    names the estimate, the budget and ``hint``."""
+    budget = budget or memory_budget()
+    if nbytes > budget:
+        raise InputError(
+            f"{what} needs about {nbytes / 2 ** 30:,.1f} GiB of memory, over the budget of "
+            f"{budget / 2 ** 30:,.1f} GiB; {hint} (or raise the budget with HISTOSEG_MAX_MEMORY_GB)")
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+               list: "a list", dict: "an object", type(None): "null"}
+
+
+def _json_name(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        return "an object" if isinstance(value, dict) else "a list"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_type(value, types, name: str, *, error=InputError):
+    """``value`` if it is of one of ``types`` (a type or a tuple), else ``error`` naming the field.
+
+    ``int`` does not accept a bool; ``float`` accepts an int (JSON has one number type) but not
+    NaN or infinity.
+
+    >>> check_type([1], int, "dataset.json: version")
+    Traceback (most recent call last):
+    ...
+    napari_histoseg.io.checks.InputError: dataset.json: version must be an integer; got a list
+    """
+    types = types if isinstance(types, tuple) else (types,)
+    ok = False
+    for t in types:
+        if t in (int, float) and isinstance(value, bool):
+            continue
+        if t is float and isinstance(value, (int, float)):
+            ok = isinstance(value, int) or math.isfinite(value)
+        elif isinstance(value, t):
+            ok = True
+        if ok:
+            break
+    if not ok:
+        wanted = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
+        raise error(f"{name} must be {wanted}; got {_json_name(value)}")
+    return value
+
+
+_MISSING = object()
+
+
+def field(record, key: str, types, where: str, *, default=_MISSING, error=InputError):
+    """``record[key]`` checked with :func:`check_type`; ``default`` when absent (or required
+    when no default is given). ``where`` names the record in the message
+    (``"dataset.json: tiles[3]"``); ``record`` itself must be a JSON object."""
+    if not isinstance(record, dict):
+        raise error(f"{where} must be an object; got {_json_name(record)}")
+    if key not in record:
+        if default is _MISSING:
+            raise error(f"{where} has no {key!r}")
+        return default
+    return check_type(record[key], types, f"{where}.{key}", error=error)
