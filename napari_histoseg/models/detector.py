@@ -5,6 +5,10 @@
 transform, see :mod:`napari_histoseg.models.maskrcnn`), so tiles go in as float RGB in
 [0, 1]. The tiling, merging and rescaling to the model's mpp are in
 :mod:`napari_histoseg.nuclei.infer`.
+
+Half precision: on cuda (``half=None`` or ``True``) the backbone, RPN and heads run under
+``torch.autocast`` in float16; boxes, scores and masks come back as float32. On the CPU the
+detector runs float32 (``half=True`` there is refused: CPU float16 convolutions are slower).
 """
 
 from __future__ import annotations
@@ -36,6 +40,13 @@ class NucleusDetector(LoadedModel):
     """A nucleus (instances) network plus its metadata: runs in float32 on its device."""
 
     task = "instances"
+    supports_half = True
+
+    def __init__(self, module, meta, device="auto", half=None, source: str = ""):
+        super().__init__(module, meta, device=device, half=half, source=source)
+        if self.half and self.device.type != "cuda":
+            raise ValueError("the nucleus detector runs in half precision on cuda only; pass half=False "
+                             f"on {self.device.type}")
 
     def to_tensor(self, batch: np.ndarray) -> torch.Tensor:
         """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [0, 1] on the device (the network
@@ -45,7 +56,12 @@ class NucleusDetector(LoadedModel):
 
     def detect_batch(self, batch: torch.Tensor) -> list[dict]:
         """:func:`detect` on this model's device; the detections come back on the CPU."""
-        dets = detect(self.module, batch.to(self.device))
-        if self.device.type == "cpu":
+        batch = batch.to(self.device)
+        if self.half:
+            with torch.autocast(self.device.type, dtype=torch.float16):
+                dets = detect(self.module, batch)
+        else:
+            dets = detect(self.module, batch)
+        if self.device.type == "cpu" and not self.half:
             return dets
-        return [{k: v.cpu() for k, v in d.items()} for d in dets]
+        return [{k: v.float().cpu() for k, v in d.items()} for d in dets]

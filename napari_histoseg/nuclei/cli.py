@@ -1,16 +1,21 @@
 """Command line for nuclei (import-light: no torch at import).
 
-    histoseg nuclei IMAGE -o LABELS.tif [--csv FEATURES.csv] [--region MASK.png] [--mpp M]
-                    [--model PATH] [--classical] [--tile N] [--overlap N] [--score-threshold T]
+    histoseg nuclei IMAGE -o LABELS.tif [--csv FEATURES.csv]
+                    [--region MASK.png] [--mpp M] [--model PATH] [--classical] [--tile N] [--overlap N]
+                    [--batch N] [--score-threshold T] [--split-touching | --no-split-touching]
     histoseg train DATASET --task instances -o NUCLEI.safetensors --init-encoder MNV2.safetensors
                    --time-budget MIN --batch-size 2 --lr 2e-4 [--nuclei-val-every MIN]
     histoseg evaluate DATASET --task instances [--model PATH] [--split test] [--json OUT]
+                      [--no-baseline] [--nuclei-split-touching | --no-nuclei-split-touching]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
+
+from napari_histoseg.io.checks import float_arg, int_arg
 
 DEFAULT_ARCH = "maskrcnn-mobilenet_v2"
 
@@ -19,8 +24,11 @@ def add_evaluate_options(p) -> None:
     g = p.add_argument_group("instances (nuclei)")
     g.add_argument("--no-baseline", action="store_true",
                    help="instances: skip the classical watershed baseline")
-    g.add_argument("--nuclei-tile", type=int, default=640, help="instances: tile size (default 640)")
-    g.add_argument("--nuclei-overlap", type=int, default=128, help="instances: tile overlap (default 128)")
+    g.add_argument("--nuclei-tile", type=int_arg(64, 4096), default=640, help="instances: tile size (default 640)")
+    g.add_argument("--nuclei-overlap", type=int_arg(0, 1024), default=128,
+                   help="instances: tile overlap (default 128)")
+    g.add_argument("--nuclei-split-touching", action=argparse.BooleanOptionalAction, default=None,
+                   help="instances: cut non-convex nuclei at their waists (default: the model's setting)")
 
 
 def run_evaluate(args) -> int:
@@ -28,7 +36,7 @@ def run_evaluate(args) -> int:
 
     result = evaluate_nuclei(args.dataset, args.model, split=args.split, baseline=not args.no_baseline,
                              tile=args.nuclei_tile, overlap=args.nuclei_overlap,
-                             log=lambda s: print(s, flush=True))
+                             split_touching=args.nuclei_split_touching, log=lambda s: print(s, flush=True))
     print(format_table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
@@ -44,13 +52,17 @@ def register(subparsers) -> None:
     p.add_argument("--csv", help="write one row of features per nucleus here")
     p.add_argument("--region", help="mask (PNG/TIFF, non-zero = tumour): keep nuclei whose centroid "
                                     "is inside, and print tumour vs rest")
-    p.add_argument("--mpp", type=float, default=None, help="microns per pixel (default: from the file)")
+    p.add_argument("--mpp", type=float_arg(0.05, 20), default=None,
+                   help="microns per pixel (default: from the file; the image is resampled to the model's)")
     p.add_argument("--model", default=None, help="nucleus checkpoint (default: the bundled model)")
     p.add_argument("--classical", action="store_true", help="use the classical watershed baseline")
-    p.add_argument("--tile", type=int, default=640)
-    p.add_argument("--overlap", type=int, default=128)
-    p.add_argument("--score-threshold", type=float, default=None,
+    p.add_argument("--tile", type=int_arg(64, 4096), default=640, help="tile side in model pixels (default 640)")
+    p.add_argument("--overlap", type=int_arg(0, 1024), default=128, help="tile overlap (default 128)")
+    p.add_argument("--batch", type=int_arg(1, 64), default=2, help="tiles per detector call (default 2)")
+    p.add_argument("--score-threshold", type=float_arg(0, 1), default=None,
                    help="minimum detection score (default: the model's, chosen on validation tiles)")
+    p.add_argument("--split-touching", action=argparse.BooleanOptionalAction, default=None,
+                   help="cut non-convex nuclei at their waists (default: the model's setting)")
     p.set_defaults(func=cmd_nuclei)
 
 
@@ -74,7 +86,8 @@ def cmd_nuclei(args) -> int:
 
         bar, progress = tile_bar(f"nuclei in {Path(args.image).name}")
         labels, table = detect_nuclei(rgb, args.model, mpp=mpp, tile=args.tile, overlap=args.overlap,
-                                      score_threshold=args.score_threshold, progress=progress)
+                                      score_threshold=args.score_threshold, progress=progress,
+                                      batch=args.batch, split_touching=args.split_touching)
         bar.close()
     from napari_histoseg.nuclei.features import region_summary
 

@@ -34,5 +34,14 @@ class NucleiConfig(TrainConfig):
     val_ids: Optional[list] = option(None, "instances: train tiles held out for validation (default: a "
                                      "breast tile and one of another organ)", type=_ids,
                                      flag="--nuclei-val-ids", metavar="ID,ID")
+    scale_min: float = option(0.8, "instances: smallest zoom of a training patch (log-uniform; 1 = the model's mpp)",
+                              flag="--nuclei-scale-min")
+    scale_max: float = option(1.25, "instances: largest zoom (above 1 nuclei grow: large tumour nuclei)",
+                              flag="--nuclei-scale-max")
+    breast_weight: float = option(1.0, "instances: breast tiles are drawn this many times as often (per pixel)",
+                                  flag="--nuclei-breast-weight")
+    merged_folders: list = option([], "instances: folders (by name) whose labels merge touching nuclei; their "
+                                  "instances of solidity < 0.85 are not trained on", type=_ids,
+                                  flag="--nuclei-merged-folders", metavar="NAME,NAME")
     model_mpp: float = option(0.25, "instances: mpp the model works at (MoNuSeg's 40x)", flag="--nuclei-mpp")
     name: str = option("histoseg-nuclei", "model name written into the checkpoint")

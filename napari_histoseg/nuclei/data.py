@@ -6,13 +6,23 @@
                             "split"?, "organ"?, "mpp"?, ...}]}
     DATASET/images/ID.png        RGB uint8
     DATASET/instances/ID.png     uint16: 0 background, 1..N one nucleus each
+    DATASET/ignore/ID.png        optional (the tile's ``ignore`` key): non-zero = unlabelled,
+                                 neither trained on nor scored
 
-:func:`load_instances` reads and checks it; :func:`random_sample` cuts one augmented
-training patch and its Mask R-CNN target (boxes, labels, masks): a window of random
-place, scaled around the ratio of the tile's mpp to the model's (scale jitter), a
-rotation by k·90°, flips, HED stain jitter and brightness/contrast (the last three from
-:mod:`napari_histoseg.training.augment`). Labels are resized nearest-neighbour, so every nucleus
-keeps its own id; nuclei cut to a sliver by the window's border are dropped.
+:func:`load_instances` reads and checks one folder, :func:`load_many` several (and refuses
+a slide that would sit on both sides of the split). A folder without a ``test`` split
+(every tile ``train``, e.g. TNBC) gets a seeded held-out part (:func:`held_out_ids`), the
+same one every time, so training never sees the tiles evaluation scores.
+
+:func:`random_sample` cuts one augmented training patch and its Mask R-CNN target (boxes,
+labels, masks): a window of random place, scaled log-uniformly around the ratio of the
+tile's mpp to the model's (``scale``: wide enough for large tumour nuclei), a rotation by
+k·90°, flips, HED stain jitter and brightness/contrast (the last three from
+:mod:`napari_histoseg.training.augment`). Labels are resized nearest-neighbour, so every
+nucleus keeps its own id; nuclei cut to a sliver by the window's border are dropped.
+Windows avoid ignore regions where they can; what is left of one is painted as glass (and
+any nucleus touching it dropped), so the loss never calls an unlabelled nucleus background.
+Tiles smaller than the window are padded with glass.
 """
 
 from __future__ import annotations
@@ -44,6 +54,35 @@ class InstanceTile:
     organ: str = ""
     split: str = ""
     meta: dict = field(default_factory=dict)
+    ignore: np.ndarray | None = None   # (H, W) bool: unlabelled, neither trained on nor scored
+    group: str = ""
+    source: str = ""                   # the folder's name
+
+
+GLASS = 240          # grey level of the padding and of painted-out ignore regions
+HELD_OUT_FRACTION = 1 / 3
+
+
+def held_out_ids(info: dict, fraction: float = HELD_OUT_FRACTION, seed: int = 0) -> set[str]:
+    """Tile ids held out as ``test`` of a folder that has no ``test`` split (empty otherwise).
+
+    Whole groups are held out where there are at least three; otherwise (one patient or
+    unknown) single tiles, ``ceil(fraction x n)`` of them, chosen by a seeded shuffle of the
+    sorted ids, so the choice never changes."""
+    tiles = info.get("tiles", [])
+    if not tiles or any(t.get("split") == "test" for t in tiles):
+        return set()
+    rng = np.random.default_rng(seed)
+    groups = sorted({t.get("group") or t["id"] for t in tiles})
+    if len(groups) >= 3:
+        pick = set(rng.permutation(groups)[:max(1, int(np.ceil(fraction * len(groups))))].tolist())
+        return {t["id"] for t in tiles if (t.get("group") or t["id"]) in pick}
+    ids = sorted(t["id"] for t in tiles)
+    return set(rng.permutation(ids)[:max(1, int(np.ceil(fraction * len(ids))))].tolist())
+
+
+def _split_of(t: dict, held: set[str]) -> str:
+    return "test" if t["id"] in held else t.get("split", "")
 
 
 def read_dataset_json(root) -> dict:
@@ -55,9 +94,10 @@ def load_instances(root, split: str | None = None, ids=None) -> list[InstanceTil
     """Read the tiles of an instances folder (``split``: 'train', 'test', or None/'all')."""
     root = Path(root)
     info = read_dataset_json(root)
+    held = held_out_ids(info)
     tiles = []
     for t in info.get("tiles", []):
-        if split not in (None, "all") and t.get("split") != split:
+        if split not in (None, "all") and _split_of(t, held) != split:
             continue
         if ids is not None and t["id"] not in ids:
             continue
@@ -69,11 +109,50 @@ def load_instances(root, split: str | None = None, ids=None) -> list[InstanceTil
         if lab.shape != img.shape[:2]:
             raise InstanceDatasetError(
                 f"{root}: tile {t['id']}: instances {lab.shape} differ from image {img.shape[:2]}")
+        ignore = None
+        if t.get("ignore"):
+            ignore = np.asarray(imread(str(root / t["ignore"]))) > 0
+            if ignore.ndim == 3:
+                ignore = ignore.any(-1)
+            if ignore.shape != lab.shape:
+                raise InstanceDatasetError(
+                    f"{root}: tile {t['id']}: ignore mask {ignore.shape} differs from image {img.shape[:2]}")
+            if not ignore.any():
+                ignore = None
         tiles.append(InstanceTile(t["id"], img, lab, t.get("mpp"), t.get("organ", ""),
-                                  t.get("split", ""), t))
+                                  _split_of(t, held), t, ignore, t.get("group", ""), root.name))
     if not tiles:
         raise InstanceDatasetError(f"{root}: no tiles with split {split!r}")
     return tiles
+
+
+def load_many(roots, split: str | None = None) -> list[InstanceTile]:
+    """:func:`load_instances` of several folders, one list. Refuses a group (slide) that is in
+    several folders and on both sides of the split (MoNuSAC shares slides with MoNuSeg)."""
+    roots = [roots] if isinstance(roots, (str, Path)) else list(roots)
+    if len(roots) > 1:
+        sides: dict[str, dict] = {}
+        for r in roots:
+            info = read_dataset_json(r)
+            held = held_out_ids(info)
+            for t in info.get("tiles", []):
+                if t.get("group"):
+                    sides.setdefault(t["group"], {}).setdefault(str(r), set()).add(_split_of(t, held))
+        both = sorted(g for g, by in sides.items()
+                      if len(by) > 1 and {"train", "test"} <= set().union(*by.values()))
+        if both:
+            raise InstanceDatasetError(f"slide(s) {', '.join(both[:3])} are in several of these folders, on "
+                                       "both sides of the split; move them to one side")
+    out = []
+    for r in roots:
+        try:
+            out += load_instances(r, split)
+        except InstanceDatasetError:
+            if len(roots) == 1:
+                raise
+    if not out:
+        raise InstanceDatasetError(f"{', '.join(map(str, roots))}: no tiles with split {split!r}")
+    return out
 
 
 def _resize_pair(image: np.ndarray, labels: np.ndarray, size: int):
@@ -109,17 +188,47 @@ def targets_from_labels(labels: np.ndarray, min_area: int = 12) -> dict:
     }
 
 
+def _pad(a: np.ndarray, side: int, value) -> np.ndarray:
+    h, w = a.shape[:2]
+    if h >= side and w >= side:
+        return a
+    pad = [(0, max(0, side - h)), (0, max(0, side - w))] + [(0, 0)] * (a.ndim - 2)
+    return np.pad(a, pad, constant_values=value)
+
+
 def random_sample(tile: InstanceTile, size: int, rng: np.random.Generator, model_mpp: float | None = None,
-                  scale_jitter: float = 0.15, cfg: AugmentConfig | None = None):
-    """One augmented ``(image tensor (3, size, size) in [0, 1], target dict)``."""
+                  scale: tuple = (0.8, 1.25), cfg: AugmentConfig | None = None, tries: int = 8):
+    """One augmented ``(image tensor (3, size, size) in [0, 1], target dict)``.
+
+    ``scale``: the (min, max) of a log-uniform zoom around the tile's mpp / ``model_mpp``
+    (above 1 nuclei grow). Of ``tries`` windows the one with least ignored area is taken."""
     cfg = cfg or AugmentConfig()
     base = (tile.mpp / model_mpp) if (tile.mpp and model_mpp) else 1.0
-    s = base * rng.uniform(1 - scale_jitter, 1 + scale_jitter)   # output px per input px
-    h, w = tile.labels.shape
-    side = int(max(16, min(round(size / s), h, w)))
-    y = int(rng.integers(0, h - side + 1))
-    x = int(rng.integers(0, w - side + 1))
-    img, lab = _resize_pair(tile.image[y:y + side, x:x + side], tile.labels[y:y + side, x:x + side], size)
+    s = base * float(np.exp(rng.uniform(np.log(scale[0]), np.log(scale[1]))))   # output px per input px
+    image, labels, ignore = tile.image, tile.labels, tile.ignore
+    side = int(max(16, round(size / s)))
+    if min(labels.shape) < side:
+        image, labels = _pad(image, side, GLASS), _pad(labels, side, 0)
+        ignore = None if ignore is None else _pad(ignore, side, False)
+    h, w = labels.shape
+    best = None
+    for _ in range(tries if ignore is not None else 1):
+        y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+        bad = 0 if ignore is None else int(ignore[y:y + side, x:x + side].sum())
+        if best is None or bad < best[0]:
+            best = (bad, y, x)
+        if bad == 0:
+            break
+    bad, y, x = best
+    img = image[y:y + side, x:x + side]
+    lab = labels[y:y + side, x:x + side]
+    if bad:
+        ign = ignore[y:y + side, x:x + side]
+        img, lab = img.copy(), lab.copy()
+        touched = np.unique(lab[ign])
+        lab[np.isin(lab, touched[touched > 0])] = 0
+        img[ign] = GLASS
+    img, lab = _resize_pair(img, lab, size)
     img, lab = geometric(img, lab, rng, cfg)
     if cfg.hed_sigma > 0 and rng.random() < cfg.hed_prob:
         img = hed_perturb(img, rng, cfg.hed_sigma, cfg.hed_bias)

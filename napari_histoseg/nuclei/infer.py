@@ -10,6 +10,11 @@ whole in the tile that keeps it, and no other tile keeps it again. Masks are pas
 descending score; pixels already taken stay with the earlier (more confident) nucleus,
 and a detection that keeps less than half of its mask is dropped as a duplicate.
 
+Tiles go through the detector ``batch`` at a time (all tiles of one image have one shape).
+With ``split_touching`` (default: the checkpoint's ``preprocessing["split_touching"]``)
+non-convex instances are cut at their waists afterwards
+(:func:`napari_histoseg.nuclei.postprocess.split_touching`).
+
 Example
 -------
 >>> labels, table = detect_nuclei(rgb, mpp=0.25)              # doctest: +SKIP
@@ -153,23 +158,29 @@ def _cores(starts, tile, length):
     return out
 
 
-def iter_detect(rgb, model, tile=640, overlap=128, score_threshold=0.5, mask_threshold=0.5):
-    """Generator yielding ``(done, total)`` tiles; returns ``(labels int32, scores)``."""
+def iter_detect(rgb, model, tile=640, overlap=128, score_threshold=0.5, mask_threshold=0.5, batch=1):
+    """Generator yielding ``(done, total)`` tiles; returns ``(labels int32, scores)``.
+
+    ``batch`` tiles go through the detector at once; the pasting order (and so the result)
+    is the same for every ``batch``."""
     H, W = rgb.shape[:2]
     if overlap >= tile:
         raise ValueError(f"overlap ({overlap}) must be smaller than the tile ({tile})")
     ys, xs = tile_starts(H, tile, tile - overlap), tile_starts(W, tile, tile - overlap)
     cy, cx = _cores(ys, tile, H), _cores(xs, tile, W)
     labels = np.zeros((H, W), np.int32)
-    scores, next_id, done, total = [], 1, 0, len(ys) * len(xs)
+    scores, next_id, done = [], 1, 0
+    windows = [(i, j) for i in range(len(ys)) for j in range(len(xs))]
+    total = len(windows)
     if isinstance(model, torch.nn.Module):
         model.eval()
-    for i, y in enumerate(ys):
-        for j, x in enumerate(xs):
-            patch = rgb[y:y + tile, x:x + tile]
-            t = torch.from_numpy(np.ascontiguousarray(patch)).permute(2, 0, 1).float() / 255.0
-            dets = run_detector(model, t[None])[0]
-            next_id, kept = paste(labels, dets, (y, x), (*cy[i], *cx[j]), next_id,
+    batch = max(1, int(batch))
+    for b in range(0, total, batch):
+        part = windows[b:b + batch]
+        patches = np.stack([rgb[ys[i]:ys[i] + tile, xs[j]:xs[j] + tile] for i, j in part])
+        t = torch.from_numpy(patches).permute(0, 3, 1, 2).float() / 255.0
+        for (i, j), dets in zip(part, run_detector(model, t)):
+            next_id, kept = paste(labels, dets, (ys[i], xs[j]), (*cy[i], *cx[j]), next_id,
                                   score_threshold, mask_threshold)
             scores += kept
             done += 1
@@ -185,7 +196,8 @@ def _rescale(rgb, factor):
 
 
 def detect_nuclei(image, model=None, mpp=None, *, tile=640, overlap=128, score_threshold=None,
-                  mask_threshold=None, features=True, progress=None, should_stop=None):
+                  mask_threshold=None, features=True, progress=None, should_stop=None, batch=2,
+                  split_touching=None):
     """Find and outline every nucleus of an H&E image.
 
     Parameters
@@ -194,10 +206,16 @@ def detect_nuclei(image, model=None, mpp=None, *, tile=640, overlap=128, score_t
     model : str, Path, NucleusDetector, ``(module, meta)`` or None
         A nucleus checkpoint, a loaded one, or None for the bundled model.
     mpp : float, optional
-        Microns per pixel of ``image``. When given and it differs from the model's by more
-        than 5 %, the image is resampled to the model's mpp and the labels back.
+        Microns per pixel of ``image`` (from the file or the user; 0.05-20). When given and it
+        differs from the model's by more than 5 %, the image is resampled to the model's mpp
+        and the labels back.
     tile, overlap : int
         Tile side and overlap in model pixels; ``overlap`` must exceed the widest nucleus.
+    batch : int
+        Tiles per detector call (1-64).
+    split_touching : bool, optional
+        Cut non-convex instances at their waists (default: the checkpoint's
+        ``preprocessing["split_touching"]``, else off).
     score_threshold, mask_threshold : float
         Minimum detection score (default: the checkpoint's ``preprocessing["score_threshold"]``,
         chosen on the validation tiles, else 0.5) and mask probability (likewise
@@ -216,7 +234,14 @@ def detect_nuclei(image, model=None, mpp=None, *, tile=640, overlap=128, score_t
         One row per nucleus (``label``, centroid, area in µm² or px², ...), None if
         ``features=False``.
     """
+    from napari_histoseg.io.checks import check_float, check_int
+
     rgb = check_image(image)
+    if mpp is not None:
+        mpp = check_float(mpp, "mpp", lo=0.05, hi=20)
+    tile = check_int(tile, "tile", lo=64, hi=4096)
+    overlap = check_int(overlap, "overlap", lo=0, hi=tile - 1)
+    batch = check_int(batch, "batch", lo=1, hi=64)
     if model is None or isinstance(model, (str, Path)):
         model = load_nuclei_detector(model)
     net, meta = (model, model.meta) if isinstance(model, NucleusDetector) else model
@@ -224,14 +249,22 @@ def detect_nuclei(image, model=None, mpp=None, *, tile=640, overlap=128, score_t
         score_threshold = float((meta.preprocessing or {}).get("score_threshold", 0.5))
     if mask_threshold is None:
         mask_threshold = float((meta.preprocessing or {}).get("mask_threshold", 0.5))
+    score_threshold = check_float(score_threshold, "score_threshold", lo=0, hi=1)
+    mask_threshold = check_float(mask_threshold, "mask_threshold", lo=0, hi=1, lo_open=True, hi_open=True)
+    if split_touching is None:
+        split_touching = bool((meta.preprocessing or {}).get("split_touching", False))
     factor = 1.0
     if mpp and meta.mpp and abs(mpp / meta.mpp - 1) > 0.05:
         factor = mpp / meta.mpp
     work = _rescale(rgb, factor) if factor != 1.0 else rgb
     if min(work.shape[:2]) < MIN_SIDE:
         raise ImageFormatError(f"image too small at the model's resolution ({work.shape[1]} x {work.shape[0]} px)")
-    labels, _ = drive(iter_detect(work, net, tile, overlap, score_threshold, mask_threshold),
+    labels, _ = drive(iter_detect(work, net, tile, overlap, score_threshold, mask_threshold, batch),
                       progress, should_stop, "nucleus detection")
+    if split_touching:
+        from napari_histoseg.nuclei.postprocess import split_touching as _split
+
+        labels = _split(labels)
     if factor != 1.0:
         t = torch.from_numpy(labels).double()[None, None]
         labels = F.interpolate(t, size=rgb.shape[:2], mode="nearest")[0, 0].to(torch.int64).numpy()

@@ -13,6 +13,12 @@ one pass over the pixels however many nuclei there are.
   SQ = mean IoU of the matches, DQ = TP / (TP + FP/2 + FN/2), PQ = DQ x SQ.
 * **F1** at IoU 0.5: 2TP / (2TP + FP + FN), the same matching (numerically equal to DQ).
 
+Where part of an image is unlabelled (an ``ignore`` mask: MoNuSAC's ambiguous regions),
+:func:`drop_ignored` first removes every true or predicted object with at least half its
+area there and blanks the region in both, so neither a found nor a missed nucleus in it
+counts. :func:`size_recall` gives recall by nucleus size (so a miss of the large ones
+cannot hide in a mean).
+
 scikit-image's ``contingency_table``/``adapted_rand_error`` give pixel-pair scores, not
 these per-object ones, and torchmetrics' ``PanopticQuality`` needs category maps and
 counts "stuff"; both would need as much glue as the sparse overlap table below.
@@ -114,8 +120,54 @@ def pq(true: np.ndarray, pred: np.ndarray) -> dict:
     return {"pq": dq * sq, "dq": dq, "sq": sq, "f1": f1, "tp": tp, "fp": fp, "fn": fn}
 
 
-def score(true: np.ndarray, pred: np.ndarray) -> dict:
-    """AJI, PQ, DQ, SQ, F1 and counts of one image."""
+def drop_ignored(labels: np.ndarray, ignore, fraction: float = 0.5) -> np.ndarray:
+    """A copy of ``labels`` without the objects that have ``fraction`` or more of their area
+    in ``ignore`` (bool, same shape), and with 0 inside ``ignore``."""
+    labels = np.asarray(labels)
+    if ignore is None:
+        return labels
+    ignore = np.asarray(ignore, bool)
+    if ignore.shape != labels.shape:
+        raise ValueError(f"ignore mask {ignore.shape} differs from the labels {labels.shape}")
+    n = int(labels.max()) + 1
+    area = np.bincount(labels.ravel(), minlength=n)
+    inside = np.bincount(labels[ignore].ravel(), minlength=n)
+    gone = inside >= fraction * np.maximum(area, 1)
+    gone[0] = True
+    out = np.where(gone[labels], 0, labels)
+    out[ignore] = 0
+    return out
+
+
+def matched_true(true: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, found)``: every true object id and whether a prediction matches it at IoU > 0.5."""
+    at, ap, ti, pi, inter = overlaps(true, pred)
+    ids = np.unique(true)
+    ids = ids[ids > 0]
+    iou = inter / (at[ti] + ap[pi] - inter)
+    hit = np.zeros(len(at), bool)
+    hit[ti[iou > 0.5]] = True
+    return ids, hit[1:1 + len(ids)]
+
+
+def size_recall(areas: np.ndarray, found: np.ndarray, edges) -> list[dict]:
+    """Recall of true nuclei per size bin: ``edges`` (k+1 areas, e.g. pooled quintiles) give k
+    bins ``[edges[i], edges[i+1])`` (the last one closed); one dict per bin."""
+    areas, found = np.asarray(areas, float), np.asarray(found, bool)
+    out = []
+    for i in range(len(edges) - 1):
+        lo, hi = edges[i], edges[i + 1]
+        sel = (areas >= lo) & ((areas < hi) if i < len(edges) - 2 else (areas <= hi))
+        n = int(sel.sum())
+        out.append({"bin": i + 1, "area_min": float(lo), "area_max": float(hi), "n": n,
+                    "found": int(found[sel].sum()), "recall": float(found[sel].mean()) if n else float("nan")})
+    return out
+
+
+def score(true: np.ndarray, pred: np.ndarray, ignore=None) -> dict:
+    """AJI, PQ, DQ, SQ, F1 and counts of one image (outside ``ignore``, if given)."""
+    if ignore is not None:
+        true, pred = drop_ignored(true, ignore), drop_ignored(pred, ignore)
     return {"aji": aji(true, pred), **pq(true, pred),
             "n_true": int(len(np.unique(true)) - (np.asarray(true) == 0).any()),
             "n_pred": int(len(np.unique(pred)) - (np.asarray(pred) == 0).any())}

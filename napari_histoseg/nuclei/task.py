@@ -12,7 +12,8 @@ from napari_histoseg.models.bundled import BUNDLED
 name = "instances"
 title = "nuclei"
 # keyword options of infer (those of napari_histoseg.nuclei.infer.detect_nuclei)
-INFER_OPTIONS = frozenset({"mpp", "tile", "overlap", "score_threshold", "mask_threshold", "features"})
+INFER_OPTIONS = frozenset({"mpp", "tile", "overlap", "score_threshold", "mask_threshold", "features", "batch",
+                           "split_touching"})
 EXPLAIN_OPTIONS = frozenset()   # no explanations of nuclei
 
 

@@ -1,9 +1,15 @@
-"""Train the nucleus Mask R-CNN on an instances folder: the task's hooks for the shared loop
-(:func:`napari_histoseg.training.loop.fit`).
+"""Train the nucleus Mask R-CNN on one or more instances folders: the task's hooks for the
+shared loop (:func:`napari_histoseg.training.loop.fit`).
 
-Trains on the ``train`` tiles minus one or two held-out tiles (``val_ids``; by default the
-first breast tile and the last tile of another organ), on augmented random patches
-(:func:`~napari_histoseg.nuclei.data.random_sample`). The held-out tiles are segmented whole,
+Trains on the ``train`` tiles of every folder (:func:`~napari_histoseg.nuclei.data.load_many`,
+which refuses a slide on both sides of the split) minus one or two held-out tiles
+(``val_ids``; by default the first breast tile and the last tile of another organ), on
+augmented random patches (:func:`~napari_histoseg.nuclei.data.random_sample`) drawn from a
+tile with probability proportional to its area (breast tiles ``breast_weight`` times more).
+Ignore regions are kept out of the loss and of validation. In folders named in
+``merged_folders`` (labels made by splitting a binary mask into components, so touching
+nuclei are one instance) an instance of solidity below 0.85 is treated as ignored too, so
+the model is not taught to merge. The held-out tiles are segmented whole,
 tiled as in :func:`~napari_histoseg.nuclei.infer.detect_nuclei`, scored with AJI and PQ, and the
 checkpoint of the best mean (AJI + PQ) / 2 is kept (``task="instances"``); finally its score
 threshold is chosen on those tiles (:func:`finalize`). Settings and defaults (AdamW, warm-up,
@@ -21,7 +27,7 @@ import numpy as np
 
 from napari_histoseg.models import ModelMeta, build_model, save_checkpoint
 from napari_histoseg.nuclei.config import NucleiConfig
-from napari_histoseg.nuclei.data import load_instances, random_sample
+from napari_histoseg.nuclei.data import load_many, random_sample
 from napari_histoseg.nuclei.metrics import score
 from napari_histoseg.training.loop import TaskHooks, fit, load_start_checkpoint
 from napari_histoseg.training.loop import freeze_batchnorm as freeze_bn
@@ -54,7 +60,7 @@ def validate(model, tiles, tile=640, overlap=128) -> dict:
     rows = []
     for t in tiles:
         labels, _ = drive(iter_detect(t.image, model, tile, overlap))
-        rows.append(score(t.labels, labels))
+        rows.append(score(t.labels, labels, t.ignore))
     return {k: float(np.mean([r[k] for r in rows])) for k in ("aji", "pq", "dq", "sq", "f1")}
 
 
@@ -96,7 +102,7 @@ def tune_score_threshold(model, tiles, candidates=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8,
             for mt in mask_candidates:
                 detector.start(t.id)
                 labels, _ = drive(iter_detect(t.image, detector, tile, overlap, thr, mt))
-                table.setdefault((thr, mt), []).append(score(t.labels, labels))
+                table.setdefault((thr, mt), []).append(score(t.labels, labels, t.ignore))
     table = {k: {m: float(np.mean([r[m] for r in rows])) for m in ("aji", "pq", "f1")}
              for k, rows in table.items()}
     best = max(table, key=lambda k: table[k]["aji"] + table[k]["pq"])
@@ -114,6 +120,29 @@ def make_meta(arch, arch_kwargs, mpp, info: dict) -> ModelMeta:
         name="histoseg-nuclei", model_version="0", training=info)
 
 
+MERGED_SOLIDITY = 0.85
+
+
+def ignore_merged(tile, solidity: float = MERGED_SOLIDITY) -> None:
+    """Move the instances of ``tile`` whose solidity is below ``solidity`` (likely two or more
+    touching nuclei labelled as one) into its ignore mask (in place)."""
+    from skimage.measure import regionprops
+
+    bad = [r.label for r in regionprops(tile.labels) if r.area >= 30 and r.solidity < solidity]
+    if not bad:
+        return
+    m = np.isin(tile.labels, bad)
+    tile.ignore = m if tile.ignore is None else (tile.ignore | m)
+    tile.labels = np.where(m, 0, tile.labels)
+
+
+def tile_weights(tiles, breast_weight: float = 1.0) -> np.ndarray:
+    """Sampling probability of each tile: its area (capped at 1000 x 1000 px), breast x ``breast_weight``."""
+    w = np.array([min(t.labels.size, 1_000_000) * (breast_weight if t.organ == "breast" else 1.0)
+                  for t in tiles], float)
+    return w / w.sum()
+
+
 class NucleiHooks(TaskHooks):
     task, score_key = "instances", "val_aji_pq"
 
@@ -123,11 +152,16 @@ class NucleiHooks(TaskHooks):
     def setup(self, cfg, log):
         if not cfg.arch.startswith("maskrcnn"):
             raise ValueError(f"--task instances trains maskrcnn-* architectures, not {cfg.arch!r}")
-        tiles = self.tiles if self.tiles is not None else load_instances(self.dataset, "train")
+        tiles = self.tiles if self.tiles is not None else load_many(self.dataset, "train")
+        merged = set(getattr(cfg, "merged_folders", None) or [])
+        for t in tiles:
+            if t.source in merged:
+                ignore_merged(t)
         ids = list(cfg.val_ids) if cfg.val_ids is not None else (default_val_ids(tiles) if self.validate_tiles else [])
         self.val = [t for t in tiles if t.id in ids]
         self.train = [t for t in tiles if t.id not in ids] or tiles
         self.val_ids = [t.id for t in self.val]
+        self.weights = tile_weights(self.train, getattr(cfg, "breast_weight", 1.0))
         log(f"{len(self.train)} training tiles, {len(self.val)} held out for validation: {', '.join(ids) or '-'}")
 
     def describe(self):
@@ -156,7 +190,9 @@ class NucleiHooks(TaskHooks):
     def batch(self, rng, cfg):
         images, targets = [], []
         while len(images) < cfg.batch_size:
-            x, y = random_sample(self.train[int(rng.integers(len(self.train)))], cfg.patch_size, rng, cfg.model_mpp)
+            t = self.train[int(rng.choice(len(self.train), p=self.weights))]
+            x, y = random_sample(t, cfg.patch_size, rng, cfg.model_mpp,
+                                 scale=(getattr(cfg, "scale_min", 0.8), getattr(cfg, "scale_max", 1.25)))
             if len(y["boxes"]):
                 images.append(x)
                 targets.append(y)
@@ -172,11 +208,15 @@ class NucleiHooks(TaskHooks):
         return {"score": (v["val_aji"] + v["val_pq"]) / 2, **v}
 
     def meta(self, cfg, training):
-        info = {"dataset": str(self.dataset), "train_ids": [t.id for t in self.train], "val_ids": self.val_ids,
+        datasets = [self.dataset] if isinstance(self.dataset, (str, Path)) or self.dataset is None else self.dataset
+        info = {"dataset": ", ".join(map(str, datasets)), "train_ids": [t.id for t in self.train], "val_ids": self.val_ids,
                 "settings": training["settings"], "init_checkpoint": str(self.start) if self.start else None,
                 "steps": training["history"][-1]["steps"], "history": training["history"],
-                "augmentation": "random window, scale jitter +-15 % around tile mpp / model mpp, "
-                                "rot90, flips, HED stain jitter, brightness/contrast"}
+                "augmentation": f"random window (area-weighted tiles, breast x {cfg.breast_weight}), "
+                                f"log-uniform zoom {cfg.scale_min}-{cfg.scale_max} around tile mpp / model mpp, "
+                                "rot90, flips, HED stain jitter, brightness/contrast; ignore regions painted "
+                                "as glass" + (f"; instances of solidity < {MERGED_SOLIDITY} in "
+                                              f"{', '.join(cfg.merged_folders)} ignored" if cfg.merged_folders else "")}
         m = make_meta(self.arch, self.kwargs, cfg.model_mpp, info)
         m.name, m.model_version = cfg.name, cfg.model_version
         return m

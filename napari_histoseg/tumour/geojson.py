@@ -17,7 +17,12 @@ reported by :func:`mask_to_geojson_report`), as in :func:`~napari_histoseg.tumou
 Each Feature has ``objectType`` ``annotation``, a ``classification`` only when it has a name
 (never an empty one: QuPath rejects the whole file), ``measurements`` as a map and
 ``metadata`` (strings: provenance). :func:`instances_to_geojson` writes nuclei (an
-instance label image) as ``detection`` objects, one per instance.
+instance label image) as ``detection`` objects, one per instance; :func:`nuclei_to_geojson`
+writes the nucleus detector's result as QuPath's own cell detection does: ``detection``
+objects (or ``cell`` objects with a cell boundary in ``geometry`` and the nucleus in
+``nucleusGeometry``) classified ``Nucleus``, with the measurements named as QuPath names them
+(``Nucleus: Area µm^2``, ``Nucleus: Perimeter µm``, ``Nucleus: Circularity``, ...,
+``Detection probability``), so they sort, colour and export in QuPath like its own.
 Reading QuPath's files back into masks is :mod:`napari_histoseg.tumour.geojson_import`.
 
 Example
@@ -40,8 +45,8 @@ from napari_histoseg.core.polygons import ring_area, trace_rings
 from napari_histoseg.core.regions import clean_regions
 from napari_histoseg.core.regions import min_region_px as _min_px
 
-__all__ = ["mask_to_geojson", "mask_to_geojson_report", "instances_to_geojson", "feature", "provenance_metadata",
-           "json_number"]
+__all__ = ["mask_to_geojson", "mask_to_geojson_report", "instances_to_geojson", "nuclei_to_geojson",
+           "nucleus_measurements", "write_nuclei_geojson", "feature", "provenance_metadata", "json_number"]
 
 
 def json_number(v: float):
@@ -258,3 +263,96 @@ def instances_to_geojson(labels, *, object_type: str = "detection", classificati
                 ms[str(k)] = json_number(v) if abs(float(v)) >= 0.01 else float(v)
         feats.append(feature(_geometry(polys), object_type, cls, ms, {**meta, "label": str(reg.label)}))
     return {"type": "FeatureCollection", "features": feats}
+
+
+#: Columns of :func:`napari_histoseg.nuclei.features.nucleus_features` -> QuPath's measurement names
+#: (those of its cell detection; units as QuPath writes them). Area and perimeter come from the polygons.
+QUPATH_NUCLEUS_COLUMNS = {"eccentricity": "Nucleus: Eccentricity", "solidity": "Nucleus: Solidity",
+                          "mean_haematoxylin": "Nucleus: Hematoxylin OD mean", "score": "Detection probability"}
+
+
+def nucleus_measurements(table, mpp: float | None = None) -> dict:
+    """Label -> ``{QuPath measurement name: value}`` from a nucleus feature table (``label`` column;
+    any of ``eccentricity``, ``solidity``, ``mean_haematoxylin``, ``score``, ``area_*``, ``perimeter_*``).
+    Circularity is QuPath's, 4π·area / perimeter²."""
+    if table is None or not len(table):
+        return {}
+    out = {}
+    cols = {c: QUPATH_NUCLEUS_COLUMNS[c] for c in table.columns if c in QUPATH_NUCLEUS_COLUMNS}
+    area = next((c for c in ("area_um2", "area_px2") if c in table.columns), None)
+    per = next((c for c in ("perimeter_um", "perimeter_px") if c in table.columns), None)
+    for row in table.to_dict("records"):
+        ms = {name: row[c] for c, name in cols.items()}
+        if area and per and row[per] > 0:
+            ms["Nucleus: Circularity"] = min(1.0, 4 * math.pi * row[area] / row[per] ** 2)
+        out[int(row["label"])] = ms
+    return out
+
+
+def _prefixed(ms: dict, prefix: str) -> dict:
+    return {(f"{prefix}: {k}" if not k.startswith(("Nucleus:", "Cell:", "Detection")) else k): v for k, v in ms.items()}
+
+
+def nuclei_to_geojson(labels, table=None, *, object_type: str = "detection", cell_expansion_um: float = 5.0,
+                      offset=(0, 0), scale: float = 1.0, mpp: float | None = None, classification: str = "Nucleus",
+                      color=(0, 160, 255), provenance: dict | None = None) -> dict:
+    """The nucleus detector's labels (and feature table) as QuPath detections or cells.
+
+    ``object_type`` ``"detection"``: one ``detection`` per nucleus, its outline as the geometry.
+    ``"cell"``: one ``cell`` per nucleus whose ``geometry`` is the nucleus grown by
+    ``cell_expansion_um`` (µm with ``mpp``, else px; never into a neighbour, as QuPath's
+    cell expansion) and whose ``nucleusGeometry`` is the nucleus. Measurements: ``Nucleus: Area``
+    and ``Nucleus: Perimeter`` (µm with ``mpp``), the table's columns under QuPath's names
+    (:data:`QUPATH_NUCLEUS_COLUMNS`), ``Nucleus: Circularity``; for cells also ``Cell: Area``."""
+    if object_type not in ("detection", "cell"):
+        raise ValueError(f"object_type must be detection or cell, not {object_type!r}")
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"nucleus labels must be 2-D, got shape {labels.shape}")
+    extra = nucleus_measurements(table, mpp)
+    nuc = instances_to_geojson(labels, object_type=object_type, classification=classification, color=color,
+                               offset=offset, scale=scale, mpp=mpp, provenance=provenance)
+    for f in nuc["features"]:
+        label = int(f["properties"]["metadata"]["label"])
+        ms = _prefixed(f["properties"]["measurements"], "Nucleus")
+        ms.update({k: (json_number(v) if abs(float(v)) >= 0.01 else float(v))
+                   for k, v in extra.get(label, {}).items() if v is not None and math.isfinite(float(v))})
+        f["properties"]["measurements"] = ms
+    if object_type == "detection":
+        return nuc
+    from skimage.segmentation import expand_labels
+
+    grow = float(cell_expansion_um) / mpp if mpp else float(cell_expansion_um)
+    cells = expand_labels(labels, distance=max(0.0, grow))
+    cell_fc = instances_to_geojson(cells, object_type="cell", classification=classification, color=color,
+                                   offset=offset, scale=scale, mpp=mpp)
+    by_label = {int(f["properties"]["metadata"]["label"]): f for f in cell_fc["features"]}
+    for f in nuc["features"]:
+        cell = by_label.get(int(f["properties"]["metadata"]["label"]))
+        if cell is None:
+            continue
+        f["nucleusGeometry"] = f["geometry"]
+        f["geometry"] = cell["geometry"]
+        f["properties"]["measurements"].update(_prefixed(cell["properties"]["measurements"], "Cell"))
+    # QuPath writes a cell's nucleusGeometry beside its geometry
+    nuc["features"] = [{"type": f["type"], "id": f["id"], "geometry": f["geometry"],
+                        **({"nucleusGeometry": f["nucleusGeometry"]} if "nucleusGeometry" in f else {}),
+                        "properties": f["properties"]} for f in nuc["features"]]
+    return nuc
+
+
+def write_nuclei_geojson(path, labels, table=None, *, object_type: str = "detection", mpp: float | None = None,
+                         offset=(0, 0), scale: float = 1.0, provenance: dict | None = None) -> str:
+    """Write :func:`nuclei_to_geojson` to ``path`` (a temporary file renamed into place); returns the path."""
+    import json
+    import os
+    from pathlib import Path
+
+    fc = nuclei_to_geojson(labels, table, object_type=object_type, mpp=mpp, offset=offset, scale=scale,
+                           provenance=provenance)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(json.dumps(fc))
+    os.replace(tmp, path)
+    return str(path)
