@@ -36,6 +36,9 @@ __all__ = [
     "check_float",
     "int_arg",
     "float_arg",
+    "check_magnification",
+    "magnification_arg",
+    "MPP_AT_1X",
     "MAX_PIXELS",
     "max_pixels",
     "check_pixels",
@@ -149,6 +152,27 @@ def float_arg(lo: float | None = None, hi: float | None = None, *, lo_open: bool
               hi_open: bool = False):
     """An ``argparse`` ``type=`` that accepts finite numbers in the range only."""
     return _arg(check_float, lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open)
+
+
+#: µm per pixel at 1x by the scanners' convention (20x ~ 0.5 µm/px, 40x ~ 0.25 µm/px).
+MPP_AT_1X = 10.0
+
+
+def check_magnification(value, name: str = "magnification") -> float:
+    """An objective magnification as a number, ``"20x"``, ``"20X"`` or ``"20"``, in 1..200;
+    ``MPP_AT_1X / magnification`` is its usual µm per pixel.
+
+    >>> check_magnification("20x"), MPP_AT_1X / check_magnification(40)
+    (20.0, 0.25)
+    """
+    if isinstance(value, str):
+        value = value.strip().lower().removesuffix("x").strip()
+    return check_float(value, name, lo=1, hi=200)
+
+
+def magnification_arg():
+    """An ``argparse`` ``type=`` for :func:`check_magnification`."""
+    return _arg(lambda v, n: check_magnification(v, n))
 
 
 def max_pixels() -> int:
