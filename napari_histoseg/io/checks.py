@@ -321,11 +321,14 @@ _MISSING = object()
 def field(record, key: str, types, where: str, *, default=_MISSING, error=InputError):
     """``record[key]`` checked with :func:`check_type`; ``default`` when absent (or required
     when no default is given). ``where`` names the record in the message
-    (``"dataset.json: tiles[3]"``); ``record`` itself must be a JSON object."""
+    (``"dataset.json: tiles[3]"`` gives ``dataset.json: tiles[3].image``; a ``where`` ending in
+    a colon, ``"dataset.json:"``, gives ``dataset.json: version``); ``record`` itself must be a
+    JSON object."""
     if not isinstance(record, dict):
         raise error(f"{where} must be an object; got {_json_name(record)}")
     if key not in record:
         if default is _MISSING:
             raise error(f"{where} has no {key!r}")
         return default
-    return check_type(record[key], types, f"{where}.{key}", error=error)
+    name = f"{where} {key}" if where.endswith(":") else f"{where}.{key}"
+    return check_type(record[key], types, name, error=error)

@@ -30,7 +30,9 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-from skimage.io import imread
+
+from napari_histoseg.io.checks import InputError, check_type, inside
+from napari_histoseg.io.checks import field as json_field
 
 FORMAT = "histoseg-dataset"
 FORMAT_VERSION = 1
@@ -40,29 +42,83 @@ class DatasetError(ValueError):
     """A training-data folder that cannot be used; the message says which tile and why."""
 
 
+#: Tile fields that name files; each must be a relative path that stays inside the folder.
+PATH_FIELDS = ("image", "mask", "edits", "instances", "ignore")
+
+
 def read_dataset_json(root, task: str, need: str = "") -> dict:
     """``root/dataset.json``, checked for format, version and ``task`` ("semantic" when
     absent, "instances" or "classification"); :class:`DatasetError` says what is wrong,
-    ``need`` what the caller wanted instead."""
+    ``need`` what the caller wanted instead.
+
+    The fields every task shares are checked against the documented schema (messages name
+    the field: ``tiles[3].image must be a string; got null``), and every file a tile names
+    (:data:`PATH_FIELDS`) must be a relative path that stays inside ``root``: absolute paths,
+    ``..`` and links that lead elsewhere are refused, so a dataset never reads files outside
+    its folder."""
     path = Path(root) / "dataset.json"
     if not path.is_file():
         raise DatasetError(f"{root}: no dataset.json; is this a histoseg training-data folder?")
     try:
         meta = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise DatasetError(f"{path}: not readable JSON ({e})") from None
-    if meta.get("format") != FORMAT:
-        raise DatasetError(f"{path}: format is {meta.get('format')!r}, expected {FORMAT!r}")
-    if int(meta.get("version", 1)) > FORMAT_VERSION:
-        raise DatasetError(f"{path}: version {meta.get('version')} is newer than this reader")
-    found = meta.get("task", "semantic")
+    where = f"{path}:"
+    if not isinstance(meta, dict):
+        raise DatasetError(f"{path} must hold a JSON object; got "
+                           f"{'null' if meta is None else 'a list' if isinstance(meta, list) else repr(meta)[:40]}")
+    fmt = json_field(meta, "format", str, where, default=None, error=DatasetError)
+    if fmt != FORMAT:
+        raise DatasetError(f"{path}: format is {fmt!r}, expected {FORMAT!r}")
+    version = json_field(meta, "version", int, where, default=1, error=DatasetError)
+    if version > FORMAT_VERSION:
+        raise DatasetError(f"{path}: version {version} is newer than this reader")
+    found = json_field(meta, "task", str, where, default="semantic", error=DatasetError)
     if found != task:
         raise DatasetError(f"{path}: task {found!r}, not {task!r}" + (f"; {need}" if need else ""))
+    _check_schema(meta, Path(root), where)
     return meta
 
 
+def _check_schema(meta: dict, root: Path, where: str) -> None:
+    classes = json_field(meta, "classes", dict, where, default={}, error=DatasetError)
+    for k, v in classes.items():
+        check_type(v, str, f"{where} classes[{k!r}]", error=DatasetError)
+    if "ignore_index" in meta:
+        ignore = json_field(meta, "ignore_index", int, where, error=DatasetError)
+        if not 0 <= ignore <= 255:
+            raise DatasetError(f"{where} ignore_index must be a mask code 0..255; got {ignore}")
+    json_field(meta, "name", str, where, default="", error=DatasetError)
+    tiles = json_field(meta, "tiles", list, where, default=[], error=DatasetError)
+    for n, t in enumerate(tiles):
+        at = f"{where} tiles[{n}]"
+        if not isinstance(t, dict):
+            raise DatasetError(f"{at} must be an object; got {type(t).__name__}")
+        json_field(t, "id", (str, int), at, error=DatasetError)
+        json_field(t, "split", (str, type(None)), at, default=None, error=DatasetError)
+        json_field(t, "group", (str, int, type(None)), at, default=None, error=DatasetError)
+        for key in PATH_FIELDS:
+            if key in t and not (key in ("edits", "ignore") and t[key] is None):
+                rel = json_field(t, key, str, at, error=DatasetError)
+                try:
+                    inside(root, rel, f"{at}.{key}")
+                except InputError as e:
+                    raise DatasetError(str(e)) from None
+
+
+def _read(path: Path, what: str) -> np.ndarray:
+    """Pixels of a tile file, the header checked against the pixel budget first."""
+    from napari_histoseg.io.bounded import read_plane
+    from napari_histoseg.io.validate import ImageFormatError
+
+    try:
+        return read_plane(path, what)
+    except (InputError, ImageFormatError) as e:
+        raise DatasetError(str(e)) from None
+
+
 def read_rgb(path: Path) -> np.ndarray:
-    img = np.asarray(imread(str(path)))
+    img = _read(Path(path), "image")
     if img.ndim == 2:
         img = np.stack([img] * 3, axis=-1)
     if img.ndim != 3 or img.shape[-1] not in (3, 4):
@@ -74,7 +130,7 @@ def read_rgb(path: Path) -> np.ndarray:
 
 
 def read_mask_png(path: Path) -> np.ndarray:
-    m = np.asarray(imread(str(path)))
+    m = _read(Path(path), "mask")
     if m.ndim == 3:  # a grey mask saved as RGB(A): all channels must agree
         if not (m[..., :3] == m[..., :1]).all():
             raise DatasetError(f"{path}: mask is a colour image; masks hold one class code per pixel")
@@ -116,10 +172,16 @@ class Dataset:
     def class_codes(self) -> set[int]:
         return {int(k) for k in self.classes}
 
+    def path(self, i: int, key: str = "image") -> Path:
+        """The file ``key`` of tile ``i``, resolved and refused unless it is inside the folder."""
+        try:
+            return inside(self.root, self.tiles[i][key], f"tile {self.tiles[i].get('id')!r} {key}")
+        except InputError as e:
+            raise DatasetError(str(e)) from None
+
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """``(image uint8 (H, W, 3), mask uint8 (H, W))`` of tile ``i``."""
-        t = self.tiles[i]
-        return read_rgb(self.root / t["image"]), read_mask_png(self.root / t["mask"])
+        return read_rgb(self.path(i, "image")), read_mask_png(self.path(i, "mask"))
 
     def load_all(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """All images and masks of this subset, in memory."""
@@ -159,6 +221,10 @@ def load_dataset(root: str | Path, check_files: bool = True, check_masks: bool =
     meta_path = root / "dataset.json"
     meta = read_dataset_json(root, "semantic", "training and evaluation of tumour masks read semantic masks")
     classes = meta.get("classes") or {"0": "not tumour", "1": "tumour"}
+    for k in ("image", "mask"):
+        for n, t in enumerate(meta.get("tiles") or []):
+            if k not in t:
+                raise DatasetError(f"{meta_path}: tile #{n} has no {k!r}")
     try:
         codes = {int(k) for k in classes}
     except ValueError:
@@ -180,9 +246,9 @@ def load_dataset(root: str | Path, check_files: bool = True, check_masks: bool =
             raise DatasetError(f"tile {t['id']!r}: split {t['split']!r} is not train, val or test")
     ds = Dataset(root, classes, ignore, [dict(t) for t in tiles], meta.get("name", root.name))
     if check_files or check_masks:
-        for t in ds.tiles:
+        for i, t in enumerate(ds.tiles):
             for key in ("image", "mask"):
-                if not (root / t[key]).is_file():
+                if not ds.path(i, key).is_file():
                     raise DatasetError(f"tile {t['id']!r}: {key} file {t[key]} is missing in {root}")
     if check_masks:
         allowed = codes | {ignore}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_histoseg.io.validate import to_uint8
+from napari_histoseg.io.validate import ImageFormatError, to_uint8
 
 
 def _expand_key(key, ndim: int = 3) -> tuple:
@@ -89,6 +89,9 @@ class LazyRGBLevel:
         else:
             raw = np.asarray(self.source[ky, kx, slice(0, 3)])
         if self.in_range is not None:
+            if raw.dtype.kind == "f" and raw.size and not (np.isfinite(raw).all() and raw.min() >= 0):
+                raise ImageFormatError("this float image holds NaN, infinite or negative values here; "
+                                       "it cannot be read as H&E (save the scan as 8-bit RGB)")
             raw = to_uint8(raw, self.in_range)
         elif raw.dtype != np.uint8:  # pragma: no cover - guarded by caller
             raw = raw.astype(np.uint8)

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from napari_histoseg.io.checks import check_pixels
 from napari_histoseg.io.lazy import LazyRGBLevel
 from napari_histoseg.io.metadata import aperio_metadata, dpi_mpp, ome_mpp, resolution_mpp
 from napari_histoseg.io.slide import _TIFF_SUFFIXES, SUPPORTED_SUFFIXES, Slide, image_suffix
@@ -36,11 +37,19 @@ def _layout(axes: str, shape: tuple) -> tuple[bool, tuple]:
 def _float_range(levels_zarr, warnings) -> tuple[float, float]:
     smallest = levels_zarr[-1]
     if int(np.prod(smallest.shape)) <= 4 * _FLOAT_PROBE_PIXELS:
-        amax = float(np.nanmax(np.asarray(smallest[...])))
+        values = np.asarray(smallest[...])
+        if not np.isfinite(values).all():
+            raise ImageFormatError("a float image containing NaN or infinite values cannot be an H&E "
+                                   "image; save the scan as 8-bit RGB")
+        amin, amax = float(values.min()), float(values.max())
+        if amin < 0 or amax > 255:
+            raise ImageFormatError(f"a float image with values in [{amin:g}, {amax:g}]: expected [0, 1] "
+                                   "or [0, 255]; save the scan as 8-bit RGB")
         in_range = (0.0, 1.0) if amax <= 1.0 else (0.0, 255.0)
         warnings.append(f"float values taken as [{in_range[0]:g}, {in_range[1]:g}] (max {amax:g})")
         return in_range
-    warnings.append("float slide too large to probe: values assumed in [0, 1]")
+    warnings.append("float slide too large to probe: values assumed in [0, 1]; regions holding NaN, "
+                    "infinite or negative values are refused when read")
     return (0.0, 1.0)
 
 
@@ -96,7 +105,10 @@ def _slide_from_tiff(tif, path: Path, suffix: str) -> Slide:
             in_range, note = integer_in_range(dtype)
             warnings.append(note)
     elif dtype.kind == "f":
-        in_range = _float_range(raw_levels, warnings)
+        try:
+            in_range = _float_range(raw_levels, warnings)
+        except ImageFormatError as exc:
+            raise _prefixed(path, exc) from None
 
     plain = dtype == np.uint8 and not channel_first and view_shape[-1] == 3
     levels = [
@@ -138,6 +150,9 @@ def read_pillow(path: Path, suffix: str) -> Slide:
     warnings: list[str] = []
     try:
         with Image.open(path) as im:
+            w, h = im.size   # the header, checked before anything is decoded
+            check_pixels((h, w), f"'{path}'", hint="save large scans as tiled (pyramidal) TIFF or SVS, "
+                                                   "which are read lazily, region by region")
             im.load()  # decode now so that truncation errors surface here
             fmt, dpi = im.format, im.info.get("dpi")
             if im.mode == "P":

@@ -73,14 +73,19 @@ class Segmenter(LoadedModel):
         return (logits[:, channel] * mask).sum(dim=(1, 2))
 
 
+#: Inference engines: eager PyTorch, ONNX Runtime fp32, ONNX Runtime int8 (CPU).
+ENGINES = ("torch", "onnx", "onnx-int8")
+
+
 def load_segmenter(path=None, device: str = "auto", engine: str = "torch"):
-    """A :class:`Segmenter` (``engine="torch"``) or its ONNX Runtime twin (``"onnx"``) from a
-    checkpoint path, or the bundled default model for None; see :func:`napari_histoseg.load_model`."""
-    if engine not in ("torch", "onnx"):
-        raise ValueError(f"engine must be 'torch' or 'onnx', not {engine!r}")
+    """A :class:`Segmenter` (``engine="torch"``) or its ONNX Runtime twin (``"onnx"`` fp32,
+    ``"onnx-int8"`` quantised) from a checkpoint path, or the bundled default model for None; see
+    :func:`napari_histoseg.load_model`."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     model = Segmenter.bundled(device=device) if path is None else Segmenter.from_checkpoint(path, device=device)
-    if engine == "onnx":
+    if engine in ("onnx", "onnx-int8"):
         from napari_histoseg.models.onnx import OnnxSegmenter
 
-        return OnnxSegmenter(model)
+        return OnnxSegmenter(model, precision="int8" if engine == "onnx-int8" else "fp32")
     return model
