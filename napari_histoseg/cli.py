@@ -117,6 +117,7 @@ _SUBCOMMAND_MODULES = (
     "nuclei.cli",       # nuclei
     "classifier.cli",   # classify
     "review.cli",       # review-queue
+    "tumour.adapt_cli", # adapt
 )
 
 
