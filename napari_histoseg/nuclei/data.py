@@ -68,9 +68,9 @@ def held_out_ids(info: dict, fraction: float = HELD_OUT_FRACTION, seed: int = 0)
 
     Whole groups are held out where there are at least three; otherwise (one patient or
     unknown) single tiles, ``ceil(fraction x n)`` of them, chosen by a seeded shuffle of the
-    sorted ids, so the choice never changes."""
+    sorted ids, so the choice never changes. A folder of fewer than three tiles keeps them all."""
     tiles = info.get("tiles", [])
-    if not tiles or any(t.get("split") == "test" for t in tiles):
+    if len(tiles) < 3 or any(t.get("split") == "test" for t in tiles):
         return set()
     rng = np.random.default_rng(seed)
     groups = sorted({t.get("group") or t["id"] for t in tiles})
