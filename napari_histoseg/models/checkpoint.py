@@ -13,6 +13,7 @@ training provenance and metrics.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
+from napari_histoseg.io.checks import check_type
 from napari_histoseg.models.registry import build_model, list_architectures
 
 FORMAT = "histoseg-model"
@@ -65,11 +67,14 @@ class ModelMeta:
 
     @classmethod
     def from_json(cls, data: dict, source: str = "checkpoint") -> "ModelMeta":
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{source}: its metadata must be a JSON object; got {type(data).__name__}")
         if data.get("format") != FORMAT:
             raise CheckpointError(
                 f"{source}: metadata format is {data.get('format')!r}, expected {FORMAT!r}"
             )
-        if int(data.get("version", -1)) > FORMAT_VERSION:
+        version = _meta_field(data, "version", int, source, -1)
+        if version > FORMAT_VERSION:
             raise CheckpointError(
                 f"{source}: metadata version {data.get('version')} is newer than this "
                 f"napari-histoseg understands ({FORMAT_VERSION}); upgrade the plugin"
@@ -78,7 +83,48 @@ class ModelMeta:
         kwargs = {k: v for k, v in data.items() if k in known}
         if "arch" not in kwargs:
             raise CheckpointError(f"{source}: metadata names no architecture ('arch')")
-        return cls(**kwargs)
+        meta = cls(**kwargs)
+        meta.validate(source)
+        return meta
+
+    def validate(self, source: str = "checkpoint") -> "ModelMeta":
+        """Refuse metadata of the wrong types or values (CheckpointError naming the field):
+        a tile size outside 32..8192, mean/std not three finite numbers, a std that is not
+        positive, an mpp that is not a positive number."""
+        d = asdict(self)
+        for key, types in _META_TYPES.items():
+            _meta_field(d, key, types, source)
+        for key in ("mean", "std"):
+            v = d[key]
+            if len(v) != 3 or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                      and math.isfinite(x) for x in v):
+                raise CheckpointError(f"{source}: metadata {key} must be three finite numbers (R, G, B); got {v!r}")
+        if min(d["std"]) <= 0:
+            raise CheckpointError(f"{source}: metadata std must be positive in every channel; got {d['std']!r}")
+        if not 32 <= d["tile_size"] <= 8192:
+            raise CheckpointError(f"{source}: metadata tile_size must be 32..8192 px; got {d['tile_size']}")
+        if d["mpp"] is not None and not (math.isfinite(d["mpp"]) and 0 < d["mpp"] <= 100):
+            raise CheckpointError(f"{source}: metadata mpp must be a positive number of µm per pixel "
+                                  f"(at most 100); got {d['mpp']!r}")
+        classes = d["arch_kwargs"].get("classes", 1)
+        if isinstance(classes, bool) or not isinstance(classes, int) or not 1 <= classes <= 1000:
+            raise CheckpointError(f"{source}: metadata arch_kwargs.classes must be an integer 1..1000; "
+                                  f"got {classes!r}")
+        return self
+
+
+_META_TYPES = {"arch": str, "task": str, "arch_kwargs": dict, "classes": dict, "mean": list, "std": list,
+               "tile_size": int, "mpp": (float, type(None)), "preprocessing": dict, "name": str,
+               "model_version": (str, int, float), "training": dict, "metrics": dict}
+
+
+def _meta_field(data: dict, key: str, types, source: str, default=None):
+    try:
+        return check_type(data.get(key, default), types, f"{source}: metadata {key}", error=CheckpointError)
+    except CheckpointError:
+        if key in data:
+            raise
+        return default
 
 
 def save_checkpoint(
@@ -132,7 +178,10 @@ def read_meta(path: str | Path) -> ModelMeta:
                 "classes, normalisation), and there is no sidecar "
                 f"{sidecar.name}; it cannot be used as a model"
             )
-        data = json.loads(sidecar.read_text())
+        try:
+            data = json.loads(sidecar.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{sidecar}: its metadata is not valid JSON ({e})") from None
     return ModelMeta.from_json(data, source=str(path))
 
 
@@ -158,13 +207,27 @@ def load_checkpoint(
         )
     try:
         module = build_model(meta.arch, **meta.arch_kwargs)
-    except TypeError as e:
+    except (TypeError, ValueError, KeyError) as e:
         raise CheckpointError(f"{path}: bad arguments for {meta.arch!r}: {e}") from None
-    state = load_file(str(path), device=str(map_location))
+    try:
+        state = load_file(str(path), device=str(map_location))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: its weights cannot be read ({e})") from None
     check_state_dict(module, state, source=f"{path} ({meta.arch})")
+    check_finite(state, source=str(path))
     module.load_state_dict(state, strict=True)
     module.eval()
     return module, meta
+
+
+def check_finite(state: dict[str, Any], source: str) -> None:
+    """Raise :class:`CheckpointError` when a floating-point tensor holds NaN or infinity (a
+    diverged training run): such a model answers nonsense for every pixel."""
+    bad = [k for k, v in state.items() if torch.is_floating_point(v) and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{source}: {len(bad)} weight tensors hold NaN or infinite values "
+                              f"({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}); the model is broken "
+                              "(did its training diverge?)")
 
 
 def check_state_dict(module: nn.Module, state: dict[str, Any], source: str) -> None:
