@@ -136,7 +136,7 @@ def test_cli_segment_with_a_backend(server, ckpt, slides, tmp_path):
     (tmp_path / "token").write_text(TOKEN)
     out = tmp_path / "mask.png"
     assert main(["segment", str(slides[0] / "a.png"), "-o", str(out), "--model", str(ckpt), "--tile", "128",
-                 "--backend", server, "--token-file", str(tmp_path / "token")]) == 0
+                 "--overlap", "32", "--backend", server, "--token-file", str(tmp_path / "token")]) == 0
     assert imread(out).shape == slides[1].shape[:2]
     (tmp_path / "bad").write_text("wrong-token-0123456789")
     assert main(["segment", str(slides[0] / "a.png"), "-o", str(out), "--backend", server,

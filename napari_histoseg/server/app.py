@@ -2,7 +2,10 @@
 
 One router per resource (:mod:`napari_histoseg.server.routers`: models, infer, explain,
 jobs) over the task registry. Every route but ``/health``, ``/docs`` and ``/openapi.json``
-needs the bearer token when the server has one. Arrays travel as described in
+needs the bearer token when the server has one, checked on the headers before any of the
+body is read (:class:`~napari_histoseg.server.security.Gate`, which also caps the body).
+What a request may cost is capped by the :class:`ServerConfig`: body size, pixels decoded per
+request, loaded uploads, concurrent fine-tune jobs. Arrays travel as described in
 :mod:`napari_histoseg.backends.wire`; probabilities come back as raw float16 with ``X-Shape``
 and ``X-Dtype`` headers, task results of ``/infer/{task}`` as an NPZ of arrays and JSON info.
 """
@@ -17,10 +20,11 @@ from typing import Optional
 
 from fastapi import Depends, FastAPI
 
+from napari_histoseg.io.checks import InputError, check_float, check_int
 from napari_histoseg.server.jobs import JobRunner
 from napari_histoseg.server.routers import explain, infer, jobs, models
 from napari_histoseg.server.routers.common import auth
-from napari_histoseg.server.security import BodyLimit
+from napari_histoseg.server.security import Gate, public_text
 from napari_histoseg.server.store import ModelStore
 
 
@@ -34,27 +38,36 @@ class ServerConfig:
     models: list = field(default_factory=list)   # extra checkpoints to serve (ref = file stem), any task
     bundled: bool = True                         # the bundled model of every task this install has
     max_body_mb: float = 256.0
-    max_region_px: int = 4096 * 4096
+    max_region_px: int = 4096 * 4096             # pixels one request may decode or ask for
+    max_models: int = 8                          # uploaded / fine-tuned models held loaded (LRU)
+    max_jobs: int = 1                            # fine-tune jobs at a time
+    max_inflight_mb: Optional[float] = None      # request bodies held at once (default 4 x max_body_mb)
     batching: bool = True
     batch_wait_ms: float = 5.0
     max_batch_tiles: int = 16
     max_batch_pixels: Optional[int] = None       # default: 2^22 px on a GPU, 2^18 on a CPU
-    workdir: Optional[Path] = None               # uploads and fine-tune jobs (default: a temp dir)
+    workdir: Optional[Path] = None               # uploads and jobs go in WORKDIR/histoseg-serve (default: a temp dir)
     train_threads: Optional[int] = None
 
 
 def create_app(config: ServerConfig | None = None) -> FastAPI:
     """The application; models load here, once, on ``config.device``."""
     config = config or ServerConfig()
-    workdir = Path(config.workdir or tempfile.mkdtemp(prefix="histoseg-serve-"))
+    check_config(config)
+    workdir = server_folder(config.workdir)
     store = ModelStore(config.device, batching=config.batching, wait_ms=config.batch_wait_ms,
-                       max_tiles=config.max_batch_tiles, max_pixels=config.max_batch_pixels)
+                       max_tiles=config.max_batch_tiles, max_pixels=config.max_batch_pixels,
+                       max_models=config.max_models)
     if config.bundled:
         store.add_bundled()
     for path in config.models:
         store.add(path)
-    runner = JobRunner(workdir / "jobs", on_checkpoint=lambda p, name: store.add(p).ref,
-                       threads=config.train_threads)
+
+    def scrub(text, job):
+        return public_text(text, {job.dataset: "<dataset>", workdir: "<server workdir>"})
+
+    runner = JobRunner(workdir / "jobs", on_checkpoint=lambda p, name: store.add(p, pinned=False).ref,
+                       threads=config.train_threads, max_jobs=config.max_jobs, scrub=scrub)
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -70,9 +83,42 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
     for router in (models.router, infer.router, explain.router, jobs.router):
         app.include_router(router, dependencies=[Depends(auth)])
     limit = int(config.max_body_mb * 2**20)
-    if limit > 0:
-        app.add_middleware(BodyLimit, limit=limit)
+    inflight = int((config.max_inflight_mb or 4 * config.max_body_mb) * 2**20)
+    app.add_middleware(Gate, token=config.token, limit=limit, inflight=max(inflight, limit))
     return app
+
+
+def check_config(config: ServerConfig) -> None:
+    """InputError naming the setting that cannot work (a body limit of 0 must not mean none)."""
+    check_float(config.max_body_mb, "--max-body-mb", lo=0, lo_open=True, hi=64 * 1024)
+    if config.max_inflight_mb is not None:
+        check_float(config.max_inflight_mb, "max_inflight_mb", lo=0, lo_open=True)
+    check_int(config.max_region_px, "--max-pixels", lo=64 * 64, hi=1 << 34)
+    check_int(config.max_models, "--max-models", lo=1, hi=1000)
+    check_int(config.max_jobs, "--max-jobs", lo=1, hi=64)
+    check_float(config.batch_wait_ms, "--batch-wait-ms", lo=0, hi=10_000)
+    check_int(config.max_batch_tiles, "max_batch_tiles", lo=1, hi=4096)
+    if config.workdir is not None and not Path(config.workdir).is_dir():
+        raise InputError(f"--workdir {config.workdir} is not a folder" +
+                         (" (it is a file)" if Path(config.workdir).exists() else " (it does not exist)"))
+    if config.slides is not None and not Path(config.slides).is_dir():
+        raise InputError(f"--slides {config.slides} is not a folder")
+
+
+def server_folder(workdir) -> Path:
+    """The server's own folder: ``WORKDIR/histoseg-serve`` (nothing else in ``--workdir`` is
+    touched) or a new temporary folder. What a previous server left there is removed: unpacked
+    dataset uploads (``incoming/``) and uploaded checkpoints (``uploads/``; a new server knows
+    none, clients upload again). Finished jobs stay (:meth:`JobRunner.recover`)."""
+    import shutil
+
+    if workdir is None:
+        return Path(tempfile.mkdtemp(prefix="histoseg-serve-"))
+    own = Path(workdir) / "histoseg-serve"
+    for leftover in ("incoming", "uploads"):
+        shutil.rmtree(own / leftover, ignore_errors=True)
+    own.mkdir(exist_ok=True)
+    return own
 
 
 def _version() -> str:

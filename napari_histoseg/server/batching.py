@@ -49,6 +49,7 @@ class Batcher:
         self._in_flight = 0
         self._thread = None
         self._closed = False
+        self._retired = False   # no longer served: its thread ends once no request is in flight
         self.passes = 0   # forward passes run
         self.tiles = 0    # tiles they held
 
@@ -63,7 +64,7 @@ class Batcher:
         with self._cond:
             if self._closed:
                 raise RuntimeError("the server is shutting down")
-            if self._thread is None:
+            if self._thread is None:   # first call, or a retired batcher's late request
                 self._thread = threading.Thread(target=self._loop, name="histoseg-batcher", daemon=True)
                 self._thread.start()
             self._queue.append(item)
@@ -94,10 +95,17 @@ class Batcher:
             self._closed = True
             self._cond.notify_all()
 
+    def retire(self):
+        """The model is no longer served: requests in flight finish, then the thread ends."""
+        with self._cond:
+            self._retired = True
+            self._cond.notify_all()
+
     def _take(self) -> list[_Item] | None:
         with self._cond:
             while not self._queue:
-                if self._closed:
+                if self._closed or (self._retired and self._in_flight == 0):
+                    self._thread = None
                     return None
                 self._cond.wait()
             first = self._queue.popleft()

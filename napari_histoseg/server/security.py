@@ -17,6 +17,8 @@ import stat
 import zipfile
 from pathlib import Path, PurePosixPath
 
+from starlette.exceptions import HTTPException
+
 MIN_TOKEN_CHARS = 16
 
 
@@ -70,83 +72,159 @@ def token_ok(expected: str | None, authorization: str | None) -> bool:
     return hmac.compare_digest(given.strip().encode(), expected.encode())
 
 
-class BodyLimit:
-    """ASGI middleware: bodies over ``limit`` bytes get 413 before the app sees them.
+PUBLIC_PATHS = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 
-    The body is read here (it is bounded, so buffering it is cheap) and handed to the app
-    in one piece; a ``Content-Length`` above the limit is refused without reading.
+
+class BodyTooLarge(HTTPException):
+    """Raised from ``receive`` when a streamed body passes the limit: the app answers 413
+    (an HTTPException, so FastAPI's body parsing passes it on instead of calling it a 400)."""
+
+    def __init__(self, limit: int):
+        super().__init__(413, _too_large_text(limit), headers={"Connection": "close"})
+
+
+class Gate:
+    """ASGI middleware that decides on the headers, before any of the body is read.
+
+    * No or a wrong bearer token (when the server has one): 401 at once, except for
+      :data:`PUBLIC_PATHS`; the body is never read, so unauthenticated uploads cost nothing.
+    * ``Content-Length`` over ``limit``: 413 at once. A body without one is counted while the
+      app streams it and refused with 413 once it passes the limit (nothing is buffered here).
+    * ``inflight``: the most body bytes all requests together may hold; a request that would
+      pass it gets 503 with ``Retry-After`` (the server is busy, the request is not wrong).
     """
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, int(limit)
+    def __init__(self, app, *, token: str | None = None, limit: int = 0, inflight: int = 0):
+        self.app, self.token, self.limit, self.inflight = app, token, int(limit), int(inflight)
+        self.held = 0   # body bytes of the requests in progress
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
+        headers = {}
+        for k, v in scope.get("headers") or []:
+            headers.setdefault(k.lower(), v)
+        if self.token and scope.get("path") not in PUBLIC_PATHS:
+            given = headers.get(b"authorization", b"").decode("latin-1")
+            if not token_ok(self.token, given):
+                return await reply(send, 401, "missing or wrong bearer token",
+                                   [(b"www-authenticate", b"Bearer")])
         length = headers.get(b"content-length")
+        declared = 0
         if length is not None:
             try:
-                if int(length) > self.limit:
-                    return await self._too_large(send)
+                declared = int(length)
+                if declared < 0:
+                    raise ValueError
             except ValueError:
-                return await self._reply(send, 400, b'{"detail":"bad Content-Length"}')
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.limit:
+                return await reply(send, 400, "bad Content-Length header")
+            if self.limit and declared > self.limit:
                 return await self._too_large(send)
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body, replayed = b"".join(chunks), False
+        reserved = declared
+        if self.inflight and self.held + reserved > self.inflight:
+            return await reply(send, 503, "the server holds as many uploads as it may; try again shortly",
+                               [(b"retry-after", b"2")])
+        self.held += reserved
+        size, started = 0, False
 
-        async def replay():
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
+        async def counted_receive():
+            nonlocal size, reserved
+            message = await receive()
+            if message.get("type") == "http.request":
+                size += len(message.get("body", b""))
+                if self.limit and size > self.limit:
+                    raise BodyTooLarge(self.limit)
+                if size > reserved:          # no (or a lying) Content-Length: hold what came
+                    self.held += size - reserved
+                    reserved = size
+            return message
 
-        return await self.app(scope, replay, send)
+        async def watched_send(message):
+            nonlocal started
+            if message.get("type") == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            return await self.app(scope, counted_receive, watched_send)
+        except BodyTooLarge:
+            if not started:
+                return await self._too_large(send)
+        finally:
+            self.held -= reserved
 
     async def _too_large(self, send):
-        mb = self.limit / 2**20
-        return await self._reply(send, 413, f'{{"detail":"request body larger than {mb:g} MB '
-                                            f'(the server\'s --max-body-mb)"}}'.encode())
+        return await reply(send, 413, _too_large_text(self.limit))
 
-    @staticmethod
-    async def _reply(send, status: int, body: bytes):
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
+
+def _too_large_text(limit: int) -> str:
+    return f"request body larger than {limit / 2**20:g} MB (the server's --max-body-mb)"
+
+
+async def reply(send, status: int, detail: str, headers=()):
+    """A one-line JSON error answer straight from ASGI; the connection is closed after it
+    (the rest of an unread body is never read)."""
+    import json
+
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close"), *headers]})
+    await send({"type": "http.response.body", "body": body})
 
 
 class OutsideRoot(PermissionError):
     """A path that leads outside the directory the server may read."""
 
 
+MAX_PATH_CHARS = 1024
+
+
 def resolve_under(root, relative: str) -> Path:
     """``root / relative`` with every symlink resolved, if it stays inside ``root``.
 
     Raises :class:`OutsideRoot` for absolute paths, ``..`` escapes and symlinks pointing
-    outside, and ``FileNotFoundError`` for a path inside that does not exist.
+    outside, ``FileNotFoundError`` for a path inside that does not exist and ``ValueError``
+    for one that cannot be resolved (too long, a symbolic-link loop, a NUL byte). Messages name
+    the path as given, never where it leads on the server.
     """
-    root = Path(root).resolve()
+    from napari_histoseg.io.checks import InputError, inside
+
     rel = str(relative).replace("\\", "/")
+    if len(rel) > MAX_PATH_CHARS:
+        raise ValueError(f"a path of {len(rel)} characters; at most {MAX_PATH_CHARS} are accepted")
     if not rel or rel.startswith("/") or PurePosixPath(rel).is_absolute() or ":" in rel.split("/")[0]:
         raise OutsideRoot(f"{relative!r}: give a path relative to the server's folder")
-    path = (root / rel).resolve()
-    if not path.is_relative_to(root):
-        raise OutsideRoot(f"{relative!r} is outside the server's folder")
-    if not path.exists():
+    try:
+        path = inside(root, rel)
+        exists = path.exists()
+    except InputError:
+        raise OutsideRoot(f"{relative!r} is outside the server's folder") from None
+    except (RuntimeError, OSError, ValueError):   # a symlink loop, a name too long, a NUL byte
+        raise ValueError(f"{relative!r} cannot be resolved on the server (a loop of symbolic links, "
+                         "a name too long or a character a path cannot hold)") from None
+    if not exists:
         raise FileNotFoundError(f"{relative!r}: no such file on the server")
     return path
+
+
+def public_text(text: str, roots=()) -> str:
+    """``text`` without the server's own paths: each of ``roots`` (``{path: name}`` or paths)
+    becomes its name, any other absolute path ``<server path>`` (an error answer must not
+    tell a client where things live, or whether a file exists outside its folders)."""
+    import os
+    import re
+
+    names = roots.items() if isinstance(roots, dict) else ((r, "<server folder>") for r in roots)
+    for root, name in sorted(((str(r), n) for r, n in names if r), key=lambda rn: -len(rn[0])):
+        for form in {root, os.path.realpath(root)}:
+            text = text.replace(form.rstrip("/") + "/", name + "/" if name else "").replace(form, name)
+
+    def hide(m):
+        first = m.group(0).lstrip("/").split("/")[0]
+        return "<server path>" if first and os.path.isdir("/" + first) else m.group(0)
+
+    return re.sub(r"(?<![\w.~-])/[^\s'\"(),:;]+", hide, str(text))
 
 
 def safe_unzip(archive, dest, max_bytes: int, max_files: int = 20000) -> Path:

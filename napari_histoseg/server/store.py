@@ -1,10 +1,17 @@
 """The models a server holds, of every registered task: loaded once on its device; a tumour
-model's forward passes go through a :class:`Batcher`, the other tasks' runs take turns."""
+model's forward passes go through a :class:`Batcher`, the other tasks' runs take turns.
+
+The models the server was started with are pinned; uploaded and fine-tuned ones are held up to
+``max_models``, the least recently used unloaded first (an unloaded upload's file is removed;
+a client that names it again uploads it again). A checkpoint is served only if its tile size,
+normalisation and weights are usable (:func:`check_served`).
+"""
 
 from __future__ import annotations
 
 import copy
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +30,8 @@ class Entry:
     model: object                  # the task's loaded model on the server's device
     batcher: Batcher | None        # tumour models only
     task: str = "segmentation"
+    pinned: bool = True            # started with: never unloaded
+    owned: bool = False            # its file is the server's own (an upload): removed when unloaded
     _explainer: object = None
     explain_lock: threading.Lock = field(default_factory=threading.Lock)
     run_lock: threading.Lock = field(default_factory=threading.Lock)   # runs of the other tasks take turns
@@ -59,7 +68,7 @@ class Entry:
 
 class ModelStore:
     def __init__(self, device: str = "auto", *, batching: bool = True, wait_ms: float = 5.0, max_tiles: int = 16,
-                 max_pixels: int | None = None):
+                 max_pixels: int | None = None, max_models: int = 8):
         from napari_histoseg.core.device import resolve_device
 
         self.device = resolve_device(device)
@@ -67,11 +76,15 @@ class ModelStore:
         # the tiled engine's measured budget: on a CPU big batches run slower per pixel
         # (BENCHMARKS.md, Inference), so stacking pays on a GPU only
         self.max_pixels = max_pixels or (1 << (22 if self.device.type in ("cuda", "mps") else 18))
-        self.entries: dict[str, Entry] = {}
-        self._lock = threading.Lock()
+        self.max_models = int(max_models)
+        self.entries: OrderedDict[str, Entry] = OrderedDict()   # least recently used first
+        self.unloaded = 0
+        self._lock = threading.RLock()
 
-    def add(self, path, ref: str | None = None) -> Entry:
-        """Load the checkpoint ``path`` of any registered task (CheckpointError if it is none)."""
+    def add(self, path, ref: str | None = None, *, pinned: bool = True, owned: bool = False) -> Entry:
+        """Load the checkpoint ``path`` of any registered task (CheckpointError if it is none,
+        or if :func:`check_served` refuses it). ``pinned``: never unloaded; otherwise held
+        among the ``max_models`` most recently used; ``owned``: remove the file when unloaded."""
         from napari_histoseg.models.checkpoint import CheckpointError, read_meta
 
         path = Path(path)
@@ -79,20 +92,33 @@ class ModelStore:
         with self._lock:
             known = self.by_hash(sha)
             if known is not None:
+                self.entries.move_to_end(known.ref)
                 return known
         task = read_meta(path).task
         if task not in task_names():
-            raise CheckpointError(f"{path.name}: a {task!r} model; this server serves {', '.join(task_names())}")
+            raise CheckpointError(f"a {task!r} model; this server serves {', '.join(task_names())}")
         model = get_task(task).load_model(path, device=str(self.device))
+        check_served(model)
         batcher = None
         if task == "segmentation":
             batcher = Batcher(model.predict, enabled=self.batching, max_tiles=self.max_tiles,
                               max_pixels=self.max_pixels, wait_ms=self.wait_ms)
         with self._lock:
             ref = ref or _unique(path.stem, self.entries)
-            entry = Entry(ref, path, sha, model, batcher, task)
+            entry = Entry(ref, path, sha, model, batcher, task, pinned=pinned, owned=owned)
             self.entries[ref] = entry
+            self._unload_beyond_cap()
             return entry
+
+    def _unload_beyond_cap(self) -> None:
+        held = [e for e in self.entries.values() if not e.pinned]
+        for entry in held[:max(0, len(held) - self.max_models)]:
+            del self.entries[entry.ref]
+            self.unloaded += 1
+            if entry.batcher is not None:
+                entry.batcher.retire()       # requests in flight on it still finish
+            if entry.owned:
+                entry.path.unlink(missing_ok=True)
 
     def add_bundled(self) -> list[Entry]:
         """The bundled model of every task this install has, as ``bundled`` (tumour) and
@@ -115,21 +141,54 @@ class ModelStore:
         ref = ref or BUNDLED
         if ref == BUNDLED and task:
             ref = bundled_ref(task)
-        try:
-            entry = self.entries[ref]
-        except KeyError:
-            raise KeyError(f"the server has no model {ref!r}; it has {', '.join(self.entries) or 'none'}") from None
+        with self._lock:
+            entry = self.entries.get(ref)
+            if entry is not None:
+                self.entries.move_to_end(ref)
+        if entry is None:
+            raise KeyError(f"the server has no model {str(ref)[:80]!r}; it has {', '.join(self.entries) or 'none'}")
         if task and entry.task != task:
             raise ValueError(f"model {ref!r} is a model for {entry.task}, not for {task}")
         return entry
 
     def by_hash(self, sha: str) -> Entry | None:
-        return next((e for e in self.entries.values() if e.sha256 == sha), None)
+        with self._lock:
+            return next((e for e in self.entries.values() if e.sha256 == sha), None)
 
     def close(self):
         for e in self.entries.values():
             if e.batcher is not None:
                 e.batcher.close()
+
+
+def check_served(model) -> None:
+    """Refuse a model whose answers would be meaningless: a tile size outside 64-4096 px,
+    normalisation that is not finite or divides by zero, weights that are NaN or infinite."""
+    import torch
+
+    from napari_histoseg.io.checks import InputError, check_float, check_int
+    from napari_histoseg.models.checkpoint import CheckpointError
+
+    meta = model.meta
+    try:
+        check_int(meta.tile_size, "its tile_size", lo=64, hi=4096)
+        for name, values, lo in (("mean", meta.mean, None), ("std", meta.std, 0)):
+            if values is None:
+                continue
+            if not isinstance(values, (list, tuple)) or not values:
+                raise InputError(f"its {name} must be a list of numbers")
+            for v in values:
+                check_float(v, f"its {name}", lo=lo, lo_open=lo is not None)
+        if meta.mpp is not None:
+            check_float(meta.mpp, "its mpp", lo=0, lo_open=True, hi=100)
+    except InputError as e:
+        raise CheckpointError(f"the checkpoint cannot be served: {e}") from None
+    module = getattr(model, "module", None)
+    if module is not None:
+        with torch.no_grad():
+            for name, t in [*module.named_parameters(), *module.named_buffers()]:
+                if t.is_floating_point() and not torch.isfinite(t).all():
+                    raise CheckpointError(f"the checkpoint cannot be served: its weights {name} hold NaN or infinity")
 
 
 def _unique(stem: str, taken) -> str:

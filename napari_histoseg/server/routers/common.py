@@ -1,4 +1,5 @@
-"""What the routers share: the bearer-token check, bodies in and out, errors as HTTP codes."""
+"""What the routers share: the bearer-token check, bodies in and out, parameters checked,
+errors as HTTP codes with a one-line reason that names no server path."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from napari_histoseg.backends import wire
-from napari_histoseg.server.security import OutsideRoot, token_ok
+from napari_histoseg.io.checks import InputError, check_int
+from napari_histoseg.server.security import OutsideRoot, public_text, token_ok
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 RAW_BODY = {"requestBody": {"required": True, "content": {wire.RAW: _BINARY, wire.PNG: _BINARY, wire.NPY: _BINARY}}}
@@ -18,6 +20,8 @@ F16 = {"200": {"description": "float16 array; shape and dtype in X-Shape and X-D
                "content": {wire.RAW: _BINARY}}}
 NPZ = {"200": {"description": "NPZ of the result's arrays and its JSON info (backends.wire.pack)",
                "content": {wire.NPZ: _BINARY}}}
+MIN_TILE, MAX_TILE = 64, 4096      # tile sides a request may ask for (those of `histoseg segment --tile`)
+REFUSED = "X-Refused"              # header of a 422: the task refused this input (not an error of the server)
 
 bearer = HTTPBearer(auto_error=False, description="the token in the server's --token-file")
 
@@ -33,33 +37,94 @@ def array_response(array, **extra_headers) -> Response:
 
 
 def region(text: Optional[str]):
+    """``y,x,h,w`` as four integers (``y``, ``x`` ≥ 0; ``h``, ``w`` ≥ 1), or None."""
     if not text:
         return None
+    parts = text.split(",")
+    if len(parts) != 4:
+        raise HTTPException(422, f"region must be 'y,x,h,w', not {text[:80]!r}")
+    return check_region(parts)
+
+
+def check_region(values):
     try:
-        y, x, h, w = (int(v) for v in text.split(","))
-    except ValueError:
-        raise HTTPException(422, f"region must be 'y,x,h,w', not {text!r}") from None
-    return y, x, h, w
+        y, x, h, w = values
+        return (check_int(y, "region y", lo=0), check_int(x, "region x", lo=0),
+                check_int(h, "region height", lo=1), check_int(w, "region width", lo=1))
+    except (InputError, ValueError) as e:
+        raise HTTPException(422, f"region must be four integers y,x,h,w: {e}") from None
+
+
+def tiling(tile, overlap, model_tile=None) -> tuple[Optional[int], int]:
+    """``tile`` (None: the model's) and ``overlap`` checked: tile sides 64-4096 px, overlap from 0
+    to half the tile."""
+    try:
+        if tile is not None:
+            tile = check_int(tile, "tile", lo=MIN_TILE, hi=MAX_TILE)
+        overlap = check_int(overlap, "overlap", lo=0, hi=MAX_TILE // 2)
+        side = tile or model_tile
+        if side and 2 * overlap > side:
+            raise InputError(f"overlap {overlap} must be at most half the tile ({side} px)")
+    except InputError as e:
+        raise HTTPException(422, str(e)) from None
+    return tile, overlap
+
+
+def budgets(request: Request) -> dict:
+    """What one request's body may decode to: the server's pixels per request, and bytes."""
+    px = request.app.state.config.max_region_px
+    return {"max_pixels": px, "max_bytes": px * 16 + (1 << 20)}
 
 
 def arrays(body: bytes, request: Request) -> dict:
     """The body's arrays: ``{"image": ...}`` for one array, every array of an NPZ."""
     data = wire.decode(body, request.headers.get("content-type"), request.headers.get("x-shape"),
-                       request.headers.get("x-dtype"))
+                       request.headers.get("x-dtype"), **budgets(request))
     return data if isinstance(data, dict) else {"image": data}
 
 
-async def guard(fn, *args, **kwargs):
-    """Run blocking work off the event loop; bad input becomes 4xx with the reason."""
+def image_of(parts: dict):
+    if "image" not in parts:
+        raise InputError("the body has no array named 'image'")
+    return parts.pop("image")
+
+
+def _roots(request: Request) -> dict:
+    state = request.app.state
+    return {state.workdir: "<server workdir>", state.config.slides: "<slides>"}
+
+
+async def guard(fn, *args, request: Request | None = None, **kwargs):
+    """Run blocking work off the event loop; bad input becomes 4xx with a one-line reason
+    (paths of the server replaced by names); a task's refusal of an input (a classifier's
+    region that is not H&E) is a 422 marked with ``X-Refused: input``."""
     from napari_histoseg.models.checkpoint import CheckpointError
+
+    def fail(code, e, headers=None):
+        text = str(e).strip("'\"").splitlines()[0] if str(e).strip() else type(e).__name__
+        if request is not None:
+            text = public_text(text, _roots(request))
+        raise HTTPException(code, text[:1000], headers=headers) from None
 
     try:
         return await run_in_threadpool(fn, *args, **kwargs)
     except HTTPException:
         raise
     except OutsideRoot as e:
-        raise HTTPException(403, str(e)) from None
+        fail(403, e)
+    except wire.TooLarge as e:
+        fail(413, e)
+    except MemoryError:
+        fail(503, "the server has not enough memory for this request now; send a smaller one")
     except (FileNotFoundError, KeyError) as e:
-        raise HTTPException(404, str(e).strip("'\"")) from None
+        fail(404, e)
+    except (IsADirectoryError, NotADirectoryError) as e:
+        fail(400, e)
+    except PermissionError as e:
+        fail(403, e)
+    except OSError as e:     # the server's disk, not the request: said as such
+        fail(503, f"the server could not read or write a file ({type(e).__name__}: {e.strerror or e})")
     except (CheckpointError, wire.WireError, ValueError, TypeError) as e:
-        raise HTTPException(400, str(e)) from None
+        if type(e).__name__ == "ClassifierInputError":
+            fail(422, e, {REFUSED: "input"})
+        fail(400, e)

@@ -8,8 +8,19 @@ from fastapi import APIRouter, Request
 
 from napari_histoseg.backends import wire
 from napari_histoseg.core.runs import drive
-from napari_histoseg.server.routers.common import F16, NPZ_BODY, RAW_BODY, array_response, arrays, guard
+from napari_histoseg.server.routers.common import (
+    F16,
+    NPZ_BODY,
+    RAW_BODY,
+    array_response,
+    arrays,
+    budgets,
+    guard,
+    image_of,
+    tiling,
+)
 from napari_histoseg.server.routers.common import region as parse_region
+from napari_histoseg.server.routers.infer import check_options
 from napari_histoseg.tasks import check_infer_options, get_task
 
 router = APIRouter()
@@ -23,17 +34,20 @@ async def explain(request: Request, model: str = "bundled", method: str = "gradc
     target mask goes with the image as an NPZ body (arrays ``image`` and ``target``)."""
     from napari_histoseg.explanations import iter_explain
 
-    body = await request.body()
     store, window = request.app.state.store, parse_region(region)
+    tile, overlap = tiling(tile, overlap)
+    body = await request.body()
 
     def run():
         entry = store.get(model, "segmentation")
+        tiling(tile, overlap, entry.meta.tile_size)
         parts = arrays(body, request)
+        image = image_of(parts)
         tgt = parts["target"].astype(bool) if "target" in parts else target
         with entry.explain_lock:
-            return drive(iter_explain(parts["image"], entry.explainer(), method, target=tgt, region=window,
+            return drive(iter_explain(image, entry.explainer(), method, target=tgt, region=window,
                                       layer=layer or None, tile=tile or entry.model.meta.tile_size, overlap=overlap))
-    return array_response(await guard(run))
+    return array_response(await guard(run, request=request))
 
 
 @router.post("/explain/{task}", tags=["explain"], openapi_extra=NPZ_BODY, responses=F16)
@@ -49,14 +63,16 @@ async def explain_task(request: Request, task: str, model: str = "bundled"):
         entry = store.get(model, t.name)
         if not t.EXPLAIN_OPTIONS:
             raise ValueError(f"{t.title} ({t.name}) has no explanations")
-        parts, info = wire.unpack(body, request.headers.get("content-type"))
-        if "image" not in parts:
-            raise ValueError("the body has no array named 'image'")
-        image = parts.pop("image")
-        options = {**(info.get("options") or {}), **parts}
+        parts, info = wire.unpack(body, request.headers.get("content-type"), **budgets(request))
+        image = image_of(parts)
+        options = info.get("options") or {}
+        if not isinstance(options, dict):
+            raise ValueError("options must be a JSON object")
+        options = {**options, **parts}
         check_infer_options(t, options, t.EXPLAIN_OPTIONS)
+        check_options(options, entry.meta, getattr(image, "shape", None), budgets(request)["max_pixels"])
         segmentation = entry.batcher is not None
         with entry.explain_lock if segmentation else entry.run_lock:   # hooks must not meet other runs
             target = entry.explainer() if segmentation else entry.model
             return drive(t.iter_explain(target, image, info.get("method", "gradcam"), **options))
-    return array_response(await guard(run))
+    return array_response(await guard(run, request=request))

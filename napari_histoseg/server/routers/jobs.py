@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -11,11 +12,70 @@ from typing import Optional
 from fastapi import APIRouter, HTTPException, Request, Response
 
 from napari_histoseg.backends import wire
+from napari_histoseg.io.checks import InputError, batch_bytes, check_float, check_int, check_memory, inside
 from napari_histoseg.server.routers.common import guard
 from napari_histoseg.server.security import safe_unzip
 from napari_histoseg.tasks import dataset_task, get_task
 
 router = APIRouter()
+PATH_KEYS = ("image", "mask", "instances", "edits")   # the files a tile of dataset.json names
+MAX_DATASET_JSON = 64 << 20
+
+
+def check_settings(epochs, time_budget, lr, patch_size, batch_size, steps_per_epoch, name, model_version) -> None:
+    """Every number finite and in range, and the patch and batch size within the server's
+    memory, before anything is unpacked (so a refused job never starts)."""
+    try:
+        check_int(epochs, "epochs", lo=1, hi=10_000)
+        check_float(time_budget, "time_budget (minutes)", lo=0, lo_open=True, hi=7 * 24 * 60)
+        check_float(lr, "lr", lo=0, lo_open=True, hi=1)
+        if patch_size is not None:
+            check_int(patch_size, "patch_size", lo=32, hi=2048)
+            if patch_size % 32:
+                raise InputError(f"patch_size must be a multiple of 32; got {patch_size}")
+        if batch_size is not None:
+            check_int(batch_size, "batch_size", lo=1, hi=256)
+        if steps_per_epoch is not None:
+            check_int(steps_per_epoch, "steps_per_epoch", lo=1, hi=1_000_000)
+        if patch_size is not None or batch_size is not None:
+            patch, batch = patch_size or 256, batch_size or 8
+            check_memory(batch_bytes(batch, patch, training=True), f"training on {batch} patches of {patch} px",
+                         hint="use a smaller patch_size or batch_size")
+        for text, what, most in ((name, "name", 200), (model_version, "model_version", 100)):
+            if text is not None and (len(text) > most or not text.isprintable()):
+                raise InputError(f"{what} must be printable text of at most {most} characters")
+    except InputError as e:
+        raise HTTPException(422, str(e)) from None
+
+
+def check_dataset_files(root: Path) -> None:
+    """Every file a tile of ``root/dataset.json`` names resolves inside ``root`` and exists there
+    (an upload that names ``/etc/passwd`` or ``../x`` is refused before training reads it).
+    Messages name the path as written in dataset.json, never what lies elsewhere."""
+    path = root / "dataset.json"
+    if not path.is_file():
+        raise InputError("the dataset archive has no dataset.json at its top level")
+    if path.stat().st_size > MAX_DATASET_JSON:
+        raise InputError(f"dataset.json is larger than {MAX_DATASET_JSON >> 20} MB")
+    try:
+        meta = json.loads(path.read_text())
+    except (ValueError, RecursionError, UnicodeDecodeError) as e:
+        raise InputError(f"dataset.json is not readable JSON ({type(e).__name__})") from None
+    tiles = meta.get("tiles") if isinstance(meta, dict) else None
+    if not isinstance(tiles, list) or not tiles:
+        raise InputError("dataset.json lists no tiles")
+    for n, tile in enumerate(tiles):
+        if not isinstance(tile, dict):
+            raise InputError(f"dataset.json: tiles[{n}] must be an object")
+        for key in PATH_KEYS:
+            if key not in tile or tile[key] is None:
+                continue
+            given = tile[key]
+            if not isinstance(given, str):
+                raise InputError(f"dataset.json: tiles[{n}].{key} must be a path relative to the dataset folder")
+            target = inside(root, given, f"dataset.json: tiles[{n}].{key}")
+            if not target.is_file():
+                raise InputError(f"dataset.json: tiles[{n}].{key} {given[:200]!r} is not a file in the archive")
 
 
 @router.post("/jobs", tags=["fine-tune"], status_code=201, openapi_extra={"requestBody": {
@@ -24,48 +84,51 @@ async def start_job(request: Request, model: str = "bundled", task: Optional[str
                     time_budget: float = 15.0, lr: float = 1e-4, name: Optional[str] = None,
                     model_version: Optional[str] = None, patch_size: Optional[int] = None,
                     batch_size: Optional[int] = None, steps_per_epoch: Optional[int] = None):
-    """Start fine-tuning ``model`` on a training-data folder sent as a zip; one job at a
-    time. ``task`` defaults to the one the folder's dataset.json names (else segmentation);
-    ``patch_size`` and ``batch_size`` to the task's own. Follow it with ``GET /jobs/{id}``."""
-    body = await request.body()
-    if not ((patch_size is None or (32 <= patch_size <= 2048 and patch_size % 32 == 0))
-            and (batch_size is None or 1 <= batch_size <= 256) and epochs >= 1):
-        raise HTTPException(422, "patch_size must be a multiple of 32 in 32-2048, batch_size 1-256, epochs >= 1")
+    """Start fine-tuning ``model`` on a training-data folder sent as a zip (at most the server's
+    ``--max-jobs`` at a time). ``task`` defaults to the one the folder's dataset.json names
+    (else segmentation); ``patch_size`` and ``batch_size`` to the task's own; ``time_budget``
+    in minutes. Follow it with ``GET /jobs/{id}``."""
+    check_settings(epochs, time_budget, lr, patch_size, batch_size, steps_per_epoch, name, model_version)
     state = request.app.state
     store, runner, workdir = state.store, state.jobs, state.workdir
+    try:
+        runner.check_free()           # before the body is read or anything unpacked
+    except RuntimeError as e:
+        raise HTTPException(409, str(e)) from None
+    body = await request.body()
     limit = int(state.config.max_body_mb * 2**20)
 
     def run():
-        dest = Path(tempfile.mkdtemp(prefix="dataset-", dir=workdir))
+        incoming = workdir / "incoming"
+        incoming.mkdir(exist_ok=True)
+        dest = Path(tempfile.mkdtemp(prefix="dataset-", dir=incoming))
+        started = False
         try:
-            safe_unzip(io.BytesIO(body), dest, max_bytes=4 * limit)
-        except Exception as e:
-            shutil.rmtree(dest, ignore_errors=True)
-            raise ValueError(f"the dataset archive was refused: {e}") from None
-        try:
-            if not (dest / "dataset.json").is_file():
-                raise ValueError("the dataset archive has no dataset.json at its top level")
+            try:
+                safe_unzip(io.BytesIO(body), dest, max_bytes=4 * limit)
+            except Exception as e:  # noqa: BLE001 - any unreadable archive is the client's
+                raise ValueError(f"the dataset archive was refused: {e}") from None
+            check_dataset_files(dest)
             t = get_task(task or dataset_task(dest))
             entry = store.get(model, t.name)
             meta = entry.meta
-            return runner.start(entry.ref, entry.path, dest, task=t.name, epochs=epochs, time_budget=time_budget,
-                                lr=lr, name=name or meta.name,
-                                model_version=model_version or f"{meta.model_version}+ft",
-                                patch_size=patch_size, batch_size=batch_size,
-                                steps_per_epoch=steps_per_epoch).public()
+            job = runner.start(entry.ref, entry.path, dest, task=t.name, epochs=epochs, time_budget=time_budget,
+                               lr=lr, name=name or meta.name, model_version=model_version or f"{meta.model_version}+ft",
+                               patch_size=patch_size, batch_size=batch_size, steps_per_epoch=steps_per_epoch)
+            started = True
+            return job.public()
         except RuntimeError as e:
-            shutil.rmtree(dest, ignore_errors=True)
             raise HTTPException(409, str(e)) from None
-        except Exception:
-            shutil.rmtree(dest, ignore_errors=True)
-            raise
-    return await guard(run)
+        finally:
+            if not started:
+                shutil.rmtree(dest, ignore_errors=True)
+    return await guard(run, request=request)
 
 
 def _job(request: Request, job_id: str):
     jobs = request.app.state.jobs.jobs
     if job_id not in jobs:
-        raise HTTPException(404, f"no fine-tune job {job_id!r}")
+        raise HTTPException(404, f"no fine-tune job {job_id[:40]!r}")
     return jobs[job_id]
 
 

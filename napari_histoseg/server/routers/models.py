@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -24,7 +25,7 @@ def health(request: Request):
 def models(request: Request):
     """The models served here, of every task: reference, name, version, task, tile size, device."""
     store = request.app.state.store
-    return {"device": store.device.type, "models": [e.info() for e in store.entries.values()]}
+    return {"device": store.device.type, "models": [e.info() for e in list(store.entries.values())]}
 
 
 @router.get("/checkpoints/{sha256}", tags=["models"])
@@ -46,23 +47,28 @@ async def upload(request: Request):
     def add():
         uploads = workdir / "uploads"
         uploads.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkstemp(dir=uploads, suffix=".safetensors")[1])
-        tmp.write_bytes(body)
-        sha = file_sha256(tmp)
-        known = store.by_hash(sha)
-        if known is not None:
-            tmp.unlink()
-            return known.info()
-        path = tmp.rename(uploads / f"{sha[:16]}.safetensors")
+        fd, name = tempfile.mkstemp(dir=uploads, prefix=".upload-", suffix=".safetensors")
+        tmp, path = Path(name), None
         try:
-            return store.add(path, ref=f"upload-{sha[:12]}").info()
-        except Exception:
-            path.unlink(missing_ok=True)
-            raise
-    return await guard(add)
+            with os.fdopen(fd, "wb") as f:
+                f.write(body)
+            sha = file_sha256(tmp)
+            known = store.by_hash(sha)
+            if known is not None:
+                return known.info()
+            path = tmp.rename(uploads / f"{sha[:16]}.safetensors")
+            entry = store.add(path, ref=f"upload-{sha[:12]}", pinned=False, owned=True)
+            path = None          # the store owns it now (removed when the model is unloaded)
+            return entry.info()
+        finally:
+            tmp.unlink(missing_ok=True)
+            if path is not None:
+                path.unlink(missing_ok=True)
+    return await guard(add, request=request)
 
 
 @router.get("/stats", tags=["server"])
 def stats(request: Request):
     """Forward passes and tiles per tumour model (how well batching stacks requests)."""
-    return {ref: e.batcher.stats() for ref, e in request.app.state.store.entries.items() if e.batcher is not None}
+    store = request.app.state.store
+    return {ref: e.batcher.stats() for ref, e in list(store.entries.items()) if e.batcher is not None}
