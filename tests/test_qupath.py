@@ -137,3 +137,49 @@ def test_our_export_is_read_by_the_same_parser(tmp_path):
     [f] = features_of(path)
     assert class_name(f) == "Tumor" and f["properties"]["objectType"] == "annotation"
     np.testing.assert_array_equal(geojson_to_mask(path, m.shape), m)
+
+
+# -- nuclei as QuPath's own detections and cells -------------------------------------------
+def _nuclei():
+    from napari_histoseg.nuclei.features import nucleus_features
+    from napari_histoseg.testing import disks_image
+
+    img, truth = disks_image((96, 96), [(20, 20), (30, 70), (70, 45)], 9)
+    from scipy import ndimage as ndi
+
+    labels = ndi.label(truth > 0)[0]
+    return labels, nucleus_features(labels, img, mpp=0.25)
+
+
+@pytest.mark.parametrize("object_type", ["detection", "cell"])
+def test_nuclei_export_as_qupath_objects_with_their_measurements(tmp_path, object_type):
+    from napari_histoseg.tumour.geojson import write_nuclei_geojson
+    from napari_histoseg.tumour.geojson_import import measurements_of
+
+    labels, table = _nuclei()
+    path = tmp_path / "nuclei.geojson"
+    write_nuclei_geojson(path, labels, table, object_type=object_type, mpp=0.25)
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text           # QuPath 0.4 refuses them
+    feats = features_of(json.loads(text))
+    assert len(feats) == 3
+    for f in feats:
+        props = f["properties"]
+        assert props["objectType"] == object_type and class_name(f) == "Nucleus"
+        assert len(props["classification"]["color"]) == 3           # a class without colour breaks QuPath's import
+        ms = measurements_of(f)
+        assert {"Nucleus: Area µm^2", "Nucleus: Perimeter µm", "Nucleus: Circularity", "Nucleus: Eccentricity",
+                "Nucleus: Hematoxylin OD mean"} <= set(ms)
+        assert 0 < ms["Nucleus: Circularity"] <= 1
+    # every nucleus fills back to its own pixels
+    nucleus = [f.get("nucleusGeometry", f["geometry"]) for f in feats]
+    for f, g in zip(feats, nucleus):
+        back = geojson_to_mask({"type": "Feature", "geometry": g, "properties": {}}, labels.shape)
+        label = int(f["properties"]["metadata"]["label"])
+        np.testing.assert_array_equal(back == 1, labels == label)
+        area = measurements_of(f)["Nucleus: Area µm^2"]
+        assert area == pytest.approx((labels == label).sum() * 0.25 ** 2, abs=0.01)
+    if object_type == "cell":                                        # the cell is the nucleus grown by 5 µm
+        f = feats[0]
+        assert list(f)[:4] == ["type", "id", "geometry", "nucleusGeometry"]
+        assert measurements_of(f)["Cell: Area µm^2"] > measurements_of(f)["Nucleus: Area µm^2"]
