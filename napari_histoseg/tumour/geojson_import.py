@@ -6,6 +6,11 @@ and fill the polygons with a scanline fill.
 :func:`napari_histoseg.tumour.geojson.mask_to_geojson` writes come back pixel for pixel) and
 maps class names to codes (:func:`class_codes`; Tumour/Tumor and unclassified -> 1 by
 default). Measurements are read as a map or in QuPath's older list form.
+
+Malformed input is refused with :class:`~napari_histoseg.io.checks.InputError` naming the
+feature (``features[3]: ...``): features that are not objects, coordinates that are not
+lists of [x, y] numbers, NaN or infinite coordinates, coordinates beyond any slide
+(|x|, |y| > 10^9 px), JSON nested too deeply to be GeoJSON.
 """
 
 from __future__ import annotations
@@ -18,16 +23,27 @@ from pathlib import Path
 import numpy as np
 
 from napari_histoseg.core.polygons import fill_rings
+from napari_histoseg.io.checks import InputError, check_float, check_int, check_pixels
 
 __all__ = ["geojson_to_mask", "geojson_to_mask_report", "read_geojson", "features_of", "class_name", "class_codes",
            "measurements_of", "TUMOUR_NAMES"]
 
 TUMOUR_NAMES = ("tumour", "tumor")  # class names (any case, also derived "Tumor: Positive") read as code 1
+MAX_COORD = 1e9      # slide pixels; no slide is larger
+_MAX_DEPTH = 16      # GeometryCollections inside GeometryCollections
 
 
 def read_geojson(path) -> object:
-    """The parsed JSON of a ``.geojson`` / ``.json`` file."""
-    return json.loads(Path(path).read_text())
+    """The parsed JSON of a ``.geojson`` / ``.json`` file (InputError when it is not JSON)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not a text (GeoJSON) file") from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path} is not valid JSON ({e})") from None
+    except RecursionError:
+        raise InputError(f"{path} is nested too deeply to be GeoJSON") from None
 
 
 def features_of(data) -> list[dict]:
@@ -36,18 +52,47 @@ def features_of(data) -> list[dict]:
     if isinstance(data, (str, Path)):
         data = read_geojson(data)
     if isinstance(data, list):
-        return [f for d in data for f in features_of(d)]
+        out = []
+        for i, d in enumerate(data):
+            if not isinstance(d, dict):
+                raise InputError(f"not GeoJSON: item {i} of the list is {_what(d)}, not a Feature")
+            out += features_of(d)
+        return out
     if not isinstance(data, dict):
-        raise ValueError(f"not GeoJSON: a {type(data).__name__}")
+        raise InputError(f"not GeoJSON: {_what(data)}")
     kind = data.get("type")
     if kind == "FeatureCollection":
-        return list(data.get("features") or [])
+        feats = data.get("features") or []
+        if not isinstance(feats, list):
+            raise InputError(f"not GeoJSON: features must be a list of Features; got {_what(feats)}")
+        for i, f in enumerate(feats):
+            _check_feature(f, f"features[{i}]")
+        return list(feats)
     if kind == "Feature":
+        _check_feature(data, "the Feature")
         return [data]
     if kind in ("Polygon", "MultiPolygon", "Point", "MultiPoint", "LineString", "MultiLineString",
                 "GeometryCollection"):
         return [{"type": "Feature", "geometry": data, "properties": {}}]
-    raise ValueError(f"not GeoJSON: type {kind!r}")
+    raise InputError(f"not GeoJSON: type {kind!r}")
+
+
+def _what(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, (dict, list)):
+        return "an object" if isinstance(value, dict) else "a list"
+    if isinstance(value, str):
+        return f"the string {value[:30]!r}"
+    return f"the {type(value).__name__} {str(value)[:30]}"
+
+
+def _check_feature(f, where: str) -> None:
+    if not isinstance(f, dict):
+        raise InputError(f"not GeoJSON: {where} is {_what(f)}, not a Feature (an object)")
+    for key in ("geometry", "properties"):
+        if f.get(key) is not None and not isinstance(f[key], dict):
+            raise InputError(f"not GeoJSON: {where}.{key} is {_what(f[key])}, not an object")
 
 
 def class_name(feature: dict) -> str | None:
@@ -57,19 +102,58 @@ def class_name(feature: dict) -> str | None:
         return None
     if isinstance(c, str):
         return c
-    if "names" in c:
-        return ": ".join(c["names"])
-    return c.get("name")
+    if not isinstance(c, dict):
+        return str(c)
+    names = c.get("names")
+    if isinstance(names, list) and names:
+        return ": ".join(str(n) for n in names)
+    name = c.get("name")
+    return None if name is None else str(name)
 
 
-def _polygons(geometry: dict) -> list:
+def _ring(ring, where: str) -> np.ndarray:
+    """A ring as an (N, 2) float array of finite slide coordinates, or InputError."""
+    if not isinstance(ring, (list, tuple, np.ndarray)):
+        raise InputError(f"{where}: a ring must be a list of [x, y] positions; got {_what(ring)}")
+    try:
+        xy = np.asarray(ring, dtype=np.float64)
+    except (ValueError, TypeError, RecursionError):
+        raise InputError(f"{where}: a ring must be a list of [x, y] positions (two numbers each)") from None
+    if xy.ndim != 2 or xy.shape[1] < 2:
+        raise InputError(f"{where}: a ring must be a list of [x, y] positions; got an array of shape {xy.shape}")
+    xy = xy[:, :2]
+    if not np.isfinite(xy).all():
+        raise InputError(f"{where}: coordinates must be finite numbers (found NaN or infinity)")
+    if xy.size and np.abs(xy).max() > MAX_COORD:
+        raise InputError(f"{where}: coordinate {np.abs(xy).max():g} is beyond any slide (|x|, |y| ≤ {MAX_COORD:g} px)")
+    return xy
+
+
+def _polygon(coords, where: str) -> list:
+    if not isinstance(coords, (list, tuple)):
+        raise InputError(f"{where}: Polygon coordinates must be a list of rings; got {_what(coords)}")
+    return [_ring(r, f"{where} ring {k}") for k, r in enumerate(coords)]
+
+
+def _polygons(geometry, where: str = "geometry", depth: int = 0) -> list:
+    """The polygons of a geometry, each a list of (N, 2) rings (outer first), validated."""
+    if not isinstance(geometry, dict):
+        raise InputError(f"{where} is {_what(geometry)}, not a geometry object")
     t = geometry.get("type")
     if t == "Polygon":
-        return [geometry["coordinates"]]
+        return [_polygon(geometry.get("coordinates"), where)]
     if t == "MultiPolygon":
-        return list(geometry["coordinates"])
+        coords = geometry.get("coordinates")
+        if not isinstance(coords, (list, tuple)):
+            raise InputError(f"{where}: MultiPolygon coordinates must be a list of polygons; got {_what(coords)}")
+        return [_polygon(c, f"{where} polygon {k}") for k, c in enumerate(coords)]
     if t == "GeometryCollection":
-        return [p for g in geometry.get("geometries", []) for p in _polygons(g)]
+        if depth >= _MAX_DEPTH:
+            raise InputError(f"{where}: GeometryCollections nested more than {_MAX_DEPTH} deep")
+        geoms = geometry.get("geometries") or []
+        if not isinstance(geoms, list):
+            raise InputError(f"{where}: geometries must be a list; got {_what(geoms)}")
+        return [p for k, g in enumerate(geoms) for p in _polygons(g, f"{where}.geometries[{k}]", depth + 1)]
     return []
 
 
@@ -162,16 +246,20 @@ def geojson_to_mask_report(data, shape, *, offset=(0, 0), scale: float = 1.0,
     if isinstance(data, (str, Path)):
         data = read_geojson(data)
     codes = class_codes(data, "any" if classes is None else classes)
-    out = np.zeros(tuple(shape)[:2], np.uint8)
+    shape = tuple(check_int(v, "mask shape", lo=1) for v in tuple(shape)[:2])
+    check_pixels(shape, f"a {shape[0]} x {shape[1]} mask", hint="fill a lower resolution mask (a larger scale)")
+    scale = check_float(scale, "scale", lo=0, lo_open=True)
+    offset = tuple(check_float(v, "offset", lo=-MAX_COORD, hi=MAX_COORD) for v in offset)
+    out = np.zeros(shape, np.uint8)
     skipped: Counter = Counter()
-    for f in features_of(data):
+    for i, f in enumerate(features_of(data)):
         geom = f.get("geometry")
         if not geom:
             skipped["without geometry"] += 1
             continue
-        polys = _polygons(geom)
+        polys = _polygons(geom, f"features[{i}].geometry")
         if not polys:
-            skipped[geom.get("type", "unknown")] += 1
+            skipped[str(geom.get("type", "unknown"))] += 1
             continue
         name = class_name(f)
         if name not in codes:

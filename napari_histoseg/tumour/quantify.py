@@ -23,7 +23,7 @@ Example
 from __future__ import annotations
 
 import csv
-import math
+import io
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,9 @@ from skimage import measure
 
 from napari_histoseg.core.regions import CONNECTIVITY, clean_regions
 from napari_histoseg.core.regions import min_region_px as _min_px
+from napari_histoseg.io.atomic import atomic_write_text
+from napari_histoseg.io.checks import check_float
+from napari_histoseg.io.masks import check_mask
 
 __all__ = ["quantify", "rows", "to_csv"]
 
@@ -84,14 +87,13 @@ def quantify(mask, image=None, mpp=None, tissue=None, *, label: int = 1, ignore_
     >>> r["tumour_area_um2"], r["tumour_fraction"], r["n_regions"], r["dropped_regions"]
     (500.0, 0.2, 1, 1)
     """
-    mask = np.asarray(mask)
-    if mask.ndim != 2:
-        raise ValueError(f"mask must be 2-D, got shape {mask.shape}")
+    mask = check_mask(mask, "mask")   # 2-D integer class codes 0..255: not float, not a stack
     if mpp is not None:
-        mpp = float(mpp)
-        if not (math.isfinite(mpp) and mpp > 0):
-            raise ValueError(f"mpp must be a positive number, got {mpp}")
+        mpp = check_float(mpp, "mpp", lo=0, lo_open=True, hi=1000)
     warnings = [] if mpp is not None else [NO_MPP]
+    other = sorted(set(np.flatnonzero(np.bincount(mask.ravel(), minlength=256)).tolist()) - {0, label, ignore_index})
+    if other:
+        warnings.append(f"mask codes {other[:10]} counted as not tumour (tumour is {label}, unknown {ignore_index})")
     valid = mask != ignore_index
     cleaned = clean_regions(mask == label, _min_px(mpp, min_region_um2, min_region_px))
     tumour = cleaned.mask & valid
@@ -175,10 +177,9 @@ def to_csv(result: dict, path, regions: bool = True) -> Path:
     """Write :func:`rows` as a CSV with the header ``measure,value,unit`` (UTF-8).
     Missing figures are empty cells. Returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["measure", "value", "unit"])
-        for name, value, unit in rows(result, regions):
-            w.writerow([name, "" if value is None else value, unit])
-    return path
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(["measure", "value", "unit"])
+    for name, value, unit in rows(result, regions):
+        w.writerow([name, "" if value is None else value, unit])
+    return atomic_write_text(path, buf.getvalue())   # whole or not at all
