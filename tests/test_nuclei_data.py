@@ -8,16 +8,22 @@ import json
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
+from test_nuclei import FakeDetector
 
 from napari_histoseg.io.checks import InputError
 from napari_histoseg.models import ModelMeta
-from napari_histoseg.nuclei.data import (GLASS, InstanceDatasetError, InstanceTile, held_out_ids, load_instances,
-                                         load_many, random_sample)
+from napari_histoseg.nuclei.data import (
+    GLASS,
+    InstanceDatasetError,
+    InstanceTile,
+    held_out_ids,
+    load_instances,
+    load_many,
+    random_sample,
+)
 from napari_histoseg.nuclei.metrics import score, size_recall
 from napari_histoseg.nuclei.postprocess import split_touching
 from napari_histoseg.testing import disks_image, nuclei_dataset
-
-from test_nuclei import FakeDetector
 
 
 def _retag(root, **per_tile):

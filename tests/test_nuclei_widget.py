@@ -134,3 +134,22 @@ def test_the_widget_finds_the_nuclei_histoseg_nuclei_finds_at_another_mpp(make_n
     assert cli_labels.max() > 0
     np.testing.assert_array_equal(viewer.layers["nuclei"].data, cli_labels)
     np.testing.assert_allclose(viewer.layers["nuclei"].features["area_um2"], cli_table["area_um2"])
+
+
+def test_nuclei_saved_for_qupath_lie_where_they_are_on_the_image(widget, qtbot, tmp_path):
+    import json
+
+    viewer = widget.viewer
+    viewer.add_shapes([np.array([[10, 20], [10, 65], [110, 65], [110, 20]])], shape_type="rectangle",
+                      name="region")
+    widget.where.value = "drawn shapes"      # the search runs on a window, not the whole image
+    widget.shapes.value = viewer.layers["region"]
+    run_and_wait(widget, qtbot)
+    assert widget.qupath_button.enabled
+    path = widget.save_qupath(tmp_path / "n.geojson", kind="cells")
+    feats = json.loads(open(path).read())["features"]
+    assert len(feats) == 2 and all(f["properties"]["objectType"] == "cell" for f in feats)
+    centres = sorted(tuple(np.mean(f["nucleusGeometry"]["coordinates"][0][:-1], axis=0).round())
+                     for f in feats)
+    assert centres == [(40, 40), (40, 160)]    # (x, y) image pixels of the two disks at x=40
+    assert "Nucleus: Area µm^2" in feats[0]["properties"]["measurements"]

@@ -4,7 +4,11 @@ Where: the whole image, the visible area, the shapes drawn in a Shapes layer, or
 ``tumour`` Labels layer (only nuclei whose centroid lies inside are kept). The result is
 a Labels layer ``nuclei`` (one label per nucleus, on the image's scale and translate) whose
 ``features`` table holds the per-nucleus measurements; a summary per region (tumour
-against the rest) is shown in the dock and the table can be saved as CSV.
+against the rest) is shown in the dock and the table can be saved as CSV, or the nuclei
+as a GeoJSON QuPath imports as its own detections or cells, with their measurements.
+
+The image's µm per pixel comes from the layer's metadata, or from the "µm / px" box (0:
+unknown); the detector resamples the image to the model's magnification with it.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from pathlib import Path
 
 import napari  # noqa: F401 (names the viewer annotation napari looks for)
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, FloatSlider, Label, PushButton
+from magicgui.widgets import ComboBox, Container, FileEdit, FloatSlider, FloatSpinBox, Label, PushButton
 from napari.layers import Image, Labels, Shapes
 from napari.utils.notifications import show_error, show_warning
 
@@ -58,25 +62,38 @@ class NucleiWidget(RunsWork, Scrolling, Container):
         self.model_file = FileEdit(label="Checkpoint", filter="*.safetensors", visible=False)
         self.score = FloatSlider(label="Min. score", min=0.05, max=0.95, step=0.05, value=0.5,
                                  tooltip="Detections below this confidence are dropped")
+        self.mpp = FloatSpinBox(label="µm / px", min=0.0, max=20.0, step=0.01, value=0.0,
+                                tooltip="Microns per pixel of the image (0: from the layer's metadata, or "
+                                        "unknown). The model works at 0.25 µm/px (40x) and resamples to it.")
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.csv = FileEdit(label="CSV", mode="w", filter="*.csv", value=str(Path.home() / "nuclei.csv"),
                             tooltip="Where the per-nucleus table goes (default: beside the image's file)")
         self.save_button = PushButton(text="Save features as CSV", enabled=False)
+        self.qupath = FileEdit(label="QuPath", mode="w", filter="*.geojson",
+                               value=str(Path.home() / "nuclei.geojson"),
+                               tooltip="GeoJSON for QuPath (File > Import objects): its own detection or cell "
+                                       "objects, class Nucleus, with area, perimeter, circularity, ...")
+        self.qupath_kind = ComboBox(label="As", choices=["detections", "cells"], value="detections",
+                                    tooltip="cells: each nucleus with a cell boundary grown 5 µm around it, "
+                                            "as QuPath's cell detection makes them")
+        self.qupath_button = PushButton(text="Save for QuPath", enabled=False)
         self.summary = Label(value="")
         self.status = Label(value="Choose an image and press Run.")
         for w in (self.summary, self.status):
             w.native.setWordWrap(True)
         self.runner = Runner(self.status, self.run_button, self.cancel_button)
         self.extend([self.image, self.where, self.shapes, self.tumour, *self.model_choice.backend_widgets,
-                     self.method, self.model_file, self.score,
+                     self.method, self.model_file, self.score, self.mpp,
                      Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
-                     self.summary, self.csv, self.save_button, self.status])
+                     self.summary, self.csv, self.save_button, self.qupath, self.qupath_kind,
+                     self.qupath_button, self.status])
         self.where.changed.connect(lambda v: setattr(self.shapes, "visible", v == "drawn shapes"))
         self.method.changed.connect(self._on_method)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
         self.save_button.clicked.connect(lambda: self.save_csv())
+        self.qupath_button.clicked.connect(lambda: self.save_qupath())
         for ev in (viewer.layers.events.inserted, viewer.layers.events.removed):
             ev.connect(lambda e=None: self.reset_choices())
         viewer.layers.events.inserted.connect(self._on_inserted)
@@ -169,6 +186,10 @@ class NucleiWidget(RunsWork, Scrolling, Container):
         if self.tumour.value is not None:
             tumour = self._mask_of(self.tumour.value, data.shape, offset)
         mpp = layer.metadata.get("mpp") if isinstance(layer.metadata, dict) else None
+        if self.mpp.value > 0:
+            from napari_histoseg.io.checks import check_float
+
+            mpp = check_float(self.mpp.value, "µm / px", lo=0.05, hi=20)
         return np.asarray(data), offset, region, tumour, mpp
 
     # -- running -----------------------------------------------------------------
@@ -204,7 +225,7 @@ class NucleiWidget(RunsWork, Scrolling, Container):
     def _on_result(self, out, layer, place, mpp, offset):
         out["table"]["centroid_y"] += offset[0]  # image pixels, not window pixels
         out["table"]["centroid_x"] += offset[1]
-        self.result = out
+        self.result = {**out, "offset": offset, "mpp": mpp}
         meta = {"histoseg_source": layer.name, "method": self.method.value, "mpp": mpp,
                 "histoseg_digest": mask_digest(out["labels"])}
         old, name = free_layer(self.viewer, "nuclei", Labels, lambda ly: "histoseg_digest" in ly.metadata)  # a layer a person edited is kept
@@ -216,6 +237,7 @@ class NucleiWidget(RunsWork, Scrolling, Container):
         nuclei.contour = 1
         self.summary.value = self._summary_html(out["summary"], mpp)
         self.save_button.enabled = True
+        self.qupath_button.enabled = True
         return (f"Done: {int(out['labels'].max())} nuclei; their measurements are in the "
                 f"'{name}' layer's features table.")
 
@@ -252,4 +274,26 @@ class NucleiWidget(RunsWork, Scrolling, Container):
             show_error(f"Cannot write {path}: {e}")
             return None
         self.status.value = f"Saved {len(self.result['table'])} rows to {path}"
+        return path
+
+    def save_qupath(self, path=None, kind=None):
+        """Write the nuclei as QuPath detections (or cells) with their measurements; returns the path."""
+        if self.result is None:
+            show_warning("Run the detection first.")
+            return None
+        from napari_histoseg.tumour.geojson import write_nuclei_geojson
+
+        path = str(Path(str(path or self.qupath.value)).expanduser().absolute())
+        kind = kind or self.qupath_kind.value
+        oy, ox = self.result["offset"]
+        table = self.result["table"]
+        try:
+            write_nuclei_geojson(path, self.result["labels"], table, mpp=self.result["mpp"], offset=(ox, oy),
+                                 object_type="cell" if kind == "cells" else "detection",
+                                 provenance={"source": self.image.value.name if self.image.value else None,
+                                             "method": self.method.value})
+        except (OSError, ValueError) as e:
+            show_error(f"Cannot write {path}: {e}")
+            return None
+        self.status.value = f"Saved {int(len(table))} nuclei as QuPath {kind} to {path}"
         return path
