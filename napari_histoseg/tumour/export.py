@@ -10,13 +10,15 @@ its position (``x``, ``y``, ``width``, ``height`` in pixels of pyramid ``level``
 the annotator. A tile's id is derived from the source hash, the level and the position,
 so exporting the same tile again *replaces* it and exporting other tiles *adds* them.
 
-Writing is atomic as far as a folder can be: every file, ``dataset.json`` included, is
-first written under a temporary name in its own folder (the JSON flushed with fsync);
-only when all are written are they renamed into place with ``os.replace``,
-``dataset.json`` last. An exception or a full disk while writing removes the temporary
-files and leaves the earlier dataset as it was. (Only a crash of the process inside the
-rename loop could leave re-exported tiles with new pixels under their old record; the
-dataset stays readable.)
+The commit is atomic at every instant: a file that ``dataset.json`` names is never changed.
+New pixels go to new files (written under a temporary name, then renamed to a name no record
+uses: ``images/ID.png``, or ``images/ID-<8 hex>.png`` when a record still names that one; a
+re-exported tile whose pixels did not change keeps its file). Only when all are in place is
+``dataset.json`` (staged beside it and flushed with fsync) renamed over the old one: that one
+``os.replace`` is the commit. After it, the files that only the old records named are removed.
+A kill at any moment leaves either the old ``dataset.json`` with all its old files, or the new
+one with all its new files; files of an interrupted export that no record names are removed by
+the next export. An exception or a full disk removes what the export wrote.
 
 Example
 -------
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_histoseg.core.hashing import array_sha256, file_sha256
+from napari_histoseg.io.checks import InputError, inside
 from napari_histoseg.io.dataset import FORMAT, FORMAT_VERSION, DatasetError, load_dataset
 
 __all__ = ["export_tiles", "ExportError"]
@@ -110,12 +114,43 @@ def _tmp_name(target: Path) -> Path:
     return target.with_name(f".{target.stem}{_TMP_MARK}{uuid.uuid4().hex[:8]}{target.suffix}")
 
 
-def _clean_stale(out: Path) -> None:
+_OWN_NAME = re.compile(r"^[0-9a-f]{16}_L\d+_x-?\d+_y-?\d+(-[0-9a-f]{8})?\.png$")  # files export names
+_FILE_KEYS = ("image", "mask", "edits")
+
+
+def _referenced(tiles) -> set[str]:
+    return {str(t[k]) for t in tiles for k in _FILE_KEYS if isinstance(t.get(k), str)}
+
+
+def _clean_stale(out: Path, tiles) -> None:
+    """Remove temporary files and tile files of an interrupted export (export's own names that
+    no record of ``dataset.json`` names); nothing else is touched."""
+    keep = _referenced(tiles)
     for sub in ("images", "masks", "edits", "."):
         d = out / sub
         if d.is_dir():
             for p in d.glob(f".*{_TMP_MARK}*"):
                 p.unlink(missing_ok=True)
+            if sub != ".":
+                for p in d.iterdir():
+                    if _OWN_NAME.match(p.name) and f"{sub}/{p.name}" not in keep:
+                        p.unlink(missing_ok=True)
+
+
+def _free_name(out: Path, rel: str, taken: set[str]) -> str:
+    """``rel`` if no record names it and no file is there, else ``rel`` with a fresh suffix."""
+    if rel not in taken and not (out / rel).exists():
+        return rel
+    head, _, name = rel.rpartition("/")
+    stem, dot, ext = name.rpartition(".")
+    return f"{head}/{stem}-{uuid.uuid4().hex[:8]}{dot}{ext}"
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    try:
+        return a.stat().st_size == b.stat().st_size and a.read_bytes() == b.read_bytes()
+    except OSError:
+        return False
 
 
 def _stage_json(path: Path, meta: dict) -> Path:
@@ -225,8 +260,9 @@ def export_tiles(image, mask, out_dir, *, tile: int = 512, only_edited: bool = F
     h, w = np.shape(image)[:2]
 
     old = {t["id"]: t for t in meta["tiles"]}
-    records, staged = [], []  # staged: (tmp, final) pairs
-    _clean_stale(out)
+    taken = _referenced(meta["tiles"])
+    records, staged, placed = [], [], []  # staged: (tmp, final) pairs; placed: finals renamed in
+    _clean_stale(out, meta["tiles"])
     try:
         for y in range(0, h, tile):
             for x in range(0, w, tile):
@@ -255,18 +291,28 @@ def export_tiles(image, mask, out_dir, *, tile: int = 512, only_edited: bool = F
                                       f"(classes {sorted(allowed - {ignore})}, ignore {ignore})")
                 gx, gy = x0 + x, y0 + y
                 tid = f"{src_hash[:16]}_L{level}_x{gx}_y{gy}"
-                rec = {"id": tid, "image": f"images/{tid}.png", "mask": f"masks/{tid}.png"}
-                files = [(rec["image"], img), (rec["mask"], m.astype(np.uint8))]
-                if e is not None:
-                    rec["edits"] = f"edits/{tid}.png"
-                    files.append((rec["edits"], e.astype(np.uint8)))
-                for rel, arr in files:
-                    final = out / rel
-                    tmp = _tmp_name(final)
-                    final.parent.mkdir(parents=True, exist_ok=True)
-                    staged.append((tmp, final))
-                    _write_png(tmp, arr)
                 prev = old.get(tid, {})
+                rec = {"id": tid}
+                files = [("image", img), ("mask", m.astype(np.uint8))]
+                if e is not None:
+                    files.append(("edits", e.astype(np.uint8)))
+                for key, arr in files:
+                    rel = f"{'edits' if key == 'edits' else key + 's'}/{tid}.png"
+                    final = out / rel
+                    final.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = _tmp_name(final)
+                    staged.append((tmp, None))
+                    _write_png(tmp, arr)
+                    was = prev.get(key)
+                    if isinstance(was, str) and _same_bytes(tmp, out / was):
+                        tmp.unlink(missing_ok=True)   # unchanged pixels: the file stays as it is
+                        staged.pop()
+                        rec[key] = was
+                        continue
+                    rel = _free_name(out, rel, taken)
+                    taken.add(rel)
+                    staged[-1] = (tmp, out / rel)
+                    rec[key] = rel
                 if split is not None or "split" in prev:
                     rec["split"] = split if split is not None else prev["split"]
                 rec.update({"group": prev.get("group", src_hash[:16]), "source": src_name,
@@ -281,20 +327,31 @@ def export_tiles(image, mask, out_dir, *, tile: int = 512, only_edited: bool = F
         new_ids = {r["id"] for r in records}
         meta["tiles"] = [t for t in meta["tiles"] if t["id"] not in new_ids] + records
         # everything that needs disk space is written before anything is renamed
-        staged.append((_stage_json(out / "dataset.json", meta), out / "dataset.json"))
-        for tmp, final in staged:  # renames only; dataset.json last
+        json_tmp = _stage_json(out / "dataset.json", meta)
+        staged.append((json_tmp, None))
+        for tmp, final in staged[:-1]:  # new files to names no record uses: the old dataset is untouched
             os.replace(tmp, final)
+            placed.append(final)
+        os.replace(json_tmp, out / "dataset.json")   # the commit
     except BaseException:
-        _discard(staged)
+        _discard(staged, placed)
         raise
-    for r in records:  # a re-exported tile without edits: its old edits no longer apply
-        stale = old.get(r["id"], {}).get("edits")
-        if stale and "edits" not in r:
-            (out / stale).unlink(missing_ok=True)
+    keep = _referenced(meta["tiles"])
+    for r in records:   # files only the replaced records named (old pixels, edits that no longer apply)
+        for key in _FILE_KEYS:
+            was = old.get(r["id"], {}).get(key)
+            if isinstance(was, str) and was not in keep:
+                try:
+                    inside(out, was).unlink(missing_ok=True)
+                except (InputError, OSError):
+                    pass   # left for the next export's clean-up; the dataset is already consistent
     return [dict(r, replaced=r["id"] in old) for r in records]
 
 
-def _discard(staged) -> None:
-    for tmp, _ in staged:
-        if tmp.exists():
-            tmp.unlink(missing_ok=True)
+def _discard(staged, placed=()) -> None:
+    """Remove what an export that did not commit wrote (nothing that a record names)."""
+    for path in [tmp for tmp, _ in staged] + list(placed):
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass
