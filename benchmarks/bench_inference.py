@@ -95,7 +95,7 @@ def held_out_dice(model) -> dict:
     for name in ("camelyon", "bcss"):
         if (SHARED / name / "dataset.json").is_file():
             r = evaluate(SHARED / name, model=model, split="test")
-            out[name] = round(r["mean"]["dice"], 4)
+            out[name] = round(r["mean"]["mean_dice"], 4)
     return out
 
 
