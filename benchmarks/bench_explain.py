@@ -1,4 +1,4 @@
-"""Faithfulness (deletion test) and speed of the explanations.
+"""Faithfulness (deletion test), uncertainty against errors, and speed of the explanations.
 
 Deletion test (Petsiuk et al. 2018, RISE): replace the pixels of an image with the
 baseline (the image blurred with a Gaussian of 24 px, the SHAP baseline) in order of
@@ -6,43 +6,49 @@ decreasing attribution, and follow the target score, the mean tumour probability
 the pixels the model called tumour on the intact image, as more pixels go. A faithful
 map makes the score fall faster than the same deletion in random order, so the ratio
 of the areas under the two curves, random / attribution, is above 1; higher is better
-(the aim: >= 1.2 for the default saliency method, at both deletion units).
-Signed maps (SHAP, input x gradient) are ordered by their signed value (most
-tumour-raising first); ties (Grad-CAM's zeros) are broken at random. Deleting single pixels at random scatters the damage over
-every neighbourhood at once, which a CNN feels early, while a smooth map (Grad-CAM)
-deletes whole areas and leaves the rest intact; so the test is also run with 16 x 16
-squares as the unit of deletion (squares ranked by mean attribution against squares in
-random order), which compares maps of any smoothness on the same footing.
+(the aim: >= 1.2 for the default saliency method, at both deletion units). Signed maps
+are ordered by their signed value (most tumour-raising first); ties are broken at
+random. The test runs with single pixels and with 16 x 16 squares (ranked by their mean
+attribution) as the unit of deletion: random single pixels damage every neighbourhood at
+once, so a smooth map does badly at pixels and well at squares, a sharp one the reverse.
 
-Uncertainty: on the same test tiles, the pixel-level ROC AUC of each uncertainty map
-(entropy, MC dropout, flip/rotation TTA) against "the model is wrong here" (prediction
-at 0.5 differs from the ground-truth mask; ignore pixels left out): 0.5 is chance.
+Saliency candidates: the maps ``explain`` computes, and the products the package offers,
+formed here from the same maps (``gradcam-ixg`` = Grad-CAM x positive input x gradient,
+exactly as ``explain(..., "gradcam-ixg")``). The costly ones (GradientShap, superpixel SHAP,
+HiResCAM) run on the first ``--costly`` tiles of each set (with a target) only.
 
-Then the time to explain one 1024 x 1024 view (four adjacent BCSS test tiles) with
-each method at its defaults (tiles of 512 px, overlap 64: 9 tiles; SHAP 8 samples,
-MC dropout 16 passes).
+Uncertainty: the pixel-level ROC AUC of each uncertainty map against "the model is wrong
+here" (prediction at 0.5 differs from the ground-truth mask; ignore pixels left out), on
+every test tile with both right and wrong pixels: 0.5 is chance.
 
-    python benchmarks/bench_explain.py                       # bundled model, 3+3 test images
-    python benchmarks/bench_explain.py --methods gradcam,inputxgrad --images 2 --steps 5
-    python benchmarks/bench_explain.py --layers net.encoder.features.18,net.decoder.blocks.0
-    python benchmarks/bench_explain.py --quick               # a smoke run
+Then the time to explain one 1024 x 1024 view (four adjacent BCSS test tiles) with each
+method at its defaults, with the load average beside it.
 
-Reads ../shared/data/{bcss,camelyon}; uses napari_histoseg/weights/default.safetensors
-if it is there, else a random model (and says so: then the numbers mean nothing).
+    python benchmarks/bench_explain.py --jsonl /tmp/explain.jsonl   # every test tile of both sets
+    python benchmarks/bench_explain.py --images 6 --costly 2 --jsonl J && \
+        python benchmarks/bench_explain.py --no-deletion --no-timing --jsonl J   # as in BENCHMARKS.md
+    python benchmarks/bench_explain.py --images 2 --costly 1            # a shorter run
+    python benchmarks/bench_explain.py --summary /tmp/explain.jsonl     # tables from a finished run
+    python benchmarks/bench_explain.py --quick                          # a smoke run
+
+Per-tile results go to ``--jsonl`` as they come (a run that is stopped resumes there).
+Reads ../shared/data/{bcss,camelyon}; uses napari_histoseg/weights/default.safetensors if
+it is there, else a random model (and says so: then the numbers mean nothing).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.ndimage import gaussian_filter
 from skimage.io import imread
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,58 +58,63 @@ SHARED = Path(os.environ.get("HISTOSEG_SHARED", REPO.parent / "shared"))
 from napari_histoseg.core.scores import pixel_auc  # noqa: E402
 from napari_histoseg.explanations import explain  # noqa: E402
 from napari_histoseg.explanations.shap import stain_baseline  # noqa: E402
+from napari_histoseg.explanations.uncertainty import FlipTta, boundary_proximity, either, entropy_bits  # noqa: E402
 from napari_histoseg.models.segmenter import Segmenter  # noqa: E402
+
+CHEAP = ("gradcam", "inputxgrad")
+COSTLY = ("hirescam", "shap", "superpixel-shap")
+#: candidates formed from the maps above: name -> (maps needed, how)
+DERIVED = {
+    "gradcam-ixg": (("gradcam", "inputxgrad"), lambda m: m["gradcam"] * np.clip(m["inputxgrad"], 0, None)),
+    "gradcam-ixg4": (("gradcam", "inputxgrad"),
+                     lambda m: m["gradcam"] * gaussian_filter(np.clip(m["inputxgrad"], 0, None), 4.0)),
+    "hirescam-ixg": (("hirescam", "inputxgrad"), lambda m: m["hirescam"] * np.clip(m["inputxgrad"], 0, None)),
+    "superpixel-shap-ixg": (("superpixel-shap", "inputxgrad"),
+                            lambda m: np.clip(m["superpixel-shap"], 0, None) * np.clip(m["inputxgrad"], 0, None)),
+}
+UNCERTAINTY = ("entropy", "boundary", "entropy-boundary", "mc-dropout", "tta", "tta-entropy", "tta-boundary")
 
 
 def load_model(path):
     bundled = REPO / "napari_histoseg" / "weights" / "default.safetensors"
     path = Path(path) if path else bundled
     if path.is_file():
-        return Segmenter.from_checkpoint(path, device="cpu"), str(path.relative_to(REPO) if path.is_relative_to(REPO) else path)
+        sha = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
+        return Segmenter.from_checkpoint(path, device="cpu"), f"{path.name} sha256 {sha}"
     print(f"!! {path} not found: using a RANDOM model; the faithfulness numbers mean nothing")
     return Segmenter.random(seed=0, device="cpu"), "random unet-mobilenet_v2"
 
 
-def test_images(dataset, n, model, min_tumour=0.05):
-    """The first ``n`` test tiles (sorted by id) on which the model calls >= 5 % tumour."""
+def test_tiles(dataset, n=None):
+    """The test tiles of ``dataset`` (sorted by id; the first ``n``) as (id, rgb, truth)."""
     meta = json.loads((SHARED / "data" / dataset / "dataset.json").read_text())
-    out = []
-    for t in sorted((t for t in meta["tiles"] if t.get("split") == "test"), key=lambda t: t["id"]):
+    tiles = sorted((t for t in meta["tiles"] if t.get("split") == "test"), key=lambda t: t["id"])
+    for t in tiles[:n]:
         img = imread(SHARED / "data" / dataset / t["image"])[..., :3]
-        if img.shape[0] % 32 or img.shape[1] % 32:
-            continue
-        prob = model.predict(img[None])[0, 0]
-        if (prob >= 0.5).mean() >= min_tumour:
-            truth = imread(SHARED / "data" / dataset / t["mask"])
-            truth = truth[..., 0] if truth.ndim == 3 else truth
-            out.append((f"{dataset}/{t['id']}", img, prob >= 0.5, truth))
-        if len(out) == n:
-            break
-    return out
+        truth = imread(SHARED / "data" / dataset / t["mask"])
+        yield f"{dataset}/{t['id']}", img, truth[..., 0] if truth.ndim == 3 else truth
 
 
 @torch.no_grad()
 def score(model, batch, mask):
     """Mean tumour probability over ``mask`` for each image of a uint8 batch."""
-    probs = model.predict(batch)[:, 0]
-    return probs[:, mask].mean(1)
+    return model.predict(batch)[:, 0][:, mask].mean(1)
 
 
-def deletion_curve(model, img, base, order, mask, steps, batch=4):
+def deletion_auc(model, img, base, order, mask, steps, ends, batch=4):
+    """Area under the deletion curve (fractions 0, 1/steps, ..., 1); ``ends`` = the scores of the
+    intact and the fully blurred image, which every order shares."""
     n = order.size
-    fractions = np.linspace(0, 1, steps + 1)
+    flat, fbase = img.reshape(-1, 3), base.reshape(-1, 3)
     images = []
-    for f in fractions:
-        cur = img.copy().reshape(-1, 3)
+    for f in np.linspace(0, 1, steps + 1)[1:-1]:
+        cur = flat.copy()
         idx = order[: int(round(f * n))]
-        cur[idx] = base.reshape(-1, 3)[idx]
+        cur[idx] = fbase[idx]
         images.append(cur.reshape(img.shape))
-    scores = np.concatenate([score(model, np.stack(images[i:i + batch]), mask) for i in range(0, len(images), batch)])
-    return fractions, scores
-
-
-def auc(x, y):
-    return float(np.sum((y[1:] + y[:-1]) / 2 * np.diff(x)))
+    inner = np.concatenate([score(model, np.stack(images[i:i + batch]), mask) for i in range(0, len(images), batch)])
+    y = np.concatenate([[ends[0]], inner, [ends[1]]])
+    return float(np.sum((y[1:] + y[:-1]) / 2) / steps)
 
 
 def order_by(heat, rng, patch=1):
@@ -118,40 +129,78 @@ def order_by(heat, rng, patch=1):
     return ids[ranked].ravel()
 
 
-def faithfulness(model, images, methods, steps, samples, patches=(1, 16)):
-    """Deletion AUC ratios (attribution / random) per method and deletion unit."""
-    rows = {(name, p): [] for name in methods for p in patches}
-    for ident, img, mask, _ in images:
-        base = stain_baseline(img)[0]
-        rng = np.random.default_rng(0)
-        a_rand = {p: auc(*deletion_curve(model, img, base, order_by(rng.random(mask.shape), rng, p), mask, steps))
-                  for p in patches}
-        line = [f"{ident:<28} random AUC " + "/".join(f"{a_rand[p]:.3f}" for p in patches)]
-        for name, (method, kw) in methods.items():
-            heat = explain(img, model, method, target="mask", tile=512, samples=samples, **kw)
-            ratios = []
-            for p in patches:
-                ratio = a_rand[p] / auc(*deletion_curve(model, img, base, order_by(heat, rng, p), mask, steps))
-                rows[(name, p)].append(ratio)
-                ratios.append(f"{ratio:.3f}")
-            line.append(f"{name} {'/'.join(ratios)}")
-        print("  " + "  ".join(line), flush=True)
-    return rows
+def faithfulness(model, img, mask, names, steps, patches=(1, 16)):
+    """Deletion ratios (random AUC / attribution AUC) per candidate and unit for one tile."""
+    base = stain_baseline(img)[0]
+    ends = score(model, np.stack([img, base]), mask)
+    rng = np.random.default_rng(0)
+    rand = {p: deletion_auc(model, img, base, order_by(rng.random(mask.shape), rng, p), mask, steps, ends)
+            for p in patches}
+    maps, secs = {}, {}
+    for name in names:
+        if name in DERIVED:
+            continue
+        t = time.perf_counter()
+        maps[name] = explain(img, model, name, target="mask", tile=512)
+        secs[name] = time.perf_counter() - t
+    for name, (needs, how) in DERIVED.items():
+        if all(n in maps for n in needs):
+            maps[name] = how(maps)
+    out = {}
+    for name, heat in maps.items():
+        out[name] = [rand[p] / deletion_auc(model, img, base, order_by(heat, rng, p), mask, steps, ends)
+                     for p in patches]
+    return out, secs
 
 
-def uncertainty_auroc(model, images, methods=("entropy", "mc-dropout", "tta")):
-    """Pixel ROC AUC of each uncertainty map against the model's errors, per image."""
-    rows = {m: [] for m in methods}
-    for ident, img, mask, truth in images:
-        valid = truth != 255
-        wrong = np.where(valid, (mask != (truth > 0)).astype(np.uint8), 255)
-        line = [f"{ident:<28} error rate {wrong[valid].mean():.3f}"]
-        for m in methods:
-            a = pixel_auc(explain(img, model, m, tile=512), wrong)
-            rows[m].append(a)
-            line.append(f"{m} {a:.3f}")
-        print("  " + "  ".join(line), flush=True)
-    return rows
+def uncertainty_maps(model, img):
+    """Every candidate uncertainty map of one 512 px tile, from one prediction and one TTA."""
+    prob = model.predict(img[None])[0, 0]
+    pred = prob >= 0.5
+    tta = FlipTta(model, samples=8)(img)
+    tta_std = np.sqrt(np.clip(tta[1] - tta[0] ** 2, 0, None))
+    ent, tta_ent, near = entropy_bits(prob), entropy_bits(tta[0]), boundary_proximity(pred)
+    return pred, {
+        "entropy": ent, "boundary": near, "entropy-boundary": either(ent, near),
+        "mc-dropout": explain(img, model, "mc-dropout", tile=512),
+        "tta": tta_std, "tta-entropy": tta_ent, "tta-boundary": either(tta_ent, boundary_proximity(tta[0] >= 0.5)),
+    }
+
+
+def errors_auroc(pred, truth, maps):
+    valid = truth != 255
+    wrong = np.where(valid, (pred != (truth > 0)).astype(np.uint8), 255)
+    return float(wrong[valid].mean()), {k: pixel_auc(v, wrong) for k, v in maps.items()}
+
+
+def summarise(records):
+    print("\nDeletion test: ratio = AUC(random order) / AUC(attribution order); higher is better")
+    by = {}
+    for r in records:
+        for name, (px, sq) in r.get("deletion", {}).items():
+            by.setdefault(name, []).append((px, sq, r["id"].split("/")[0]))
+    for name, rows in by.items():
+        a = np.array([(p, s) for p, s, _ in rows])
+        parts = []
+        for ds in ("bcss", "camelyon"):
+            d = np.array([(p, s) for p, s, k in rows if k == ds])
+            if len(d):
+                parts.append(f"{ds} {d[:, 0].mean():.3f}/{d[:, 1].mean():.3f} (n={len(d)})")
+        print(f"  {name:<20} tiles {len(a):>2}  pixels mean {a[:, 0].mean():.3f} median {np.median(a[:, 0]):.3f} "
+              f"(>1 on {int((a[:, 0] > 1).sum())})  squares mean {a[:, 1].mean():.3f} median {np.median(a[:, 1]):.3f} "
+              f"(>1 on {int((a[:, 1] > 1).sum())})  |  " + "  ".join(parts))
+    print("\nUncertainty vs error: pixel ROC AUC (model wrong at 0.5 vs ground truth)")
+    aucs = {}
+    for r in records:
+        for k, v in r.get("auroc", {}).items():
+            if v is not None and np.isfinite(v):
+                aucs.setdefault(k, []).append((v, r["id"].split("/")[0]))
+    for k, rows in aucs.items():
+        a = np.array([v for v, _ in rows])
+        parts = [f"{ds} {np.mean([v for v, d in rows if d == ds]):.3f}" for ds in ("bcss", "camelyon")
+                 if any(d == ds for _, d in rows)]
+        print(f"  {k:<17} tiles {len(a):>2}  mean {a.mean():.3f}  median {np.median(a):.3f}  min {a.min():.3f}  |  "
+              + "  ".join(parts))
 
 
 def view_1024():
@@ -161,59 +210,76 @@ def view_1024():
     return np.concatenate([np.concatenate([imread(d / f"{i}.png")[..., :3] for i in row], 1) for row in ids], 0)
 
 
+def timing(model, methods):
+    view = view_1024()
+    print("\nTime per 1024 x 1024 view (defaults: tile 512, overlap 64; target mask):", flush=True)
+    for method in methods:
+        load = os.getloadavg()[0]
+        t = time.perf_counter()
+        heat = explain(view, model, method)
+        dt = time.perf_counter() - t
+        print(f"  {method:<16} {dt:7.1f} s  (load {load:.1f} -> {os.getloadavg()[0]:.1f})  "
+              f"range {heat.min():.3f} .. {heat.max():.3f}", flush=True)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None)
-    p.add_argument("--images", type=int, default=3, help="test images per dataset (bcss, camelyon)")
-    p.add_argument("--steps", type=int, default=10, help="deletion steps (fractions 0, 1/steps, ..., 1)")
-    p.add_argument("--samples", type=int, default=8, help="SHAP samples in the deletion test")
-    p.add_argument("--layers", default=None, help="comma-separated Grad-CAM layers to compare (default layer only)")
-    p.add_argument("--methods", default="gradcam-ixg,gradcam,hirescam,inputxgrad,shap", help="saliency methods to compare")
+    p.add_argument("--images", type=int, default=None, help="test tiles per set (default: all)")
+    p.add_argument("--costly", type=int, default=3, help="tiles per set for hirescam, shap, superpixel-shap")
+    p.add_argument("--steps", type=int, default=4, help="deletion steps (fractions 0, 1/steps, ..., 1)")
+    p.add_argument("--jsonl", default=None, help="append per-tile results here; tiles already there are skipped")
+    p.add_argument("--summary", default=None, metavar="JSONL", help="only print the tables of a finished run")
     p.add_argument("--no-timing", action="store_true")
-    p.add_argument("--no-uncertainty", action="store_true")
-    p.add_argument("--quick", action="store_true", help="1 image per dataset, 4 steps, 2 SHAP samples")
+    p.add_argument("--no-deletion", action="store_true", help="uncertainty only (cheap: every tile)")
+    p.add_argument("--only-timing", action="store_true")
+    p.add_argument("--quick", action="store_true", help="1 tile per set, 3 steps, no costly methods")
     args = p.parse_args(argv)
+    if args.summary:
+        summarise([json.loads(line) for line in Path(args.summary).read_text().splitlines() if line.strip()])
+        return 0
     if args.quick:
-        args.images, args.steps, args.samples = 1, 4, 2
+        args.images, args.steps, args.costly = 1, 3, 0
     if not (SHARED / "data" / "bcss").is_dir():
         print(f"skipped: {SHARED / 'data'} is not here")
         return 0
     torch.manual_seed(0)
     model, source = load_model(args.model)
-    print(f"model: {source} ({model.description}); torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{platform.processor() or platform.machine()}, cpu; load average {os.getloadavg()[0]:.1f}")
-
-    methods = {m: (m, {}) for m in args.methods.split(",")}
-    if args.layers:
-        methods.update({f"gradcam[{n}]": ("gradcam", {"layer": n}) for n in args.layers.split(",")})
-    images = test_images("bcss", args.images, model) + test_images("camelyon", args.images, model)
-    print(f"\nDeletion test: {len(images)} test images (512 x 512, model calls >= 5 % tumour), {args.steps} steps, "
-          f"baseline = Gaussian blur 24 px; ratio = AUC(random order) / AUC(attribution order), higher is better; "
-          f"deleting single pixels / 16x16 squares")
-    t0 = time.perf_counter()
-    rows = faithfulness(model, images, methods, args.steps, args.samples)
-    for (name, patch), ratios in rows.items():
-        r = np.array(ratios)
-        unit = "pixels" if patch == 1 else f"{patch}x{patch} squares"
-        print(f"  {name:<30} {unit:<15} mean ratio {r.mean():.3f}  (min {r.min():.3f}, max {r.max():.3f}, "
-              f"median {np.median(r):.3f}, above 1 on {int((r > 1).sum())}/{r.size})")
-    print(f"  ({time.perf_counter() - t0:.0f} s)")
-
-    if not args.no_uncertainty:
-        print("\nUncertainty vs error: pixel ROC AUC (model wrong at 0.5 vs ground truth), same images")
-        for m, aucs in uncertainty_auroc(model, images).items():
-            a = np.array(aucs, float)
-            print(f"  {m:<11} mean AUROC {np.nanmean(a):.3f}  (min {np.nanmin(a):.3f}, max {np.nanmax(a):.3f})")
-
+    print(f"model: {source} ({model.description}); torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"load average {os.getloadavg()[0]:.1f}", flush=True)
+    records = []
+    out = Path(args.jsonl) if args.jsonl else None
+    if out is not None and out.is_file():
+        records = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    done = {r["id"] for r in records}
+    if not args.only_timing:
+        sets = [list(test_tiles(ds, args.images)) for ds in ("bcss", "camelyon")]
+        count = {ds: sum(1 for r in records if r["id"].startswith(ds) and "shap" in r.get("deletion", {}))
+                 for ds in ("bcss", "camelyon")}
+        order = [t for pair in zip(*sets) for t in pair] + sets[0][len(sets[1]):] + sets[1][len(sets[0]):]
+        for ident, img, truth in order:
+            if ident in done:
+                continue
+            ds, rec, t0 = ident.split("/")[0], {"id": ident}, time.perf_counter()
+            pred, maps = uncertainty_maps(model, img)
+            rate, aurocs = errors_auroc(pred, truth, maps)
+            rec.update(error_rate=rate, tumour_called=float(pred.mean()),
+                       auroc={k: (None if not np.isfinite(v) else v) for k, v in aurocs.items()})
+            if pred.mean() >= 0.05 and not args.no_deletion:  # a target to explain
+                names = CHEAP + (COSTLY if count[ds] < args.costly else ()) + tuple(DERIVED)
+                count[ds] += 1
+                rec["deletion"], rec["seconds"] = faithfulness(model, img, pred, names, args.steps)
+            rec["load"] = os.getloadavg()[0]
+            print(f"  {ident:<28} {time.perf_counter() - t0:5.0f} s  " + json.dumps(rec, default=float)[:400],
+                  flush=True)
+            records.append(rec)
+            if out is not None:
+                with out.open("a") as f:
+                    f.write(json.dumps(rec, default=float) + "\n")
+        summarise(records)
     if not args.no_timing:
-        view = view_1024()
-        print("\nTime per 1024 x 1024 view (defaults: tile 512, overlap 64 -> 9 tiles; target mask):")
-        for method in (*methods, "entropy", "mc-dropout", "tta"):
-            t = time.perf_counter()
-            name, kw = methods.get(method, (method, {}))
-            heat = explain(view, model, name, **kw)
-            dt = time.perf_counter() - t
-            print(f"  {method:<11} {dt:7.1f} s  (load {os.getloadavg()[0]:.1f})   map {heat.shape}, range {heat.min():.3f} .. {heat.max():.3f}", flush=True)
+        timing(model, ("gradcam", "inputxgrad", "gradcam-ixg", "hirescam", "shap", "superpixel-shap", "entropy",
+                       "mc-dropout", "tta", "tta-entropy", "tta-boundary"))
     return 0
 
 

@@ -172,7 +172,7 @@ def test_entropy_is_higher_off_the_training_data(blob_model):
     assert h_unlike.mean() > 2 * h_train.mean()
 
 
-@pytest.mark.parametrize("method", ["entropy", "tta"])
+@pytest.mark.parametrize("method", ["entropy", "tta", "tta-entropy", "tta-boundary"])
 def test_uncertainty_is_higher_where_the_model_is_wrong(blob_model, method):
     """Disks in a colour halfway between the training disks and the background are tumour in
     the truth; the model misses some of them and some disk edges. Its uncertainty is higher
@@ -292,3 +292,69 @@ def test_a_nucleus_detector_is_not_explained_but_told_why(tmp_path):
     img = np.full((64, 64, 3), 200, np.uint8)
     with pytest.raises(ExplainError, match="instances model.*segmentation and classification"):
         explain(img, NucleusDetector.from_checkpoint(path, device="cpu"), "gradcam", tile=64)
+
+
+def test_superpixel_shap_finds_the_half_that_matters(left_model, noise):
+    """Kernel SHAP over SLIC regions of the left-half model: the regions of the right half
+    change nothing, so (up to the regression's sampling noise) they get nothing."""
+    heat = explain(noise, left_model, "superpixel-shap", target="all", tile=128, samples=48, regions=16)
+    assert heat.shape == noise.shape[:2] and np.isfinite(heat).all()
+    assert left_fraction(heat) >= 0.75  # regions across the middle carry some of it over
+    assert np.abs(heat[:, 100:]).max() < 0.1 * np.abs(heat).max()
+
+
+def test_superpixel_shap_credits_the_disk_and_adds_up(blob_model):
+    """One region the blob model marks (a disk) among background: the regions holding the disk
+    raise the target, and the unnormalised values add up to T(image) - T(blurred image)."""
+    from napari_histoseg.explanations.shap import stain_baseline
+
+    img, mask = (a[0] for a in blobs(1, size=96, seed=5))
+    heat = explain(img, blob_model, "superpixel-shap", target="all", tile=96, samples=64, regions=24,
+                   normalise=False)
+    assert heat[mask].mean() > 0 and heat[mask].mean() > 3 * abs(heat[~mask].mean())
+    with torch.no_grad():
+        t = blob_model.logits(blob_model.to_tensor(img[None])).sum().item()
+        b = blob_model.logits(blob_model.to_tensor(stain_baseline(img))).sum().item()
+    assert heat.sum() == pytest.approx(t - b, rel=1e-3, abs=1e-3)
+
+
+def test_the_cost_of_a_method_is_known_before_it_runs():
+    """The estimate the widget shows: more coalitions cost more, a larger view costs more,
+    and superpixel SHAP is far dearer than Grad-CAM."""
+    from napari_histoseg.explanations.cost import estimate
+
+    small, big = estimate("gradcam", (1024, 1024)), estimate("gradcam", (4096, 4096))
+    assert 0 < small["seconds"] < big["seconds"] and small["tiles"] == 9
+    assert estimate("superpixel-shap", (1024, 1024), samples=32)["seconds"] < estimate(
+        "superpixel-shap", (1024, 1024), samples=64)["seconds"]
+    assert estimate("superpixel-shap", (1024, 1024))["seconds"] > 5 * small["seconds"]
+    for method in METHODS:
+        assert estimate(method, (512, 512))["seconds"] > 0
+
+
+def test_boundary_proximity_and_either():
+    from napari_histoseg.explanations.uncertainty import boundary_proximity, either
+
+    mask = np.zeros((64, 64), bool)
+    mask[16:48, 16:48] = True
+    near = boundary_proximity(mask, reach=8)
+    assert near[16, 30] > 0.9 and near[32, 32] < 0.2 and near[2, 2] < near[12, 30]
+    assert not boundary_proximity(np.ones((8, 8), bool)).any()
+    both = either(np.full((4,), 0.5), np.full((4,), 0.5))
+    np.testing.assert_allclose(both, 0.75)
+
+
+def test_the_review_queue_starts_where_errors_are_likely():
+    """Two fields answered with the same confidence: one crossed by the predicted outline (where
+    this model's errors lie, BENCHMARKS.md), one all tumour. The default ranking puts the first
+    ahead; plain entropy cannot tell them apart."""
+    from napari_histoseg.review import ReviewSource, make_fields, rank_fields
+    from napari_histoseg.review.ranking import DEFAULT_RANKING
+
+    prob = np.full((128, 256), 0.97, np.float32)
+    prob[:, :64] = 0.03  # the outline runs down the left field at x = 64
+    src = ReviewSource.from_arrays(prob, review_dir="unused")
+    fields = make_fields(src, 128)
+    assert DEFAULT_RANKING == "uncertainty"
+    assert [f.index for f in rank_fields(fields)] == [0, 1]
+    assert fields[0].entropy == pytest.approx(fields[1].entropy, abs=1e-6)

@@ -68,3 +68,28 @@ def test_shape_target_without_a_shape_is_explained(explaining, monkeypatch):
     w.target.value = "shape"
     w.shapes.value = w.viewer.layers["roi"]
     assert w.run() is None and "draw a shape" in shown[-1]
+
+
+def test_the_cost_is_shown_before_and_the_status_says_what_is_shown(explaining, qtbot):
+    w = explaining
+    w.method.value = "gradcam"
+    assert "Estimated" in w.cost.value and "256 x 192 px" in w.cost.value
+    cheap = w.cost.value
+    w.method.value = "superpixel-shap"
+    assert w.cost.value != cheap and "one view at a time" in w.cost.value
+    w.method.value = "tta-boundary"
+    run_and_wait(w, qtbot)
+    assert "Choose a method" not in w.status.value
+    assert "Showing" in w.status.value and "likely errors" in w.status.value
+    layer = w.viewer.layers["explain: Uncertainty: flips/turns + outline"]
+    assert 0.0 <= layer.data.min() and layer.data.max() <= 1.0 + 1e-6
+    assert "likely errors" in w.legend.value
+
+
+def test_the_method_list_starts_with_the_defaults():
+    from napari_histoseg.explanations.methods import DEFAULT_SALIENCY, DEFAULT_UNCERTAINTY
+    from napari_histoseg.explanations.methods import METHODS as ALL
+    from napari_histoseg.plugin.widgets.explain import LEGEND, METHODS
+
+    assert [v for _, v in METHODS[:2]] == [DEFAULT_SALIENCY, DEFAULT_UNCERTAINTY]
+    assert sorted(v for _, v in METHODS) == sorted(ALL) == sorted(LEGEND)

@@ -2,10 +2,13 @@
 
 ``cli.py`` calls :func:`register` with its subparsers::
 
-    histoseg explain IMAGE --method gradcam|hirescam|inputxgrad|gradcam-ixg|shap|entropy|mc-dropout|tta -o OUT.tif
+    histoseg explain IMAGE --method METHOD -o OUT.tif
                      [--model PATH] [--device auto] [--tile N] [--overlap N]
                      [--region y,x,h,w] [--target mask|all] [--layer NAME]
-                     [--samples N] [--level L]
+                     [--samples N] [--regions N] [--scale S] [--level L] [--estimate]
+
+Every number is checked by :mod:`napari_histoseg.io.checks` (a bad one is refused with a
+message before anything is loaded). ``--estimate`` prints what the run would cost and stops.
 
 Nothing heavy (torch, captum) is imported until the command runs.
 """
@@ -15,18 +18,23 @@ from __future__ import annotations
 from pathlib import Path
 
 from napari_histoseg.explanations.methods import METHODS
+from napari_histoseg.io.checks import int_arg
 
 
 def _region(text: str) -> tuple[int, int, int, int]:
     import argparse
 
-    try:
-        parts = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        parts = ()
+    from napari_histoseg.io.checks import InputError, check_int
+
+    parts = text.split(",")
     if len(parts) != 4:
         raise argparse.ArgumentTypeError(f"--region takes y,x,h,w (four integers), not {text!r}")
-    return parts
+    try:
+        y, x = (check_int(v.strip(), f"--region {n}", lo=0) for v, n in zip(parts[:2], "yx"))
+        h, w = (check_int(v.strip(), f"--region {n}", lo=1) for v, n in zip(parts[2:], "hw"))
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return y, x, h, w
 
 
 def register(subparsers) -> None:
@@ -37,21 +45,29 @@ def register(subparsers) -> None:
                     "shap: -1..1, positive pushes towards tumour, negative away; entropy: 0..1 bits; "
                     "mc-dropout / tta: standard deviation of the probability over dropout samples / flips and "
                     "quarter turns; hirescam 0..1, inputxgrad -1..1, gradcam-ixg 0..1 (Grad-CAM ranked "
-                    "inside by input x gradient).")
+                    "inside by input x gradient); superpixel-shap -1..1 (Kernel SHAP over SLIC regions); "
+                    "tta-entropy / tta-boundary 0..1 (entropy of the flip/turn mean, or it or the nearness of "
+                    "the predicted outline).")
     p.add_argument("image", help="PNG, JPEG, TIFF, OME-TIFF or SVS")
     p.add_argument("--method", required=True, choices=METHODS)
     p.add_argument("-o", "--output", required=True, help="float32 map to write (.tif)")
     p.add_argument("--model", help="a .safetensors checkpoint (default: the bundled model)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--tile", type=int, default=None, help="tile edge in px (default: the model's)")
-    p.add_argument("--overlap", type=int, default=64, help="tile overlap in px (default 64)")
+    p.add_argument("--tile", type=int_arg(64, 8192), default=None, help="tile edge in px (default: the model's)")
+    p.add_argument("--overlap", type=int_arg(0, 4096), default=64, help="tile overlap in px (default 64)")
     p.add_argument("--region", type=_region, default=None, metavar="Y,X,H,W",
                    help="explain only this window (the map then has its size)")
     p.add_argument("--target", default="mask", choices=["mask", "all"],
                    help="gradcam/shap: the predicted tumour (mask) or every pixel (all)")
     p.add_argument("--layer", default=None, help="gradcam layer, a dotted module path (default: the model's)")
-    p.add_argument("--samples", type=int, default=None, help="SHAP samples (8) or dropout passes (16)")
-    p.add_argument("--level", type=int, default=0, help="pyramid level (0 = full resolution)")
+    p.add_argument("--samples", type=int_arg(1, 4096), default=None,
+                   help="SHAP samples (8), superpixel-SHAP coalitions (64), dropout passes (16) or flips/turns (8)")
+    p.add_argument("--regions", type=int_arg(2, 1024), default=None,
+                   help="superpixel-shap: about how many SLIC regions (default ~48 per 1024 x 1024 px)")
+    p.add_argument("--scale", type=int_arg(1, 8), default=1,
+                   help="superpixel-shap: score the coalitions on the view shrunk by this factor (1: faithful)")
+    p.add_argument("--level", type=int_arg(0, 64), default=0, help="pyramid level (0 = full resolution)")
+    p.add_argument("--estimate", action="store_true", help="print the estimated cost and stop")
     p.set_defaults(func=run)
 
 
@@ -62,6 +78,7 @@ def run(args) -> int:
 
     from napari_histoseg.core.runs import tile_bar
     from napari_histoseg.explanations import explain
+    from napari_histoseg.explanations.cost import estimate
     from napari_histoseg.io import open_image
     from napari_histoseg.models.segmenter import load_segmenter as load_model
 
@@ -73,11 +90,17 @@ def run(args) -> int:
         if not 0 <= args.level < len(slide.levels):
             raise SystemExit(f"histoseg: level {args.level} does not exist; {args.image} has {len(slide.levels)}")
         image = slide.levels[args.level]
+        tile = args.tile or model.meta.tile_size
+        cost = estimate(args.method, image.shape, args.region, tile=tile, overlap=args.overlap,
+                        samples=args.samples, scale=args.scale)
+        print(f"{args.method}: about {cost['seconds']:.0f} s on 2 CPU cores ({cost['passes']:g} forward-pass "
+              f"equivalents over {cost['megapixels']:.2f} Mpx)")
+        if args.estimate:
+            return 0
         bar, progress = tile_bar(f"{args.method} {Path(args.image).name}")
-
+        extra = {"regions": args.regions, "scale": args.scale} if args.method == "superpixel-shap" else {}
         heat = explain(image, model, args.method, target=args.target, region=args.region, layer=args.layer,
-                       tile=args.tile or model.meta.tile_size, overlap=args.overlap, samples=args.samples,
-                       progress=progress)
+                       tile=tile, overlap=args.overlap, samples=args.samples, progress=progress, **extra)
         bar.close()
     out.parent.mkdir(parents=True, exist_ok=True)
     tifffile.imwrite(out, heat.astype(np.float32), compression="zlib")

@@ -20,13 +20,19 @@ from typing import Callable, Generator, Optional
 import numpy as np
 
 from napari_histoseg.core.runs import drive
-from napari_histoseg.core.windows import check_image, plan_tiles
+from napari_histoseg.core.windows import check_image, plan_tiles, read_window
+from napari_histoseg.explanations.cost import DEFAULT_SAMPLES
 from napari_histoseg.explanations.methods import DEFAULT_SALIENCY, METHODS, TARGETS, ExplainError
 from napari_histoseg.explanations.tiled import iter_tiles, target_array
 
 __all__ = ["METHODS", "TARGETS", "ExplainError", "explain", "iter_explain", "tumour_channel"]
 
-_DEFAULT_SAMPLES = {"shap": 8, "mc-dropout": 16, "tta": 8}
+_DEFAULT_SAMPLES = DEFAULT_SAMPLES
+
+
+def default_regions(h: int, w: int) -> int:
+    """Superpixels for a view of h x w px: about 48 per 1024 x 1024 (regions ~150 px wide), 16 to 96."""
+    return int(np.clip(round(48 * h * w / 1024 ** 2), 16, 96))
 
 
 def _resolve_model(model):
@@ -99,6 +105,8 @@ def iter_explain(
     stdevs: float = 0.0,
     channel: Optional[int] = None,
     seed: int = 0,
+    regions: Optional[int] = None,
+    scale: int = 1,
 ) -> Generator[tuple[int, int], None, np.ndarray]:
     """Generator form of :func:`explain`: yields ``(tiles_done, tiles_total)`` after each
     tile and returns the heat map (``heat = yield from iter_explain(...)``).
@@ -116,7 +124,7 @@ def iter_explain(
 
     if method == "entropy":
         from napari_histoseg.core.tiling import iter_predict
-        from napari_histoseg.explanations.uncertainty import calibrated, entropy_bits, temperature
+        from napari_histoseg.explanations.maps import calibrated, entropy_bits, temperature
 
         pred = yield from iter_predict(image, model, tile=tile, overlap=overlap, batch_size=batch_size,
                                        region=region, preprocess=preprocess)
@@ -136,6 +144,26 @@ def iter_explain(
     if method in _DEFAULT_SAMPLES and n < 1:
         raise ExplainError(f"samples must be at least 1 for {method!r}, got {samples}")
 
+    if method == "superpixel-shap":
+        from napari_histoseg.explanations.superpixel import SuperpixelShap
+
+        cy0, cx0, ch, cw = plan.context
+        ry, rx, rh, rw = plan.region
+        rgb = read_window(image, cy0, cx0, ch, cw)
+        if preprocess is not None:
+            rgb = preprocess(rgb)
+        if isinstance(target, str):
+            tgt = np.zeros((ch, cw), bool)
+            tgt[ry - cy0:ry - cy0 + rh, rx - cx0:rx - cx0 + rw] = True
+        else:
+            tgt = target_array(target, plan, image.shape)
+        engine = SuperpixelShap(torch_model, channel=ch_index, samples=n,
+                                regions=regions or default_regions(rh, rw), scale=scale,
+                                blur_sigma=blur_sigma, batch_size=batch_size, seed=seed)
+        heat = yield from engine.run(rgb, tgt, use_prediction=isinstance(target, str) and target == "mask")
+        heat = heat[ry - cy0:ry - cy0 + rh, rx - cx0:rx - cx0 + rw]
+        return np.ascontiguousarray(_normalise(heat, robust=True) if normalise else heat, dtype=np.float32)
+
     if method == "gradcam":
         from napari_histoseg.explanations.gradcam import GradCam
 
@@ -153,7 +181,7 @@ def iter_explain(
 
         engine = GradShap(torch_model, channel=ch_index, samples=n, batch_size=batch_size,
                           baseline=baseline, blur_sigma=blur_sigma, stdevs=stdevs, seed=seed)
-    elif method == "tta":
+    elif method in ("tta", "tta-entropy", "tta-boundary"):
         from napari_histoseg.explanations.uncertainty import FlipTta
 
         engine = FlipTta(torch_model, channel=ch_index, samples=n)
@@ -165,7 +193,14 @@ def iter_explain(
     drawn = None if isinstance(target, str) else target_array(target, plan, image.shape)
     use_prediction = isinstance(target, str) and target == "mask"
     acc = yield from iter_tiles(image, engine, plan, drawn, use_prediction=use_prediction, preprocess=preprocess)
-    if method in ("mc-dropout", "tta"):
+    if method in ("tta-entropy", "tta-boundary"):
+        from napari_histoseg.explanations.maps import boundary_proximity, calibrated, either, entropy_bits
+        from napari_histoseg.explanations.maps import temperature as temp_of
+
+        heat = entropy_bits(calibrated(acc[0], temp_of(torch_model)))
+        if method == "tta-boundary":
+            heat = either(heat, boundary_proximity(acc[0] >= 0.5))
+    elif method in ("mc-dropout", "tta"):
         heat = np.sqrt(np.clip(acc[1] - acc[0] ** 2, 0, None))
     else:
         heat = acc[0]

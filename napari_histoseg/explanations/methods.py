@@ -1,8 +1,10 @@
 """Names shared by the explanation modules (no torch here)."""
 
-METHODS = ("gradcam", "hirescam", "inputxgrad", "gradcam-ixg", "shap", "entropy", "mc-dropout", "tta")
+METHODS = ("gradcam", "hirescam", "inputxgrad", "gradcam-ixg", "shap", "superpixel-shap",
+           "entropy", "mc-dropout", "tta", "tta-entropy", "tta-boundary")
 #: attribution methods (they explain a target); the others map uncertainty
-ATTRIBUTIONS = ("gradcam", "hirescam", "inputxgrad", "gradcam-ixg", "shap")
+UNCERTAINTIES = ("entropy", "mc-dropout", "tta", "tta-entropy", "tta-boundary")
+ATTRIBUTIONS = ("gradcam", "hirescam", "inputxgrad", "gradcam-ixg", "shap", "superpixel-shap")
 #: the default saliency and uncertainty methods, chosen by benchmarks/bench_explain.py
 DEFAULT_SALIENCY = "gradcam-ixg"
 DEFAULT_UNCERTAINTY = "tta"

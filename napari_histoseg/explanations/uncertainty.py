@@ -21,40 +21,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from napari_histoseg.explanations.maps import (  # noqa: F401 (the maps' home; named here too)
+    BOUNDARY_PX,
+    boundary_proximity,
+    calibrated,
+    either,
+    entropy_bits,
+    temperature,
+)
 from napari_histoseg.explanations.methods import ExplainError
-
-
-def entropy_bits(prob: np.ndarray) -> np.ndarray:
-    """Predictive entropy in [0, 1]: binary entropy in bits of an (H, W) probability, or
-    the entropy of a (C, H, W) class distribution divided by log2 C."""
-    p = np.clip(np.asarray(prob, np.float64), 1e-12, 1.0)
-    if p.ndim == 2:
-        q = np.clip(1.0 - p, 1e-12, 1.0)
-        h = -(p * np.log2(p) + q * np.log2(q))
-    elif p.ndim == 3:
-        h = -(p * np.log2(p)).sum(0) / np.log2(max(p.shape[0], 2))
-    else:
-        raise ValueError(f"expected a (H, W) or (C, H, W) probability, got shape {p.shape}")
-    return np.clip(h, 0.0, 1.0).astype(np.float32)
-
-
-def temperature(model) -> float:
-    """The calibration temperature in the model's metadata (``training.calibration``), else 1."""
-    training = model.meta.training
-    cal = training.get("calibration", {}) if isinstance(training, dict) else {}
-    return float(cal.get("temperature", 1.0) or 1.0)
-
-
-def calibrated(prob: np.ndarray, temp: float) -> np.ndarray:
-    """Probabilities with their logits divided by ``temp`` (sigmoid for (H, W), softmax for (C, H, W))."""
-    if temp == 1.0:
-        return prob
-    p = np.clip(np.asarray(prob, np.float64), 1e-7, 1 - 1e-7)
-    if p.ndim == 2:
-        return (1.0 / (1.0 + np.exp(-np.log(p / (1 - p)) / temp))).astype(np.float32)
-    z = np.log(p) / temp
-    z = np.exp(z - z.max(0, keepdims=True))
-    return (z / z.sum(0, keepdims=True)).astype(np.float32)
 
 
 class FlipTta:

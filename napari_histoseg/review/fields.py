@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_histoseg.explanations.maps import BOUNDARY_PX, boundary_proximity, either
+
 __all__ = ["Field", "ReviewSource", "make_fields", "binary_entropy"]
 
 REVIEW_DIR = "histoseg-review"
@@ -39,6 +41,7 @@ class Field:
     tumour_px: float = 0.0       # tumour area of the mask, map px
     entropy: float = 0.0         # mean predictive entropy (bits per px, 0-1)
     disagreement: float = 0.0    # fraction of px where the mask differs from probability >= 0.5
+    uncertainty: float = 0.0     # mean of "entropy or near the predicted outline" (0-1), see ranking
     score: float = 0.0           # what the ranking sorted by (higher first)
 
     def to_dict(self) -> dict:
@@ -168,6 +171,7 @@ def make_fields(source: ReviewSource, size: int = 512, min_tissue: float = 0.05)
     prob = source.probability_at(k, 0, 0, *np.shape(source.probability[k])[:2])
     mask = source.mask_at(k, 0, 0, *prob.shape)
     ent = binary_entropy(prob)
+    unc = either(ent, boundary_proximity(prob >= 0.5, reach=BOUNDARY_PX / d))
     disagree = mask != (prob >= 0.5)
     tissue = None if source.tissue is None else np.asarray(source.tissue) != 0
     ny, nx = math.ceil(H / size), math.ceil(W / size)
@@ -189,5 +193,5 @@ def make_fields(source: ReviewSource, size: int = 512, min_tissue: float = 0.05)
             n = ent[sl].size or 1
             out.append(Field(index=iy * nx + ix, y=y, x=x, h=h, w=w, tissue=frac,
                              tumour_px=float(mask[sl].sum()) * d * d, entropy=float(ent[sl].sum() / n),
-                             disagreement=float(disagree[sl].sum() / n)))
+                             disagreement=float(disagree[sl].sum() / n), uncertainty=float(unc[sl].sum() / n)))
     return out

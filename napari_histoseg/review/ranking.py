@@ -1,7 +1,14 @@
 """The order in which fields are reviewed.
 
-- ``entropy`` (default): the expected number of uncertain pixels, mean predictive entropy
-  times the field's area, highest first: where the model is least sure of the most tissue.
+- ``uncertainty``: the expected number of pixels the model gets wrong, as far as the
+  probability alone can tell: the mean of "the model is unsure (predictive entropy) or the
+  pixel lies near the predicted outline" (:func:`~napari_histoseg.explanations.maps.either` of
+  the entropy and :func:`~napari_histoseg.explanations.maps.boundary_proximity`) times the
+  field's area. Of the maps computable from the probability it ranks the model's errors best
+  (benchmarks/bench_explain.py, BENCHMARKS.md › Explanations); the flip/turn maps of the
+  Explain widget need the model and the image, which a review of a finished slide has not.
+- ``entropy``: mean predictive entropy times the field's area: where the model is least sure
+  of the most tissue.
 - ``disagreement``: the area where the mask (refined, or as the model left it) differs
   from the model's ``probability >= 0.5``, highest first: where someone or something
   already overruled the model.
@@ -14,20 +21,20 @@ import numpy as np
 
 from napari_histoseg.review.fields import Field
 
-__all__ = ["RANKINGS", "rank_fields"]
+__all__ = ["RANKINGS", "DEFAULT_RANKING", "rank_fields"]
 
-RANKINGS = ("entropy", "disagreement", "random", "raster")
+RANKINGS = ("uncertainty", "entropy", "disagreement", "random", "raster")
+#: the order a new review starts with: the measure that predicts the model's errors best
+DEFAULT_RANKING = "uncertainty"
 
 
-def rank_fields(fields: list[Field], method: str = "entropy", seed: int = 0) -> list[Field]:
+def rank_fields(fields: list[Field], method: str = DEFAULT_RANKING, seed: int = 0) -> list[Field]:
     """``fields`` in review order, each with its ``score`` set (ties keep raster order)."""
     if method not in RANKINGS:
         raise ValueError(f"unknown ranking {method!r}; choose one of {', '.join(RANKINGS)}")
     n = len(fields)
-    if method == "entropy":
-        scores = [f.entropy * f.h * f.w for f in fields]
-    elif method == "disagreement":
-        scores = [f.disagreement * f.h * f.w for f in fields]
+    if method in ("uncertainty", "entropy", "disagreement"):
+        scores = [getattr(f, method) * f.h * f.w for f in fields]
     elif method == "random":
         scores = list(np.random.default_rng(seed).permutation(n)[::-1].astype(float))
     else:

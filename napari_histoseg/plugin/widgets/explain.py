@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 
 import napari  # noqa: F401 (names the viewer annotation napari looks for)
 import numpy as np
@@ -12,7 +13,8 @@ from napari.utils.notifications import show_error
 from qtpy.QtWidgets import QFrame
 
 from napari_histoseg.backends.local import LocalBackend
-from napari_histoseg.explanations.methods import ATTRIBUTIONS, DEFAULT_SALIENCY
+from napari_histoseg.explanations.cost import SECONDS_PER_MPX, estimate
+from napari_histoseg.explanations.methods import ATTRIBUTIONS, DEFAULT_SALIENCY, DEFAULT_UNCERTAINTY
 from napari_histoseg.plugin.widgets._layers import (
     Scrolling,
     level_data,
@@ -25,10 +27,15 @@ from napari_histoseg.plugin.widgets._model_choice import ModelChoice
 from napari_histoseg.plugin.widgets._runner import Runner, RunsWork
 from napari_histoseg.plugin.widgets._shapes import rasterise
 
-METHODS = [("Grad-CAM x input gradient", "gradcam-ixg"), ("Grad-CAM", "gradcam"), ("HiResCAM", "hirescam"),
-           ("Input x gradient", "inputxgrad"),
-           ("SHAP (GradientShap)", "shap"), ("Uncertainty: flips/turns (TTA)", "tta"),
-           ("Uncertainty: entropy", "entropy"), ("Uncertainty: MC dropout", "mc-dropout")]
+_METHODS = [("Grad-CAM x input gradient", "gradcam-ixg"), ("Grad-CAM", "gradcam"), ("HiResCAM", "hirescam"),
+            ("Input x gradient", "inputxgrad"), ("SHAP (GradientShap)", "shap"),
+            ("SHAP over superpixels (Kernel SHAP)", "superpixel-shap"),
+            ("Uncertainty: flips/turns + outline", "tta-boundary"), ("Uncertainty: flips/turns entropy", "tta-entropy"),
+            ("Uncertainty: flips/turns spread", "tta"), ("Uncertainty: entropy", "entropy"),
+            ("Uncertainty: MC dropout", "mc-dropout")]
+#: the dropdown: the default saliency first, then the best uncertainty map, then the others
+METHODS = sorted(_METHODS, key=lambda m: (m[1] != DEFAULT_SALIENCY, m[1] != DEFAULT_UNCERTAINTY,
+                                          m[1] not in ATTRIBUTIONS))
 TARGETS = [("predicted tumour", "mask"), ("a shape I drew", "shape"), ("everything shown", "all")]
 #: value range of each method's map, and what high (red) and, for signed maps, negative (blue) mean
 LEGEND = {
@@ -37,7 +44,10 @@ LEGEND = {
     "hirescam": ((0.0, 1.0), "", "drove the tumour call"),
     "inputxgrad": ((-1.0, 1.0), "pushes towards not tumour", "pushes towards tumour"),
     "shap": ((-1.0, 1.0), "pushes towards not tumour", "pushes towards tumour"),
+    "superpixel-shap": ((-1.0, 1.0), "region pushes towards not tumour", "region pushes towards tumour"),
     "entropy": ((0.0, 1.0), "", "model is unsure (p near 0.5)"),
+    "tta-entropy": ((0.0, 1.0), "", "unsure over flips and turns (mean p near 0.5)"),
+    "tta-boundary": ((0.0, 1.0), "", "unsure over flips/turns, or near the predicted outline: likely errors"),
     "mc-dropout": ((0.0, 0.25), "", "answer changes under dropout"),
     "tta": ((0.0, 0.25), "", "answer changes when the tile is flipped or turned"),
 }
@@ -73,9 +83,8 @@ class ExplainWidget(RunsWork, Scrolling, Container):
 
         self.image = ComboBox(label="Image", choices=self._choices(Image, rgb=True))
         self.method = ComboBox(label="Method", choices=METHODS, value=DEFAULT_SALIENCY,
-                               tooltip="On a 2-core CPU, per 1024 x 1024 view: Grad-CAM x input gradient ~11 s, "
-                                       "Grad-CAM ~5 s, input x gradient ~9 s, SHAP ~27 s, TTA ~12 s, "
-                                       "entropy ~3 s, MC dropout ~8 s (see BENCHMARKS.md)")
+                               tooltip="The estimate under the buttons says what the chosen method costs "
+                                       "for the region before it runs (BENCHMARKS.md has measured times)")
         self.target = ComboBox(label="Explain", choices=TARGETS, value="mask",
                                tooltip="Which pixels' tumour score to explain (Grad-CAM and SHAP)")
         self.shapes = ComboBox(label="Shape layer", choices=self._choices(Shapes), visible=False)
@@ -86,6 +95,10 @@ class ExplainWidget(RunsWork, Scrolling, Container):
         self.run_button, self.cancel_button = PushButton(text="Explain"), PushButton(text="Cancel", enabled=False)
         self.legend = Label(value="")
         self.legend.native.setWordWrap(True)
+        self.cost = Label(value="")
+        self.cost.native.setWordWrap(True)
+        self.rate = SECONDS_PER_MPX  # s per Mpx forward pass, learnt from this widget's runs
+        self._timed = 0
         self.status = Label(value="Choose a method and press Explain.")
         self.status.native.setWordWrap(True)
         self.runner = Runner(self.status, self.run_button, self.cancel_button)
@@ -97,12 +110,15 @@ class ExplainWidget(RunsWork, Scrolling, Container):
         self.extend([self.image, self.method, self.target, self.shapes, self.region,
                      *self.model_choice.backend_widgets, *self.model_choice.widgets, self.layer,
                      Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False)])
-        self.extend([self.legend, self.status])
+        self.extend([self.cost, self.legend, self.status])
         layout = self.body.layout()  # the colour bar goes right above its legend
         layout.insertWidget(next(i for i in range(layout.count()) if layout.itemAt(i).widget() is not None
                                  and layout.itemAt(i).widget().isAncestorOf(self.legend.native)), self._bar)
         self.fit(460)
         self.method.changed.connect(self._on_method)
+        for w in (self.image, self.region):
+            w.changed.connect(self._update_cost)
+        viewer.camera.events.zoom.connect(self._update_cost)
         self.target.changed.connect(lambda v: setattr(self.shapes, "visible", v == "shape"))
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
@@ -124,18 +140,42 @@ class ExplainWidget(RunsWork, Scrolling, Container):
                                 "stop:1 #ff1a00); border: 1px solid #555;")
         self.target.enabled = method in ATTRIBUTIONS
         self.layer.visible = method in ("gradcam", "hirescam", "gradcam-ixg")
+        self._update_cost()
+
+    def _update_cost(self, _=None):
+        """What the chosen method will cost for the region, before it runs."""
+        try:
+            layer = self.image.value
+            if layer is None:
+                self.cost.value = ""
+                return
+            shape, region = self._extent(layer)
+            c = estimate(self.method.value, shape, region, seconds_per_mpx=self.rate)
+        except Exception:  # noqa: BLE001 - an estimate never stops the widget
+            self.cost.value = ""
+            return
+        secs = c["seconds"]
+        when = f"~{secs:.0f} s" if secs < 120 else f"~{secs / 60:.0f} min"
+        self.cost.value = (f"Estimated {when} on this computer for {region[3]} x {region[2]} px "
+                           f"({c['passes']:g} forward passes per pixel" + (", one view at a time)" if c["tiles"] == 1
+                                                                          else f", {c['tiles']} tiles)"))
 
     # -- running ------------------------------------------------------------------
+    def _extent(self, layer):
+        """The shape of the level explained and the region (y, x, h, w) in its pixels."""
+        level = layer.data_level if layer.multiscale else 0
+        shape = level_data(layer, level).shape
+        if self.region.value == "visible area":
+            return shape, tuple(visible_region(layer, level))
+        return shape, (0, 0, shape[0], shape[1])
+
     def _request(self):
         layer = self.image.value
         if layer is None:
             raise ValueError("open an H&E image first")
         level = layer.data_level if layer.multiscale else 0
         data = level_data(layer, level)
-        if self.region.value == "visible area":
-            y0, x0, h, w = visible_region(layer, level)
-        else:
-            y0, x0, (h, w) = 0, 0, data.shape[:2]
+        y0, x0, h, w = self._extent(layer)[1]
         method = self.method.value
         target = self.target.value if method in ATTRIBUTIONS else "mask"
         if target == "shape":
@@ -176,19 +216,30 @@ class ExplainWidget(RunsWork, Scrolling, Container):
             return None
 
         backend = self.backend
+        planned = estimate(method, data.shape, opts["region"], seconds_per_mpx=1.0)
+        started = time.perf_counter()
         return self.runner.start(lambda *_: backend.explain(data, ref, method, **opts),
-                                 lambda heat: self._on_result(heat, key, method, place), what="Explanation",
+                                 lambda heat: self._on_result(heat, key, method, place, planned, started),
+                                 what="Explanation",
                                  label="Explaining", cancelled="Cancelled; nothing was added.",
                                  message=f"Computing {dict((v, k) for k, v in METHODS)[method]}…")
 
-    def _on_result(self, heat, key, method, place):
+    def _on_result(self, heat, key, method, place, planned=None, started=None):
         self.cache[key] = heat
+        took = None
+        if planned is not None and started is not None and isinstance(self.backend, LocalBackend):
+            took = time.perf_counter() - started
+            self._timed += 1
+            if planned["seconds"] > 0 and self._timed > 1:  # learn this computer's speed (not from
+                self.rate = float(np.clip(took / planned["seconds"], 0.05, 20.0))  # the run that loaded the model)
+                self._update_cost()
         self._show(heat, method, place)
-        return "Done. Toggle the layer's eye to compare with the tissue."
+        return self.status.value + (f" (took {took:.0f} s)" if took is not None else "")
 
     def _show(self, heat, method, place):
-        (lo, hi), _, _ = LEGEND[method]
-        name = f"explain: {dict((v, k) for k, v in METHODS)[method]}"
+        (lo, hi), _, high = LEGEND[method]
+        title = dict((v, k) for k, v in METHODS)[method]
+        name = f"explain: {title}"
         cmap = heat_colormap(signed=lo < 0)
         put_image(self.viewer, name, heat, place, colormap=cmap, contrast_limits=(lo, hi),
                   opacity=1.0, blending="translucent", metadata={"method": method})
@@ -198,3 +249,5 @@ class ExplainWidget(RunsWork, Scrolling, Container):
         masks = [i for i, ly in enumerate(layers) if isinstance(ly, Labels)]
         if masks and layers.index(layer) > masks[0]:  # under the masks: their outline stays on top
             layers.move(layers.index(layer), masks[0])
+        self.status.value = (f"Showing {title} (layer '{name}'): red = {high}. "
+                             "Toggle the layer's eye to compare with the tissue.")

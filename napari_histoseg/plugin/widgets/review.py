@@ -25,7 +25,7 @@ from napari.utils.notifications import show_error, show_info
 from napari_histoseg.plugin.widgets._layers import Scrolling, level_data, level_downsample, unwrap
 from napari_histoseg.review.export import STATUS_COLOURS, export_reviewed, review_geojson
 from napari_histoseg.review.fields import ReviewSource
-from napari_histoseg.review.ranking import RANKINGS
+from napari_histoseg.review.ranking import DEFAULT_RANKING, RANKINGS
 from napari_histoseg.review.state import open_review, reviewer_file
 
 FIELD_LAYER, PRIOR_LAYER, STATUS_LAYER = "review field", "review field probability", "review status"
@@ -57,9 +57,10 @@ class ReviewWidget(Scrolling, Container):
         self.folder = FileEdit(label="Review folder", mode="d",
                                tooltip="Where reviews are kept; empty: beside the result or the image")
         self.size = SpinBox(label="Field size (px)", min=64, max=16384, step=64, value=512)
-        self.ranking = ComboBox(label="Order", choices=list(RANKINGS), value="entropy",
-                                tooltip="entropy: where the model is least sure first; disagreement: where the "
-                                        "mask differs from the model; random, raster: for comparison")
+        self.ranking = ComboBox(label="Order", choices=list(RANKINGS), value=DEFAULT_RANKING,
+                                tooltip="uncertainty: where the model is unsure or near its outline first (best "
+                                        "at finding its errors); entropy: where it is least sure; disagreement: "
+                                        "where the mask differs from the model; random, raster: for comparison")
         self.reviewer = LineEdit(label="Reviewer", value=getpass.getuser())
         self.start_button = PushButton(text="Start review")
         self.where = Label(value=NOT_STARTED)
