@@ -101,7 +101,7 @@ def run_robot(args):
 
     params = parse_params(args.param)
     prior_fn = None if args.no_prior_arm else load_prior_fn(args.model, args.prior_cache)
-    arms = ["none"] + (["model"] if prior_fn else [])
+    arms = [a for a in args.arms if a == "none" or prior_fn]
     methods = {f"LP {m}": (lambda m=m: session_refiner(**{**params, "method": m})) for m in args.methods}
     if not args.no_rw:
         methods["random_walker"] = lambda: random_walker_refiner()
@@ -246,6 +246,8 @@ def main(argv=None):
     ap.add_argument("--prior-cache", help="folder for the model's probabilities (SET-ID.npy), reused")
     ap.add_argument("--no-rw", action="store_true", help="skip random_walker")
     ap.add_argument("--no-prior-arm", action="store_true")
+    ap.add_argument("--arms", nargs="+", choices=["none", "model"], default=["none", "model"],
+                    help="without a prior (none), with the model's (model), or both (default)")
     ap.add_argument("--param", action="append", help="refinement parameter key=value (repeatable)")
     ap.add_argument("--postprocess", action="store_true", help="coarse vs coarse + LP post-processing")
     ap.add_argument("--colour-spaces", action="store_true", help="colour-space separability table")

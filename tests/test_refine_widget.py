@@ -128,3 +128,22 @@ def test_seed_colours_differ_from_the_mask_colour(refining):
     mask.colormap = tumour_colormap()
     colours = [tuple(np.round(w.seeds.colormap.map(v), 2)) for v in (1, 2)]
     assert tuple(np.round(mask.colormap.map(1), 2)) not in colours and colours[0] != colours[1]
+
+
+def test_every_refinement_method_can_be_chosen_and_applies_at_start(make_napari_viewer, qtbot):
+    from napari_histoseg.refinement.params import METHODS
+
+    viewer = make_napari_viewer()
+    viewer.add_image(two_tissues(), name="slide", rgb=True)
+    viewer.add_labels(np.zeros((160, 200), np.uint8), name="tumour")
+    w = RefineWidget(viewer)
+    assert set(w.method.choices) == set(METHODS)
+    w.prior.value = None
+    w.method.value = "lgc"
+    worker = w.start()
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        pass
+    qtbot.waitUntil(lambda: w.session is not None, timeout=5000)
+    assert w.session.params["method"] == "lgc"
+    w.method.value = "region"  # the running session keeps its method
+    assert w.session.params["method"] == "lgc"

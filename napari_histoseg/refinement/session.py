@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import replace
 
 import numpy as np
 import scipy.sparse as sp_
@@ -43,17 +42,11 @@ from napari_histoseg.refinement.graph import (
     texture_features,
 )
 from napari_histoseg.refinement.index import SuperpixelIndex
+from napari_histoseg.refinement.params import DEFAULTS, METHODS, check_params
 from napari_histoseg.refinement.seeds import NOT_TUMOUR, TUMOUR, check_image, check_prior, check_seeds
 from napari_histoseg.refinement.solver import normalise, propagate_grid, solve_clamped, solve_pixels
 
 __all__ = ["RefineSession", "DEFAULTS", "METHODS"]
-
-METHODS = ("confined", "lgc")
-DEFAULTS = dict(prior_weight=0.5, sigma_color=None, color_sensitivity=1.0, alpha=0.999,
-                alpha_fine=0.9999, superpixel_size=16, color_space="lab", no_prior_bias=0.05,
-                change_tol=1e-2, tol=1e-3, compactness=10.0, method="confined",
-                confidence_weight=1.0, reach=12.0, hop_cost=0.5, texture_weight=1.0)
-
 
 class RefineSession:
     """Label-propagation refinement of one image, warm from click to click.
@@ -130,16 +123,8 @@ class RefineSession:
     """
 
     def __init__(self, image, prior=None, **params):
-        unknown = set(params) - set(DEFAULTS)
-        if unknown:
-            raise TypeError(f"unknown refinement parameter(s): {', '.join(sorted(unknown))}; "
-                            f"known: {', '.join(DEFAULTS)}")
-        self.params = {**DEFAULTS, **params}
+        self.params = {**DEFAULTS, **check_params(params)}
         p = self.params
-        if not 0.0 <= p["alpha"] < 1.0 or not 0.0 <= p["alpha_fine"] < 1.0:
-            raise ValueError("alpha and alpha_fine must be in [0, 1)")
-        if p["method"] not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, not {p['method']!r}")
         t0 = time.perf_counter()
         self.image = check_image(image)
         h, w = self.shape = self.image.shape[:2]
@@ -147,12 +132,11 @@ class RefineSession:
         feat = colour_features(self.image, p["color_space"])
         self.superpixels = sp = superpixels(feat, int(p["superpixel_size"]), p["compactness"])
         feat_c = feat
-        if p["method"] == "confined" and p["texture_weight"] > 0:
+        if p["method"] != "lgc" and p["texture_weight"] > 0:
             feat_c = np.concatenate([feat, np.float32(p["texture_weight"]) * texture_features(feat)], -1)
-        g = coarse_graph(sp, feat, p["sigma_color"], p["color_sensitivity"])
-        if feat_c is not feat:  # the colour sets the automatic sigma; texture only adds distance
-            g = replace(coarse_graph(sp, feat_c, g.sigma), sigma_auto=g.sigma_auto)
-        self.graph = g
+        # the colour sets the automatic sigma; texture only adds distance
+        self.graph = g = coarse_graph(sp, feat_c, p["sigma_color"], p["color_sensitivity"],
+                                      sigma_channels=feat.shape[-1])
         del feat_c
         self._S = normalise(g.weights)
         self.affinity = pixel_affinity(feat, p["sigma_color"], p["color_sensitivity"])
@@ -191,6 +175,7 @@ class RefineSession:
             conf = np.zeros(g.n)
         else:
             conf = np.bincount(self._sp, np.abs(2.0 * self.prior.ravel() - 1.0), minlength=g.n) / g.count
+        self._conf = conf
         self._leak = p["confidence_weight"] * conf
         step = np.sqrt(g.d2) / max(g.sigma_auto, 1e-6) + 1e-6
         e = g.edges
@@ -198,6 +183,41 @@ class RefineSession:
         self._steps = sp_.coo_matrix((np.concatenate([step, step]), ij), shape=(g.n, g.n)).tocsr()
         self._cost = self._steps.copy()
         self._cost.data += p["hop_cost"]
+        self._zones = None
+        if p["method"] == "region" and self.prior is not None:
+            from napari_histoseg.refinement.zones import ZoneGraph
+
+            self._zones = ZoneGraph(e, step, self._yc > 0, conf, p["zone_hop"], p["zone_confidence"])
+        self._kc = np.zeros(g.n)
+        self._yeff = self._y
+
+    def _set_discount(self, kc: np.ndarray, pix: np.ndarray) -> None:
+        """Take the zones' discount ``kc`` per superpixel (:meth:`ZoneGraph.discount`):
+        the prior there is ``(1 - kc) P``; ``pix``: the pixels whose superpixels' value
+        changed."""
+        self._kc = kc
+        if pix.size == 0:
+            return
+        if self._yeff is self._y:
+            self._yeff = self._y.copy()
+        self._yeff[pix] = self._y[pix] * (1.0 - kc[self._sp[pix]]).astype(np.float32)
+
+    def _held(self, clamped: np.ndarray) -> np.ndarray:
+        """Superpixels that keep the model's answer (their ``G`` clamped at 0): those
+        beyond ``reach`` of every seed, and, with ``hold`` > 0, those whose answer is
+        confident and lies beyond ``reach * (1 - hold * confidence)`` of every seed of
+        the other class (a stroke does not take confident ground far from it). Zones of
+        correcting seeds (``method="region"``) are never held."""
+        p = self.params
+        free = self._kc >= 1e-3
+        far = ~np.isfinite(self._seed_distance(clamped, self._cost)) & ~free
+        if p["hold"] <= 0 or self.prior is None:
+            return far
+        r = p["reach"] * np.clip(1.0 - p["hold"] * self._conf * (1.0 - self._kc), 0.0, 1.0)
+        pos = self._yc > 0
+        d_t = self._seed_distance(self._nt > 0, self._cost)
+        d_n = self._seed_distance(self._nn > 0, self._cost)
+        return far | ((np.where(pos, d_n, d_t) > r) & ~clamped & ~free)
 
     def _seed_distance(self, seeded: np.ndarray, cost) -> np.ndarray:
         """Geodesic distance of every superpixel from the nearest seeded one along the
@@ -219,9 +239,7 @@ class RefineSession:
         ``tol`` are simply taken. ``superpixel_size``, ``compactness`` and
         ``color_space`` change the graphs themselves: make a new session for those.
         """
-        unknown = set(params) - set(DEFAULTS)
-        if unknown:
-            raise TypeError(f"unknown refinement parameter(s): {', '.join(sorted(unknown))}")
+        params = check_params(params)
         rebuild = [k for k in ("superpixel_size", "compactness", "color_space", "method", "texture_weight")
                    if k in params and params[k] != self.params[k]]
         if rebuild:
@@ -288,19 +306,25 @@ class RefineSession:
         tot = self._nt + self._nn
         clamped = tot > 0
         target = (self._nt - self._nn) / np.maximum(tot, 1)
-        values = target - self._yc
         leak = None
-        if p["method"] == "confined":
-            far = ~np.isfinite(self._seed_distance(clamped, self._cost))
+        if self._zones is not None:  # the prior yields in the zones of correcting seeds
+            kc = self._zones.discount(self._nt > 0, self._nn > 0, p["zone_factor"])
+            moved = np.flatnonzero(np.abs(kc - self._kc) > 1e-9)
+            self._set_discount(kc, self._index.pixels(moved))
+            touched[moved] = True
+        yc = self._yc * (1.0 - self._kc)
+        values = target - yc
+        if p["method"] != "lgc":
+            far = self._held(clamped)
             values[far] = 0.0
             clamped = clamped | far
             # confidence resists more the more colour lies between a node and the seeds:
             # in the region a stroke was drawn in the stroke wins, across edges the model
             dc = np.minimum(self._seed_distance(tot > 0, self._steps), p["reach"])
-            leak = self._leak * (dc / p["reach"]) ** 2
+            leak = self._leak * (1.0 - self._kc) * (dc / p["reach"]) ** 2
         G = solve_clamped(self._S, np.zeros(n), clamped, values, p["alpha"], x0=self._G, tol=p["tol"], leak=leak)
         clamped = tot > 0
-        Lc = self._yc + G > 0
+        Lc = yc + G > 0
         e = self.graph.edges
         active = np.abs(G) > p["change_tol"]
         cut = (Lc[e[:, 0]] != Lc[e[:, 1]]) & (active[e[:, 0]] | active[e[:, 1]])
@@ -335,22 +359,22 @@ class RefineSession:
         pix = plain_pix = self._index.pixels(plain)
         gp = np.repeat(G[plain], self._count[plain]).astype(np.float32)
         self._Gpix[pix] = gp
-        self._labels[pix] = self._y[pix] + gp > 0
+        self._labels[pix] = self._yeff[pix] + gp > 0
         moved = np.flatnonzero(changed & band & ~big)
         pix = moved_pix = self._index.pixels(moved)
         self._Gpix[pix] += np.repeat(shift[moved], self._count[moved]).astype(np.float32)
-        self._labels[pix] = self._y[pix] + self._Gpix[pix] > 0
+        self._labels[pix] = self._yeff[pix] + self._Gpix[pix] > 0
         fine = np.flatnonzero(big & band)
         pix = self._index.pixels(fine)
         sd = self._seeds[pix]
         seeded = sd > 0
         sp_ = pix[seeded]
-        self._Gpix[sp_] = np.where(sd[seeded] == TUMOUR, 1.0, -1.0) - self._y[sp_]
+        self._Gpix[sp_] = np.where(sd[seeded] == TUMOUR, 1.0, -1.0) - self._yeff[sp_]
         U = pix[~seeded]
         Gu = solve_pixels(U, np.zeros(U.size), self._Gpix, self.affinity, p["alpha_fine"], self._pos,
                           x0=self._Gpix[U].astype(np.float64), tol=p["tol"])
         self._Gpix[U] = Gu
-        self._labels[U] = self._y[U] + Gu > 0
+        self._labels[U] = self._yeff[U] + Gu > 0
         allpix = np.concatenate([plain_pix, moved_pix, pix])
         sd = self._seeds[allpix]
         hit = sd > 0
@@ -367,7 +391,8 @@ class RefineSession:
     def _remember(self, key) -> None:
         """Keep the state after this update so that the same seeds again (undo, redo)
         give exactly these labels; the oldest states go first beyond ``HISTORY_BYTES``."""
-        state = (self._G.copy(), self._band.copy(), self._dirty.copy(), self._Gpix.copy(), self._labels.copy())
+        state = (self._G.copy(), self._band.copy(), self._dirty.copy(), self._Gpix.copy(), self._labels.copy(),
+                 self._kc.copy())
         size = sum(a.nbytes for a in state)
         self._history.pop(key, None)
         while self._history and size * (len(self._history) + 1) > self.HISTORY_BYTES:
@@ -376,7 +401,8 @@ class RefineSession:
             self._history[key] = state
 
     def _restore(self, state, seeds: np.ndarray) -> None:
-        G, band, dirty, gpix, labels = state
+        G, band, dirty, gpix, labels, kc = state
+        self._set_discount(kc, self._index.pixels(np.flatnonzero(kc != self._kc)))
         n = self.graph.n
         self._seeds = seeds.copy()
         self._nt = np.bincount(self._sp[seeds == TUMOUR], minlength=n).astype(np.int64)

@@ -30,6 +30,11 @@ SEEDS = "seeds"
 CLICK_RADIUS = 5
 BIG = 2048 * 2048  # above this many pixels, refine only the region in view
 NO_MASK = "Segment an image first, then press Start refining."
+METHOD_TIPS = {  # what each refinement method does (napari_histoseg.refinement.params.METHODS)
+    "confined": "a stroke takes what is clearly like it; a confident model holds far from it (default)",
+    "region": "as confined, and a click inside a region the model got wrong overrides the model around it",
+    "lgc": "plain label propagation: every seed reaches as far as colour lets it",
+}
 
 
 class RefineWidget(Scrolling, Container):
@@ -58,11 +63,14 @@ class RefineWidget(Scrolling, Container):
                                           tooltip="How much the model's probability counts against colour")
         self.colour_sensitivity = FloatSlider(label="Colour sensitivity", min=0.1, max=3.0, step=0.1, value=1.0,
                                               tooltip="Higher: boundaries follow smaller colour differences")
+        self.method = ComboBox(label="Method", choices=list(METHOD_TIPS), value="confined",
+                               tooltip="\n".join(f"{k}: {v}" for k, v in METHOD_TIPS.items())
+                               + "\nA new method applies from the next Start refining.")
         self.status = Label(value=NO_MASK)
         self.status.native.setWordWrap(True)
         self.runner = Runner(self.status)
         self.runner.ended.connect(self._after_run)
-        advanced = Container(widgets=[self.prior_strength, self.colour_sensitivity])
+        advanced = Container(widgets=[self.method, self.prior_strength, self.colour_sensitivity])
         fold = QCollapsible("Advanced")
         fold.addWidget(advanced.native)
         row = lambda *w: Container(widgets=list(w), layout="horizontal", labels=False)  # noqa: E731
@@ -88,6 +96,7 @@ class RefineWidget(Scrolling, Container):
         self.accept_button.clicked.connect(self.accept)
         self.prior_strength.changed.connect(self._params_changed)
         self.colour_sensitivity.changed.connect(self._params_changed)
+        self.method.changed.connect(self._method_changed)
         for ev in (viewer.layers.events.inserted, viewer.layers.events.removed):
             ev.connect(lambda e=None: self.reset_choices())
         self.reset_choices()
@@ -120,8 +129,9 @@ class RefineWidget(Scrolling, Container):
             w.enabled = on
 
     def params(self) -> dict:
+        """The refinement parameters the controls set (``method`` applies at Start)."""
         return {"prior_weight": float(self.prior_strength.value),
-                "color_sensitivity": float(self.colour_sensitivity.value)}
+                "color_sensitivity": float(self.colour_sensitivity.value), "method": self.method.value}
 
     # -- starting ---------------------------------------------------------------
     def start(self):
@@ -301,5 +311,13 @@ class RefineWidget(Scrolling, Container):
 
     def _params_changed(self, _=None):
         if self.session is not None and hasattr(self.session, "set_params"):
-            self.session.set_params(**self.params())
+            params = self.params()
+            params.pop("method")  # a new method needs a new session
+            self.session.set_params(**params)
+
+    def _method_changed(self, _=None):
+        current = getattr(self.session, "params", {}).get("method")
+        if self.session is not None and current != self.method.value:
+            show_info(f"Method '{self.method.value}' applies when you next press Start refining "
+                      f"(this session keeps '{current}').")
 

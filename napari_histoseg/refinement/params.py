@@ -1,0 +1,74 @@
+"""The refinement's parameters: defaults, allowed ranges and one check for all of them.
+
+Every entry point (``RefineSession``, ``refine``, ``histoseg refine``, the Refine widget)
+goes through :func:`check_params`, which uses the project's one input-checking layer
+(:mod:`napari_histoseg.io.checks`): a value out of range, NaN or of the wrong type gets a
+message naming the parameter and its range.
+"""
+
+from __future__ import annotations
+
+from napari_histoseg.io.checks import InputError, check_float, check_int
+
+__all__ = ["METHODS", "DEFAULTS", "RANGES", "check_params"]
+
+#: ``confined``: a seed's reach bounded by colour and the model's confidence (the
+#: default); ``region``: confined, plus the prior discredited in the zone of a correcting
+#: seed (:mod:`napari_histoseg.refinement.zones`); ``lgc``: the plain propagation.
+METHODS = ("confined", "region", "lgc")
+
+DEFAULTS = dict(prior_weight=0.5, sigma_color=None, color_sensitivity=1.0, alpha=0.999,
+                alpha_fine=0.9999, superpixel_size=16, color_space="lab", no_prior_bias=0.05,
+                change_tol=1e-2, tol=1e-3, compactness=10.0, method="confined",
+                confidence_weight=1.0, reach=12.0, hop_cost=0.5, texture_weight=1.0,
+                zone_factor=1.5, zone_hop=1.0, zone_confidence=2.0, hold=0.0)
+
+# name: (lo, hi, lo_open, hi_open); superpixel_size is an integer
+RANGES = dict(prior_weight=(0, 100, False, False), sigma_color=(0, None, True, False),
+              color_sensitivity=(0, None, True, False), alpha=(0, 1, False, True),
+              alpha_fine=(0, 1, False, True), superpixel_size=(2, 512, False, False),
+              no_prior_bias=(0, 1, False, False), change_tol=(0, 1, True, False), tol=(0, 1, True, True),
+              compactness=(0, None, True, False), confidence_weight=(0, 100, False, False),
+              reach=(0, None, True, False), hop_cost=(0, 100, False, False),
+              texture_weight=(0, 100, False, False), zone_factor=(0, 100, True, False),
+              zone_hop=(0, 100, False, False), zone_confidence=(0, 100, False, False),
+              hold=(0, 1, False, False))
+
+
+def check_params(params: dict, known=DEFAULTS) -> dict:
+    """``params`` checked and converted (numbers to float, ``superpixel_size`` to int).
+
+    Raises ``TypeError`` for an unknown name and
+    :class:`~napari_histoseg.io.checks.InputError` (a ``ValueError``) for a bad value.
+
+    >>> check_params({"alpha": 0.99, "superpixel_size": 12.0})
+    {'alpha': 0.99, 'superpixel_size': 12}
+    >>> check_params({"alpha": 1.0})
+    Traceback (most recent call last):
+    ...
+    napari_histoseg.io.checks.InputError: alpha must be a number ≥ 0 and < 1; got 1
+    """
+    from napari_histoseg.refinement.graph import COLOR_SPACES
+
+    unknown = set(params) - set(known)
+    if unknown:
+        raise TypeError(f"unknown refinement parameter(s): {', '.join(sorted(unknown))}; "
+                        f"known: {', '.join(known)}")
+    out = {}
+    for k, v in params.items():
+        if k == "method":
+            if v not in METHODS:
+                raise InputError(f"method must be one of {', '.join(METHODS)}; got {v!r}")
+        elif k == "color_space":
+            if v not in COLOR_SPACES:
+                raise InputError(f"color_space must be one of {', '.join(COLOR_SPACES)}; got {v!r}")
+        elif k == "sigma_color" and v is None:
+            pass
+        elif k == "superpixel_size":
+            lo, hi, _, _ = RANGES[k]
+            v = check_int(v, k, lo=lo, hi=hi)
+        else:
+            lo, hi, lo_open, hi_open = RANGES[k]
+            v = check_float(v, k, lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open)
+        out[k] = v
+    return out
