@@ -1,183 +1,230 @@
-"""The correction loop: does fine-tuning on corrected tiles help?
+"""The slide protocol: do a person's corrections make the model better on the rest of the slide?
 
 ::
 
-    python benchmarks/loop.py [--model CKPT] [--data ../shared/data/bcss] [--ns 0 5 10 20]
-                              [--clicks 5] [--epochs 5] [--steps 20] [--test-limit 0]
+    python benchmarks/loop.py [--model CKPT] [--data ../shared/data/bcss] [--split test]
+                              [--ks 2 5 10] [--seeds 0 1 2] [--clicks 5] [--seconds 60]
+                              [--train head] [--camelyon ../shared/data/camelyon] [--out R.json]
 
-1. The model (``--model``, default the bundled one) predicts N training tiles of
-   ``--data`` (a seeded shuffle of its ``train`` split; the N = 5 tiles are among the
-   N = 10, and so on).
-2. The simulated annotator of ``docs/ARCHITECTURE.md`` (``robot.simulate_clicks`` with the
-   refinement session) corrects each prediction with up to ``--clicks`` clicks and keeps
-   the best mask it saw (``--accept best``) or the last (``--accept last``); the pixels
-   that differ from the model's mask are the edits.
-3. The corrected masks are exported with :func:`napari_histoseg.tumour.export.export_tiles`
-   (provenance, edits) into a fresh training-data folder; a control folder gets the
-   same tiles with the *uncorrected* model masks.
-4. Each folder fine-tunes the model with :func:`napari_histoseg.tumour.train.train` for the
-   same fixed budget (``--epochs`` x ``--steps`` batches, same seed, same lr), starting
-   from the model's own weights.
-5. Every checkpoint is scored on the held-out ``test`` split: mean Dice per tile.
+One region (bcss test: region 1015, 32 fields of 512 px) is one slide. For each seed:
 
-N = 0 is the model itself, without fine-tuning. Every figure printed is measured in this
-run; the budget is small (CPU), so read the table as a direction, not a result.
+1. The fields are put in a fixed order (a seeded shuffle; the same for every arm).
+2. The simulated annotator (``refinement/robot.py``) corrects them one after another, up to
+   ``--clicks`` clicks each (it stops at Dice 0.90), starting from the current model's mask,
+   and keeps the best mask it saw; the pixels that differ from the model's mask are the edits.
+   Clicks per field are recorded as it goes, beside the clicks the start model would have needed.
+3. After ``k`` corrected fields (``--ks``) the start model is adapted to the first ``k``
+   (:func:`napari_histoseg.tumour.adapt.adapt`, ``--seconds`` each), and the annotator
+   goes on from the adapted model's masks. The **control** is the same adaptation on the start
+   model's own, uncorrected masks of the same fields (no edits).
+4. Reported after each ``k``: mean Dice on the fields not yet corrected (``order[k:]``) of the
+   start model, the adapted model and the control; and, for the last ``k``, Dice on the
+   ``--camelyon`` test split (forgetting).
 
-Each fine-tune starts from the model's checkpoint through ``train(init_checkpoint=...)``,
-as the Fine-tune widget does.
+The head-only adaptation changes the segmentation head alone, so its predictions are the start
+model's decoder features through the new head; they are computed that way here (checked against
+the full tiled prediction of the start model, ``check`` in the output). Other ``--train`` values
+predict with the adapted checkpoint through ``Segmenter`` like any model.
+Every figure is measured in this run; the adaptation budget is wall-clock seconds, so a loaded
+machine runs fewer steps.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import random
-import shutil
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from napari_histoseg.core.hashing import file_sha256  # noqa: E402
 from napari_histoseg.core.scores import dice  # noqa: E402
 from napari_histoseg.io.dataset import load_dataset  # noqa: E402
+from napari_histoseg.models.bundled import bundled_model_path  # noqa: E402
 from napari_histoseg.models.segmenter import Segmenter  # noqa: E402
-from napari_histoseg.refinement.robot import session_refiner, simulate_clicks  # noqa: E402
-from napari_histoseg.tumour import train as train_mod  # noqa: E402
+from napari_histoseg.refinement.robot import noc, session_refiner, simulate_clicks  # noqa: E402
+from napari_histoseg.tumour import adapt as adapt_mod  # noqa: E402
+from napari_histoseg.tumour.adapt import _parts, adapt, cached_features  # noqa: E402
+from napari_histoseg.tumour.adapt_data import Correction  # noqa: E402
 from napari_histoseg.tumour.evaluate import predict_tile  # noqa: E402
-from napari_histoseg.tumour.export import export_tiles  # noqa: E402
 
 
-def held_out_dice(seg, tiles) -> float:
-    return float(np.mean([dice((predict_tile(img, seg) >= 0.5).astype(np.uint8), truth) for img, truth in tiles]))
+class Predictor:
+    """Tumour probability of the fields under a model: the start model's cached decoder
+    features through a head (head-only adaptation), or the checkpoint's full prediction."""
+
+    def __init__(self, start, images, head_only: bool, sha: str):
+        self.start, self.images, self.head_only, self.sha = start, images, head_only, sha
+        self.frozen = _parts(start.module, "head")[0]
+
+    def _feat(self, key):  # the cache adapt() reads too: a field's features are computed once
+        return cached_features(self.frozen, self.sha, "head", key, self.images[key])
+
+    @torch.no_grad()
+    def prob(self, seg, key) -> np.ndarray:
+        img = self.images[key]
+        if self.head_only:
+            head = seg.module.net.segmentation_head
+            p = torch.sigmoid(head(self._feat(key)))[0, 0].numpy()
+            return p[:img.shape[0], :img.shape[1]]
+        return predict_tile(img, seg)
 
 
-def correct(img, truth, prob, clicks, accept="best"):
-    """The annotator's corrected mask, the model's mask and the edits, for one tile.
+def correct(img, truth, prob, clicks):
+    """``(accepted mask, edits, clicks used, Dice of the model's mask, Dice accepted)``."""
+    shown = (prob >= 0.5).astype(np.uint8)
+    seen = {0: shown}
+    d = simulate_clicks(img, truth, session_refiner(), prior=prob, max_clicks=clicks,
+                        on_click=lambda k, seeds, labels: seen.update({k: labels.astype(np.uint8)}))
+    best = max(seen, key=lambda j: (d[j], -j))
+    return seen[best], seen[best] != shown, noc(d, 0.9), d[0], d[best]
 
-    ``accept="last"`` keeps the mask after the last click (the bare protocol);
-    ``"best"`` keeps the best mask seen, the model's own included, as a person who
-    undoes a click that made things worse (the robot judges by the truth, a person by eye).
-    """
-    model_mask = (prob >= 0.5).astype(np.uint8)
-    masks = {0: model_mask}
-    dices = simulate_clicks(img, truth, session_refiner(), prior=prob, max_clicks=clicks,
-                            on_click=lambda k, seeds, labels: masks.update({k: labels.astype(np.uint8)}))
-    k = max(masks) if accept == "last" else max(masks, key=lambda j: (dices[j], -j))
-    corrected = masks[k]
-    return corrected, model_mask, (corrected != model_mask).astype(np.uint8)
+
+def mean_dice(pred: Predictor, seg, keys, truths) -> float:
+    return float(np.mean([dice((pred.prob(seg, k) >= 0.5).astype(np.uint8), truths[k]) for k in keys]))
+
+
+def run_seed(seed, args, start, pred, keys, truths, cam, log):
+    rng = np.random.default_rng(seed)
+    order = [keys[i] for i in rng.permutation(len(keys))]
+    current, corrections, controls, clicks, rounds = start, [], [], [], []
+    out_dir = Path(args.workdir) / f"seed{seed}"
+    for j, key in enumerate(order):
+        prob = pred.prob(current, key)
+        mask, edits, n, d_shown, d_acc = correct(pred.images[key], truths[key], prob, args.clicks)
+        clicks.append({"field": key, "clicks": n, "dice_shown": round(d_shown, 4), "dice_accepted": round(d_acc, 4),
+                       "model": "start" if current is start else f"adapted@{len(corrections)}"})
+        corrections.append(Correction(key, pred.images[key], mask, edits))
+        controls.append(Correction(key, pred.images[key], (pred.prob(start, key) >= 0.5).astype(np.uint8)))
+        k = j + 1
+        if k not in args.ks:
+            continue
+        rest = order[k:]
+        row = {"k": k, "remaining": len(rest), "edited_px": int(sum(c.edited for c in corrections))}
+        for arm, cs in (("adapted", corrections), ("control", controls)):
+            s = adapt(args.model or "bundled", cs, out_dir / f"{arm}-k{k}.safetensors", seconds=args.seconds,
+                      train=args.train, seed=seed, replay_count=args.replay_tiles)
+            seg = Segmenter.from_checkpoint(s["checkpoint"], "cpu")
+            row[arm] = mean_dice(pred, seg, rest, truths) if rest else None
+            row[f"{arm}_seconds"], row[f"{arm}_steps"] = s["seconds"], s["steps"]
+            row[f"{arm}_prepare_seconds"], row[f"{arm}_loss"] = s["prepare_seconds"], [s["start_loss"], s["final_loss"]]
+            if arm == "adapted":
+                current = seg
+            if cam and k == max(args.ks):
+                row[f"camelyon_{arm}"] = float(np.mean([dice((predict_tile(i, seg) >= 0.5).astype(np.uint8), t)
+                                                        for i, t in cam]))
+        row["start"] = mean_dice(pred, start, rest, truths) if rest else None
+        rounds.append(row)
+        log(f"seed {seed} k {k}: start {row['start']:.4f} adapted {row['adapted']:.4f} control {row['control']:.4f} "
+            f"({row['adapted_seconds']:.0f} s, {row['adapted_steps']} steps)")
+    return {"seed": seed, "order": order, "rounds": rounds, "clicks": clicks}
+
+
+def summarise(results, ks, clicks_start):
+    lines = ["| k | fields left | start | adapted | control | adapted - start | adapted - control | seconds |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for k in ks:
+        rows = [r for res in results for r in res["rounds"] if r["k"] == k and r.get("remaining")]
+        if not rows:
+            continue
+        a, c, s = (np.array([r[x] for r in rows]) for x in ("adapted", "control", "start"))
+        sec = np.array([r["adapted_seconds"] for r in rows])
+
+        def pm(x):
+            return f"{x.mean():+.3f} ± {x.std(ddof=1) if len(x) > 1 else 0:.3f}"
+        lines.append(f"| {k} | {rows[0]['remaining']} | {s.mean():.3f} | {a.mean():.3f} | {c.mean():.3f} | "
+                     f"{pm(a - s)} | {pm(a - c)} | {sec.mean():.0f} (max {sec.max():.0f}) |")
+    lines.append("")
+    bands = [(0, 2), (2, 5), (5, 10), (10, 20), (20, 32)]
+    lines.append("| fields | clicks per field, adapting | clicks per field, start model |")
+    lines.append("|---|---:|---:|")
+    for lo, hi in bands:
+        got = [c["clicks"] for res in results for c in res["clicks"][lo:hi]]
+        base = [clicks_start[c["field"]] for res in results for c in res["clicks"][lo:hi]]
+        if got:
+            lines.append(f"| {lo + 1}-{min(hi, len(results[0]['clicks']))} | {np.mean(got):.2f} | {np.mean(base):.2f} |")
+    cam = [r for res in results for r in res["rounds"] if "camelyon_adapted" in r]
+    if cam:
+        lines.append("")
+        lines.append(f"camelyon test after adapting to k = {cam[0]['k']}: adapted "
+                     f"{np.mean([r['camelyon_adapted'] for r in cam]):.4f}, control "
+                     f"{np.mean([r['camelyon_control'] for r in cam]):.4f}, start {cam[0]['camelyon_start']:.4f}")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default=None, help="checkpoint to start from (default: the bundled model)")
+    ap.add_argument("--model", default=None, help="start checkpoint (default: the bundled model)")
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "bcss"))
-    ap.add_argument("--ns", type=int, nargs="+", default=[0, 5, 10, 20])
-    ap.add_argument("--clicks", type=int, default=5, help="annotator clicks per tile")
-    ap.add_argument("--accept", choices=["best", "last"], default="best",
-                    help="mask the annotator keeps: the best seen (default) or the last click's")
-    ap.add_argument("--epochs", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=20, help="batches per epoch")
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--patch", type=int, default=256)
-    ap.add_argument("--lr", type=float, default=1e-4)
-    ap.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=True,
-                    help="keep BatchNorm statistics of the start model while fine-tuning (default: on)")
-    ap.add_argument("--test-limit", type=int, default=0, help="score only this many test tiles (0: all)")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=str(ROOT / "runs" / "loop"))
+    ap.add_argument("--split", default="test", help="the region's split (bcss test = region 1015)")
+    ap.add_argument("--camelyon", default=str(ROOT.parent / "shared" / "data" / "camelyon"),
+                    help="a folder whose test split measures forgetting ('' to skip)")
+    ap.add_argument("--ks", type=int, nargs="+", default=[2, 5, 10])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--clicks", type=int, default=5)
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--train", default="head", choices=["head", "decoder", "all"])
+    ap.add_argument("--replay-tiles", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--workdir", default="/tmp/histoseg-loop")
+    ap.add_argument("--limit", type=int, default=0, help="only the first N fields (a quick check)")
+    ap.add_argument("--out", default=None, help="write every figure as JSON here (after each seed)")
     args = ap.parse_args(argv)
-
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    if args.model is None:
-        from napari_histoseg.models.bundled import bundled_model_path
-
-        args.model = str(bundled_model_path())
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    start = out / "start.safetensors"  # a snapshot: the source may be a checkpoint still being written
-    shutil.copyfile(args.model, start)
-    side = Path(args.model).with_suffix(".json")
-    if side.is_file():
-        shutil.copyfile(side, start.with_suffix(".json"))
-    seg = Segmenter.from_checkpoint(start, device="cpu")
-
-    ds = load_dataset(args.data)
-    train_ds, test_ds = ds.subset("train"), ds.subset("test")
-    order = list(range(len(train_ds)))
-    random.Random(args.seed).shuffle(order)
-    n_max = max(args.ns)
-    if any(0 < n < 2 for n in args.ns):
-        raise SystemExit("N must be 0 or at least 2 (train() holds one tile out for validation)")
-    if n_max > len(order):
-        raise SystemExit(f"{args.data} has {len(order)} train tiles, fewer than N = {n_max}")
-    test_idx = list(range(len(test_ds)))[: args.test_limit or None]
-    test_tiles = [test_ds.load(i) for i in test_idx]
-    print(f"model {seg.description} from {args.model}; data {args.data}: {len(train_ds)} train, "
-          f"{len(test_tiles)} test tiles scored; {args.clicks} clicks per tile (keep {args.accept}); fine-tune "
-          f"{args.epochs} x {args.steps} batches of {args.batch} x {args.patch}², lr {args.lr}, "
-          f"BatchNorm statistics {'frozen' if args.freeze_bn else 'trained'}", flush=True)
-
+    torch.set_num_threads(args.threads)
     t0 = time.time()
-    base = held_out_dice(seg, test_tiles)
-    print(f"N = 0: held-out Dice {base:.4f} ({time.time() - t0:.0f} s)", flush=True)
 
-    t0 = time.time()
-    labelled = []  # (index, corrected, model mask, edits, dice corrected, dice model)
-    for i in order[:n_max]:
-        img, truth = train_ds.load(i)
-        prob = predict_tile(img, seg)
-        corr, mm, ed = correct(img, truth, prob, args.clicks, args.accept)
-        labelled.append((i, corr, mm, ed, dice(corr, truth), dice(mm, truth)))
-    print(f"annotated {n_max} tiles in {time.time() - t0:.0f} s: label Dice {np.mean([r[4] for r in labelled]):.4f} "
-          f"corrected vs {np.mean([r[5] for r in labelled]):.4f} model masks; "
-          f"{np.mean([r[3].mean() for r in labelled]) * 100:.1f} % of pixels edited", flush=True)
+    def log(msg):
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
-    rows = [{"n": 0, "corrected": base, "control": base}]
-    for n in sorted(x for x in args.ns if x > 0):
-        row = {"n": n, "label_dice_corrected": float(np.mean([r[4] for r in labelled[:n]])),
-               "label_dice_model": float(np.mean([r[5] for r in labelled[:n]]))}
-        for kind in ("corrected", "control"):
-            folder = out / f"{kind}_{n}"
-            shutil.rmtree(folder, ignore_errors=True)
-            for i, corr, mm, ed, _, _ in labelled[:n]:
-                img, _ = train_ds.load(i)
-                src = Path(args.data) / train_ds.tiles[i]["image"]
-                if kind == "corrected":
-                    export_tiles(img, corr, folder, edits=ed, source=src, model=seg, split="train",
-                                 annotator=f"simulated annotator ({args.clicks} clicks)")
-                else:
-                    export_tiles(img, mm, folder, source=src, model=seg, split="train", annotator=None)
-            t0 = time.time()
-            ckpt = out / f"{kind}_{n}.safetensors"
-            summary = train_mod.train(folder, ckpt, init_checkpoint=start, epochs=args.epochs,
-                                      steps_per_epoch=args.steps, batch_size=args.batch,
-                                      patch_size=args.patch, lr=args.lr, patience=args.epochs,
-                                      seed=args.seed, name=f"loop-{kind}-{n}", log=lambda s: None,
-                                      freeze_bn=args.freeze_bn, show_bar=False)
-            secs = time.time() - t0
-            row[kind] = held_out_dice(Segmenter.from_checkpoint(ckpt, device="cpu"), test_tiles)
-            row[f"{kind}_train_s"] = secs
-            row[f"{kind}_best_epoch"] = summary.get("best_epoch")
-            print(f"N = {n} {kind:>9}: held-out Dice {row[kind]:.4f} (fine-tune {secs:.0f} s, "
-                  f"best epoch {summary.get('best_epoch')})", flush=True)
-        rows.append(row)
-
-    print("\n|  N | label Dice (corrected / model) | held-out Dice, corrected | held-out Dice, control |")
-    print("|---:|---:|---:|---:|")
-    for r in rows:
-        lab = (f"{r['label_dice_corrected']:.3f} / {r['label_dice_model']:.3f}" if r["n"] else "-")
-        print(f"| {r['n']:>2} | {lab} | {r['corrected']:.4f} | {r['control']:.4f} |")
-    (out / "results.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
+    if not (Path(args.data) / "dataset.json").is_file():
+        print(f"no data at {args.data}; nothing measured")
+        return 0
+    ds = load_dataset(args.data).subset(args.split)
+    images, masks = ds.load_all()
+    keys = ds.ids()
+    if args.limit:
+        images, masks, keys = images[:args.limit], masks[:args.limit], keys[:args.limit]
+    start = Segmenter.from_checkpoint(args.model, "cpu") if args.model else Segmenter.bundled("cpu")
+    adapt_mod.MAX_CACHED = len(keys) + args.replay_tiles + 4
+    pred = Predictor(start, dict(zip(keys, images)), head_only=args.train == "head",
+                     sha=file_sha256(args.model or bundled_model_path()))
+    truths = dict(zip(keys, masks))
+    check = None
+    if args.train == "head":  # the cached-feature prediction against the model's own tiled prediction
+        k0 = keys[:3]
+        full = [dice((predict_tile(pred.images[k], start) >= 0.5).astype(np.uint8), truths[k]) for k in k0]
+        fast = [dice((pred.prob(start, k) >= 0.5).astype(np.uint8), truths[k]) for k in k0]
+        check = {"fields": k0, "dice_full": full, "dice_cached": fast}
+        log(f"check: full {np.round(full, 4)} cached {np.round(fast, 4)}")
+    cam = []
+    if args.camelyon and (Path(args.camelyon) / "dataset.json").is_file():
+        c = load_dataset(args.camelyon).subset("test")
+        cam = list(zip(*c.load_all()))
+    clicks_start = {}
+    for key in keys:
+        clicks_start[key] = correct(pred.images[key], truths[key], pred.prob(start, key), args.clicks)[2]
+    log(f"start model: mean Dice {mean_dice(pred, start, keys, truths):.4f} on {len(keys)} fields; "
+        f"{np.mean(list(clicks_start.values())):.2f} clicks per field")
+    cam_start = float(np.mean([dice((predict_tile(i, start) >= 0.5).astype(np.uint8), t) for i, t in cam])) if cam else None
+    results = []
+    for seed in args.seeds:
+        res = run_seed(seed, args, start, pred, keys, truths, cam, log)
+        for r in res["rounds"]:
+            if "camelyon_adapted" in r:
+                r["camelyon_start"] = cam_start
+        results.append(res)
+        if args.out:
+            Path(args.out).write_text(json.dumps({"args": vars(args), "check": check, "clicks_start": clicks_start,
+                                                  "results": results, "seconds": time.time() - t0}, indent=1))
+        log("\n" + summarise(results, args.ks, clicks_start))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import time
+import zlib
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -53,7 +54,8 @@ __all__ = ["TRAINABLE", "adapt", "adapted_path", "root_start", "keep_reviewed"]
 TRAINABLE = ("head", "decoder", "all")
 DEFAULT_TRAIN = "head"
 DEFAULT_LR = {"head": 3e-3, "decoder": 3e-4, "all": 1e-4}
-_FEATURES: dict = {}  # (start sha256, train, replay id) -> cached frozen features of a replay tile
+_FEATURES: dict = {}  # (start sha256, train, field id, crc32 of its pixels) -> the frozen part's output
+MAX_CACHED = 48
 
 
 def _parts(model, train: str):
@@ -89,6 +91,17 @@ def _features(frozen, image: np.ndarray):
     if isinstance(out, (list, tuple)):
         return [t.detach().clone() for t in out]
     return out.detach().clone()
+
+
+def cached_features(frozen, sha: str, train: str, fid: str, image: np.ndarray):
+    """The frozen part's output for one field, computed once per start model, part, field id and
+    pixels (a session that adapts again after more corrections only computes the new fields)."""
+    key = (sha, train, fid, zlib.crc32(np.ascontiguousarray(image).tobytes()))
+    if key not in _FEATURES:
+        while len(_FEATURES) >= MAX_CACHED:
+            _FEATURES.pop(next(iter(_FEATURES)))
+        _FEATURES[key] = _features(frozen, image)
+    return _FEATURES[key]
 
 
 def _item(feat, image, mask, weight) -> dict:
@@ -130,6 +143,37 @@ def _batch(items, picks, c, rng, flip: bool):
     else:
         feat = torch.cat(feats)
     return feat, torch.stack(targets), torch.stack(weights)
+
+
+def _pixel_head(head):
+    """The head's 3 x 3 convolution when that is all it is (no upsampling or activation after it)."""
+    layers = list(head.children()) if isinstance(head, torch.nn.Sequential) else [head]
+    conv, rest = layers[0], layers[1:]
+    simple = all(isinstance(m, torch.nn.Identity) or all(isinstance(c, torch.nn.Identity) for c in m.children())
+                 and not isinstance(m, torch.nn.UpsamplingBilinear2d) for m in rest)
+    ok = isinstance(conv, torch.nn.Conv2d) and conv.kernel_size == (3, 3) and conv.padding == (1, 1) \
+        and conv.stride == (1, 1) and conv.groups == 1 and conv.dilation == (1, 1)
+    return conv if ok and simple and not any(list(m.parameters()) for m in rest) else None
+
+
+def _pixel_batch(items, picks_per_item, rng):
+    """Sampled pixels of cached head inputs: their 3 x 3 neighbourhoods (N, C, 3, 3), targets, weights."""
+    feats, targets, weights = [], [], []
+    for i, n in picks_per_item:
+        it = items[i]
+        h, w = it["size"]
+        if "rows" not in it:  # zero-padded like the convolution, channels last: one row per pixel
+            p = F.pad(it["feat"][0], (1, 1, 1, 1))
+            it["rows"] = p.permute(1, 2, 0).reshape(-1, p.shape[0]).contiguous()
+        ys, xs = rng.integers(0, h, n), rng.integers(0, w, n)
+        dy, dx = np.meshgrid(np.arange(3), np.arange(3), indexing="ij")
+        idx = (ys[:, None] + dy.ravel()) * (w + 2) + xs[:, None] + dx.ravel()
+        g = it["rows"].index_select(0, torch.from_numpy(idx.ravel())).reshape(n, 9, -1)
+        feats.append(g.permute(0, 2, 1).reshape(n, -1, 3, 3))
+        flat = torch.from_numpy(ys * w + xs)
+        targets.append(it["target"].reshape(-1)[flat])
+        weights.append(it["weight"].reshape(-1)[flat])
+    return torch.cat(feats), torch.cat(targets), torch.cat(weights)
 
 
 def _loss(logits, target, weight) -> torch.Tensor:
@@ -227,18 +271,13 @@ def adapt(start, corrections: Sequence[Correction], out, *, seconds: float = 60.
         if cancelled():
             break
         wmap = np.where(c.mask == 1, cw[1], cw[0]).astype(np.float32) * (1 + edit_weight * c.edits)
-        fields.append(_item(_features(frozen, c.image), c.image, c.mask, wmap))
+        fields.append(_item(cached_features(frozen, sha, train, c.id, c.image), c.image, c.mask, wmap))
         say("cache", done=k + 1, total=len(corrections) + len(reps))
     for k, (rid, image, mask) in enumerate(reps):
         if cancelled():
             break
-        key = (sha, train, rid)
-        if key not in _FEATURES:
-            if len(_FEATURES) > 64:
-                _FEATURES.pop(next(iter(_FEATURES)))
-            _FEATURES[key] = _features(frozen, image)
         wmap = replay_weight * np.where(mask == 1, cw[1], cw[0]).astype(np.float32)
-        replayed.append(_item(_features_of(key), image, mask, wmap))
+        replayed.append(_item(cached_features(frozen, sha, train, "replay:" + rid, image), image, mask, wmap))
         say("cache", done=len(corrections) + k + 1, total=len(corrections) + len(reps))
     if cancelled():
         return _cancelled(kept, t0, 0)
@@ -246,10 +285,27 @@ def adapt(start, corrections: Sequence[Correction], out, *, seconds: float = 60.
     c = min(crop, *(min(it["size"]) for it in items)) // 32 * 32
     n_fields = max(1, batch // 2) if replayed else batch
     rng = np.random.default_rng(seed)
+    conv = _pixel_head(trained) if train == "head" else None
+    if conv is not None:  # a 3 x 3 head learns from sampled pixels: one step costs milliseconds
+        def step_batch():
+            per = [(int(i), pixels // n_fields) for i in rng.integers(0, len(fields), n_fields)]
+            if replayed:
+                per += [(len(fields) + int(i), pixels // n_fields) for i in rng.integers(0, len(replayed), n_fields)]
+            g, t, w = _pixel_batch(items, per, rng)
+            return g.reshape(len(g), -1) @ conv.weight.reshape(conv.out_channels, -1).T + conv.bias, t, w
+    else:
+        def step_batch():
+            picks = list(rng.integers(0, len(fields), n_fields))
+            if replayed:
+                picks += list(len(fields) + rng.integers(0, len(replayed), batch - n_fields))
+            feat, target, weight = _batch(items, picks, c, rng, flip=train == "all")
+            return trained(feat), target, weight
+    pixels = batch * 2048
     opt = torch.optim.Adam(params, lr=lr)
     model.train()
     freeze_batchnorm(model)
     losses, step, train_t0 = [], 0, time.time()
+    prepared = round(train_t0 - t0, 1)
     budget_left = seconds - (train_t0 - t0) - 1.0  # a second kept back for writing the checkpoint
     while True:
         frac = step / steps if steps else (time.time() - train_t0) / max(budget_left, 1e-3)
@@ -261,11 +317,8 @@ def adapt(start, corrections: Sequence[Correction], out, *, seconds: float = 60.
             break
         for g in opt.param_groups:
             g["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
-        picks = list(rng.integers(0, len(fields), n_fields))
-        if replayed:
-            picks += list(len(fields) + rng.integers(0, len(replayed), batch - n_fields))
-        feat, target, weight = _batch(items, picks, c, rng, flip=train == "all")
-        loss = _loss(trained(feat), target, weight)
+        logits, target, weight = step_batch()
+        loss = _loss(logits, target, weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -281,7 +334,7 @@ def adapt(start, corrections: Sequence[Correction], out, *, seconds: float = 60.
                 "seed": seed, "class_weights": cw, "loss": "weighted binary cross-entropy", "freeze_bn": True}
     record = {"start": {"name": meta.name, "model_version": meta.model_version, "path": str(path), "sha256": sha},
               "corrections": [x.record() for x in corrections], "replay": [r[0] for r in reps],
-              "settings": settings, "seconds": elapsed, "steps_run": step, "stop_reason": stop["reason"],
+              "settings": settings, "seconds": elapsed, "prepare_seconds": prepared, "steps_run": step, "stop_reason": stop["reason"],
               "start_loss": losses[0] if losses else None,
               "final_loss": float(np.mean(losses[-20:])) if losses else None,
               "when": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
@@ -297,12 +350,8 @@ def adapt(start, corrections: Sequence[Correction], out, *, seconds: float = 60.
         f"{record['final_loss']:.3f}); {out}")
     say("done", steps=step, checkpoint=str(out))
     return {"checkpoint": str(out), "kept": str(out), "stop_reason": stop["reason"], "seconds": elapsed,
-            "steps": step, "start_loss": record["start_loss"], "final_loss": record["final_loss"],
+            "steps": step, "prepare_seconds": prepared, "start_loss": record["start_loss"], "final_loss": record["final_loss"],
             "corrections": len(corrections), "replay": len(reps), "train": train, "adaptation": record}
-
-
-def _features_of(key):
-    return _FEATURES[key]
 
 
 def _cancelled(kept: str, t0: float, steps: int) -> dict:

@@ -109,6 +109,7 @@ def resolve_data_dir(path) -> Optional[Path]:
 
 
 _LOADED: dict = {}
+_DATASETS: dict = {}
 
 
 def replay_tiles(meta, n: int = 8, seed: int = 0, dirs: Optional[Sequence] = None,
@@ -126,7 +127,9 @@ def replay_tiles(meta, n: int = 8, seed: int = 0, dirs: Optional[Sequence] = Non
     for folder, held in folders:
         if folder is None:
             continue
-        ds = load_dataset(folder)
+        if str(folder) not in _DATASETS:
+            _DATASETS[str(folder)] = load_dataset(folder)
+        ds = _DATASETS[str(folder)]
         pools.append((folder, ds, [i for i, t in enumerate(ds.tiles)
                                    if t.get("split", "train") == "train" and t["id"] not in held]))
     pools = [p for p in pools if p[2]]
