@@ -59,6 +59,8 @@ def segment(
     tissue_gate: bool = True,
     tissue=None,
     mpp: float | None = None,
+    magnification: float | str | None = None,
+    tta: bool = False,
 ) -> np.ndarray:
     """Tumour probability of an RGB H&E image, tile by tile.
 
@@ -72,10 +74,17 @@ def segment(
     tile, overlap, batch_size, preprocess, region, progress, should_stop
         See :func:`napari_histoseg.core.tiling.predict`; ``tile`` defaults to the
         model's training tile size.
-    tissue_gate, tissue, mpp
+    tissue_gate, tissue
         Glass and background are not tumour: by default the probability is 0 outside
-        the tissue (found on the image at ``mpp`` µm/px, or given as ``tissue``);
-        ``tissue_gate=False`` leaves every pixel to the model.
+        the tissue (found on the image, or given as ``tissue``); ``tissue_gate=False``
+        leaves every pixel to the model.
+    mpp, magnification
+        The image's µm per pixel, or its objective magnification (``20`` or ``"20x"``, read
+        as 10 / magnification µm/px). The image is resampled to the model's scale
+        (``model.meta.mpp``) for the prediction and the map comes back on the image's pixels.
+        Neither given: the image is used as it is, with a warning when the model has a scale.
+    tta
+        Average over 4 flips (4x the time).
 
     Returns
     -------
@@ -83,12 +92,25 @@ def segment(
         (H, W) tumour probability for a binary model, (C, H, W) for a multi-class one.
     """
     from napari_histoseg.core.tiling import predict
+    from napari_histoseg.io.checks import MPP_AT_1X, InputError, check_float, check_magnification
 
+    if mpp is not None and magnification is not None:
+        raise InputError("give mpp or magnification, not both")
+    if mpp is not None:
+        mpp = check_float(mpp, "mpp", lo=0.01, hi=100)
+    elif magnification is not None:
+        mpp = MPP_AT_1X / check_magnification(magnification)
     if model is None or isinstance(model, (str, Path)):
         model = load_model(model)
+    if mpp is None and getattr(model.meta, "mpp", None):
+        import warnings
+
+        warnings.warn(f"the image's pixel size is unknown, so it is used as it is; the model works at "
+                      f"{model.meta.mpp:g} µm/px: pass mpp= or magnification= if the image is at another "
+                      "scale", stacklevel=2)
     tile = tile or model.meta.tile_size
     return predict(
         image, model, tile=tile, overlap=overlap, batch_size=batch_size,
         preprocess=preprocess, region=region, progress=progress, should_stop=should_stop,
-        tissue_gate=tissue_gate, tissue=tissue, mpp=mpp,
+        tissue_gate=tissue_gate, tissue=tissue, mpp=mpp, tta=tta,
     ).probability

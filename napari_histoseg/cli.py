@@ -3,6 +3,7 @@
     histoseg segment IMAGE -o MASK [--prob PROB.tif] [--model PATH] [--device auto]
                      [--tile N] [--overlap N] [--threshold T] [--level L] [--engine torch|onnx]
                      [--backend http://host:port [--token-file PATH]] [--no-tissue-gate]
+                     [--mpp UM | --magnification 20x] [--stain-norm macenko|reinhard] [--tta]
     histoseg demo [--screenshot PNG]
 """
 
@@ -13,7 +14,7 @@ import sys
 from pathlib import Path
 
 from napari_histoseg.core.runs import tile_bar
-from napari_histoseg.io.checks import float_arg, int_arg
+from napari_histoseg.io.checks import float_arg, int_arg, magnification_arg
 
 MIN_TILE, MAX_TILE = 64, 4096
 
@@ -56,7 +57,18 @@ def cmd_segment(args) -> int:
                      hint="give a lower resolution --level, or run `histoseg segment-slides` for whole slides")
         warn(slide.warnings)
         downsample = slide.shape[0] / image.shape[0]
-        mpp = slide.mpp * downsample if slide.mpp else None
+        mpp = scale_note(args, slide.mpp, model, Path(args.image).name)
+        mpp = mpp * downsample if mpp else None
+        preprocess = None
+        if args.stain_norm:
+            import numpy as np
+
+            from napari_histoseg.colour.preprocess import PreprocessConfig, Preprocessor
+
+            thumb = min(slide.levels, key=lambda lv: abs(max(lv.shape[:2]) - 1024))
+            step = max(1, max(thumb.shape[:2]) // 1024)
+            preprocess = Preprocessor(PreprocessConfig(stain_norm=args.stain_norm)).fit(
+                np.asarray(thumb[::step, ::step]))
         tissue = None
         if not args.no_tissue_gate:
             from napari_histoseg.core.tissue import TissueMask, slide_tissue
@@ -66,7 +78,8 @@ def cmd_segment(args) -> int:
         bar, progress = tile_bar(f"segmenting {Path(args.image).name}")
         pred = predict(image, model, tile=tile, overlap=args.overlap,
                        threshold=args.threshold, batch_size=args.batch_size, progress=progress,
-                       tissue_gate=not args.no_tissue_gate, tissue=tissue, mpp=mpp)
+                       tissue_gate=not args.no_tissue_gate, tissue=tissue, mpp=mpp, preprocess=preprocess,
+                       tta=args.tta)
         bar.close()
     if args.prob:   # both files or neither: the probability is renamed into place only with the mask
         import tifffile
@@ -76,9 +89,32 @@ def cmd_segment(args) -> int:
             write_mask(out, pred.mask)
     else:
         write_mask(out, pred.mask)
+    scaled = (f"; resampled {pred.image_mpp:g} -> {pred.model_mpp:g} µm/px for the model"
+              if getattr(pred, "scale", 1.0) != 1.0 else "")
     print(f"{args.output}: {pred.mask.shape[1]} x {pred.mask.shape[0]} px, {summary(pred, mpp)} "
-          f"(model {model.description}, {model.device.type})")
+          f"(model {model.description}{' + flip TTA' if args.tta else ''}, "
+          f"{model.device.type}{scaled})")
     return 0
+
+
+def scale_note(args, metadata_mpp, model, name: str):
+    """The image's full-resolution µm per pixel (``--mpp``, else ``--magnification``, else its
+    metadata), after saying once on stderr where the scale is unknown or stated by hand."""
+    from napari_histoseg.io.checks import MPP_AT_1X, InputError
+
+    if args.mpp and args.magnification:
+        raise InputError("give --mpp or --magnification, not both")
+    model_mpp = getattr(model.meta, "mpp", None)
+    if args.mpp or args.magnification:
+        mpp = args.mpp or MPP_AT_1X / args.magnification
+        if metadata_mpp and abs(mpp / metadata_mpp - 1) > 0.02:
+            warn([f"{name} says {metadata_mpp:g} µm/px; using the {mpp:g} µm/px given"])
+        return mpp
+    if not metadata_mpp and model_mpp:
+        warn([f"{name} does not record its pixel size, so it is used as it is; the model works at "
+              f"{model_mpp:g} µm/px ({MPP_AT_1X / model_mpp:g}x). If the image is at another scale the "
+              "map will be wrong: give --mpp or --magnification (e.g. --magnification 40x)"])
+    return metadata_mpp
 
 
 def warn(messages, what: str = "") -> None:
@@ -158,6 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-tissue-gate", action="store_true",
                    help="let the model judge glass and background too (default: only detected tissue "
                         "can be tumour, as in segment-slides)")
+    s.add_argument("--mpp", type=float_arg(0.01, 100), default=None,
+                   help="µm per pixel of the image's full resolution (default: its metadata); the image is "
+                        "resampled to the model's scale for the prediction, the mask comes back at the image's")
+    s.add_argument("--magnification", type=magnification_arg(), default=None, metavar="MAG",
+                   help="the image's objective magnification, e.g. 20x (read as 10 / MAG µm per pixel: "
+                        "20x = 0.5, 40x = 0.25), where its pixel size is not known")
+    s.add_argument("--stain-norm", choices=["macenko", "reinhard"], default=None,
+                   help="normalise the stains to the reference before the model (fitted on a thumbnail)")
+    s.add_argument("--tta", action="store_true",
+                   help="average the prediction over 4 flips (about 4x the time; see BENCHMARKS.md)")
     s.add_argument("--backend", help="http://host:port of a `histoseg serve` to run the model on")
     s.add_argument("--token-file", help="file holding that server's bearer token")
     s.set_defaults(func=cmd_segment)

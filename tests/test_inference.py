@@ -1,5 +1,7 @@
 """Tiled inference: equal to untiled inference, seamless, any size, cancellable."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -165,3 +167,76 @@ def test_the_gate_in_the_api_and_an_explicit_tissue_mask(random_model):
         predict(glass, random_model, tile=128, tissue=mine[:100])
     blank = predict(np.full((128, 128, 3), 245, np.uint8), random_model, tile=128)
     assert not blank.mask.any() and blank.tumour_fraction_of_tissue is None
+
+
+# -- the model's scale and flip TTA ---------------------------------------------------------
+
+class _Recorder:
+    """A stand-in model at 0.5 µm/px whose tumour probability is the red channel / 255, and
+    which records the tile sizes it was given."""
+
+    out_channels = 1
+
+    def __init__(self, mpp=0.5):
+        from napari_histoseg.models.checkpoint import ModelMeta
+
+        self.meta = ModelMeta(arch="fake", mpp=mpp)
+        self.shapes = []
+
+    def predict(self, batch):
+        self.shapes.append(batch.shape[1:3])
+        return (batch[..., 0].astype(np.float32) / 255.0)[:, None]
+
+
+def test_an_image_at_another_scale_is_resampled_to_the_models_and_back():
+    """A 0.25 µm/px image goes through a 0.5 µm/px model at half size; the map comes back on
+    the image's own pixels and still follows the image (a left-right ramp)."""
+    ramp = np.zeros((300, 700, 3), np.uint8)
+    ramp[..., 0] = np.linspace(0, 255, 700)[None]
+    model = _Recorder()
+    pred = predict(ramp, model, tile=256, overlap=32, mpp=0.25, **ENGINE)
+    assert pred.probability.shape == (300, 700) and pred.scale == 2.0
+    assert pred.image_mpp == 0.25 and pred.model_mpp == 0.5
+    assert all(max(s) <= 256 for s in model.shapes)          # model-side tiles, not image-side
+    assert np.abs(pred.probability - ramp[..., 0] / 255.0)[:, 8:-8].max() < 0.03
+    same = _Recorder()
+    assert predict(ramp, same, tile=256, overlap=32, mpp=0.5, **ENGINE).scale == 1.0
+    unknown = predict(ramp, _Recorder(), tile=256, overlap=32, **ENGINE)
+    assert unknown.scale == 1.0 and unknown.image_mpp is None          # unknown: used as it is
+
+
+def test_flip_tta_averages_the_four_flips(random_model, crop):
+    from napari_histoseg.core.tiling import FlipAveraged
+
+    x = crop[None, :128, :128]
+    tta = FlipAveraged(random_model).predict(x)
+    flips = [random_model.predict(np.ascontiguousarray(np.flip(x, a)))
+             for a in ((1,), (2,), (1, 2))]
+    back = [np.flip(p, (a[0] + 1,) if len(a) == 1 else (2, 3)) for p, a in zip(flips, ((1,), (2,), (1, 2)))]
+    expected = (random_model.predict(x) + sum(back)) / 4
+    assert tta.shape == (1, 1, 128, 128) and np.allclose(tta, expected, atol=1e-5)
+    assert predict(crop, random_model, tile=256, tta=True, **ENGINE).probability.shape == crop.shape[:2]
+
+
+def test_the_api_takes_a_magnification_and_warns_once_when_the_scale_is_unknown(random_model):
+    from napari_histoseg.api import segment
+    from napari_histoseg.io.checks import InputError
+
+    model = Segmenter(random_model.module, copy.deepcopy(random_model.meta), device="cpu")
+    model.meta.mpp = 0.5
+    img = np.full((96, 96, 3), (180, 90, 160), np.uint8)
+    assert segment(img, model, tile=64, magnification="40x").shape == (96, 96)
+    with pytest.warns(UserWarning, match="pixel size is unknown"):
+        segment(img, model, tile=64)
+    with pytest.raises(InputError, match="not both"):
+        segment(img, model, tile=64, mpp=0.25, magnification=40)
+    with pytest.raises(InputError):
+        segment(img, model, tile=64, mpp=float("nan"))
+
+
+def test_the_calibration_temperature_of_the_checkpoint_is_applied(random_model):
+    model = Segmenter(random_model.module, copy.deepcopy(random_model.meta), device="cpu")
+    z = torch.tensor([[[[2.0]]]])
+    assert float(model.activate(z)) == pytest.approx(torch.sigmoid(z).item())
+    model.meta.preprocessing = {"temperature": 2.0}
+    assert float(model.activate(z)) == pytest.approx(torch.sigmoid(z / 2).item())

@@ -308,3 +308,90 @@ def test_every_task_declares_the_loop_settings_it_now_honours():
         names = train_config(task).field_names()
         assert {"freeze_bn", "resume", "patience", "name", "optimizer", "arch", "init_checkpoint"} <= names, task
     assert "val_fraction" in train_config("classification").field_names()
+
+
+# -- scale, heavy augmentation, negatives, consistency, calibration --------------------------
+
+def _with_mpp(root: Path, mpp: float) -> Path:
+    meta = json.loads((root / "dataset.json").read_text())
+    for t in meta["tiles"]:
+        t["mpp"] = mpp
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+def test_tiles_are_trained_at_the_models_scale_and_the_checkpoint_says_which(tmp_path):
+    """Tiles recorded at 0.25 µm/px train a 0.5 µm/px model at half their size; the checkpoint
+    carries mpp 0.5, a calibration temperature with ECE before and after, and the unlabelled
+    folder used by the consistency term."""
+    data = _with_mpp(make_dataset(tmp_path / "d", size=128), 0.25)
+    out = tmp_path / "m.safetensors"
+    logs = []
+    s = train(data, out, epochs=1, patch_size=32, batch_size=2, steps_per_epoch=2, val_fraction=0.25,
+              mpp=0.5, consistency=1.0, unlabelled=[str(data)], unlabelled_batch=1, background=0.5,
+              log=logs.append)
+    module, meta = load_checkpoint(out)
+    assert meta.mpp == 0.5
+    assert s["data"][0]["mpp"] == 0.25 and s["data"][0]["resampled_to"] == 0.5
+    cal = meta.training["calibration"]
+    assert meta.preprocessing["temperature"] == cal["temperature"] > 0
+    assert cal["ece_after"] <= cal["ece_before"] + 1e-6
+    assert meta.training["unlabelled"][0]["images"] == 6
+    assert meta.training["settings"]["augmentation"]["stain_vector_sigma"] > 0   # heavy by default
+    assert any("unlabelled" in line for line in logs)
+
+
+def test_tiles_of_unknown_scale_are_used_as_they_are_and_the_log_says_so(tmp_path):
+    from napari_histoseg.training.plan import training_plan
+    from napari_histoseg.tumour.config import TumourConfig
+    from napari_histoseg.tumour.data import load_plan
+
+    data = make_dataset(tmp_path / "d", size=64)
+    plan = training_plan([data], 0.25, 0)
+    logs = []
+    imgs, masks, *_ = load_plan(plan, TumourConfig(), logs.append)
+    assert imgs[0].shape[:2] == (64, 64) and any("no mpp recorded" in line for line in logs)
+    imgs, masks, *_ = load_plan(plan, TumourConfig(data_mpp={"d": 1.0}), logs.append)
+    assert imgs[0].shape[:2] == (128, 128) and set(np.unique(masks[0])) <= {0, 1}
+
+
+def test_heavy_augmentation_keeps_the_mask_and_changes_the_stain():
+    from napari_histoseg.training.augment import AugmentConfig, background_patch, random_patch
+
+    rng = np.random.default_rng(0)
+    img = np.zeros((96, 96, 3), np.uint8)
+    img[:] = (200, 120, 180)
+    img[20:60, 20:60] = (80, 40, 130)
+    mask = np.zeros((96, 96), np.uint8)
+    mask[20:60, 20:60] = 1
+    mask[:4] = 255
+    colours = []
+    for _ in range(12):
+        x, y = random_patch(img, mask, 64, rng, AugmentConfig.heavy())
+        assert x.shape == (64, 64, 3) and x.dtype == np.uint8 and set(np.unique(y)) <= {0, 1, 255}
+        colours.append(x.reshape(-1, 3).mean(0))
+    assert np.std(colours, axis=0).max() > 5            # the stain really varies between draws
+    glass = background_patch(64, rng)
+    assert glass.shape == (64, 64, 3) and glass.mean() > 150   # glass or fat: pale, never dark tissue
+
+
+def test_perturb_stains_is_the_identity_at_zero_and_keeps_white():
+    from napari_histoseg.colour.stain import perturb_stains
+
+    rng = np.random.default_rng(0)
+    img = np.full((8, 8, 3), (190, 100, 170), np.uint8)
+    img[0, 0] = 255
+    assert np.array_equal(perturb_stains(img, rng, 0, 0, 0), img)
+    out = perturb_stains(img, rng, 0.3, 0.1, 0.15)
+    assert tuple(out[0, 0]) == (255, 255, 255) and not np.array_equal(out[1:, 1:], img[1:, 1:])
+
+
+def test_temperature_scaling_cures_overconfidence():
+    from napari_histoseg.tumour.metrics import expected_calibration_error, fit_temperature
+
+    rng = np.random.default_rng(0)
+    truth = rng.random(20000) < 0.5
+    z = np.where(truth, 1.0, -1.0) + rng.normal(0, 1.0, truth.size)   # the true log-odds are 2 z ...
+    cal = fit_temperature(4 * z, truth)                                  # ... so 4 z is 2x overconfident
+    assert 1.7 < cal["temperature"] < 2.3 and cal["ece_after"] < cal["ece_before"] / 3
+    assert expected_calibration_error([0.0, 1.0], [0, 1]) == 0.0

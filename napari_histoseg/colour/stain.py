@@ -18,7 +18,7 @@ from skimage.exposure import equalize_adapthist
 
 __all__ = [
     "optical_density", "rgb_from_od", "tissue_mask", "deconvolve", "haematoxylin",
-    "hed_to_uint8", "HED_RANGES", "clahe",
+    "hed_to_uint8", "HED_RANGES", "clahe", "perturb_stains",
 ]
 
 # Fixed concentration ranges (OD units, default matrix) mapped to 0..255 by hed_to_uint8.
@@ -121,6 +121,38 @@ def deconvolve(rgb, stain_matrix=None) -> np.ndarray:
     """
     inv = np.linalg.inv(_stain_matrix(stain_matrix))
     return apply_3x3(optical_density(rgb), inv)
+
+
+def perturb_stains(rgb, rng: np.random.Generator, sigma: float = 0.05, bias: float = 0.01,
+                   vector_sigma: float = 0.0, stain_matrix=None) -> np.ndarray:
+    """A random but plausible re-staining of a uint8 H&E image (training augmentation).
+
+    The image is deconvolved with ``stain_matrix`` (default: Ruifrok & Johnston's H, E, DAB),
+    every concentration channel is scaled by U(1 - sigma, 1 + sigma) and shifted by
+    U(-bias, bias) OD units (Tellez et al. 2018, "HED jitter": stain amount), and the image is
+    put back together with the stain vectors themselves moved: each row gets Gaussian noise of
+    ``vector_sigma`` and is renormalised (another hue of haematoxylin or eosin, as another lab's
+    dyes or another scanner's colour response give). White stays white: OD 0 has no stain.
+
+    Examples
+    --------
+    >>> rgb = np.full((4, 4, 3), (200, 120, 180), np.uint8)
+    >>> perturb_stains(rgb, np.random.default_rng(0), 0.0, 0.0, 0.0).tolist() == rgb.tolist()
+    True
+    """
+    m = _stain_matrix(stain_matrix)
+    conc = apply_3x3(optical_density(rgb), np.linalg.inv(m))
+    a = rng.uniform(1 - sigma, 1 + sigma, size=3).astype(np.float32)
+    b = rng.uniform(-bias, bias, size=3).astype(np.float32)
+    tissue = (conc[..., :2].sum(-1, keepdims=True) > 0.02).astype(np.float32)  # glass keeps no bias
+    conc = conc * a + b * tissue
+    m2 = m.copy()
+    if vector_sigma > 0:
+        m2 = m2 + rng.normal(0.0, vector_sigma, size=m2.shape)
+        m2 = np.abs(m2) / np.linalg.norm(m2, axis=1, keepdims=True)
+        if abs(np.linalg.det(m2)) < 1e-3:  # degenerate draw: keep the vectors
+            m2 = m
+    return rgb_from_od(apply_3x3(conc, m2))
 
 
 def haematoxylin(rgb, stain_matrix=None) -> np.ndarray:

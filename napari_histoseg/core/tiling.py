@@ -6,6 +6,12 @@ through the model, and blended back with a window that is 1 in the tile's centre
 falls off smoothly across the overlap, so the probability map has no seams. Tiles that
 stick out of the image are filled by mirroring the image, never by black or white.
 
+The model sees every image at the scale it was trained at: where the image's µm per pixel
+(``mpp``) and the model's (``model.meta.mpp``) are both known and differ, tiles are read at the
+image's resolution, resampled to the model's scale (antialiased when shrinking), predicted and
+the probability resampled back, so the map is on the image's own grid (``Prediction.scale``
+says by how much; 1.0 where either mpp is unknown, and nothing is resampled then).
+
 Glass and background are not tumour: by default the probability is gated by the tissue
 mask of :mod:`napari_histoseg.core.tissue` (the same detector ``segment-slides`` uses),
 tiles without tissue are not run, and :class:`Prediction` carries the mask, so the
@@ -59,6 +65,9 @@ class Prediction:
     mask: np.ndarray
     region: tuple[int, int, int, int]
     tissue: Optional[np.ndarray] = None
+    scale: float = 1.0               # image pixels per model pixel (1.0: not resampled)
+    image_mpp: Optional[float] = None
+    model_mpp: Optional[float] = None
 
     @property
     def tissue_px(self) -> int:
@@ -70,6 +79,70 @@ class Prediction:
         """Tumour pixels (``mask == 1``) over tissue pixels; None when there is no tissue."""
         n = self.tissue_px
         return None if n == 0 else float((self.mask == 1).sum()) / n
+
+
+SCALE_TOLERANCE = 0.02  # relative scale mismatch read as it is
+
+
+def model_mpp(model) -> Optional[float]:
+    """µm per pixel the model was trained at (its metadata), None when it does not say."""
+    v = getattr(getattr(model, "meta", None), "mpp", None)
+    return float(v) if v else None
+
+
+def scale_factor(model, mpp: Optional[float]) -> float:
+    """Image pixels per model pixel for an image of ``mpp`` µm/px (1.0 where either is unknown or
+    they agree within 2 %)."""
+    m = model_mpp(model)
+    if not m or not mpp:
+        return 1.0
+    f = m / float(mpp)
+    return 1.0 if abs(f - 1.0) <= SCALE_TOLERANCE else f
+
+
+def _resize_batch(x: np.ndarray, size: tuple[int, int], channels_last: bool) -> np.ndarray:
+    """Bilinear resize of a batch, (N, h, w, 3) uint8 or (N, C, h, w) float32, antialiased when shrinking."""
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.from_numpy(np.ascontiguousarray(x))
+    t = t.permute(0, 3, 1, 2).float() if channels_last else t.float()
+    shrink = size[0] < t.shape[-2] or size[1] < t.shape[-1]
+    t = F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+    if channels_last:
+        return t.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return t.numpy()
+
+
+def _model_side(n: int, factor: float) -> int:
+    return max(32, int(round(n / factor / 32)) * 32)
+
+
+class FlipAveraged:
+    """Test-time augmentation: a segmentation model whose :meth:`predict` averages the
+    probabilities of the batch as it is, flipped left-right, upside-down and both (each
+    flipped back), at four times the cost. Everything else is the wrapped model's."""
+
+    FLIPS = ((), (2,), (1,), (1, 2))  # axes of a (N, H, W, 3) batch; (N, C, H, W) maps shift by 1
+
+    def __init__(self, model):
+        self.model = model
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    @property
+    def description(self) -> str:
+        return f"{self.model.description} + flip TTA"
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        out = None
+        for axes in self.FLIPS:
+            x = np.ascontiguousarray(np.flip(batch, axes)) if axes else batch
+            p = self.model.predict(x)
+            p = np.flip(p, tuple(a + 1 for a in axes)) if axes else p
+            out = p.astype(np.float32) if out is None else out + p
+        return np.ascontiguousarray(out / len(self.FLIPS), dtype=np.float32)
 
 
 def iter_predict(
@@ -85,6 +158,8 @@ def iter_predict(
     tissue_gate: bool = True,
     tissue=None,
     mpp: Optional[float] = None,
+    resample: bool = True,
+    tta: bool = False,
 ) -> Generator[tuple[int, int], None, Prediction]:
     """Generator form of :func:`predict`: yields ``(tiles_done, tiles_total)`` after each
     batch and returns the :class:`Prediction` (``result = yield from iter_predict(...)``).
@@ -92,6 +167,11 @@ def iter_predict(
     Closing the generator (or a napari worker's ``quit()``) cancels between batches.
     """
     image = check_image(image)
+    if tta and not isinstance(model, FlipAveraged):
+        model = FlipAveraged(model)
+    factor = scale_factor(model, mpp) if resample else 1.0
+    if factor != 1.0:  # tile and overlap are in model pixels; the plan is in image pixels
+        tile, overlap = max(64, int(round(tile * factor))), int(round(overlap * factor))
     plan = plan_tiles(image.shape, region, tile, overlap)
     (ry, rx, rh, rw), (cy0, cx0, ch, cw), (th, tw) = plan.region, plan.context, plan.tile
     origins, window = plan.origins, plan.window
@@ -99,8 +179,9 @@ def iter_predict(
     if tissue_gate:
         in_tissue = tissue_of(image, (cy0, cx0, ch, cw), tissue, mpp)
         origins = [(y, x) for y, x in origins if in_tissue[y:y + th, x:x + tw].any()]
+    mh, mw = (th, tw) if factor == 1.0 else (_model_side(th, factor), _model_side(tw, factor))
     if batch_size is None:
-        batch_size = auto_batch(th, tw, getattr(getattr(model, "device", None), "type", "cpu"))
+        batch_size = auto_batch(mh, mw, getattr(getattr(model, "device", None), "type", "cpu"))
 
     C = int(model.out_channels)
     acc = np.zeros((C, ch, cw), np.float32)
@@ -112,7 +193,10 @@ def iter_predict(
         tiles = [read_window(image, cy0 + y, cx0 + x, th, tw) for y, x in chunk]
         if preprocess is not None:
             tiles = [preprocess(t) for t in tiles]
-        probs = model.predict(np.stack(tiles))
+        if factor == 1.0:
+            probs = model.predict(np.stack(tiles))
+        else:
+            probs = _resize_batch(model.predict(_resize_batch(np.stack(tiles), (mh, mw), True)), (th, tw), False)
         for (y, x), p in zip(chunk, probs):
             h, w = min(th, ch - y), min(tw, cw - x)
             acc[:, y:y + h, x:x + w] += p[:, :h, :w] * window[:h, :w]
@@ -132,7 +216,8 @@ def iter_predict(
         mask = (prob >= threshold).astype(np.uint8)
     else:
         mask = prob.argmax(0).astype(np.uint8)
-    return Prediction(np.ascontiguousarray(prob, dtype=np.float32), mask, (ry, rx, rh, rw), in_tissue)
+    return Prediction(np.ascontiguousarray(prob, dtype=np.float32), mask, (ry, rx, rh, rw), in_tissue,
+                      factor, float(mpp) if mpp else None, model_mpp(model))
 
 
 def tissue_of(image, window, tissue=None, mpp: Optional[float] = None) -> np.ndarray:
@@ -201,7 +286,13 @@ def predict(
         A tissue mask found beforehand (e.g. on a slide's thumbnail, see
         :func:`~napari_histoseg.core.tissue.slide_tissue`) in this image's pixels.
     mpp : float, optional
-        µm per pixel of ``image``, for the scale tissue is found at (0.5 assumed).
+        µm per pixel of ``image``: the image is resampled to the model's scale (``model.meta.mpp``)
+        for the prediction and tissue is found at the right scale (0.5 assumed where None).
+        Unknown: nothing is resampled (say so to the user; ``scale_factor`` tells).
+    resample : bool
+        False: never resample to the model's scale (``mpp`` then only sets the tissue scale).
+    tta : bool
+        Average over 4 flips of every tile (:class:`FlipAveraged`; 4x the model's time).
     progress : callable, optional
         Called as ``progress(tiles_done, tiles_total)``.
     should_stop : callable, optional

@@ -43,8 +43,18 @@ class Segmenter(LoadedModel):
         meta = ModelMeta(arch=arch, arch_kwargs={"classes": 1, **kwargs}, name=f"random {arch}")
         return cls(build_model(arch, **meta.arch_kwargs), meta, device=device, source="random")
 
+    @property
+    def temperature(self) -> float:
+        """The calibration temperature the checkpoint carries (``preprocessing.temperature``,
+        fitted on validation tiles), 1.0 when it has none."""
+        t = (self.meta.preprocessing or {}).get("temperature") or 1.0
+        return float(t) if np.isfinite(t) and t > 0 else 1.0
+
     def activate(self, logits: torch.Tensor) -> torch.Tensor:
-        """Logits -> probabilities: sigmoid for one channel, softmax for several."""
+        """Logits -> probabilities (calibrated by :attr:`temperature`): sigmoid for one
+        channel, softmax for several."""
+        if self.temperature != 1.0:
+            logits = logits / self.temperature
         if logits.shape[1] == 1:
             return torch.sigmoid(logits)
         return torch.softmax(logits, dim=1)
@@ -89,3 +99,4 @@ def load_segmenter(path=None, device: str = "auto", engine: str = "torch"):
 
         return OnnxSegmenter(model, precision="int8" if engine == "onnx-int8" else "fp32")
     return model
+

@@ -39,19 +39,28 @@ def _as_segmenter(model):
     return model
 
 
-def predict_tile(image: np.ndarray, segmenter, tile: Optional[int] = None) -> np.ndarray:
+def predict_tile(image: np.ndarray, segmenter, tile: Optional[int] = None, mpp: Optional[float] = None,
+                 stain_norm: Optional[str] = None, tta: bool = False) -> np.ndarray:
     """Tumour probability (H, W) of one RGB tile.
 
-    Uses the tiled engine where it is present (blended 512 px tiles, mirror padding),
-    else one forward pass of the whole tile (its sides padded by mirroring to a
-    multiple of 32).
+    Uses the tiled engine where it is present (blended 512 px tiles, mirror padding, the tile
+    resampled from ``mpp`` to the model's scale, optional stain normalisation fitted on the
+    tile and flip TTA), else one forward pass of the whole tile (its sides padded by mirroring
+    to a multiple of 32).
     """
     try:
         from napari_histoseg.core.tiling import predict
     except ImportError:
         predict = None
     if predict is not None:
-        kwargs = {"tile": tile or int(getattr(segmenter.meta, "tile_size", 512) or 512)}
+        kwargs = {"tile": tile or int(getattr(segmenter.meta, "tile_size", 512) or 512), "mpp": mpp, "tta": tta}
+        if stain_norm:
+            from napari_histoseg.colour.preprocess import PreprocessConfig, Preprocessor
+
+            try:
+                kwargs["preprocess"] = Preprocessor(PreprocessConfig(stain_norm=stain_norm)).fit(image)
+            except ValueError:  # too little tissue for a stain estimate: the tile as it is
+                pass
         pred = predict(image, segmenter, **kwargs)
         prob = pred.probability
         return prob if prob.ndim == 2 else prob[1]
@@ -79,6 +88,9 @@ def evaluate(
     threshold: float = 0.5,
     seed: int = 0,
     progress: Optional[Callable[[int, int], None]] = None,
+    mpp="auto",
+    stain_norm: Optional[str] = None,
+    tta: bool = False,
 ) -> dict:
     """Metrics of ``model`` on the ``split`` tiles of a training-data folder.
 
@@ -97,13 +109,23 @@ def evaluate(
         Boundary-F tolerance in pixels.
     threshold : float
         Probability at or above which a pixel counts as tumour.
+    mpp : float, None or "auto"
+        µm per pixel of the tiles, so that they are resampled to the model's scale: "auto" takes
+        each tile's recorded ``mpp``, else the folder's entry in
+        :data:`~napari_histoseg.tumour.config.DATA_MPP`; None: the tiles as they are.
+    stain_norm : {None, "macenko", "reinhard"}
+        Normalise each tile's stains to the reference first.
+    tta : bool
+        Average over 4 flips.
 
     Returns
     -------
     dict
-        ``{"dataset", "split", "model", "tolerance", "threshold", "refine",
+        ``{"dataset", "split", "model", "tolerance", "threshold", "refine", "mpp",
         "per_image": [{"id", "dice", "iou", "precision", "recall", "auc",
-        "boundary_f", ...}], "mean": {...}, "seconds"}``.
+        "boundary_f", "true_fraction", "predicted_fraction", ...}], "mean": {...,
+        "tumour_free_tiles", "tumour_free_over_5pct"}, "seconds"}``. A tumour-free tile
+        (no tumour in its truth) "over 5 %" is one the model calls more than 5 % tumour.
     """
     t0 = time.time()
     ds = load_dataset(dataset_dir)
@@ -113,23 +135,36 @@ def evaluate(
     if len(sub) == 0:
         raise ValueError(f"{dataset_dir}: no tiles in split {split!r}")
     seg = _as_segmenter(model)
+    if mpp == "auto":
+        from napari_histoseg.tumour.config import DATA_MPP
+
+        fallback = DATA_MPP.get(ds.name) or DATA_MPP.get(Path(dataset_dir).name)
     per_image = []
     for i in range(len(sub)):
         image, mask = sub.load(i)
-        prob = predict_tile(image, seg)
+        tile_mpp = (sub.tiles[i].get("mpp") or fallback) if mpp == "auto" else mpp
+        prob = predict_tile(image, seg, mpp=tile_mpp, stain_norm=stain_norm, tta=tta)
         if refine:
             prob = _refine(image, prob)
         m = image_metrics(prob.astype(np.float32), mask, threshold=threshold, tolerance=tolerance,
                           ignore_index=ds.ignore_index)
-        per_image.append({"id": sub.tiles[i]["id"], **m})
+        valid = mask != ds.ignore_index
+        n = max(int(valid.sum()), 1)
+        m["true_fraction"] = float((mask[valid] == 1).sum()) / n
+        m["predicted_fraction"] = float((prob[valid] >= threshold).sum()) / n
+        per_image.append({"id": sub.tiles[i]["id"], "mpp": tile_mpp, **m})
         if progress:
             progress(i + 1, len(sub))
     mean = summarize(per_image)
+    free = [r for r in per_image if r["tp"] + r["fn"] == 0]
+    mean["tumour_free_tiles"] = len(free)
+    mean["tumour_free_over_5pct"] = sum(r["predicted_fraction"] > 0.05 for r in free)
     clean = lambda v: None if isinstance(v, float) and math.isnan(v) else v  # noqa: E731
     return {
         "dataset": str(dataset_dir), "split": split, "model": getattr(seg, "source", str(model)),
         "model_name": getattr(getattr(seg, "meta", None), "name", None),
-        "tolerance": tolerance, "threshold": threshold, "refine": refine,
+        "tolerance": tolerance, "threshold": threshold, "refine": refine, "mpp": mpp,
+        "model_mpp": getattr(getattr(seg, "meta", None), "mpp", None), "stain_norm": stain_norm, "tta": tta,
         "per_image": [{k: clean(v) for k, v in r.items()} for r in per_image],
         "mean": {k: clean(v) for k, v in mean.items()},
         "seconds": round(time.time() - t0, 2),

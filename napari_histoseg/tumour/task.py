@@ -11,7 +11,7 @@ name = "segmentation"
 title = "tumour segmentation"
 # keyword options of infer (those of napari_histoseg.core.tiling.iter_predict)
 INFER_OPTIONS = frozenset({"tile", "overlap", "batch_size", "threshold", "region", "preprocess", "tissue_gate",
-                           "tissue", "mpp"})
+                           "tissue", "mpp", "tta"})
 # keyword options of explain (those of napari_histoseg.explanations.iter_explain)
 EXPLAIN_OPTIONS = frozenset({"target", "region", "layer", "tile", "overlap", "samples", "normalise", "preprocess",
                              "batch_size", "baseline", "blur_sigma", "stdevs", "channel"})

@@ -37,15 +37,21 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from napari_histoseg.core.resize import resize
 from napari_histoseg.core.scores import dice as dice_score
 from napari_histoseg.io.dataset import class_frequencies
 from napari_histoseg.models import ModelMeta, build_model, load_checkpoint, save_checkpoint
-from napari_histoseg.training.augment import (AugmentConfig, augment_colour, background_patch, geometric,
-                                              random_patch, random_window)
+from napari_histoseg.training.augment import (
+    AugmentConfig,
+    augment_colour,
+    background_patch,
+    geometric,
+    random_patch,
+    random_window,
+)
 from napari_histoseg.training.loop import TaskHooks, fit
 from napari_histoseg.training.plan import TrainingPlan, check_init_checkpoint, training_plan
 from napari_histoseg.tumour.config import TumourConfig
+from napari_histoseg.tumour.data import load_plan, load_unlabelled
 from napari_histoseg.tumour.losses import SegmentationLoss, class_weights
 
 MEAN = STD = 127.5  # inputs scaled to [-1, 1], as the ImageNet MobileNetV2 encoder expects
@@ -61,85 +67,27 @@ def _main_output(out):
     return out[0] if isinstance(out, (list, tuple)) else out
 
 
-def resample_mask(mask: np.ndarray, shape) -> np.ndarray:
-    """Nearest-neighbour resize of a uint8 code mask (codes, ignore included, stay codes)."""
-    if tuple(mask.shape) == tuple(shape):
-        return mask
-    m = torch.from_numpy(np.ascontiguousarray(mask))[None, None].float()
-    return F.interpolate(m, size=tuple(shape), mode="nearest")[0, 0].to(torch.uint8).numpy()
+_POOL_DATA: tuple = ()  # (images, masks, unlabelled, augmentation, ignore index): inherited by forked workers
 
 
-def to_model_scale(images, masks, src_mpp, model_mpp):
-    """Images (antialiased bilinear) and masks (nearest) resampled from ``src_mpp`` to ``model_mpp``
-    (both in µm per pixel; either None or 0: unchanged)."""
-    if not src_mpp or not model_mpp or abs(src_mpp / model_mpp - 1) < 0.02:
-        return list(images), list(masks)
-    out_i, out_m = [], []
-    for img, m in zip(images, masks):
-        r = resize(img, src_mpp / model_mpp)
-        out_i.append(r)
-        out_m.append(resample_mask(m, r.shape[:2]) if m is not None else None)
-    return out_i, out_m
-
-
-def tile_mpp(ds, cfg, log=None, warned=None) -> Optional[float]:
-    """µm per pixel of a folder's tiles: recorded per tile (the first that has one), else
-    ``cfg.data_mpp[name]``; None (and a note through ``log`` once) when neither is known."""
-    recorded = [t.get("mpp") for t in ds.tiles if t.get("mpp")]
-    if recorded:
-        return float(np.median(recorded))
-    name = ds.name or Path(ds.root).name
-    mpp = (cfg.data_mpp or {}).get(name) or (cfg.data_mpp or {}).get(Path(ds.root).name)
-    if mpp is None and log and cfg.mpp and (warned is None or name not in warned):
-        log(f"{name}: no mpp recorded and none in --data-mpp; its tiles are used at their own scale, "
-            f"which may not be the model's {cfg.mpp} µm/px")
-        if warned is not None:
-            warned.add(name)
-    return float(mpp) if mpp else None
-
-
-def _load_plan(plan, cfg=None, log=print):
-    """Train and validation image/mask lists of a :class:`~napari_histoseg.training.plan.TrainingPlan`
-    at the model's scale (``cfg.mpp``), plus provenance. Validation on the training tiles reuses
-    the same arrays."""
-    tr_imgs, tr_masks, va_imgs, va_masks, prov = [], [], [], [], []
-    model_mpp = getattr(cfg, "mpp", None)
-    for f in plan.folders:
-        src = tile_mpp(f["train"], cfg, log) if cfg is not None else None
-        a, b = to_model_scale(*f["train"].load_all(), src, model_mpp)
-        c, e = (a, b) if f["validate_on_train"] else to_model_scale(*f["val"].load_all(), src, model_mpp)
-        tr_imgs += a; tr_masks += b; va_imgs += c; va_masks += e  # noqa: E702
-        prov.append({"dataset": f["dataset"], "name": f["name"], "train_tiles": len(f["train"]),
-                     "val_tiles": len(f["val"]), "validation": f["how"], "val_ids": f["val"].ids(),
-                     "validate_on_train": f["validate_on_train"], "mpp": src,
-                     "resampled_to": model_mpp if src and model_mpp else None})
-    return tr_imgs, tr_masks, va_imgs, va_masks, prov
-
-
-def load_unlabelled(dirs, cfg, log=print, per_folder: int = 160, seed: int = 0) -> tuple[list, list]:
-    """Images (at the model's scale) of folders of unlabelled H&E: any ``dataset.json`` folder
-    (its tiles' ``image``), at most ``per_folder`` each (a seeded choice); plus provenance."""
-    import json
-
-    from napari_histoseg.io.dataset import read_rgb
-
+def _patch_job(job):
+    """One patch in a worker: ``("l", tile, seed, size, background)`` a labelled patch (or a
+    synthetic negative), ``("u", image, seed, size)`` an unlabelled (plain, re-stained) pair."""
+    imgs, masks, unlabelled, aug, ignore = _POOL_DATA
+    kind, i, seed, size = job[:4]
     rng = np.random.default_rng(seed)
-    images, prov = [], []
-    for d in dirs:
-        root = Path(d)
-        meta = json.loads((root / "dataset.json").read_text())
-        tiles = [t for t in meta.get("tiles", []) if t.get("image")]
-        if len(tiles) > per_folder:
-            tiles = [tiles[i] for i in sorted(rng.choice(len(tiles), per_folder, replace=False))]
-        name = meta.get("name") or root.name
-        fallback = (cfg.data_mpp or {}).get(name) or (cfg.data_mpp or {}).get(root.name)
-        for t in tiles:
-            img = read_rgb(root / t["image"])
-            src = t.get("mpp") or fallback
-            images.append(to_model_scale([img], [None], src, cfg.mpp)[0][0])
-        prov.append({"dataset": str(d), "name": name, "images": len(tiles), "mpp": t.get("mpp") or fallback})
-        log(f"unlabelled: {len(tiles)} images of {name} ({prov[-1]['mpp'] or 'unknown'} µm/px)")
-    return images, prov
+    if kind == "u":
+        img = unlabelled[i]
+        p, _ = random_window(img, np.zeros(img.shape[:2], np.uint8), size, rng, aug)
+        p, _ = geometric(p, p[..., 0], rng, aug)
+        return p, augment_colour(p, rng, aug)
+    if job[4] and rng.random() < job[4]:
+        return background_patch(size, rng), np.zeros((size, size), np.uint8)
+    return random_patch(imgs[i], masks[i], size, rng, aug, ignore)
+
+
+def _worker_init():
+    torch.set_num_threads(1)
 
 
 @torch.no_grad()
@@ -162,11 +110,12 @@ def validate(model, images, masks, threshold=0.5, batch=2, ignore_index=255) -> 
             j += 1
         runs.append((i, j))
         i = j
+    dev = next(model.parameters()).device
     for i, j in runs:
-        x = to_input(np.stack(images[i:j]))
+        x = to_input(np.stack(images[i:j])).to(dev)
         out = _main_output(model(x))
         prob = torch.sigmoid(out[:, 0]) if out.shape[1] == 1 else out.argmax(1).float()
-        for p, m in zip(prob.numpy(), masks[i:j]):
+        for p, m in zip(prob.cpu().numpy(), masks[i:j]):
             pred = (p >= threshold).astype(np.uint8)
             a, b, c, _ = confusion(pred, m, ignore_index=ignore_index)
             tp, fp, fn = tp + a, fp + b, fn + c
@@ -182,8 +131,9 @@ def validation_logits(model, images, masks, ignore_index=255, max_pixels: int = 
     """Raw tumour logits and 0/1 targets of up to ``max_pixels`` valid pixels (a seeded sample)."""
     model.eval()
     zs, ts = [], []
+    dev = next(model.parameters()).device
     for img, m in zip(images, masks):
-        out = _main_output(model(to_input(img[None])))[0, 0].numpy()
+        out = _main_output(model(to_input(img[None]).to(dev)))[0, 0].cpu().numpy()
         ok = m != ignore_index
         zs.append(out[ok]); ts.append((m[ok] == 1).astype(np.uint8))  # noqa: E702
     z, t = np.concatenate(zs), np.concatenate(ts)
@@ -207,7 +157,7 @@ class TumourHooks(TaskHooks):
         self.init, start = None, None
         if cfg.init_checkpoint:  # checked before any pixel is read
             self.init, start = check_init_checkpoint(cfg.init_checkpoint, len(self.codes))
-        self.tr_imgs, self.tr_masks, self.va_imgs, self.va_masks, self.prov = _load_plan(self.plan, cfg, log)
+        self.tr_imgs, self.tr_masks, self.va_imgs, self.va_masks, self.prov = load_plan(self.plan, cfg, log)
         freq = class_frequencies(self.tr_masks, self.codes, self.plan.ignore_index)
         self.weights = class_weights([freq[c] for c in self.codes])
         kept = (start.training.get("settings") or {}).get("class_weights") if start else None
@@ -222,6 +172,10 @@ class TumourHooks(TaskHooks):
             self.unlabelled, self.unlabelled_prov = load_unlabelled(cfg.unlabelled, cfg, log, seed=cfg.seed)
         if not self.unlabelled:
             self.consistency = 0.0
+        self.pool, self.pending = None, None
+        from napari_histoseg.core.device import resolve_device
+
+        self.device = resolve_device(getattr(cfg, "device", "cpu") or "cpu")
 
     def describe(self):
         p = self.plan
@@ -239,8 +193,8 @@ class TumourHooks(TaskHooks):
         if cfg.init_encoder:
             model.encoder.load_state_dict(load_file(str(cfg.init_encoder)))
             log(f"encoder initialised from {cfg.init_encoder}")
-        log(f"{self.arch}; class weights {[round(w, 3) for w in self.weights]}")
-        return model
+        log(f"{self.arch}; class weights {[round(w, 3) for w in self.weights]}; on {self.device}")
+        return model.to(self.device)
 
     def default_freeze_bn(self, cfg):
         return bool(cfg.init_checkpoint)
@@ -249,26 +203,38 @@ class TumourHooks(TaskHooks):
         area = sum(m.size for m in self.tr_masks)
         return cfg.steps_per_epoch or max(1, math.ceil(area / cfg.patch_size**2 / cfg.batch_size))
 
-    def batch(self, rng, cfg):
-        idx = rng.integers(0, len(self.tr_imgs), size=cfg.batch_size)
-        size, pairs = cfg.patch_size, []
-        for i in idx:
-            if self.background and rng.random() < self.background:
-                pairs.append((background_patch(size, rng), np.zeros((size, size), np.uint8)))
-            else:
-                pairs.append(random_patch(self.tr_imgs[i], self.tr_masks[i], size, rng, self.aug,
-                                          self.plan.ignore_index))
-        x, y = to_input(np.stack([p[0] for p in pairs])), torch.from_numpy(np.stack([p[1] for p in pairs])).long()
-        if not self.consistency:
+    def _jobs(self, rng, cfg):
+        size = cfg.patch_size
+        jobs = [("l", int(i), int(rng.integers(2**62)), size, self.background)
+                for i in rng.integers(0, len(self.tr_imgs), size=cfg.batch_size)]
+        if self.consistency:
+            jobs += [("u", int(i), int(rng.integers(2**62)), size)
+                     for i in rng.integers(0, len(self.unlabelled), size=cfg.unlabelled_batch)]
+        return jobs
+
+    def _tensors(self, results, n):
+        dev = self.device
+        x = to_input(np.stack([r[0] for r in results[:n]])).to(dev)
+        y = torch.from_numpy(np.stack([r[1] for r in results[:n]])).long().to(dev)
+        if len(results) == n:
             return x, y
-        plain, strong = [], []
-        for i in rng.integers(0, len(self.unlabelled), size=cfg.unlabelled_batch):
-            img = self.unlabelled[i]
-            p, _ = random_window(img, np.zeros(img.shape[:2], np.uint8), size, rng, self.aug)
-            p, _ = geometric(p, p[..., 0], rng, self.aug)
-            plain.append(p)
-            strong.append(augment_colour(p, rng, self.aug))
-        return x, y, to_input(np.stack(plain)), to_input(np.stack(strong))
+        u = results[n:]
+        return x, y, to_input(np.stack([r[0] for r in u])).to(dev), to_input(np.stack([r[1] for r in u])).to(dev)
+
+    def batch(self, rng, cfg):
+        global _POOL_DATA
+        if not getattr(cfg, "workers", 0):
+            _POOL_DATA = (self.tr_imgs, self.tr_masks, self.unlabelled, self.aug, self.plan.ignore_index)
+            return self._tensors([_patch_job(j) for j in self._jobs(rng, cfg)], cfg.batch_size)
+        if self.pool is None:  # forked once the data is loaded; one batch is always being prepared
+            import multiprocessing
+
+            _POOL_DATA = (self.tr_imgs, self.tr_masks, self.unlabelled, self.aug, self.plan.ignore_index)
+            self.pool = multiprocessing.get_context("fork").Pool(cfg.workers, initializer=_worker_init)
+            self.pending = self.pool.map_async(_patch_job, self._jobs(rng, cfg))
+        results = self.pending.get()
+        self.pending = self.pool.map_async(_patch_job, self._jobs(rng, cfg))
+        return self._tensors(results, cfg.batch_size)
 
     def loss(self, model, batch):
         if len(batch) == 2:
@@ -326,6 +292,9 @@ class TumourHooks(TaskHooks):
         return {"calibration": cal}
 
     def summary(self):
+        if getattr(self, "pool", None) is not None:
+            self.pool.terminate()
+            self.pool = None
         return {"arch": self.arch, "data": self.prov, "plan": self.plan.message,
                 "validate_on_train": self.plan.validate_on_train}
 
