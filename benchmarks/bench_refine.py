@@ -89,8 +89,10 @@ def next_seed(pattern, pred, truth, k, rng):
     return m.astype(bool), c[2]
 
 
-def run_pattern(size: int, steps: int, pattern: str, method: str):
-    """Time ``steps`` warm updates of ``pattern`` on ``size``^2 (no prior)."""
+def run_pattern(size: int, steps: int, pattern: str, method: str, view: int = 0):
+    """Time ``steps`` warm updates of ``pattern`` on ``size``^2 (no prior); with ``view``
+    a square of that many px around the centre is on screen: the seeds fall in it and
+    each update redraws only it."""
     import os
 
     from napari_histoseg.refinement import RefineSession
@@ -103,18 +105,26 @@ def run_pattern(size: int, steps: int, pattern: str, method: str):
     seeds = np.zeros(truth.shape, np.uint8)
     pred = np.zeros(truth.shape, np.uint8)
     rng = np.random.default_rng(0)
+    v = None
+    win = (slice(None), slice(None))
+    if view and size > view:
+        o = (size - view) // 2
+        v, win = (o, o, view, view), (slice(o, o + view), slice(o, o + view))
     times = []
     for k in range(steps):
-        nxt = next_seed(pattern, pred, truth, k, rng)
+        nxt = next_seed(pattern, pred[win], truth[win], k, rng)
         if nxt is None:
             break
-        seeds[nxt[0]] = nxt[1]
+        seeds[win][nxt[0]] = nxt[1]
         t = time.perf_counter()
-        pred = session.update(seeds)
+        pred = session.update(seeds, view=v)
         times.append(time.perf_counter() - t)
     warm = times[1:]
-    print(f"| {size}^2 | {method} | {pattern} | {setup:.2f} s | {len(warm)} | {pct(warm, 50):.1f} ms | "
-          f"{pct(warm, 95):.1f} ms | {times[0] * 1000:.1f} ms | {load:.1f} -> {os.getloadavg()[0]:.1f} |")
+    mpx = size * size / 1e6
+    where = f"{size}^2" + (f", view {view}^2" if v else "")
+    print(f"| {where} | {method} | {pattern} | {setup:.2f} s ({setup / mpx:.2f} s/Mpx) | {len(warm)} | "
+          f"{pct(warm, 50):.1f} ms | {pct(warm, 95):.1f} ms | {times[0] * 1000:.1f} ms | "
+          f"{load:.1f} -> {os.getloadavg()[0]:.1f} |")
 
 
 def run(size: int, clicks: int, rw_at, view):
@@ -180,7 +190,8 @@ def main(argv=None):
     ap.add_argument("--patterns", nargs="+", choices=["clicks", "strokes", "random"],
                     help="instead of the random_walker comparison: time these interaction patterns "
                          "(robot clicks, robot strokes, random clicks of alternating label) per method")
-    ap.add_argument("--methods", nargs="+", default=["confined", "lgc"])
+    ap.add_argument("--methods", nargs="+", default=["confined", "lgc"],
+                    help="RefineSession methods (confined, region, lgc)")
     ap.add_argument("--view", type=int, default=0,
                     help="also time 4096^2 with a view of this many px square around the image centre")
     args = ap.parse_args(argv)
@@ -193,7 +204,7 @@ def main(argv=None):
         for size in args.sizes:
             for method in args.methods:
                 for pattern in args.patterns:
-                    run_pattern(size, args.clicks, pattern, method)
+                    run_pattern(size, args.clicks, pattern, method, args.view)
         return 0
     for size in args.sizes:
         rw_at = set(args.rw_at) if size <= 2048 else {max(args.rw_at)}

@@ -179,6 +179,26 @@ def test_cli_writes_a_01_png(tmp_path, capsys):
     assert rc == 2 and "only 0" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("option, value, says", [("--alpha", "1.5", "< 1"), ("--prior-weight", "nan", "finite"),
+                                                 ("--sigma-color", "0", "> 0")])
+def test_cli_refuses_a_bad_number_naming_the_option(tmp_path, capsys, option, value, says):
+    from napari_histoseg.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["refine", str(tmp_path / "img.png"), "--seeds", str(tmp_path / "s.png"), "-o",
+              str(tmp_path / "o.png"), option, value])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and option in err and says in err
+
+
+@pytest.mark.parametrize("params, says", [({"alpha": 1.0}, "alpha"), ({"reach": -1}, "reach"),
+                                          ({"method": "flood"}, "method"), ({"superpixel_size": 2.5}, "superpixel_size")])
+def test_a_bad_parameter_is_refused_with_its_name(params, says):
+    img, _ = disk_image(64, 20)
+    with pytest.raises(ValueError, match=says):
+        RefineSession(img, **params)
+
+
 def test_robot_clicks_into_the_largest_error_and_counts_clicks():
     truth = np.zeros((100, 100), np.uint8)
     truth[10:60, 10:60] = 1  # 50 x 50 missed

@@ -59,7 +59,12 @@ def cmd_refine(args) -> int:
 
 def register(subparsers) -> None:
     """Add the ``refine`` command to the ``histoseg`` sub-command parsers."""
-    from napari_histoseg.refinement.session import DEFAULTS, METHODS
+    from napari_histoseg.io.checks import float_arg
+    from napari_histoseg.refinement.params import DEFAULTS, METHODS, RANGES
+
+    def arg(name):  # the parameter's own range (params.RANGES), checked by io.checks
+        lo, hi, lo_open, hi_open = RANGES[name]
+        return float_arg(lo, hi, lo_open=lo_open, hi_open=hi_open)
 
     p = subparsers.add_parser("refine", help="redraw a tumour mask from seeds (label propagation)")
     p.add_argument("image", help="PNG, JPEG, TIFF, OME-TIFF or SVS (level 0 is used)")
@@ -67,14 +72,16 @@ def register(subparsers) -> None:
     p.add_argument("--prior", help="the model's tumour probability, float32 .tif (histoseg segment --prob)")
     p.add_argument("-o", "--output", required=True, help="mask to write (.png or .tif): 0 not tumour, 1 tumour")
     d = DEFAULTS
-    p.add_argument("--prior-weight", type=float, default=None,
+    p.add_argument("--prior-weight", type=arg("prior_weight"), default=None,
                    help=f"weight of the prior against the seeds' +1/-1 (default {d['prior_weight']})")
-    p.add_argument("--sigma-color", type=float, default=None, help="colour sigma in Lab units (default: from the image)")
-    p.add_argument("--color-sensitivity", type=float, default=None,
+    p.add_argument("--sigma-color", type=arg("sigma_color"), default=None,
+                   help="colour sigma in Lab units (default: from the image)")
+    p.add_argument("--color-sensitivity", type=arg("color_sensitivity"), default=None,
                    help=f"divides the automatic colour sigma (default {d['color_sensitivity']})")
-    p.add_argument("--alpha", type=float, default=None,
+    p.add_argument("--alpha", type=arg("alpha"), default=None,
                    help=f"propagation weight on the superpixel graph (default {d['alpha']})")
     p.add_argument("--method", choices=METHODS, default=None,
-                   help=f"confined: a seed's reach follows colour and the model's confidence; lgc: the plain "
+                   help=f"confined: a seed's reach follows colour and the model's confidence; region: confined, "
+                        f"and a correcting seed overrides the model in its region around it; lgc: the plain "
                         f"propagation (default {d['method']})")
     p.set_defaults(func=cmd_refine)
