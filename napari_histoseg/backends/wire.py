@@ -114,8 +114,13 @@ def decode(body: bytes, content_type: str | None, shape: str | None = None, dtyp
 
 
 def _read_png(body: bytes, max_pixels, max_bytes) -> np.ndarray:
+    import struct
+
     from PIL import Image
 
+    if body[:8] == b"\x89PNG\r\n\x1a\n" and body[12:16] == b"IHDR":   # the size, before any decoder runs
+        w, h = struct.unpack(">II", body[16:24])
+        check_size((h, w, 3), np.uint8, "the PNG image", max_pixels, max_bytes)
     try:
         with Image.open(io.BytesIO(body), formats=["PNG"]) as im:
             w, h = im.size                         # from the header: nothing decoded yet

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Optional
 
 from fastapi import Depends, FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 
 from napari_histoseg.io.checks import InputError, check_float, check_int
 from napari_histoseg.server.jobs import JobRunner
@@ -79,6 +81,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
                               f"fine-tuning on this machine's device ({store.device.type}). Arrays travel as raw "
                               "bytes with X-Shape / X-Dtype headers, PNG, NPY or NPZ; never pickle.")
     app.state.store, app.state.jobs, app.state.config, app.state.workdir = store, runner, config, workdir
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     app.include_router(models.public)
     for router in (models.router, infer.router, explain.router, jobs.router):
         app.include_router(router, dependencies=[Depends(auth)])
@@ -86,6 +89,16 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
     inflight = int((config.max_inflight_mb or 4 * config.max_body_mb) * 2**20)
     app.add_middleware(Gate, token=config.token, limit=limit, inflight=max(inflight, limit))
     return app
+
+
+async def _invalid_request(request, exc):
+    """A parameter or JSON body of the wrong form: 422 with one line naming the fields (the
+    input itself is not echoed: it may be binary, or large)."""
+    parts = []
+    for err in exc.errors()[:4]:
+        where = ".".join(str(v) for v in err.get("loc", ()) if v not in ("body", "query", "path"))
+        parts.append(f"{where or 'the request'}: {str(err.get('msg', 'invalid'))[:200]}")
+    return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, status_code=422)
 
 
 def check_config(config: ServerConfig) -> None:
