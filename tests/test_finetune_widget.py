@@ -1,6 +1,8 @@
 """The Fine-tune widget: trains on an exported folder, writes a versioned checkpoint,
 switches the other widgets to it, and Cancel keeps the best checkpoint."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -42,3 +44,72 @@ def test_finetune_without_a_dataset_says_so(make_napari_viewer, monkeypatch):
     monkeypatch.setattr("napari_histoseg.plugin.widgets.finetune.show_error", shown.append)
     w = FineTuneWidget(make_napari_viewer())
     assert w.run() is None and "dataset.json" in shown[-1]
+
+
+def _slide(viewer, he_image, edited=True):
+    image = viewer.add_image(np.ascontiguousarray(he_image[:256, :384]), name="slide", rgb=True)
+    mask = np.zeros((256, 384), np.uint8)
+    mask[40:200, 30:150] = 1
+    edits = np.zeros_like(mask, bool)
+    if edited:
+        edits[40:60, 30:150] = True  # the person's correction, inside the first 256 px field
+    tumour = viewer.add_labels(mask, name="tumour", metadata={"histoseg_edits": edits})
+    return image, tumour
+
+
+def test_learn_from_my_corrections_end_to_end_in_a_real_viewer(make_napari_viewer, qtbot, he_image,
+                                                               random_checkpoint, tmp_path):
+    from napari_histoseg.plugin.widgets._model_choice import ModelChoice
+
+    viewer = make_napari_viewer()
+    image, tumour = _slide(viewer, he_image)
+    accepted = tumour.data.copy()
+    segment = SegmentWidget(viewer)
+    _, w = viewer.window.add_plugin_dock_widget("napari-histoseg", "Fine-tune the model")
+    w.model_choice.use_file(random_checkpoint)
+    w.dataset.value = tmp_path  # the adapted model goes to its models/ folder
+    w.seconds.value = 10
+    assert w.slide_image.value is image and w.slide_mask.value is tumour
+    seen = []
+    assert w.learn() is not None
+    qtbot.waitUntil(lambda: seen.append(w.status.value) or w.worker is None, timeout=240_000)
+    assert any("learning" in s and "loss" in s for s in seen), seen   # progress shown while it ran
+    new = viewer.layers["tumour (adapted)"]
+    assert "New model" in w.status.value, w.status.value
+    out = Path(new.metadata["model"])
+    meta = read_meta(out)
+    assert meta.model_version == "0+adapt1"
+    assert [c["id"] for c in meta.training["adaptation"]["corrections"]] == ["slide-y0-x0"]
+    assert meta.training["adaptation"]["corrections"][0]["edited_pixels"] == 20 * 120
+    np.testing.assert_array_equal(new.data[:256, :256], accepted[:256, :256])  # the corrected field stays
+    assert np.array_equal(tumour.data, accepted)                                # the person's layer too
+    assert str(segment.model_choice.ref()) == str(out)                         # every chooser offers it
+    assert str(out) in [c[1] for c in ModelChoice._choices()]
+    w.model_choice.model.value = "bundled"                                      # the original, one click away
+    assert w.model_choice.ref() == "bundled"
+
+
+def test_learn_without_corrections_says_what_to_do(make_napari_viewer, he_image, monkeypatch):
+    shown = []
+    monkeypatch.setattr("napari_histoseg.plugin.widgets.finetune.show_warning", shown.append)
+    viewer = make_napari_viewer()
+    _slide(viewer, he_image, edited=False)
+    w = FineTuneWidget(viewer)
+    assert w.learn() is None and "Accept" in shown[-1]
+
+
+def test_cancel_while_learning_keeps_the_model_in_use(make_napari_viewer, qtbot, he_image, random_checkpoint,
+                                                     tmp_path):
+    viewer = make_napari_viewer()
+    _slide(viewer, he_image)
+    w = FineTuneWidget(viewer)
+    w.model_choice.use_file(random_checkpoint)
+    w.dataset.value = tmp_path
+    w.seconds.value = 120
+    assert w.learn() is not None
+    w.cancel()
+    qtbot.waitUntil(lambda: w.worker is None, timeout=240_000)
+    assert "nothing was written" in w.status.value, w.status.value
+    assert "tumour (adapted)" not in viewer.layers
+    assert w.model_choice.ref() == str(random_checkpoint)
+    assert not (tmp_path / "models").exists() or not list((tmp_path / "models").glob("*.safetensors"))
