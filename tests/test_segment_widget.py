@@ -184,3 +184,39 @@ def test_a_run_that_ends_while_its_progress_bar_is_made_leaves_no_bar(monkeypatc
     assert QThreadPool.globalInstance().waitForDone(10_000)
     qtbot.wait(100)
     assert status.value == "Failed: no such model"
+
+
+@pytest.fixture
+def scaled_checkpoint(tmp_path, random_model):
+    """The random model, declared to work at 0.5 µm/px."""
+    import copy
+
+    from napari_histoseg.models import save_checkpoint
+
+    meta = copy.deepcopy(random_model.meta)
+    meta.tile_size, meta.mpp = 256, 0.5
+    return save_checkpoint(random_model.module, tmp_path / "scaled.safetensors", meta)
+
+
+def test_the_pixel_size_comes_from_the_image_and_an_unknown_one_is_said_once(
+        make_napari_viewer, he_image, scaled_checkpoint, qtbot, monkeypatch):
+    import napari_histoseg.plugin.widgets.segment as seg
+
+    said = []
+    monkeypatch.setattr(seg, "show_warning", said.append)
+    viewer = make_napari_viewer()
+    viewer.add_image(he_image[:300, :400], name="known", rgb=True, metadata={"mpp": 0.25})
+    viewer.add_image(he_image[:300, :400], name="unknown", rgb=True)
+    w = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.model.value = MODEL_FILE
+    w.model_file.value = scaled_checkpoint
+    w.image.value = viewer.layers["known"]
+    assert w.mpp.value == pytest.approx(0.25) and "0.5 µm/px" in w.status.value
+    run_and_wait(w, qtbot)
+    assert viewer.layers["tumour"].data.shape == (300, 400) and not said   # resampled and back
+    w.image.value = viewer.layers["unknown"]
+    assert w.mpp.value == 0
+    run_and_wait(w, qtbot)
+    run_and_wait(w, qtbot)
+    assert len(said) == 1 and "Pixel size" in said[0] and "0.5 µm/px" in said[0]

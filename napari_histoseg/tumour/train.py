@@ -190,7 +190,9 @@ class TumourHooks(TaskHooks):
             log(f"fine-tuning {src.name} v{src.model_version} ({src.arch}) from {self.init}")
         else:
             model = build_model(self.arch, **self.kwargs)
-        if cfg.init_encoder:
+        if cfg.init_encoder and self.init:  # the checkpoint's trained encoder wins over an ImageNet one
+            log(f"--init-encoder {cfg.init_encoder} ignored: the encoder comes from {self.init}")
+        elif cfg.init_encoder:
             model.encoder.load_state_dict(load_file(str(cfg.init_encoder)))
             log(f"encoder initialised from {cfg.init_encoder}")
         log(f"{self.arch}; class weights {[round(w, 3) for w in self.weights]}; on {self.device}")
@@ -253,10 +255,26 @@ class TumourHooks(TaskHooks):
         return sup + self.consistency * cons
 
     def validate(self, model, train_loss):
+        """Pooled validation Dice; over several folders, the mean of each folder's pooled Dice."""
         if not self.va_imgs:  # no validation tiles: select by training loss
             return {"score": -train_loss, "val_dice": -train_loss, "val_dice_mean_per_image": math.nan}
-        pooled, mean = validate(model, self.va_imgs, self.va_masks, ignore_index=self.plan.ignore_index)
-        return {"score": pooled, "val_dice": pooled, "val_dice_mean_per_image": mean}
+        parts, i = [], 0   # each folder's validation tiles, in the order load_plan stacked them
+        for p in self.prov:
+            n = p["train_tiles"] if p["validate_on_train"] else p["val_tiles"]
+            if n:
+                parts.append((p["name"], i, i + n))
+            i += n
+        if len(parts) < 2:
+            pooled, mean = validate(model, self.va_imgs, self.va_masks, ignore_index=self.plan.ignore_index)
+            return {"score": pooled, "val_dice": pooled, "val_dice_mean_per_image": mean}
+        # several folders: the mean of their pooled Dice, so that a folder of large tiles (camelyon
+        # at 0.5 µm/px: 768 px) does not outweigh one of small tiles (bcss: 256 px) in selection
+        res = {name: validate(model, self.va_imgs[a:b], self.va_masks[a:b], ignore_index=self.plan.ignore_index)
+               for name, a, b in parts}
+        score = float(np.mean([r[0] for r in res.values()]))
+        mean = float(sum(r[1] * (b - a) for (_, a, b), r in zip(parts, res.values())) / parts[-1][2])
+        return {"score": score, "val_dice": score, "val_dice_mean_per_image": mean,
+                **{f"val_dice_{name}": r[0] for name, r in res.items()}}
 
     def meta(self, cfg, training):
         settings = {**training["settings"], "arch": self.arch, "arch_kwargs": self.kwargs,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import napari  # noqa: F401 (names the viewer annotation napari looks for)
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, Label, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSlider, FloatSpinBox, Label, PushButton, SpinBox
 from napari.layers import Image
 from napari.utils.notifications import show_error, show_warning
 
@@ -68,6 +68,13 @@ class SegmentWidget(RunsWork, Scrolling, Container):
                                tooltip="Neighbouring tiles overlap by this much and are blended")
         self.threshold = FloatSlider(label="Threshold", min=0.05, max=0.95, step=0.05, value=0.5,
                                      tooltip="Probability at or above which a pixel is tumour")
+        self.mpp = FloatSpinBox(label="Pixel size (µm/px)", min=0.0, max=20.0, step=0.01, value=0.0,
+                                tooltip="The image's µm per pixel at full resolution, filled in from its file "
+                                        "where known; 0 = unknown. 40x is about 0.25, 20x about 0.5, 10x "
+                                        "about 1.0. The image is resampled to the model's scale for the "
+                                        "prediction; the mask comes back on the image's pixels.")
+        self.tta = CheckBox(text="Flip test-time augmentation (4x slower)", value=False,
+                            tooltip="Average the prediction over 4 flips of every tile")
         self.stain = ComboBox(label="Stain normalisation", choices=STAIN_CHOICES, value=None)
         self.clahe = CheckBox(text="CLAHE (local contrast)", value=False)
         self.standardise = CheckBox(text="Per-channel standardisation", value=False)
@@ -79,11 +86,13 @@ class SegmentWidget(RunsWork, Scrolling, Container):
         self.preprocessing = Label(value="<b>Preprocessing</b> (optional)")
         self.extend([
             self.image, self.region, self.wsi, self.level, *self.model_choice.backend_widgets, self.model, self.model_file, self.device, self.engine, self.tile,
-            self.overlap, self.threshold, self.preprocessing, self.stain, self.clahe, self.standardise,
+            self.overlap, self.threshold, self.mpp, self.tta, self.preprocessing, self.stain, self.clahe, self.standardise,
             Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
             self.status,
         ])
         self._model_pre: dict = {}
+        self._model_mpp = None
+        self._warned_scale: set = set()
         self.image.changed.connect(self._on_image)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
@@ -103,6 +112,23 @@ class SegmentWidget(RunsWork, Scrolling, Container):
         n = len(layer.data) if (layer is not None and layer.multiscale) else 1
         self.level.max = n - 1
         self.level.visible = n > 1
+        mpp = ((layer.metadata or {}).get("mpp") if layer is not None else None) or 0.0
+        self.mpp.value = float(mpp) if 0 < float(mpp) <= self.mpp.max else 0.0
+
+    def image_mpp(self, layer, level: int):
+        """µm per pixel of ``level`` of ``layer`` (the Pixel size field, times the level's
+        downsample), None when unknown; says once per layer that the scale is unknown."""
+        if self.mpp.value > 0:
+            base = float(self.mpp.value)
+            if layer.multiscale and level:
+                base *= layer.data[0].shape[0] / layer.data[level].shape[0]
+            return base
+        if self._model_mpp and layer.name not in self._warned_scale:
+            self._warned_scale.add(layer.name)
+            show_warning(f"'{layer.name}' does not say its pixel size, so it is segmented as it is; the model "
+                         f"works at {self._model_mpp:g} µm/px. If the image is at another scale the map will be "
+                         "wrong: set 'Pixel size' (0.25 for 40x, 0.5 for 20x) and run again.")
+        return None
 
     def _sync_to_model(self, _=None):
         """Take the tile size and preprocessing the chosen model was trained with."""
@@ -111,12 +137,15 @@ class SegmentWidget(RunsWork, Scrolling, Container):
         except Exception as e:  # noqa: BLE001 - shown in the status line
             self.status.value = f"Model: {e}"
             return
-        self._model_pre = dict(meta.preprocessing or {})
+        self._model_pre = {k: v for k, v in (meta.preprocessing or {}).items() if k != "temperature"}
+        self._model_mpp = getattr(meta, "mpp", None)
         self.tile.value = int(meta.tile_size)
         self.stain.value = self._model_pre.get("stain_norm")
         self.clahe.value = bool(self._model_pre.get("clahe", False))
         self.standardise.value = bool(self._model_pre.get("standardise", False))
-        self.status.value = f"Model: {meta.name} v{meta.model_version} ({meta.arch}), trained on {meta.tile_size} px tiles"
+        at = f" at {meta.mpp:g} µm/px" if getattr(meta, "mpp", None) else ""
+        self.status.value = (f"Model: {meta.name} v{meta.model_version} ({meta.arch}), trained on "
+                             f"{meta.tile_size} px tiles{at}")
 
     def model_ref(self) -> str:
         return self.model_choice.ref()
@@ -155,11 +184,14 @@ class SegmentWidget(RunsWork, Scrolling, Container):
             ref = self.model_ref()
             self.backend = self.model_choice.backend(self.backend)  # this computer or a server
             pre = self.preprocessor(data)
+            mpp = self.image_mpp(layer, level)
         except Exception as e:  # shown, never raised into Qt
             show_error(f"Cannot segment: {e}")
             return None
         opts = dict(device=self.device.value, engine=self.engine.value, tile=self.tile.value, overlap=self.overlap.value,
-                    threshold=self.threshold.value, preprocess=pre)
+                    threshold=self.threshold.value, preprocess=pre, mpp=mpp)
+        if self.tta.value:
+            opts["tta"] = True
         place = placement(layer, level, offset)
         backend = self.backend
         return self.runner.start(lambda *_: backend.segment(data, ref, **opts),
