@@ -42,7 +42,7 @@ from napari_histoseg.refinement.graph import (
     texture_features,
 )
 from napari_histoseg.refinement.index import SuperpixelIndex
-from napari_histoseg.refinement.params import DEFAULTS, METHODS, check_params
+from napari_histoseg.refinement.params import DEFAULTS, METHODS, check_params, resolve
 from napari_histoseg.refinement.seeds import NOT_TUMOUR, TUMOUR, check_image, check_prior, check_seeds
 from napari_histoseg.refinement.solver import normalise, propagate_grid, solve_clamped, solve_pixels
 
@@ -123,7 +123,7 @@ class RefineSession:
     """
 
     def __init__(self, image, prior=None, **params):
-        self.params = {**DEFAULTS, **check_params(params)}
+        self.params = resolve(params)
         p = self.params
         t0 = time.perf_counter()
         self.image = check_image(image)
@@ -308,7 +308,7 @@ class RefineSession:
         target = (self._nt - self._nn) / np.maximum(tot, 1)
         leak = None
         if self._zones is not None:  # the prior yields in the zones of correcting seeds
-            kc = self._zones.discount(self._nt > 0, self._nn > 0, p["zone_factor"])
+            kc = self._zones.discount(self._nt > 0, self._nn > 0, p["zone_factor"], max_size=int(p["zone_max"]))
             moved = np.flatnonzero(np.abs(kc - self._kc) > 1e-9)
             self._set_discount(kc, self._index.pixels(moved))
             touched[moved] = True

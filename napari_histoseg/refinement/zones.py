@@ -65,7 +65,7 @@ class ZoneGraph:
         self.adj_seeded = sp_.coo_matrix((np.ones(2 * a.size), ij), shape=(n, n)).tocsr()
 
     def discount(self, tumour: np.ndarray, not_tumour: np.ndarray, factor: float = 1.5,
-                 limit: float = 40.0) -> np.ndarray:
+                 limit: float = 40.0, max_size: int = 0) -> np.ndarray:
         """How much the prior is discredited per superpixel, in [0, 1]: 1 inside a zone's
         radius, falling smoothly to 0 just beyond it, 0 outside every zone.
 
@@ -78,6 +78,10 @@ class ZoneGraph:
             the border of their region (the nearest superpixel with the other answer).
         limit : float
             The largest radius (where the region has no border within reach).
+        max_size : int
+            Only groups of at most this many superpixels make a zone (0: every group):
+            a click says "the model is wrong here", a stroke "these pixels and what is
+            clearly like them".
         """
         out = np.zeros(self.n)
         for seeded, want in ((tumour, True), (not_tumour, False)):
@@ -91,6 +95,8 @@ class ZoneGraph:
             _, group = connected_components(sp_.csr_matrix(sub), directed=False)
             for g in np.unique(group):
                 src = nodes[group == g]
+                if max_size and src.size > max_size:
+                    continue
                 reg = self.region[src[0]]
                 d = dijkstra(self.cost, directed=False, indices=src, min_only=True, limit=limit)
                 outside = self.region != reg
