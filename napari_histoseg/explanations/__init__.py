@@ -15,12 +15,23 @@ hirescam   HiResCAM: gradient x activation per location of a layer  0 .. 1 (norm
 inputxgrad (x - blurred x) * gradient, summed over RGB, smoothed 2 px  -1 .. 1 (normalised)
 shap       GradientShap (captum) of the tumour target against a      -1 .. 1 (normalised)
            heavily blurred copy of the image, summed over RGB
+superpixel Kernel SHAP over SLIC regions of the view (each coalition  -1 .. 1 (normalised)
+-shap      one forward pass; value per pixel of each region)
 entropy    predictive entropy of the tumour probability, in bits     0 .. 1 (absolute)
 mc-dropout standard deviation of the tumour probability over N       0 .. 0.5 (absolute)
            passes with only the dropout layers switched on
 tta        standard deviation of the tumour probability over the 8   0 .. 0.5 (absolute)
-           flips and quarter turns (best predictor of errors)
+           flips and quarter turns
+tta-       entropy (bits) of the mean tumour probability over the    0 .. 1 (absolute)
+entropy    8 flips and quarter turns
+tta-       "tta-entropy or near the predicted outline":              0 .. 1 (absolute)
+boundary   1 - (1 - H)(1 - exp(-d / 32 px))
 ========== ======================================================== ====================
+
+Which one predicts the model's errors best, and which saliency map is the most faithful, is
+measured by ``benchmarks/bench_explain.py`` (BENCHMARKS.md › Explanations); the defaults are
+``DEFAULT_SALIENCY`` and ``DEFAULT_UNCERTAINTY`` in :mod:`.methods`. What each costs before
+it runs: :func:`napari_histoseg.explanations.cost.estimate`.
 
 What the colours mean (red high, blue low, one colour map for all):
 

@@ -48,10 +48,22 @@ def entropy_bits(prob: np.ndarray) -> np.ndarray:
 
 
 def temperature(model) -> float:
-    """The calibration temperature in the model's metadata (``training.calibration``), else 1."""
-    training = model.meta.training
-    cal = training.get("calibration", {}) if isinstance(training, dict) else {}
-    return float(cal.get("temperature", 1.0) or 1.0)
+    """The calibration temperature in the model's metadata, else 1: ``training.calibration.
+    temperature``, ``training.temperature`` or ``preprocessing.temperature`` (a positive
+    number; anything else is ignored)."""
+    meta = model.meta
+    training = meta.training if isinstance(meta.training, dict) else {}
+    cal = training.get("calibration", {})
+    pre = meta.preprocessing if isinstance(meta.preprocessing, dict) else {}
+    for value in ((cal.get("temperature") if isinstance(cal, dict) else None), training.get("temperature"),
+                  pre.get("temperature")):
+        try:
+            t = float(value)
+        except (TypeError, ValueError):
+            continue
+        if np.isfinite(t) and t > 0:
+            return t
+    return 1.0
 
 
 def calibrated(prob: np.ndarray, temp: float) -> np.ndarray:

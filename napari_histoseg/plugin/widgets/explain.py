@@ -145,20 +145,21 @@ class ExplainWidget(RunsWork, Scrolling, Container):
     def _update_cost(self, _=None):
         """What the chosen method will cost for the region, before it runs."""
         try:
-            layer = self.image.value
-            if layer is None:
-                self.cost.value = ""
-                return
-            shape, region = self._extent(layer)
-            c = estimate(self.method.value, shape, region, seconds_per_mpx=self.rate)
-        except Exception:  # noqa: BLE001 - an estimate never stops the widget
-            self.cost.value = ""
-            return
+            self.cost.value = self._cost_text()
+        except Exception:  # noqa: BLE001 - an estimate never stops the widget (nor a closed one)
+            pass
+
+    def _cost_text(self) -> str:
+        layer = self.image.value
+        if layer is None:
+            return ""
+        shape, region = self._extent(layer)
+        c = estimate(self.method.value, shape, region, seconds_per_mpx=self.rate)
         secs = c["seconds"]
         when = f"~{secs:.0f} s" if secs < 120 else f"~{secs / 60:.0f} min"
-        self.cost.value = (f"Estimated {when} on this computer for {region[3]} x {region[2]} px "
-                           f"({c['passes']:g} forward passes per pixel" + (", one view at a time)" if c["tiles"] == 1
-                                                                          else f", {c['tiles']} tiles)"))
+        where = "one view at a time" if c["tiles"] == 1 else f"{c['tiles']} tiles"
+        return (f"Estimated {when} on this computer for {region[3]} x {region[2]} px "
+                f"({c['passes']:g} forward passes per pixel, {where})")
 
     # -- running ------------------------------------------------------------------
     def _extent(self, layer):
