@@ -221,47 +221,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _raised_here(exc: BaseException) -> bool:
-    """True when ``exc`` was raised by napari-histoseg's own code (a deliberate refusal of bad
-    input), not deep inside a library (a bug to show with its traceback)."""
-    tb = exc.__traceback__
-    last = None
-    while tb is not None:
-        last = tb
-        tb = tb.tb_next
-    return last is not None and Path(last.tb_frame.f_code.co_filename).resolve().is_relative_to(
-        Path(__file__).resolve().parent)
-
-
-def user_error(exc: BaseException) -> str | None:
-    """The one-line message for an error caused by the input or the environment, or None for
-    an error that is a bug (shown with its traceback)."""
-    from napari_histoseg.io.checks import InputError
-    from napari_histoseg.io.dataset import DatasetError
-    from napari_histoseg.io.validate import ImageFormatError
-
-    if isinstance(exc, (InputError, ImageFormatError, DatasetError)):
-        return str(exc)
-    if type(exc).__name__ in ("CheckpointError", "ExportError", "ClassifierInputError"):
-        return str(exc)
-    if isinstance(exc, ModuleNotFoundError) and exc.name and exc.name.split(".")[0] in _OPTIONAL:
-        return f"this needs the optional package {exc.name.split('.')[0]} ({_OPTIONAL[exc.name.split('.')[0]]})"
-    if isinstance(exc, MemoryError):
-        return "not enough memory for this input; read a region or a lower pyramid level, or use smaller tiles"
-    if isinstance(exc, OSError):   # missing files, full or read-only disks, refused connections
-        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
-        return f"{exc.strerror or exc}{where}" if exc.strerror else str(exc)
-    if isinstance(exc, ValueError) and _raised_here(exc):
-        return str(exc)
-    return None
-
-
-_OPTIONAL = {"onnxruntime": "pip install onnxruntime", "openslide": "pip install openslide-python",
-             "distributed": "pip install distributed", "fastapi": "pip install 'napari-histoseg[server]'",
-             "uvicorn": "pip install 'napari-histoseg[server]'", "shap": "pip install shap",
-             "captum": "pip install captum"}
-
-
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     print(f"histoseg: warning: {message}", file=sys.stderr)
 
@@ -279,6 +238,8 @@ def main(argv=None) -> int:
             print("histoseg: interrupted", file=sys.stderr)
             return 130
         except Exception as e:
+            from napari_histoseg.io.errors import user_error
+
             message = user_error(e)
             if message is None:
                 raise

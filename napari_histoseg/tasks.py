@@ -225,13 +225,118 @@ def _run_train(args) -> int:
     if task != "segmentation" and len(datasets) != 1:
         print(f"histoseg train: --task {task} trains on one dataset folder, got {len(datasets)}", file=sys.stderr)
         return 2
+    cfg = config(**given)
+    check_train_settings(task, cfg, args.output)
     train = importlib.import_module(TRAINING[task][1]).train
-    summary = train(datasets if task == "segmentation" else datasets[0], args.output, config(**given),
+    summary = train(datasets if task == "segmentation" else datasets[0], args.output, cfg,
                     log=lambda s: print(s, flush=True))
     if args.summary:
-        with open(args.summary, "w") as f:
-            json.dump(summary, f, indent=2, default=float)
+        from napari_histoseg.io.atomic import atomic_write_text
+
+        atomic_write_text(args.summary, json.dumps(summary, indent=2, default=float))
     return 0
+
+
+# the architectures of a task start with these (a nucleus detector is a maskrcnn-*)
+_ARCH_PREFIX = {"instances": "maskrcnn-", "classification": "classifier-"}
+
+
+def check_train_settings(task: str, cfg, output) -> None:
+    """Refuse settings that cannot train or would train nothing, before any data is read:
+    numbers out of range, a patch and batch over the memory budget, an unknown architecture
+    or arguments it does not take, an encoder file that is a pickle or a whole checkpoint, a
+    ``--resume`` without a state to resume (a checkpoint of another task: the training plan). InputError says which."""
+    from pathlib import Path
+
+    from napari_histoseg.io.atomic import output_folder
+    from napari_histoseg.io.checks import InputError, batch_bytes, check_float, check_int, check_memory
+
+    check_int(cfg.epochs, "--epochs", lo=1, hi=100_000)
+    if cfg.steps_per_epoch is not None:
+        check_int(cfg.steps_per_epoch, "--steps-per-epoch", lo=1, hi=10_000_000)
+    check_float(cfg.lr, "--lr", lo=0, lo_open=True, hi=10)
+    check_int(cfg.batch_size, "--batch-size", lo=1, hi=4096)
+    check_int(cfg.patch_size, "--patch-size", lo=32, hi=8192)
+    check_int(cfg.sgd_epochs, "--sgd-epochs", lo=0, hi=100_000)
+    check_int(cfg.patience, "--patience", lo=1, hi=100_000)
+    check_int(cfg.seed, "--seed", lo=0, hi=2 ** 32 - 1)
+    if cfg.threads is not None:
+        check_int(cfg.threads, "--threads", lo=1, hi=1024)
+    if cfg.time_budget is not None:
+        check_float(cfg.time_budget, "--time-budget", lo=0, lo_open=True, hi=1e6)
+    check_memory(batch_bytes(cfg.batch_size, cfg.patch_size, training=True),
+                 f"training on batches of {cfg.batch_size} patches of {cfg.patch_size} px",
+                 hint="use a smaller --patch-size or --batch-size")
+    out = Path(output)
+    if out.suffix != ".safetensors":
+        raise InputError(f"-o {out.name}: a checkpoint is written as .safetensors")
+    output_folder(out)
+    _check_arch(task, cfg)
+    if cfg.init_encoder:
+        _check_encoder(cfg.init_encoder)
+    if cfg.resume:
+        from napari_histoseg.training.loop import state_path_for
+
+        state = state_path_for(out)
+        if not state.is_file():
+            raise InputError(f"--resume: there is no training state {state} to resume; "
+                             "run without --resume to start a new training")
+
+
+def _check_arch(task: str, cfg) -> None:
+    import inspect
+
+    from napari_histoseg.io.checks import InputError
+    from napari_histoseg.models import list_architectures
+    from napari_histoseg.models.registry import _REGISTRY
+
+    arch = getattr(cfg, "arch", None)
+    if arch is None or getattr(cfg, "init_checkpoint", None):
+        return   # the checkpoint's architecture is used
+    prefix = _ARCH_PREFIX.get(task)
+    fits = [a for a in list_architectures() if (a.startswith(prefix) if prefix else
+                                                not any(a.startswith(x) for x in _ARCH_PREFIX.values()))]
+    if arch not in fits:
+        raise InputError(f"--arch {arch!r} is not an architecture for --task {task}; known: {', '.join(fits)}")
+    kwargs = getattr(cfg, "arch_kwargs", {})
+    if not isinstance(kwargs, dict):
+        raise InputError(f"--arch-kwargs must be a JSON object such as '{{\"dropout\": 0.1}}'; got {kwargs!r}")
+    params = inspect.signature(_REGISTRY[arch]).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(kwargs) - set(params))
+        if unknown:
+            raise InputError(f"--arch-kwargs: {arch} does not take {', '.join(unknown)}; it takes "
+                             f"{', '.join(params) or 'nothing'}")
+    if kwargs:   # the builder passes them on: build once to see that they fit
+        from napari_histoseg.models import build_model
+
+        try:
+            build_model(arch, **kwargs)
+        except (TypeError, ValueError, KeyError) as e:
+            raise InputError(f"--arch-kwargs {kwargs} do not fit {arch}: {e}") from None
+
+
+def _check_encoder(path) -> None:
+    from pathlib import Path
+
+    from napari_histoseg.io.checks import InputError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"--init-encoder {path}: no such file")
+    if path.suffix != ".safetensors":
+        raise InputError(f"--init-encoder {path}: encoder weights are read from .safetensors only (a pickled "
+                         "PyTorch file is never loaded: unpickling an untrusted file can run code)")
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise InputError(f"--init-encoder {path}: not a safetensors file ({e})") from None
+    if "histoseg" in header:
+        raise InputError(f"--init-encoder {path} is a whole histoseg checkpoint, not encoder weights; "
+                         "fine-tune a checkpoint of the task with --init-checkpoint")
 
 
 def format_table(result: dict) -> str:
@@ -269,10 +374,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="histoseg")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
+    from napari_histoseg.io.errors import user_error
+
     try:
         return args.func(args)
-    except ValueError as e:  # data or checkpoint that cannot train: a message, not a traceback
-        print(f"histoseg: {e}", file=sys.stderr)
+    except Exception as e:  # data or checkpoint that cannot train: a message, not a traceback
+        message = user_error(e)
+        if message is None:
+            raise
+        print(f"histoseg: {message}", file=sys.stderr)
         return 2
 
 
