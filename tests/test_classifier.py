@@ -288,3 +288,161 @@ def test_cli_train_and_evaluate_classification(tmp_path, capsys):
     assert text.index("patient-level") < text.index("image-level") < text.index("per subtype")
     res = json.loads((tmp_path / "e.json").read_text())
     assert res["n_patients"] == 6 and 0 <= res["calibration"]["ece_calibrated"] <= 1
+
+
+# -- magnification: stated, estimated, simulated; the second scale -----------------------------
+def nuclei_field(radius: float, shape=(460, 700), n=140, seed=0) -> np.ndarray:
+    """Pink eosin with ``n`` purple haematoxylin discs of ``radius`` px (a field whose
+    nuclei say its magnification: radius 4.5 px is BreakHis 100X, 18 px 400X)."""
+    rng = np.random.default_rng(seed)
+    img = np.empty((*shape, 3), np.float32)
+    img[:] = (232, 160, 205)
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    for _ in range(n):
+        cy, cx = rng.uniform(0, shape[0]), rng.uniform(0, shape[1])
+        r = radius * rng.uniform(0.8, 1.2)
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = (95, 60, 150)
+    img += rng.normal(0, 6, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def two_scale(tmp_path_factory):
+    """A random classifier trained (as far as its metadata says) at 0.394 µm/px and at a second,
+    finer scale of 0.197 µm/px, with one temperature per scale."""
+    import torch
+
+    torch.manual_seed(0)
+    net = build_model("classifier-mobilenet_v2", classes=2)
+    meta = ModelMeta(arch="classifier-mobilenet_v2", task="classification", arch_kwargs={"classes": 2},
+                     classes={"0": "benign", "1": "malignant"}, tile_size=192, mpp=0.394,
+                     preprocessing={"fine_mpp": 0.197}, name="two-scale",
+                     training={"calibration": {"temperature": 1.5, "temperatures": {"0.394": 1.5, "0.197": 3.0}}})
+    path = tmp_path_factory.mktemp("cls2") / "two.safetensors"
+    save_checkpoint(net, path, meta)
+    return load_classifier(path, device="cpu")
+
+
+@pytest.mark.parametrize("text, value", [("400x", 400.0), ("200X", 200.0), (" 40 × ", 40.0), ("100", 100.0),
+                                         (400, 400.0)])
+def test_magnification_is_read_as_a_microscope_states_it(text, value):
+    from napari_histoseg.classifier.magnification import mpp_of, parse_magnification
+
+    assert parse_magnification(text) == value
+    assert mpp_of(100) == pytest.approx(0.197) and mpp_of(400) == pytest.approx(0.197 / 4)
+
+
+@pytest.mark.parametrize("bad", ["nan", "abc", "0x", "5000x", "-100", float("inf")])
+def test_a_bad_magnification_is_refused_with_a_message(bad):
+    from napari_histoseg.classifier.magnification import parse_magnification
+    from napari_histoseg.io.checks import InputError
+
+    with pytest.raises(InputError, match="magnification must be"):
+        parse_magnification(bad)
+
+
+def test_a_simulated_400x_field_is_a_quarter_of_the_width_enlarged_4x(he_image):
+    from napari_histoseg.classifier.zoom import simulate_field, simulated_fields
+    from napari_histoseg.core.resize import resize
+
+    img = np.ascontiguousarray(he_image[:460, :700])
+    field = simulate_field(img, 4.0)
+    assert field.shape == img.shape
+    centre = img[230 - 57:230 + 58, 350 - 87:350 + 88].astype(float)   # the middle 175 x 115 px
+    back = resize(field, 0.25).astype(float)[:centre.shape[0], :centre.shape[1]]
+    assert np.corrcoef(back.ravel(), centre[:back.shape[0], :back.shape[1]].ravel())[0, 1] > 0.9
+    assert len(simulated_fields(img, 2.0)) == 4 and simulated_fields(img, 1.0)[0] is img
+
+
+@pytest.mark.parametrize("radius, expected", [(4.5, 100), (9.0, 200), (18.0, 400)])
+def test_magnification_is_estimated_from_nucleus_size_with_a_range(radius, expected):
+    from napari_histoseg.classifier.magnification import estimate_magnification
+
+    e = estimate_magnification(nuclei_field(radius, n=int(140 * (4.5 / radius) ** 1.5) + 20))
+    assert e is not None and e.low < expected < e.high
+    assert abs(np.log(e.magnification / expected)) < np.log(1.35)
+    assert f"{e.low:.0f}-{e.high:.0f}x" in e.text()
+
+
+def test_a_700_x_460_field_stated_as_400x_is_classified_not_refused(two_scale):
+    field = nuclei_field(18.0, n=40)
+    r = classify_region(field, two_scale, magnification="400x")
+    assert r.label in ("benign", "malignant") and r.probabilities.sum() == pytest.approx(1)
+    assert r.scale["source"] == "magnification" and r.scale["model_mpp"] == pytest.approx(0.197)
+    assert r.n_tiles >= 1 and any("second scale" in w for w in r.warnings)
+    # the second scale's own temperature calibrates it
+    np.testing.assert_allclose(r.probabilities, softmax(r.logits / 3.0), atol=1e-6)
+    # every box lies inside the field (in the field's own pixels)
+    assert all(0 <= y and y + h <= 460 + 1e-6 and 0 <= x and x + w <= 700 + 1e-6 for y, x, h, w in r.boxes)
+
+
+def test_a_40x_or_100x_field_is_read_at_the_models_own_scale(two_scale):
+    for mag in ("40x", "100x"):
+        r = classify_region(nuclei_field(4.5), two_scale, magnification=mag, estimate=False)
+        assert r.scale["model_mpp"] == pytest.approx(0.394) and not any("second scale" in w for w in r.warnings)
+
+
+def test_a_stated_magnification_that_the_nuclei_contradict_gives_a_warning(two_scale):
+    hundred = nuclei_field(4.5)                    # nuclei of a 100X field ...
+    r = classify_region(hundred, two_scale, magnification="400x")
+    assert any("disagree" in w and "400x" in w for w in r.warnings), r.warnings
+    assert r.scale["source"] == "magnification"   # ... the stated value is still the one used
+    ok = classify_region(hundred, two_scale, magnification="100x")
+    assert not any("disagree" in w for w in ok.warnings), ok.warnings
+    with pytest.warns(UserWarning, match="disagree"):
+        classify(hundred, two_scale, magnification=400)
+
+
+def test_without_mpp_or_magnification_the_estimate_is_used_and_said(two_scale):
+    r = classify_region(nuclei_field(18.0, n=40), two_scale)
+    assert r.scale["source"] == "estimate" and 250 < r.scale["magnification"] < 650
+    assert any("estimate" in w or "by nucleus size" in w for w in r.warnings)
+
+
+def test_tiny_or_non_he_input_is_still_refused_at_any_magnification(two_scale, he_image):
+    from skimage import data
+
+    with pytest.raises(ClassifierInputError, match="too small"):
+        classify_region(nuclei_field(18.0, shape=(40, 60), n=2), two_scale, magnification="400x")
+    with pytest.raises(ClassifierInputError, match="does not look like H&E"):
+        classify_region(data.coffee(), two_scale, magnification="200x")
+    with pytest.raises(ClassifierInputError, match="magnification must be"):
+        classify_region(nuclei_field(4.5), two_scale, magnification="lots")
+
+
+def test_cli_classify_takes_a_magnification(two_scale, tmp_path, capsys):
+    from napari_histoseg.cli import main
+
+    img = tmp_path / "field.png"
+    imsave(img, nuclei_field(18.0, n=40), check_contrast=False)
+    out = tmp_path / "r.json"
+    assert main(["classify", str(img), "--model", str(two_scale.source), "--magnification", "400x",
+                 "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["scale"]["source"] == "magnification" and r["scale"]["model_mpp"] == pytest.approx(0.197)
+    assert "400x" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["classify", str(img), "--model", str(two_scale.source), "--magnification", "nanx"])
+    assert "magnification" in capsys.readouterr().err
+
+
+def test_cli_evaluate_at_simulated_magnifications(tmp_path, capsys):
+    from napari_histoseg.cli import main
+
+    root = synthetic_folder(tmp_path / "data", patients=2, per=2)
+    meta = json.loads((root / "dataset.json").read_text())
+    for t in meta["tiles"]:
+        t["magnification"] = 100
+    (root / "dataset.json").write_text(json.dumps(meta))
+    out = tmp_path / "c.safetensors"
+    assert main(["train", str(root), "--task", "classification", "-o", str(out), "--epochs", "1",
+                 "--steps-per-epoch", "1", "--batch-size", "2", "--patch-size", "64", "--cls-scale", "1",
+                 "--cls-fine-scale", "2", "--val-fraction", "0.5", "--threads", "1"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(root), "--task", "classification", "--model", str(out), "--split", "train",
+                 "--simulate-magnification", "100x", "400x", "--json", str(tmp_path / "e.json")]) == 0
+    text = capsys.readouterr().out
+    assert "at simulated 400x" in text and "at 100x" in text
+    res = json.loads((tmp_path / "e.json").read_text())
+    assert res["400x"]["n_images"] == 4 * res["100x"]["n_images"] == 4 * 8
+    assert 0 <= res["400x"]["calibration"]["ece_calibrated"] <= 1

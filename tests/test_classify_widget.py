@@ -127,3 +127,44 @@ def test_cancel_adds_nothing(classifying, qtbot):
     w.cancel()
     qtbot.waitUntil(lambda: w.worker is None, timeout=120_000)
     assert "Cancelled" in w.status.value and "classification" not in w.viewer.layers
+
+
+@pytest.fixture
+def two_scale_path(tmp_path, one_thread):
+    import torch
+
+    torch.manual_seed(0)
+    path = tmp_path / "two.safetensors"
+    save_checkpoint(build_model("classifier-mobilenet_v2", classes=2), path, ModelMeta(
+        arch="classifier-mobilenet_v2", task="classification", arch_kwargs={"classes": 2},
+        classes={"0": "benign", "1": "malignant"}, tile_size=192, mpp=0.394, preprocessing={"fine_mpp": 0.197},
+        name="two-scale"))
+    return path
+
+
+def test_the_magnification_field_classifies_a_400x_field_and_warns_when_nuclei_disagree(
+        make_napari_viewer, qtbot, two_scale_path, monkeypatch):
+    from test_classifier import nuclei_field
+
+    told = []
+    monkeypatch.setattr("napari_histoseg.plugin.widgets.classify.show_warning", told.append)
+    viewer = make_napari_viewer()
+    viewer.add_image(nuclei_field(18.0, n=40), name="field", rgb=True)   # a 700 x 460 high-power field
+    _, w = viewer.window.add_plugin_dock_widget("napari-histoseg", "Classify benign or malignant")
+    assert isinstance(w, ClassifyWidget) and w.magnification.value is None
+    w.model.value = str(two_scale_path)
+    w.gradcam.value = False
+    w.magnification.value = 400.0
+    run_and_wait(w, qtbot)
+    text = list(viewer.layers["classification"].features["text"])
+    assert len(text) == 1 and "400x stated" in text[0], text
+    assert not any("disagree" in m for m in told), told
+    # the same viewer, now a 100X field stated as 400X: classified, and the nuclei contradict it
+    viewer.layers["field"].data = nuclei_field(4.5)
+    told.clear()
+    run_and_wait(w, qtbot)
+    assert any("disagree" in m and "400x" in m for m in told), told
+    # left to the estimate, it says so on the label
+    w.magnification.value = None
+    run_and_wait(w, qtbot)
+    assert "estimated" in list(viewer.layers["classification"].features["text"])[0]

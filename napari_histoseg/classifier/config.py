@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Optional
 
+from napari_histoseg.io.checks import float_arg
 from napari_histoseg.training.config import TrainConfig, option
 
 
@@ -28,4 +29,14 @@ class ClassifierConfig(TrainConfig):
                         "(the bundled model: 0.99)", flag="--cls-ema", metavar="DECAY")
     mpp: Optional[float] = option(None, "classification: µm/px of the training images (default: from "
                                   "BreakHis magnification)", type=float, flag="--cls-mpp", metavar="UM")
+    fine_scale: float = option(0.0, "classification: also train at a second, finer scale: the training images "
+                               "enlarged by F with optical blur (2: BreakHis 100X read at 0.0985 µm/px, the "
+                               "scale of 200X-400X fields); 0: one scale", flag="--cls-fine-scale", metavar="F",
+                               type=float_arg(lo=0, hi=8))
+    fine_share: float = option(0.4, "classification: share of the training crops at the fine scale",
+                               flag="--cls-fine-share", metavar="P",
+                               type=float_arg(lo=0, hi=1))
+    hed_sigma: float = option(0.08, "classification: HED stain jitter (each stain scaled by U(1-S, 1+S))",
+                              flag="--cls-hed-sigma", metavar="S",
+                              type=float_arg(lo=0, hi=0.5))
     name: str = option("histoseg-classifier", "model name written into the checkpoint")

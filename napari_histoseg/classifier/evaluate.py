@@ -2,10 +2,16 @@
 
 Every image is classified as :func:`.infer.classify_region` does it (at the model's
 scale: BreakHis images carry ``magnification``, turned into µm/px by
-:data:`.train.BREAKHIS_MPP`, or an ``mpp`` per record). Figures use the calibrated
+:data:`.magnification.BREAKHIS_MPP`, or an ``mpp`` per record). Figures use the calibrated
 probabilities; the calibration error is given for the raw (T = 1) and the calibrated
 probabilities on the same images, which for ``--split test`` are patients that neither
 training nor the temperature fit saw.
+
+``simulate_magnification=400`` evaluates on higher-power fields simulated from the same
+images (:mod:`.zoom`: four fields per image, one centred on each quadrant, each a
+``1 / zoom`` part enlarged ``zoom`` times with optical blur), classified at the field's
+µm/px; every field counts as an image and a patient's probability is the mean over its
+fields.
 """
 
 from __future__ import annotations
@@ -16,8 +22,9 @@ import numpy as np
 
 from napari_histoseg.classifier.calibration import expected_calibration_error, nll, softmax
 from napari_histoseg.classifier.data import load_classification
+from napari_histoseg.classifier.magnification import BREAKHIS_MPP
 from napari_histoseg.classifier.metrics import binary_metrics, per_patient, per_subtype
-from napari_histoseg.classifier.train import BREAKHIS_MPP
+from napari_histoseg.classifier.zoom import simulated_fields
 
 
 def record_mpp(record: dict):
@@ -26,7 +33,24 @@ def record_mpp(record: dict):
     return BREAKHIS_MPP.get(record.get("magnification"))
 
 
-def evaluate_classifier(dataset, model=None, split: str = "test", progress=None) -> dict:
+def _fields(ds, i, rec, magnification):
+    """``[(suffix, field, mpp)]`` of record ``i``: the image itself, or its simulated fields."""
+    image, mpp = ds.load(i), record_mpp(rec)
+    if magnification is None:
+        return [("", image, mpp)]
+    base = rec.get("magnification")
+    if not base:
+        raise ValueError(f"image {rec['id']!r} states no 'magnification'; a higher one cannot be simulated")
+    zoom = float(magnification) / float(base)
+    if zoom < 1 - 1e-6:
+        raise ValueError(f"cannot simulate {magnification:g}x from a {base}x image (only higher magnifications)")
+    fields = simulated_fields(image, zoom)
+    return [(f"@{magnification:g}x-{k}" if len(fields) > 1 else "", f, mpp / zoom if mpp else None)
+            for k, f in enumerate(fields)]
+
+
+def evaluate_classifier(dataset, model=None, split: str = "test", progress=None,
+                        simulate_magnification=None) -> dict:
     """Per-image, per-patient and per-subtype figures and calibration, as a JSON-able dict."""
     from napari_histoseg.classifier.infer import Classifier, classify_region, load_classifier
 
@@ -34,23 +58,29 @@ def evaluate_classifier(dataset, model=None, split: str = "test", progress=None)
     ds = load_classification(dataset).subset(split)
     if len(ds) == 0:
         raise ValueError(f"{dataset}: no images in split {split!r}")
-    rows, logits = [], []
+    rows, logits, temps = [], [], []
     for i, rec in enumerate(ds.records):
-        r = classify_region(ds.load(i), clf, mpp=record_mpp(rec), check=False)
-        logits.append(r.logits)
-        rows.append({"id": rec["id"], "patient": str(rec.get("group", rec["id"])),
-                     "subtype": rec.get("subtype", ""), "label": int(rec["label"]),
-                     "p_malignant": float(r.probabilities[1]), "n_tiles": r.n_tiles})
+        for suffix, image, mpp in _fields(ds, i, rec, simulate_magnification):
+            r = classify_region(image, clf, mpp=mpp, check=False, estimate=False)
+            logits.append(r.logits)
+            temps.append(clf.temperature_at(r.scale.get("model_mpp")))
+            rows.append({"id": rec["id"] + suffix, "patient": str(rec.get("group", rec["id"])),
+                         "subtype": rec.get("subtype", ""), "label": int(rec["label"]),
+                         "p_malignant": float(r.probabilities[1]), "n_tiles": r.n_tiles,
+                         "model_mpp": r.scale.get("model_mpp")})
         if progress is not None:
             progress(i + 1, len(ds))
     logits = np.stack(logits)
     y = np.array([r["label"] for r in rows])
-    raw, cal = softmax(logits), softmax(logits / clf.temperature)
+    raw, cal = softmax(logits), softmax(logits / np.asarray(temps)[:, None])
     p = cal[:, 1]
     patients, patient_m = per_patient(p, y, [r["patient"] for r in rows])
     return {
         "model": clf.description, "split": split, "n_images": len(rows),
-        "n_patients": len(patients), "temperature": clf.temperature,
+        "n_patients": len(patients), "temperature": float(np.mean(temps)),
+        "magnification": simulate_magnification or sorted({r.get("magnification") for r in ds.records} - {None}),
+        "simulated": simulate_magnification is not None,
+        "scales_read": sorted({r["model_mpp"] for r in rows if r["model_mpp"]}),
         "patient": patient_m, "image": binary_metrics(p, y),
         "subtype": per_subtype(p, y, [r["subtype"] for r in rows]),
         "calibration": {"ece_raw": expected_calibration_error(raw, y),
@@ -68,8 +98,12 @@ def format_report(res: dict) -> str:
     """Plain-text report: patient level, image level, per subtype, calibration, patients."""
     cols = ["accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity"]
     head = f"{'':<22}" + "".join(f"{c.replace('_accuracy', ' acc'):>14}" for c in cols) + "       n"
-    lines = [f"{res['model']} on {res['split']}: {res['n_images']} images of {res['n_patients']} patients "
-             f"(temperature {res['temperature']:.3f})", head]
+    mag = res.get("magnification")
+    at = (f" at simulated {mag:g}x (4 fields per image)" if res.get("simulated") else
+          f" at {', '.join(f'{m}x' for m in mag)}" if mag else "")
+    read = ", ".join(f"{m:.3g}" for m in res.get("scales_read", []))
+    lines = [f"{res['model']} on {res['split']}{at}: {res['n_images']} images of {res['n_patients']} patients "
+             f"(read at {read or '?'} µm/px; temperature {res['temperature']:.3f})", head]
     for level in ("patient", "image"):
         m = res[level]
         lines.append(f"{level + '-level':<22}" + "".join(f"{_f(m[c]):>14}" for c in cols) + f"{m['n']:>8}")

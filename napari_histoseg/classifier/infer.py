@@ -5,13 +5,17 @@
 1. checks the input: RGB (RGBA/16-bit/float are converted with a warning by
    :func:`napari_histoseg.io.ensure_rgb_uint8`; grayscale is refused), big enough (at
    least half a tile at the model's scale), and H&E-like (:func:`check_he`);
-2. reads the region at the scale the model was trained at: with ``mpp`` given, the
-   region's bounding box is resized by ``mpp / model_mpp``, and a warning says so when
-   the two differ by more than 10 %; with ``mpp`` unknown, a warning says the image is
-   read as if it were at the model's scale;
-3. classifies tiles over the region (:mod:`.tiles`), averages their raw logits, and
-   returns ``softmax(mean_logits / T)`` with the temperature ``T`` fitted on validation
-   patients (:mod:`.calibration`).
+2. knows the magnification: the image's ``mpp``, else a stated ``magnification``
+   (``"400x"``), else an estimate from nucleus size (:mod:`.magnification`, shown with its
+   95 % range); a stated magnification the nuclei contradict gives a warning
+   (:func:`choose_scale`); a file's own µm/px is trusted as measured;
+3. reads the region at a scale the model was trained at: its own (``meta.mpp``) or, for a
+   field smaller than one tile there (a 200X-400X field), the finer second scale it was
+   also trained at (``meta.preprocessing["fine_mpp"]``); only a region under half a tile
+   at the finest scale is refused;
+4. classifies tiles over the region (:mod:`.tiles`), averages their raw logits, and
+   returns ``softmax(mean_logits / T)`` with the temperature ``T`` of that scale, fitted on
+   validation patients (:mod:`.calibration`).
 
 :func:`classify_region` returns the whole :class:`Classification` (tile spread, boxes,
 warnings); :func:`classify_regions` does every label of a label image;
@@ -30,15 +34,25 @@ import numpy as np
 import torch
 
 from napari_histoseg.classifier.calibration import softmax
+from napari_histoseg.classifier.magnification import (
+    MagnificationEstimate,
+    estimate_magnification,
+    magnification_of,
+    mpp_of,
+    parse_magnification,
+)
 from napari_histoseg.classifier.tiles import aggregate, tile_logits
 from napari_histoseg.core.resize import resize
+from napari_histoseg.io.checks import InputError, check_float
 from napari_histoseg.models.tile_classifier import Classifier
 
 MIN_TISSUE = 0.05  # least share of tissue pixels in a region (see check_he)
+FILL = 0.75  # a field whose short side is under FILL tiles at a scale is read at the next finer one
 
 
-class ClassifierInputError(ValueError):
-    """An image or region the classifier cannot judge; the message says why."""
+class ClassifierInputError(InputError):
+    """An image or region the classifier cannot judge; the message says why (an
+    :class:`~napari_histoseg.io.checks.InputError`, so a ``ValueError``)."""
 
 
 def load_classifier(path=None, device="auto") -> Classifier:
@@ -129,15 +143,80 @@ class Classification:
     tile_probabilities: np.ndarray     # calibrated P(class 1) per tile
     boxes: list                        # (y, x, h, w) per tile, in image pixels
     warnings: list = field(default_factory=list)
+    scale: dict = field(default_factory=dict)  # Scale.to_json(): mpp, its source, the estimate
 
     def to_json(self, class_names) -> dict:
         return {"label": self.label, "probability": self.probability,
                 "probabilities": {n: float(p) for n, p in zip(class_names, self.probabilities)},
-                "tile_spread": self.spread, "n_tiles": self.n_tiles, "warnings": list(self.warnings)}
+                "tile_spread": self.spread, "n_tiles": self.n_tiles, "warnings": list(self.warnings),
+                "scale": dict(self.scale)}
 
 
-def _prepare(image, model: Classifier, region, mpp, what: str):
-    """RGB crop of the region's bounding box at the model's scale, its mask, offset, factor."""
+@dataclass
+class Scale:
+    """How a region was read: the image's µm/px and where it came from, the model's scale used."""
+
+    mpp: Optional[float]               # the image's µm/px as used (None: unknown)
+    source: str                        # "given", "magnification", "estimate" or "unknown"
+    model_mpp: Optional[float]         # the trained scale it was read at
+    factor: float                      # resize factor image -> model scale
+    estimate: Optional[MagnificationEstimate] = None
+
+    def to_json(self) -> dict:
+        return {"mpp": self.mpp, "source": self.source, "model_mpp": self.model_mpp, "factor": self.factor,
+                "magnification": magnification_of(self.mpp) if self.mpp else None,
+                "estimate": self.estimate.to_json() if self.estimate else None}
+
+
+def choose_scale(shape, model: Classifier, mpp, magnification=None, estimate=None) -> tuple[Scale, list]:
+    """The image's µm/px (``mpp``, else a stated ``magnification``, else the nucleus-size
+    ``estimate``, which is also checked against a stated magnification) and the trained scale to read it at: the model's own, or, for a field whose
+    short side is under :data:`FILL` tiles there, the finer second scale it was also trained
+    at. Returns the scale and notes."""
+    notes, source = [], "given"
+    if mpp is not None:
+        mpp = check_float(mpp, "mpp", lo=0, lo_open=True, hi=100)
+        if magnification is not None and abs(math.log(mpp_of(magnification) / mpp)) > math.log(1.1):
+            notes.append(f"the stated magnification {magnification:g}x means {mpp_of(magnification):.3g} µm/px; "
+                         f"the image's own {mpp:.3g} µm/px is used")
+    elif magnification is not None:
+        mpp, source = mpp_of(magnification), "magnification"
+    elif estimate is not None:
+        mpp, source = estimate.mpp, "estimate"
+        notes.append(f"the image's magnification is unknown: read at {estimate.text()}; state it (or the "
+                     "µm per pixel) if you know it")
+    else:
+        source = "unknown"
+    if estimate is not None and source == "magnification" and estimate.disagrees(magnification):
+        notes.append(f"the stated magnification ({magnification:g}x) and the nuclei disagree: they look "
+                     f"{estimate.text()}; check the magnification (the stated one is used)")
+    scales = model.scales
+    if not scales:
+        return Scale(mpp, source, None, 1.0, estimate), notes
+    if mpp is None:
+        notes.append(f"the image's microns per pixel are unknown and no nuclei could be measured: it is read "
+                     f"as if at the model's {scales[0]:.3g} µm/px; the answer is unreliable at another magnification")
+        return Scale(None, source, scales[0], 1.0, estimate), notes
+    side = min(int(shape[0]), int(shape[1]))
+    chosen = scales[-1]
+    for s in scales:  # the coarsest trained scale at which the field fills most of one tile
+        if side * mpp / s >= FILL * model.tile:
+            chosen = s
+            break
+    factor = mpp / chosen
+    if chosen != scales[0]:
+        notes.append(f"the field is {side * mpp / scales[0]:.0f} px across at the model's {scales[0]:.3g} µm/px, "
+                     f"too little for its {model.tile} px tile: read at its second scale, {chosen:.3g} µm/px")
+    elif abs(math.log(factor)) > math.log(1.1) and source == "given":
+        notes.append(f"the image is at {mpp:.3g} µm/px and the model was trained at {chosen:.3g} µm/px: "
+                     f"the region is resized by {factor:.2f}")
+    if factor > 4 or factor < 1 / 16:
+        notes.append("that is far from the training magnification; treat the answer with caution")
+    return Scale(mpp, source, chosen, factor, estimate), notes
+
+
+def _prepare(image, model: Classifier, region, mpp, what: str, magnification=None, estimate: bool = True):
+    """RGB crop of the region's bounding box at the model's scale, its mask, offset, scale, notes."""
     from napari_histoseg.io import ImageFormatError, ensure_rgb_uint8
 
     notes = []
@@ -159,29 +238,28 @@ def _prepare(image, model: Classifier, region, mpp, what: str):
     except ImageFormatError as e:
         raise ClassifierInputError(f"{what}: {e}") from None
     notes += conv
-    m_mpp = model.meta.mpp
-    factor = 1.0
-    if m_mpp:
-        if mpp is None:
-            notes.append(f"the image's microns per pixel are unknown: it is read as if at the model's "
-                         f"{m_mpp:.3g} µm/px; the answer is unreliable at another magnification")
-        else:
-            factor = float(mpp) / float(m_mpp)
-            if abs(math.log(factor)) > math.log(1.1):
-                notes.append(f"the image is at {float(mpp):.3g} µm/px and the model was trained at "
-                             f"{m_mpp:.3g} µm/px: the region is resized by {factor:.2f}")
-            if factor > 4 or factor < 1 / 16:
-                notes.append("that is far from the training magnification; treat the answer with caution")
+    est = None  # a file's µm/px is a measurement: nuclei are measured without one, or to check a stated one
+    if estimate and mpp is None and min(rgb.shape[:2]) >= 32:
+        est = estimate_magnification(rgb)
+    try:
+        if magnification is not None:
+            magnification = parse_magnification(magnification)
+        scale, more = choose_scale(rgb.shape, model, mpp, magnification, est)
+    except InputError as e:
+        raise ClassifierInputError(str(e)) from None
+    notes += more
     crop_mask = None if region is None else region[y0:y1, x0:x1]
+    factor = scale.factor
     rgb = resize(rgb, factor)
     if crop_mask is not None:
         crop_mask = resize(crop_mask.astype(np.uint8), factor, mask=True)
     least = model.tile // 2
     if min(rgb.shape[:2]) < least:
+        at = "the model's finest scale" if len(model.scales) > 1 else "the model's scale"
         raise ClassifierInputError(
-            f"{what} is too small: {rgb.shape[1]} x {rgb.shape[0]} px at the model's scale; the "
+            f"{what} is too small: {rgb.shape[1]} x {rgb.shape[0]} px at {at}; the "
             f"classifier needs at least {least} x {least} px (half of its {model.tile} px tile)")
-    return rgb, crop_mask, (int(y0), int(x0)), factor, notes
+    return rgb, crop_mask, (int(y0), int(x0)), scale, notes
 
 
 def _as_block(pixels: np.ndarray) -> np.ndarray:
@@ -191,26 +269,33 @@ def _as_block(pixels: np.ndarray) -> np.ndarray:
 
 
 def classify_region(image, model=None, region=None, mpp: Optional[float] = None, *, check: bool = True,
-                    what: str = "the image", progress: Optional[Callable[[int, int], None]] = None,
+                    what: str = "the image", magnification=None, estimate: bool = True,
+                    progress: Optional[Callable[[int, int], None]] = None,
                     should_stop: Optional[Callable[[], bool]] = None) -> Classification:
-    """Classify ``image`` (H, W, 3) inside ``region`` (boolean (H, W) or None: everything)."""
+    """Classify ``image`` (H, W, 3) inside ``region`` (boolean (H, W) or None: everything).
+
+    The scale: ``mpp`` (the file's), else ``magnification`` (stated, e.g. ``"400x"``), else
+    the nucleus-size estimate (:mod:`.magnification`; ``estimate=False`` skips it); a stated
+    scale that the nuclei contradict gives a warning."""
     model = _model(model)
-    rgb, mask, (oy, ox), factor, notes = _prepare(image, model, region, mpp, what)
+    rgb, mask, (oy, ox), scale, notes = _prepare(image, model, region, mpp, what, magnification, estimate)
+    factor = scale.factor
     if check:
         check_he(rgb if mask is None else _as_block(rgb[mask]), what)
     logits, weights, boxes = tile_logits(model.module, rgb, model.tile, mask, device=model.device,
                                          mean=model.meta.mean, std=model.meta.std,
                                          progress=progress, should_stop=should_stop)
     mean = aggregate(logits, weights)
-    probs = softmax(mean / model.temperature)
-    tile_p = softmax(logits / model.temperature)[:, -1]
+    t = model.temperature_at(scale.model_mpp)
+    probs = softmax(mean / t)
+    tile_p = softmax(logits / t)[:, -1]
     k = int(probs.argmax())
     img_boxes = [(oy + y / factor, ox + x / factor, h / factor, w / factor) for y, x, h, w in boxes]
     return Classification(probs, model.class_names[k], float(probs[k]), float(tile_p.std()),
-                          len(boxes), mean, tile_p, img_boxes, notes)
+                          len(boxes), mean, tile_p, img_boxes, notes, scale.to_json())
 
 
-def classify(image, model=None, region=None, mpp: Optional[float] = None) -> np.ndarray:
+def classify(image, model=None, region=None, mpp: Optional[float] = None, magnification=None) -> np.ndarray:
     """Calibrated class probabilities ``[P(benign), P(malignant)]`` of an image or region.
 
     Parameters
@@ -222,21 +307,25 @@ def classify(image, model=None, region=None, mpp: Optional[float] = None) -> np.
     region : (H, W) bool array, optional
         Where to look; tiles mostly inside it are classified and their logits averaged.
     mpp : float, optional
-        The image's microns per pixel; it is resized to the model's scale. Unknown mpp
-        gives a warning.
+        The image's microns per pixel; it is resized to the model's scale.
+    magnification : str or float, optional
+        The field's magnification as a microscope states it (``"400x"``; BreakHis
+        convention, :mod:`.magnification`), used when ``mpp`` is not given. With neither,
+        the magnification is estimated from nucleus size (with a warning saying so).
 
     Raises
     ------
     ClassifierInputError
         Grayscale, too small, empty or not H&E-like input.
     """
-    result = classify_region(image, model, region, mpp)
+    result = classify_region(image, model, region, mpp, magnification=magnification)
     for note in result.warnings:
         _warnings.warn(note, stacklevel=2)
     return result.probabilities
 
 
-def classify_regions(image, labels, model=None, mpp=None, progress=None, should_stop=None) -> dict:
+def classify_regions(image, labels, model=None, mpp=None, progress=None, should_stop=None,
+                     magnification=None) -> dict:
     """``{label: Classification or ClassifierInputError}`` for every label > 0 of ``labels``."""
     model = _model(model)
     labels = np.asarray(labels)
@@ -245,7 +334,7 @@ def classify_regions(image, labels, model=None, mpp=None, progress=None, should_
     for n, i in enumerate(ids):
         try:
             out[i] = classify_region(image, model, labels == i, mpp, what=f"region {i}",
-                                     should_stop=should_stop)
+                                     magnification=magnification, should_stop=should_stop)
         except ClassifierInputError as e:
             out[i] = e
         if progress is not None:
@@ -254,13 +343,14 @@ def classify_regions(image, labels, model=None, mpp=None, progress=None, should_
 
 
 def explain_region(image, model=None, region=None, mpp=None, channel: Optional[int] = None,
-                   progress=None, should_stop=None) -> np.ndarray:
+                   progress=None, should_stop=None, magnification=None) -> np.ndarray:
     """Grad-CAM (float32 (H, W), 0..1, 0 outside the region) of the class ``channel``
     (default: the predicted class) over the region, through :func:`napari_histoseg.explanations.explain`."""
     from napari_histoseg.explanations import explain
 
     model = _model(model)
-    rgb, mask, (oy, ox), factor, _ = _prepare(image, model, region, mpp, "the image")
+    rgb, mask, (oy, ox), scale, _ = _prepare(image, model, region, mpp, "the image", magnification)
+    factor = scale.factor
     if channel is None:
         logits, w, _ = tile_logits(model.module, rgb, model.tile, mask, device=model.device,
                                    mean=model.meta.mean, std=model.meta.std)

@@ -10,8 +10,8 @@ from napari_histoseg.models.bundled import BUNDLED
 name = "classification"
 title = "benign/malignant classification"
 # keyword options of infer (those of napari_histoseg.classifier.infer.classify_region)
-INFER_OPTIONS = frozenset({"region", "mpp", "check", "what"})
-EXPLAIN_OPTIONS = frozenset({"region", "mpp", "channel"})   # Grad-CAM of a region
+INFER_OPTIONS = frozenset({"region", "mpp", "check", "what", "magnification", "estimate"})
+EXPLAIN_OPTIONS = frozenset({"region", "mpp", "channel", "magnification"})   # Grad-CAM of a region
 
 
 def load_model(ref=None, device: str = "auto", engine: str = "torch"):
@@ -66,7 +66,8 @@ def result_parts(c) -> tuple[dict, dict]:
               "tile_probabilities": np.asarray(c.tile_probabilities, np.float32),
               "boxes": np.asarray(c.boxes, np.float64).reshape(-1, 4)}
     return arrays, {"label": c.label, "probability": float(c.probability), "spread": float(c.spread),
-                    "n_tiles": int(c.n_tiles), "warnings": [str(w) for w in c.warnings]}
+                    "n_tiles": int(c.n_tiles), "warnings": [str(w) for w in c.warnings],
+                    "scale": dict(getattr(c, "scale", {}) or {})}
 
 
 def result_from_parts(arrays: dict, info: dict):
@@ -74,4 +75,5 @@ def result_from_parts(arrays: dict, info: dict):
 
     return Classification(arrays["probabilities"], info["label"], info["probability"], info["spread"],
                           info["n_tiles"], arrays["logits"], arrays["tile_probabilities"],
-                          [tuple(float(v) for v in b) for b in arrays["boxes"]], list(info["warnings"]))
+                          [tuple(float(v) for v in b) for b in arrays["boxes"]], list(info["warnings"]),
+                          dict(info.get("scale") or {}))

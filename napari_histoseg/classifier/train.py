@@ -36,16 +36,16 @@ import torch.nn.functional as F
 from napari_histoseg.classifier.calibration import expected_calibration_error, fit_temperature, nll, softmax
 from napari_histoseg.classifier.config import ClassifierConfig
 from napari_histoseg.classifier.data import augmented_crop, load_classification, patient_split
+from napari_histoseg.classifier.magnification import BREAKHIS_MPP
 from napari_histoseg.classifier.metrics import binary_metrics, per_patient
 from napari_histoseg.classifier.tiles import aggregate, tile_logits, to_input
+from napari_histoseg.classifier.zoom import BLUR, blur, simulate_field
 from napari_histoseg.core.resize import resize
 from napari_histoseg.models import ModelMeta, build_model, load_checkpoint
+from napari_histoseg.training.augment import AugmentConfig
 from napari_histoseg.training.loop import TaskHooks, fit, load_start_checkpoint
 
 ARCH = "classifier-mobilenet_v2"
-# BreakHis "100X" = 10x objective x 3.3x relay lens onto a 6.5 um camera pixel
-# (Spanhol et al. 2016): 6.5 / 33 = 0.197 um per pixel. See CLASSIFIER_MODEL_CARD.md.
-BREAKHIS_MPP = {40: 0.49, 100: 0.197, 200: 0.098, 400: 0.049}
 
 
 def load_encoder(net, path) -> None:
@@ -59,6 +59,23 @@ def load_encoder(net, path) -> None:
 
 def _images(ds, idx, factor: float = 1.0):
     return [resize(ds.load(i), factor) for i in idx]
+
+
+def fine_crop(image, size: int, zoom: float, rng, hed_sigma: float = 0.08) -> np.ndarray:
+    """A training patch at the fine scale: a window of ``size / zoom`` px of a native image,
+    enlarged to ``size`` (scale jitter 0.87-1.15) and blurred as the optics of a high-power
+    field (:mod:`.zoom`), then rotated, flipped, stain- and intensity-jittered."""
+    from napari_histoseg.training.augment import AugmentConfig, random_patch
+
+    cfg = AugmentConfig(scale=(zoom * 0.87, zoom * 1.15), hed_sigma=hed_sigma, hed_bias=0.015, hed_prob=0.9)
+    patch, _ = random_patch(image, np.zeros(image.shape[:2], np.uint8), size, rng, cfg)
+    return blur(patch, float(rng.uniform(0.1, 2.2 * BLUR * zoom)))
+
+
+def fine_validation_images(images, zoom: float):
+    """The centre high-power field (4x the magnification) of each native image, read at the
+    fine scale (``zoom`` times the native one), as inference reads a 400X field."""
+    return [resize(simulate_field(im, 4.0), zoom / 4.0) for im in images]
 
 
 def validate(net, images, labels, groups, tile: int, batch: int = 8) -> dict:
@@ -95,6 +112,13 @@ class ClassifierHooks(TaskHooks):
         log(f"train: {len(tr)} images of {len(self.tr_patients)} patients; validation: {len(va)} images of "
             f"{len(self.va_patients)} patients ({', '.join(self.va_patients)})")
         self.tr_images, self.va_images = _images(train_ds, tr, cfg.scale), _images(train_ds, va, cfg.scale)
+        self.fine = float(cfg.fine_scale or 0)
+        self.tr_native, self.va_fine = [], []
+        if self.fine > 0:  # the second scale: native images for enlarged crops; 400X-like validation fields
+            self.tr_native = _images(train_ds, tr)
+            self.va_fine = fine_validation_images(_images(train_ds, va), self.fine)
+            log(f"second scale: crops enlarged {self.fine:g}x ({cfg.fine_share:.0%} of each batch); validation "
+                f"also on the centre 400X-like field of each validation image")
         self.tr_labels, self.va_labels, self.va_groups = labels[tr], labels[va], groups[va]
         # Sample patients more evenly: weight 1/sqrt(images of the patient), balanced per class.
         counts = {g: int((groups[tr] == g).sum()) for g in self.tr_patients}
@@ -109,6 +133,7 @@ class ClassifierHooks(TaskHooks):
         if mpp is None and len(self.mags) == 1 and self.mags[0] in BREAKHIS_MPP:
             mpp = BREAKHIS_MPP[self.mags[0]]
         self.mpp = round(mpp / cfg.scale, 4) if mpp is not None else None  # the images are read resized
+        self.fine_mpp = round(mpp / self.fine, 5) if mpp is not None and self.fine > 0 else None
 
     def describe(self):
         n, v = len(self.tr_images), len(self.va_images)
@@ -142,7 +167,11 @@ class ClassifierHooks(TaskHooks):
 
     def batch(self, rng, cfg):
         pick = rng.choice(len(self.tr_images), size=cfg.batch_size, p=self.w)
-        x = to_input(np.stack([augmented_crop(self.tr_images[i], cfg.patch_size, rng) for i in pick]))
+        n_fine = int(round(cfg.fine_share * cfg.batch_size)) if self.fine > 0 else 0
+        aug = AugmentConfig(hed_sigma=cfg.hed_sigma, hed_bias=0.015, hed_prob=0.9)
+        crops = [fine_crop(self.tr_native[i], cfg.patch_size, self.fine, rng, cfg.hed_sigma) if k < n_fine
+                 else augmented_crop(self.tr_images[i], cfg.patch_size, rng, aug) for k, i in enumerate(pick)]
+        x = to_input(np.stack(crops))
         return x, torch.as_tensor(self.tr_labels[pick])
 
     def loss(self, model, batch):
@@ -157,20 +186,30 @@ class ClassifierHooks(TaskHooks):
 
     def validate(self, model, train_loss):
         v = validate(model, self.va_images, self.va_labels, self.va_groups, self.patch_size)
-        return {"score": (v["auc"] if not math.isnan(v["auc"]) else 0) + v["balanced_accuracy"], "tie": v["nll"],
-                "val_auc": v["auc"], "val_balanced_accuracy": v["balanced_accuracy"], "val_nll": v["nll"],
-                "val_patient_balanced_accuracy": v["patient_balanced_accuracy"]}
+        out = {"score": (v["auc"] if not math.isnan(v["auc"]) else 0) + v["balanced_accuracy"], "tie": v["nll"],
+               "val_auc": v["auc"], "val_balanced_accuracy": v["balanced_accuracy"], "val_nll": v["nll"],
+               "val_patient_balanced_accuracy": v["patient_balanced_accuracy"]}
+        if self.va_fine:  # the score is the mean over the two scales
+            f = validate(model, self.va_fine, self.va_labels, self.va_groups, self.patch_size)
+            fine_score = (f["auc"] if not math.isnan(f["auc"]) else 0) + f["balanced_accuracy"]
+            out.update({"score": (out["score"] + fine_score) / 2, "tie": (v["nll"] + f["nll"]) / 2,
+                        "val_fine_auc": f["auc"], "val_fine_balanced_accuracy": f["balanced_accuracy"],
+                        "val_fine_nll": f["nll"], "val_fine_patient_balanced_accuracy": f["patient_balanced_accuracy"]})
+        return out
 
     def meta(self, cfg, training):
         last = training["history"][-1]
         return ModelMeta(
             arch=cfg.arch, task="classification", arch_kwargs=self.kwargs, classes=self.classes,
             tile_size=cfg.patch_size, mpp=self.mpp, name=cfg.name, model_version=cfg.model_version,
+            preprocessing={"fine_mpp": self.fine_mpp} if self.fine_mpp else {},
             metrics={"validation": {k: last[k] for k in last if k.startswith("val_")}, "epoch": last["epoch"]},
             training={"dataset": str(self.dataset), "train_patients": self.tr_patients,
                       "validation_patients": self.va_patients, "settings": training["settings"],
                       "patch_size": cfg.patch_size, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed,
                       "freeze_bn": training["settings"]["freeze_bn"], "ema": cfg.ema, "scale": cfg.scale,
+                      "fine_scale": self.fine, "fine_share": cfg.fine_share if self.fine else 0,
+                      "hed_sigma": cfg.hed_sigma,
                       "magnification": self.mags, "init_encoder": Path(cfg.init_encoder).name if cfg.init_encoder
                       else None, "init_checkpoint": str(self.start) if self.start else None,
                       "aggregation": "mean of tile logits, then softmax(logits / temperature)"})
@@ -187,6 +226,14 @@ class ClassifierHooks(TaskHooks):
             "ece_before": before, "ece_after": after, "bins": 10,
             "nll_before": nll(softmax(v["logits"]), self.va_labels),
             "nll_after": nll(softmax(v["logits"] / T), self.va_labels)}
+        if self.va_fine:  # one temperature per scale: each scale calibrated on its own fields
+            f = validate(net, self.va_fine, self.va_labels, self.va_groups, cfg.patch_size)
+            Tf = fit_temperature(f["logits"], self.va_labels)
+            meta.training["calibration"]["temperatures"] = {str(self.mpp): T, str(self.fine_mpp): Tf}
+            meta.training["calibration"]["fine"] = {
+                "temperature": Tf, "fitted_on": "centre 400X-like field of each validation image",
+                "ece_before": expected_calibration_error(softmax(f["logits"]), self.va_labels),
+                "ece_after": expected_calibration_error(softmax(f["logits"] / Tf), self.va_labels)}
         meta.training.update({"epochs": summary["epochs_run"], "best_epoch": summary["best_epoch"],
                               "stop_reason": summary["stop_reason"], "minutes": round(summary["seconds"] / 60, 2),
                               "history": summary["history"]})

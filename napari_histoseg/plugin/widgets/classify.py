@@ -34,6 +34,10 @@ from napari_histoseg.plugin.widgets._runner import Runner, RunsWork
 from napari_histoseg.plugin.widgets._shapes import shape_masks
 
 WHAT = [("the visible area", "view"), ("each shape I drew", "shapes"), ("each tumour region", "tumour")]
+#: Magnification choices (microscope convention: objective x 10 eyepiece); None: the image's µm/px, else estimated
+MAGNIFICATIONS = [("from the image, else estimated", None), ("40x", 40.0), ("100x", 100.0), ("200x", 200.0),
+                  ("400x", 400.0)]
+SOURCES = {"given": "image's µm/px", "magnification": "stated", "estimate": "estimated", "unknown": "scale unknown"}
 #: Grad-CAM colours: 0 transparent (the tissue shows through), 1 opaque red
 CAM_COLORMAP = {"name": "classifier evidence", "colors": [[1.0, 0.1, 0.0, 0.0], [1.0, 0.1, 0.0, 1.0]]}
 COLOURS = {"malignant": (0.95, 0.2, 0.2, 1.0), "benign": (0.2, 0.5, 1.0, 1.0)}
@@ -71,7 +75,14 @@ class ClassifyWidget(RunsWork, Scrolling, Container):
         self.shapes = ComboBox(label="Shape layer", choices=self._choices(Shapes), visible=False)
         self.tumour = ComboBox(label="Tumour layer", choices=self._choices(Labels), visible=False)
         self.mpp = FloatSpinBox(label="µm/px (0: image's)", min=0.0, max=50.0, step=0.01, value=0.0,
-                                tooltip="Pixel size of the image; 0: from the image (a warning if unknown)")
+                                tooltip="Pixel size of the image; 0: from the image, else from the "
+                                        "magnification below, else estimated from nucleus size")
+        self.magnification = ComboBox(
+            label="Magnification", choices=MAGNIFICATIONS, value=None,
+            tooltip="The field's magnification as the microscope states it (objective x 10 eyepiece: "
+                    "BreakHis 40x-400x). It is used instead of the image's own µm/px; the nuclei are "
+                    "measured to check it, and a warning says when they disagree. A scanner's '40x' "
+                    "objective is about 0.25 µm/px: give that as µm/px instead.")
         self.model = LineEdit(label="Model", value="", tooltip="A classification checkpoint; empty: the bundled one")
         self.model.native.setPlaceholderText("bundled classifier")
         self.gradcam = CheckBox(text="Grad-CAM over each region", value=True)
@@ -80,7 +91,8 @@ class ClassifyWidget(RunsWork, Scrolling, Container):
         self.status = Label(value="Choose what to classify and press Classify.")
         self.status.native.setWordWrap(True)
         self.runner = Runner(self.status, self.run_button, self.cancel_button)
-        self.extend([self.image, self.what, self.shapes, self.tumour, self.mpp, *self.model_choice.backend_widgets,
+        self.extend([self.image, self.what, self.shapes, self.tumour, self.mpp, self.magnification,
+                     *self.model_choice.backend_widgets,
                      self.model, self.gradcam,
                      Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
                      self.status])
@@ -124,13 +136,16 @@ class ClassifyWidget(RunsWork, Scrolling, Container):
         else:
             y0, x0, h, w = visible_region(layer, level)
             items = [("view", (y0, x0, h, w), None)]
-        mpp = self.mpp.value or layer.metadata.get("mpp")
+        mag = self.magnification.value
+        mpp = self.mpp.value or (None if mag else layer.metadata.get("mpp"))
         mpp = None if not mpp else float(mpp) * (1 if self.mpp.value else level_downsample(layer, level))
-        return layer, level, items, mpp
+        if mag:  # stated for the full-resolution image; a pyramid level is that much less magnified
+            mag = float(mag) / level_downsample(layer, level)
+        return layer, level, items, mpp, mag
 
     def run(self):
         try:
-            layer, level, items, mpp = self._request()
+            layer, level, items, mpp, mag = self._request()
         except Exception as e:  # noqa: BLE001
             show_error(f"Cannot classify: {e}")
             return None
@@ -144,14 +159,14 @@ class ClassifyWidget(RunsWork, Scrolling, Container):
         data, ref = level_data(layer, level), self.model.value.strip() or BUNDLED
 
         def classify(crop, mask, name):
-            return backend.classify(crop, ref, region=mask, mpp=mpp, what=name)
+            return backend.classify(crop, ref, region=mask, mpp=mpp, what=name, magnification=mag)
 
         explain = None
         if self.gradcam.value and self.model_choice.runs_on.value == THIS_COMPUTER:
             from napari_histoseg.classifier.infer import explain_region
 
             def explain(crop, mask):
-                return explain_region(crop, backend.model(ref, task="classification"), mask, mpp)
+                return explain_region(crop, backend.model(ref, task="classification"), mask, mpp, magnification=mag)
         elif self.gradcam.value:
             show_warning("The classifier's Grad-CAM is made on this computer only: none over the server's labels.")
         return self.runner.start(lambda *_: iter_classify_regions(data, items, classify, explain),
@@ -170,7 +185,10 @@ class ClassifyWidget(RunsWork, Scrolling, Container):
             cy, cx = (np.argwhere(mask).mean(0) if mask is not None else (h / 2, w / 2))
             points.append((y0 + cy, x0 + cx))
             tiles = f"{r.n_tiles} tile{'s' if r.n_tiles != 1 else ''}"
-            text.append(f"{name}: {r.label} {r.probability:.2f} ± {r.spread:.2f} ({tiles})")
+            sc = getattr(r, "scale", None) or {}
+            at = (f", {sc['magnification']:.0f}x {SOURCES.get(sc.get('source'), '')}" if sc.get("magnification")
+                  else "")
+            text.append(f"{name}: {r.label} {r.probability:.2f} ± {r.spread:.2f} ({tiles}{at})")
             colours.append(COLOURS.get(r.label, (1, 1, 1, 1)))
         place = placement(layer, level)
         if heat is not None and points:  # first, so the labels are drawn over it
