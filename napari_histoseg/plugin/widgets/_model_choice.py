@@ -29,6 +29,15 @@ class ModelChoice:
     _syncing = False
 
     @classmethod
+    def remember(cls, path) -> None:
+        """Offer the checkpoint ``path`` in every chooser (e.g. the original an adapted model
+        came from, so that it stays one click away)."""
+        if str(path) not in cls._known:
+            cls._known.insert(0, str(path))
+        for chooser in [c for c in cls._live if c.models]:
+            chooser.model.reset_choices()
+
+    @classmethod
     def broadcast(cls, path) -> int:
         """Switch every widget's model to the checkpoint ``path``; returns how many."""
         if str(path) not in cls._known:
@@ -74,7 +83,7 @@ class ModelChoice:
     def _choices(_widget=None):
         from pathlib import Path
 
-        made = [(f"{Path(p).stem} (fine-tuned)", p) for p in ModelChoice._known if Path(p).is_file()]
+        made = [(f"{Path(p).stem} ({_kind(Path(p).stem)})", p) for p in ModelChoice._known if Path(p).is_file()]
         return [("bundled default", BUNDLED), *made, (MODEL_FILE, MODEL_FILE)]
 
     @property
@@ -171,6 +180,13 @@ class ModelChoice:
 
             ref = bundled_model_path()
         return read_meta(ref)
+
+
+def _kind(stem: str) -> str:
+    """How a checkpoint made in this session is labelled in the chooser."""
+    if "-adapt" in stem:
+        return "adapted to a slide"
+    return "fine-tuned" if "-ft" in stem else "checkpoint"
 
 
 def _is_remote(backend) -> bool:

@@ -251,11 +251,16 @@ class FineTuneWidget(RunsWork, Scrolling, Container):
         layer = self.viewer.add_labels(merged, name=name, scale=mask.scale, translate=mask.translate,
                                        metadata={"model": str(out), "histoseg_edits": mask.metadata.get(
                                            "histoseg_edits")})
+        from napari_histoseg.models.bundled import is_bundled
+
+        start = summary["adaptation"]["start"]["path"]
+        if not is_bundled(start):
+            ModelChoice.remember(start)  # the original stays one click away
         switched = ModelChoice.broadcast(out)
         show_info(f"Adapted model written to {out}; '{layer.name}' holds the fields not yet reviewed segmented "
                   "again (yours unchanged)")
         return (f"Learnt in {summary['seconds']:.0f} s ({summary['steps']} steps). New model {out.name}; "
-                f"{switched} widget(s) now use it ('bundled default' in Model goes back). '{layer.name}': "
+                f"{switched} widget(s) now use it (Model lists the original too). '{layer.name}': "
                 f"the fields you have not reviewed, segmented again.")
 
     def _done(self, summary, out):
