@@ -241,7 +241,7 @@ def test_a_stroke_in_one_texture_does_not_take_the_touching_one_of_the_same_colo
     assert labels[:, 148:].mean() < 0.05, "the other texture stays as it was"
 
 
-@pytest.mark.parametrize("method", ["confined", "lgc"])
+@pytest.mark.parametrize("method", ["confined", "region", "lgc"])
 def test_a_stroke_and_clicks_are_always_honoured(real, method):
     img, prior = real
     seeds = np.zeros(img.shape[:2], np.uint8)
@@ -253,9 +253,10 @@ def test_a_stroke_and_clicks_are_always_honoured(real, method):
         assert np.all(labels[seeds == 1] == 1) and np.all(labels[seeds == 2] == 0)
 
 
-def test_undo_and_redo_give_exactly_the_labels_of_before(real):
+@pytest.mark.parametrize("method", ["confined", "region"])
+def test_undo_and_redo_give_exactly_the_labels_of_before(real, method):
     img, prior = real
-    session = RefineSession(img, prior)
+    session = RefineSession(img, prior, method=method)
     s1 = click(img.shape[:2], 100, 100, 1)
     s2 = s1.copy()
     s2[200:205, 40:300] = 2
@@ -303,3 +304,67 @@ def test_robot_strokes_along_the_largest_error_inside_it():
     img, inside = disk_image(256, 80)
     dices = simulate_strokes(img, inside.astype(np.uint8), refine, max_strokes=3)
     assert len(dices) == 4 and dices[1] > 0.9 and worst_drop(dices) < 0.02
+
+
+def square_half_wrong(seed=0):
+    """Pink tissue with a purple block (x 250..400); the model's confident tumour square
+    (x 100..400) covers the block and, wrongly, as much pink beside it."""
+    rng = np.random.default_rng(seed)
+    img = np.full((512, 512, 3), PINK, np.float32)
+    img[100:400, 250:400] = PURPLE
+    img = np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)
+    prior = np.full((512, 512), 0.05, np.float32)
+    prior[100:400, 100:400] = 0.95
+    return img, prior
+
+
+def test_region_one_click_clears_the_wrong_half_of_a_confident_region():
+    img, prior = square_half_wrong()
+    labels = refine(img, click((512, 512), 250, 175, 2), prior=prior, method="region")
+    assert labels[110:390, 110:240].mean() < 0.05, "the pink half the model got wrong is cleared"
+    assert labels[110:390, 260:390].mean() > 0.99, "the purple half stays tumour"
+    assert labels[:, :90].max() == 0 and labels[:90].max() == 0
+
+
+def test_hold_keeps_a_stroke_from_taking_confident_uniform_ground_far_away():
+    rng = np.random.default_rng(0)
+    img = np.clip(np.full((512, 512, 3), PINK, np.float32) + rng.normal(0, 6, (512, 512, 3)), 0, 255)
+    prior = np.full((512, 512), 0.02, np.float32)  # the model: confidently no tumour
+    seeds = np.zeros((512, 512), np.uint8)
+    seeds[254:259, 200:312] = 1
+    from scipy import ndimage
+
+    far = ndimage.distance_transform_edt(seeds == 0) > 60
+    labels = refine(img.astype(np.uint8), seeds, prior=prior, hold=1.0)
+    assert np.all(labels[seeds == 1] == 1)
+    assert labels[far].max() == 0, "nothing beyond 60 px of the stroke changes"
+
+
+@pytest.mark.parametrize("method, near_share", [("region", 0.8), ("lgc", 0.9)])
+def test_a_stroke_near_a_wrong_boundary_moves_it_and_erases_nothing(method, near_share):
+    from scipy import ndimage
+
+    img, inside = disk_image(noise=6.0)
+    yy, xx = np.mgrid[:512, :512]
+    model = (yy - 256) ** 2 + (xx - 226) ** 2 <= 150 ** 2  # the model's disk, 30 px too far left
+    prior = np.where(model, 0.9, 0.1).astype(np.float32)
+    seeds = np.zeros((512, 512), np.uint8)
+    seeds[226:286, 394:399] = 1  # a stroke in the missed crescent
+    labels = refine(img, seeds, prior=prior, method=method)
+    near = ndimage.distance_transform_edt(seeds == 0) < 50
+    assert labels[inside & ~model & near].mean() > near_share, "the boundary moves out to the colour edge"
+    assert labels[inside & model].mean() > 0.99, "the rest of the disk stays"
+    assert labels[~inside & ~model].mean() < 0.01, "no tumour across the edge"
+
+
+def test_region_zones_undo_and_redo_exactly():
+    img, prior = square_half_wrong()
+    session = RefineSession(img, prior, method="region")
+    s1 = click((512, 512), 250, 175, 2)  # a zone: the model's square, pink half
+    s2 = s1 + click((512, 512), 30, 30, 1)  # and a tumour click far away
+    l1 = session.update(s1)
+    l2 = session.update(s2)
+    assert np.array_equal(session.update(s1), l1)
+    assert np.array_equal(session.update(s2), l2)
+    assert np.array_equal(session.update(np.zeros_like(s1) + click((512, 512), 450, 450, 2)),
+                          refine(img, click((512, 512), 450, 450, 2), prior=prior, method="region"))

@@ -4,6 +4,35 @@ Every entry point (``RefineSession``, ``refine``, ``histoseg refine``, the Refin
 goes through :func:`check_params`, which uses the project's one input-checking layer
 (:mod:`napari_histoseg.io.checks`): a value out of range, NaN or of the wrong type gets a
 message naming the parameter and its range.
+
+Parameters of ``method="confined"`` and ``"region"``
+----------------------------------------------------
+confidence_weight (1; region 0.3)
+    Leak ``confidence_weight * |2 p - 1| * (d / reach)^2`` per superpixel, ``d`` the sum
+    of the colour steps along its shortest path from the seeds, at most ``reach``: a
+    confident superpixel resists and passes little on, the more so the more colour lies
+    between it and the seeds (its reach shrinks like one over the square root of the leak).
+reach (12; region 24)
+    Geodesic radius in units of the median colour step between neighbouring superpixels;
+    each hop also costs ``hop_cost``. Superpixels beyond it from every seed keep the
+    model's answer.
+hop_cost (0.5)
+    Cost of one hop on top of its colour step.
+texture_weight (1)
+    The coarse graph's superpixels also differ by their local contrast
+    (:func:`~napari_histoseg.refinement.graph.texture_features`, times this weight, in
+    colour units); 0 for colour alone.
+hold (0)
+    With a prior: a superpixel whose answer is confident stays as the model has it unless
+    a seed of the other class lies within ``reach * (1 - hold * |2p - 1|)``; 1 stops a
+    stroke from taking confident ground away from it (and also slows corrections of a
+    confidently wrong model: see BENCHMARKS.md, Refinement).
+zone_factor (1.5), zone_hop (1), zone_confidence (2), zone_max (6)
+    ``"region"`` only (:mod:`napari_histoseg.refinement.zones`): a group of at most
+    ``zone_max`` seeded superpixels of one class inside a region the model gave to the
+    other class discredits the model within ``zone_factor`` times its geodesic distance
+    to that region's border; a hop there costs its colour step plus ``zone_hop`` plus
+    ``zone_confidence`` times the confidence.
 """
 
 from __future__ import annotations

@@ -89,27 +89,15 @@ class RefineSession:
         superpixels with ``|G|`` below it get no pixel-level solve). Default 0.01.
     tol : float
         Relative residual at which the conjugate gradients stop. Default 1e-3.
-    method : {"confined", "lgc"}
+    method : {"confined", "region", "lgc"}
         ``"lgc"``: the plain propagation above (every seed reaches as far as colour lets
-        it). ``"confined"`` (default) adds two limits, so that a stroke means "these
-        pixels and what is clearly like them": the model's confidence as a per-node
-        fidelity (``confidence_weight``: a confident superpixel resists and passes
-        little on) and a geodesic reach (superpixels farther than ``reach`` from every
-        seed, along colour steps, keep the model's answer).
-    confidence_weight : float
-        ``"confined"``: leak ``confidence_weight * |2 p - 1| * (d / reach)^2`` per
-        superpixel, ``d`` the sum of the colour steps along its shortest path from the
-        seeds, at most ``reach`` (its reach shrinks like one over the square root of the
-        leak). Default 1.
-    reach : float
-        ``"confined"``: geodesic radius in units of the median colour step between
-        neighbouring superpixels; each hop also costs ``hop_cost``. Default 12.
-    hop_cost : float
-        ``"confined"``: cost of one hop on top of its colour step. Default 0.5.
-    texture_weight : float
-        ``"confined"``: the coarse graph's superpixels also differ by their local
-        contrast (:func:`~napari_histoseg.refinement.graph.texture_features`, times
-        this weight, in colour units); 0 for colour alone. Default 1.
+        it). ``"confined"`` (default) bounds a seed's reach by colour and the model's
+        confidence, so that a stroke means "these pixels and what is clearly like them";
+        ``"region"`` adds that a click inside a region the model got wrong overrides the
+        model around it. Their own parameters (``confidence_weight``, ``reach``,
+        ``hop_cost``, ``texture_weight``, ``zone_factor``, ``zone_hop``,
+        ``zone_confidence``, ``zone_max``, ``hold``) are described in
+        :mod:`napari_histoseg.refinement.params`.
 
     Attributes
     ----------
