@@ -232,3 +232,20 @@ def test_clahe_leaves_background_pale():
     assert out.min() >= 240
     with pytest.raises(ValueError, match="space"):
         clahe(white, space="rgb")
+
+
+
+def test_macenko_tells_haematoxylin_from_eosin_on_a_purple_heavy_stain():
+    """Stain vectors as estimated on a BCSS tile: there eosin's red OD (0.43) exceeds
+    haematoxylin's (0.33), so the old rule 'haematoxylin absorbs more red' swapped them and
+    normalised nuclei came out pink on blue stroma. The estimate must find H as H."""
+    h_vec = np.array([0.33, 0.75, 0.58]); h_vec /= np.linalg.norm(h_vec)
+    e_vec = np.array([0.43, 0.87, 0.24]); e_vec /= np.linalg.norm(e_vec)
+    rng = np.random.default_rng(0)
+    conc = np.zeros((128, 128, 2))
+    conc[..., 0] = rng.gamma(1.2, 0.35, (128, 128))       # haematoxylin, skewed like nuclei
+    conc[..., 1] = rng.gamma(2.0, 0.25, (128, 128))       # eosin everywhere
+    rgb = rgb_from_od(conc[..., :1] * h_vec + conc[..., 1:] * e_vec)
+    est = MacenkoNormaliser().fit(rgb).source_stain_matrix
+    assert est[0] @ h_vec > 0.98 and est[1] @ e_vec > 0.98
+

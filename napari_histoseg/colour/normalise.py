@@ -9,7 +9,7 @@ gives exactly the whole-image result. Optical density and matrices: see
 from __future__ import annotations
 
 import numpy as np
-from skimage.color import lab2rgb, rgb2lab
+from skimage.color import lab2rgb, rgb2lab, rgb_from_hed
 
 from napari_histoseg.colour.stain import apply_3x3, optical_density, rgb_float, rgb_from_od, tissue_mask
 
@@ -49,7 +49,10 @@ def _macenko_estimate(rgb, beta, alpha, percentile, min_pixels):
     he = np.array([plane @ [np.cos(lo), np.sin(lo)], plane @ [np.cos(hi), np.sin(hi)]])
     he *= np.where(he.sum(1, keepdims=True) < 0, -1.0, 1.0)
     he /= np.linalg.norm(he, axis=1, keepdims=True)
-    if he[0, 0] < he[1, 0]:  # haematoxylin absorbs more red than eosin
+    # which vector is haematoxylin: the order that lies closer to Ruifrok & Johnston's H and E
+    # (a plain "haematoxylin absorbs more red" test swaps them on purple-heavy images, e.g. BCSS)
+    ref = rgb_from_hed[:2] / np.linalg.norm(rgb_from_hed[:2], axis=1, keepdims=True)
+    if he[0] @ ref[1] + he[1] @ ref[0] > he[0] @ ref[0] + he[1] @ ref[1]:
         he = he[::-1].copy()
     max_c = np.percentile(tissue @ np.linalg.pinv(he), percentile, axis=0)
     if not np.all(np.isfinite(he)) or abs(he[0] @ he[1]) > 0.999 or np.any(max_c <= 1e-3):
