@@ -407,3 +407,63 @@ def test_server_explains_a_classification_like_local(task_server, he_image):
     np.testing.assert_allclose(got, local, atol=2e-3)  # float16 on the wire
     with pytest.raises(ValueError, match="nuclei .instances. has no explanations"):
         drive(LocalBackend().explain(crop, task="instances"))
+
+
+def test_remote_classify_tells_a_refused_region_from_an_error(task_server, he_image):
+    """Over a server, a region the classifier refuses (no tissue) is refused like locally, so
+    the Classify widget reports that region and goes on with the others."""
+    from napari_histoseg.classifier.infer import ClassifierInputError
+    from napari_histoseg.classifier.regions import iter_classify_regions
+
+    url, (_, classifier) = task_server
+    remote = RemoteBackend(url, token=TOKEN)
+    glass = np.full((400, 400, 3), 243, np.uint8)
+    with pytest.raises(ClassifierInputError, match="tissue"):
+        drive(remote.classify(glass, str(classifier), mpp=0.5))
+    image = np.concatenate([glass, np.ascontiguousarray(he_image[:400, :400])], axis=1)
+    items = [("glass", (0, 0, 400, 400), None), ("tumour", (0, 400, 400, 400), None)]
+    results, _ = drive(iter_classify_regions(image, items, lambda crop, mask, name: remote.classify(
+        crop, str(classifier), mpp=0.5)))
+    assert isinstance(results[0][3], str) and "tissue" in results[0][3]     # refused, with the reason
+    assert results[1][3].label in ("benign", "malignant") or results[1][3].n_tiles > 0
+    with pytest.raises(BackendError, match="HTTP 400"):                    # an error stays an error
+        drive(remote.classify(glass, str(classifier), mpp="x"))
+
+
+def test_remote_nuclei_report_the_servers_progress(task_server, he_image):
+    url, (nuclei, _) = task_server
+    remote = RemoteBackend(url, token=TOKEN)
+    remote.poll = 0.01
+    steps = []
+    labels, _ = drive(remote.detect_nuclei(he_image, str(nuclei), mpp=0.25), progress=lambda *s: steps.append(s))
+    assert labels.max() > 5 and steps[0] == (0, 1) and steps[-1] == (1, 1)
+    inner = steps[1:-1]
+    assert inner and all(0 <= d <= t and t > 1 for d, t in inner)          # the server's own tiles, in between
+    assert [d for d, _ in inner] == sorted(d for d, _ in inner)
+
+
+def test_a_restarted_server_cleans_up_and_still_knows_its_finished_jobs(tmp_path):
+    """Unpacked uploads, uploaded checkpoints and jobs that were running when the server
+    stopped are removed; a finished job answers again (its checkpoint can be fetched); nothing
+    else in --workdir is touched. Job states are JSON even when training reported NaN."""
+    from napari_histoseg.server.jobs import Job
+
+    own = tmp_path / "histoseg-serve"
+    for leftover in ("incoming/dataset-abc/images", "uploads", "jobs/aaaaaaaaaaaa", "jobs/bbbbbbbbbbbb"):
+        (own / leftover).mkdir(parents=True)
+    (own / "uploads" / "0123.safetensors").write_bytes(b"x" * 100)
+    (tmp_path / "dataset-mine").mkdir()            # the user's own folder beside it
+    done = Job("bbbbbbbbbbbb", "random", tmp_path / "gone", own / "jobs/bbbbbbbbbbbb/ft.safetensors",
+               {"epochs": 1, "name": "ft"}, state="done", step={"loss": float("nan")}, ended=time.time())
+    done.out.write_bytes(b"weights")
+    (done.out.parent / "job.json").write_text(json.dumps({**done.public(), "created": done.created,
+                                                          "ended": done.ended, "out": done.out.name}))
+    assert json.loads(json.dumps(done.public(), allow_nan=False))["step"] == {"loss": None}
+    app = create_app(ServerConfig(device="cpu", bundled=False, workdir=tmp_path))
+    assert not (own / "incoming").exists() and not (own / "uploads").exists()
+    assert not (own / "jobs/aaaaaaaaaaaa").exists() and (tmp_path / "dataset-mine").is_dir()
+    with ServerThread(app) as url:
+        state = httpx.get(f"{url}/jobs/bbbbbbbbbbbb").json()
+        assert state["state"] == "done" and state["checkpoint_ready"] and state["new_model"] is None
+        assert httpx.get(f"{url}/jobs/bbbbbbbbbbbb/checkpoint").content == b"weights"
+        assert httpx.get(f"{url}/jobs/aaaaaaaaaaaa").status_code == 404

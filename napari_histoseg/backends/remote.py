@@ -12,15 +12,14 @@ model is uploaded once (the server knows it by its SHA-256 afterwards).
 
 from __future__ import annotations
 
-import io
 import time
-import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 
 from napari_histoseg.backends import wire
+from napari_histoseg.backends.wire import zip_dataset
 from napari_histoseg.models.bundled import BUNDLED
 
 
@@ -31,6 +30,19 @@ class BackendError(ValueError):
 
 class BackendConnectionError(BackendError, ConnectionError):
     """The server could not be reached, or the connection broke during a request."""
+
+
+class InputRefused(BackendError):
+    """The server's task refused this input (HTTP 422 marked ``X-Refused: input``): the input
+    cannot be used (a region that is not H&E), which is not an error of the server;
+    ``detail`` is the task's own message."""
+
+    def __init__(self, message: str, detail: str):
+        super().__init__(message)
+        self.detail = detail
+
+
+PROGRESS_HEADER = "X-Progress-Id"
 
 
 class RemoteBackend:
@@ -45,6 +57,8 @@ class RemoteBackend:
     timeout : float
         Seconds to wait for an answer to one request.
     """
+
+    poll = 0.25   # seconds between progress reads while a one-request task runs
 
     def __init__(self, url: str, token: str | None = None, timeout: float = 120.0):
         import httpx
@@ -75,8 +89,11 @@ class RemoteBackend:
             except ValueError:
                 detail = r.text
             what = {401: "refused the token", 403: "refused access", 404: "has no such thing",
-                    413: "refused a request this large"}.get(r.status_code, "failed")
-            raise BackendError(f"the server at {self.url} {what} (HTTP {r.status_code}): {detail}")
+                    413: "refused a request this large", 503: "is busy"}.get(r.status_code, "failed")
+            message = f"the server at {self.url} {what} (HTTP {r.status_code}): {detail}"
+            if r.status_code == 422 and r.headers.get("x-refused") == "input":
+                raise InputRefused(message, str(detail))
+            raise BackendError(message)
         return r
 
     def _array(self, r) -> np.ndarray:
@@ -153,9 +170,14 @@ class RemoteBackend:
 
     def infer(self, task: str, image, model_ref=BUNDLED, *, device=None, engine=None, **options):
         """Generator like :meth:`LocalBackend.infer`. Segmentation tiles here (as :meth:`segment`);
-        the other tasks send the image and the options in one request (``POST /infer/{task}``),
-        yielding ``(0, 1)`` before it and ``(1, 1)`` after. ``device`` and ``engine`` are the
-        server's to choose and are ignored."""
+        the other tasks send the image and the options in one request (``POST /infer/{task}``)
+        and yield the server's ``(done, total)`` while it works (read from ``GET /progress``);
+        closing the generator stops the work on the server too. A region the classifier
+        refuses raises :class:`~napari_histoseg.classifier.infer.ClassifierInputError`, as
+        locally. ``device`` and ``engine`` are the server's to choose and are ignored."""
+        import threading
+        import uuid
+
         from napari_histoseg.tasks import check_infer_options, get_task
 
         if task == "segmentation":
@@ -163,15 +185,61 @@ class RemoteBackend:
         t = get_task(task)
         check_infer_options(t, options)
         ref = self.server_ref(model_ref, task)
-        yield 0, 1
         arrays = {k: np.asarray(v) for k, v in options.items() if isinstance(v, np.ndarray)}
         rest = {k: v for k, v in options.items() if k not in arrays}
         body = wire.pack({"image": np.asarray(image), **arrays}, {"options": rest})
-        r = self.request("POST", f"/infer/{task}", params={"model": ref}, content=body,
-                         headers={"Content-Type": wire.NPZ})
+        key, answer = uuid.uuid4().hex, {}
+
+        def send():
+            try:
+                answer["r"] = self.request("POST", f"/infer/{task}", params={"model": ref}, content=body,
+                                           headers={"Content-Type": wire.NPZ, PROGRESS_HEADER: key})
+            except Exception as e:  # noqa: BLE001 - raised in the generator below
+                answer["error"] = e
+
+        sender = threading.Thread(target=send, name="histoseg-remote-infer", daemon=True)
+        sender.start()
+        last = (0, 1)
+        yield last
+        try:
+            while sender.is_alive():
+                sender.join(self.poll)
+                step = self._progress(key) if sender.is_alive() else None
+                if step is not None and step != last:
+                    last = step
+                    yield step
+        finally:
+            if sender.is_alive():        # closed by the caller: stop the server's work too
+                self._cancel(key)
+        if "error" in answer:
+            e = answer["error"]
+            if isinstance(e, InputRefused) and task == "classification":
+                from napari_histoseg.classifier.infer import ClassifierInputError
+
+                raise ClassifierInputError(e.detail) from None
+            raise e
+        r = answer["r"]
         result = t.result_from_parts(*wire.unpack(r.content, r.headers.get("content-type")))
         yield 1, 1
         return result
+
+    def _progress(self, key: str):
+        """``(done, total)`` of the request sent with ``key``, or None (not begun, ended, unknown)."""
+        try:
+            r = self._http.get(f"/progress/{key}", timeout=5)
+            if r.status_code != 200:
+                return None
+            step = r.json()
+            done, total = int(step["done"]), int(step["total"])
+        except Exception:  # noqa: BLE001 - progress is best effort; the answer is what counts
+            return None
+        return (done, total) if total > 0 and 0 <= done <= total else None
+
+    def _cancel(self, key: str) -> None:
+        try:
+            self._http.delete(f"/progress/{key}", timeout=5)
+        except Exception:  # noqa: BLE001 - the server may be gone; nothing to stop then
+            pass
 
     def detect_nuclei(self, image, model_ref=BUNDLED, **options):
         """``infer("instances", ...)``: returns ``(labels uint32, table or None)``."""
@@ -352,17 +420,3 @@ def _prediction(prob, region_header, threshold):
     mask = (prob >= threshold).astype(np.uint8) if prob.ndim == 2 else prob.argmax(0).astype(np.uint8)
     region = tuple(int(v) for v in region_header.split(",")) if region_header else (0, 0, *prob.shape[-2:])
     return Prediction(prob, mask, region)
-
-
-def zip_dataset(folder) -> bytes:
-    """A training-data folder as zip bytes (``dataset.json``, images, masks; not ``models/``)."""
-    folder = Path(folder)
-    if not (folder / "dataset.json").is_file():
-        raise ValueError(f"{folder} has no dataset.json (choose a folder written by Export)")
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
-        for path in sorted(folder.rglob("*")):
-            rel = path.relative_to(folder)
-            if path.is_file() and not path.is_symlink() and rel.parts[0] != "models":
-                zf.write(path, rel.as_posix())
-    return buf.getvalue()

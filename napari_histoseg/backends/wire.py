@@ -236,3 +236,20 @@ def bundled_ref(task: str = "segmentation") -> str:
     """The server's reference of ``task``'s bundled model: ``"bundled"`` for tumour segmentation
     (as it always was), ``"bundled-<task>"`` for the others."""
     return "bundled" if task == "segmentation" else f"bundled-{task}"
+
+
+def zip_dataset(folder) -> bytes:
+    """A training-data folder as zip bytes (``dataset.json``, images, masks; not ``models/``)."""
+    import zipfile
+    from pathlib import Path
+
+    folder = Path(folder)
+    if not (folder / "dataset.json").is_file():
+        raise ValueError(f"{folder} has no dataset.json (choose a folder written by Export)")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for path in sorted(folder.rglob("*")):
+            rel = path.relative_to(folder)
+            if path.is_file() and not path.is_symlink() and rel.parts[0] != "models":
+                zf.write(path, rel.as_posix())
+    return buf.getvalue()

@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse
 
 from napari_histoseg.io.checks import InputError, check_float, check_int
 from napari_histoseg.server.jobs import JobRunner
+from napari_histoseg.server.progress import Progress
 from napari_histoseg.server.routers import explain, infer, jobs, models
 from napari_histoseg.server.routers.common import auth
 from napari_histoseg.server.security import Gate, public_text
@@ -81,6 +82,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
                               f"fine-tuning on this machine's device ({store.device.type}). Arrays travel as raw "
                               "bytes with X-Shape / X-Dtype headers, PNG, NPY or NPZ; never pickle.")
     app.state.store, app.state.jobs, app.state.config, app.state.workdir = store, runner, config, workdir
+    app.state.progress = Progress()
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.include_router(models.public)
     for router in (models.router, infer.router, explain.router, jobs.router):

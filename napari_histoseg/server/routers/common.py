@@ -98,6 +98,7 @@ async def guard(fn, *args, request: Request | None = None, **kwargs):
     """Run blocking work off the event loop; bad input becomes 4xx with a one-line reason
     (paths of the server replaced by names); a task's refusal of an input (a classifier's
     region that is not H&E) is a 422 marked with ``X-Refused: input``."""
+    from napari_histoseg.core.runs import Cancelled
     from napari_histoseg.models.checkpoint import CheckpointError
 
     def fail(code, e, headers=None):
@@ -110,6 +111,8 @@ async def guard(fn, *args, request: Request | None = None, **kwargs):
         return await run_in_threadpool(fn, *args, **kwargs)
     except HTTPException:
         raise
+    except Cancelled as e:
+        fail(409, e)
     except OutsideRoot as e:
         fail(403, e)
     except wire.TooLarge as e:

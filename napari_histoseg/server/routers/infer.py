@@ -41,16 +41,20 @@ class SlideRequest(BaseModel):
     overlap: int = 64
 
 
-def run_task(entry, image, **options):
+def run_task(entry, image, follow=None, **options):
     """``entry``'s task on ``image``: a tumour model's forward passes go through its batcher
-    (stacked with other requests'), the other tasks' runs take turns on the model."""
+    (stacked with other requests'), the other tasks' runs take turns on the model.
+    ``follow``: ``(Progress, key)`` to report each step to (and stop when the client cancels)."""
     task = get_task(entry.task)
     check_infer_options(task, options)
+    progress, key = follow or (None, None)
+    watch = {} if key is None else {"progress": lambda d, t: progress.update(key, d, t),
+                                    "should_stop": lambda: progress.stopped(key), "what": task.title}
     if entry.batcher is not None:
         with entry.batcher.request():
-            return drive(task.iter_infer(entry.engine_model(), image, **options))
+            return drive(task.iter_infer(entry.engine_model(), image, **options), **watch)
     with entry.run_lock:
-        return drive(task.iter_infer(entry.model, image, **options))
+        return drive(task.iter_infer(entry.model, image, **options), **watch)
 
 
 def _prediction_response(pred) -> Response:
@@ -132,8 +136,11 @@ async def infer(request: Request, task: str, model: str = "bundled"):
     in the body. Send an NPZ made by ``backends.wire.pack``: the array ``image``, array options
     (a classification ``region`` mask) and the other options as ``{"options": {...}}``; or just
     the image (raw, PNG or NPY). The answer is the result's arrays and info, packed the same way."""
+    from napari_histoseg.server.progress import HEADER
+
     body = await request.body()
-    store = request.app.state.store
+    store, progress = request.app.state.store, request.app.state.progress
+    key = progress.start(request.headers.get(HEADER))
 
     def run():
         t = get_task(task)
@@ -146,9 +153,29 @@ async def infer(request: Request, task: str, model: str = "bundled"):
             raise ValueError("options must be a JSON object")
         options = {**options, **parts}
         check_options(options, entry.meta, getattr(image, "shape", None), budgets(request)["max_pixels"])
-        return t.result_parts(run_task(entry, image, **options))
-    result_arrays, result_info = await guard(run, request=request)
+        return t.result_parts(run_task(entry, image, (progress, key), **options))
+    try:
+        result_arrays, result_info = await guard(run, request=request)
+    finally:
+        progress.end(key)
     return Response(wire.pack(result_arrays, result_info), media_type=wire.NPZ)
+
+
+@router.get("/progress/{key}", tags=["infer"])
+def get_progress(request: Request, key: str):
+    """``{"done": n, "total": m}`` of a request sent with ``X-Progress-Id: key`` (404 once it ended)."""
+    state = request.app.state.progress.get(key)
+    if state is None:
+        raise HTTPException(404, "no request in progress with that id")
+    return state
+
+
+@router.delete("/progress/{key}", tags=["infer"])
+def cancel_request(request: Request, key: str):
+    """Stop the request sent with ``X-Progress-Id: key`` at its next step (it answers 409)."""
+    if not request.app.state.progress.cancel(key):
+        raise HTTPException(404, "no request in progress with that id")
+    return {"cancelled": True}
 
 
 def check_options(options: dict, meta=None, image_shape=None, max_pixels=None) -> None:
