@@ -8,6 +8,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from napari_histoseg.io.checks import float_arg, int_arg
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -19,18 +21,19 @@ def register(sub) -> None:
     p.add_argument("slides", nargs="+", help="slides: SVS, pyramidal (OME-)TIFF")
     p.add_argument("-o", "--outdir", required=True, help="folder for the OME-Zarr results and report.csv")
     p.add_argument("--model", default="bundled", help="a .safetensors checkpoint (default: the bundled model)")
-    p.add_argument("--model-mpp", type=float, help="µm per pixel the model was trained at (default: its metadata)")
-    p.add_argument("--slide-mpp", type=float, help="µm per pixel of the slides' full resolution (default: their metadata)")
-    p.add_argument("--level", type=int, help="read this pyramid level as it is (no rescaling by mpp)")
+    p.add_argument("--model-mpp", type=float_arg(0, 100, lo_open=True), help="µm per pixel the model was trained at (default: its metadata)")
+    p.add_argument("--slide-mpp", type=float_arg(0, 100, lo_open=True), help="µm per pixel of the slides' full resolution (default: their metadata)")
+    p.add_argument("--level", type=int_arg(0, 64), help="read this pyramid level as it is (no rescaling by mpp)")
     p.add_argument("--scheduler", help="address of a running dask.distributed scheduler (tcp://host:8786)")
-    p.add_argument("--workers", type=int,
+    p.add_argument("--workers", type=int_arg(1, 256),
                    help="start a local dask.distributed cluster of N single-threaded worker processes; "
                         "without --scheduler or --workers: Dask's threaded scheduler in this process")
-    p.add_argument("--threads", type=int, default=None, help="torch threads in this process (threaded scheduler)")
-    p.add_argument("--block", type=int, default=2048, help="px of the map per task and per zarr chunk (default 2048)")
-    p.add_argument("--tile", type=int, default=None, help="tile edge in px (default: the model's)")
-    p.add_argument("--overlap", type=int, default=64, help="tile overlap and block context in px (default 64)")
-    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--threads", type=int_arg(1, 1024), default=None, help="torch threads in this process (threaded scheduler)")
+    p.add_argument("--block", type=int_arg(128, 16384), default=2048, help="px of the map per task and per zarr chunk (default 2048)")
+    p.add_argument("--tile", type=int_arg(64, 4096), default=None, help="tile edge in px (default: the model's)")
+    p.add_argument("--overlap", type=int_arg(0, 2048), default=64, help="tile overlap and block context in px (default 64)")
+    p.add_argument("--threshold", type=float_arg(0, 1, lo_open=True, hi_open=True), default=0.5,
+                   help="tumour probability at or above which a pixel is tumour, in (0, 1) (default 0.5)")
     p.add_argument("--no-tissue", action="store_true", help="segment everything, not only detected tissue")
     p.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--overwrite", action="store_true", help="replace results made with other settings")
@@ -42,7 +45,7 @@ def _client(args):
     if args.scheduler:
         from distributed import Client
 
-        return Client(args.scheduler), None
+        return Client(args.scheduler, timeout="10s"), None
     if args.workers:
         from distributed import Client, LocalCluster
 

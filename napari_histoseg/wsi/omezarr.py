@@ -24,6 +24,7 @@ import json
 import math
 import os
 import shutil
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ import numpy as np
 __all__ = ["create_store", "write_block", "mark_done", "finished_blocks", "read_result", "level_count", "write_labels"]
 
 _BLOCKS = "histoseg-blocks"
+_CREATING = ".histoseg-creating-"
 _V2 = {"name": "v2", "separator": "/"}
 TUMOUR_RGBA = [255, 64, 0, 255]
 TISSUE_RGBA = [64, 160, 255, 255]
@@ -79,11 +81,17 @@ def create_store(path, *, shape, chunk: int, mpp, translate=(0.0, 0.0), tissue=N
     already finished are kept; one made with other settings is refused unless
     ``overwrite`` (then it is deleted first).
 
+    A new store is built under a temporary name beside ``path`` and renamed into place when it
+    is complete, so a run killed while creating it leaves no half store: the same command
+    starts again (and removes what the killed one left).
+
     Returns ``(group, resumed)``.
     """
     import zarr
 
     path = Path(path)
+    for stale in path.parent.glob(f".{path.name}{_CREATING}*"):   # a creation that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     if path.exists():
         old = None
         try:
@@ -96,6 +104,21 @@ def create_store(path, *, shape, chunk: int, mpp, translate=(0.0, 0.0), tissue=N
             why = "with other settings" if old is not None else "and is not a histoseg result"
             raise ValueError(f"{path} already exists {why}; choose another output or overwrite it")
         shutil.rmtree(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    final, path = path, path.with_name(f".{path.name}{_CREATING}{uuid.uuid4().hex[:8]}")
+    try:
+        _build(path, shape=shape, chunk=chunk, mpp=mpp, translate=translate, tissue=tissue,
+               tissue_scale=tissue_scale, settings=settings)
+        os.rename(path, final)   # complete, or not there at all
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
+    return zarr.open_group(str(final), mode="r+"), False
+
+
+def _build(path: Path, *, shape, chunk, mpp, translate, tissue, tissue_scale, settings) -> None:
+    import zarr
+
     root = zarr.open_group(str(path), mode="w", zarr_format=2)
     levels = level_count(shape, chunk)
     _pyramid(root, shape, chunk, levels)
@@ -127,7 +150,6 @@ def create_store(path, *, shape, chunk: int, mpp, translate=(0.0, 0.0), tissue=N
         "histoseg": {"settings": settings, "probability_scale": 1 / 255, "chunk": chunk},
     })
     (path / _BLOCKS).mkdir(exist_ok=True)
-    return root, False
 
 
 def _halve(a: np.ndarray, mean: bool) -> np.ndarray:

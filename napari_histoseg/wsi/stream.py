@@ -228,10 +228,22 @@ def prepare(slide_path, out, *, model="bundled", model_mpp=None, slide_mpp=None,
     the blocks already finished (``{(by, bx): stats}``) and warnings to show.
     """
     from napari_histoseg.io import open_image
+    from napari_histoseg.io.checks import InputError, check_float, check_int
     from napari_histoseg.models.checkpoint import read_meta
 
-    if block % 64 or block < 128:
-        raise ValueError(f"block must be a multiple of 64 and at least 128 px, got {block}")
+    block = check_int(block, "block", lo=128, hi=16384)
+    if block % 64:
+        raise InputError(f"block must be a multiple of 64 and at least 128 px, got {block}")
+    if model_mpp is not None:
+        model_mpp = check_float(model_mpp, "model mpp", lo=0, lo_open=True, hi=100)
+    if slide_mpp is not None:
+        slide_mpp = check_float(slide_mpp, "slide mpp", lo=0, lo_open=True, hi=100)
+    if level is not None:
+        level = check_int(level, "level", lo=0, hi=64)
+    if tile is not None:
+        tile = check_int(tile, "tile", lo=64, hi=4096)
+    overlap = check_int(overlap, "overlap", lo=0, hi=2048)
+    threshold = check_float(threshold, "threshold", lo=0, hi=1, lo_open=True, hi_open=True)
     model = str(model or "bundled")
     if model == "bundled":
         from napari_histoseg.models.bundled import bundled_model_path
@@ -247,6 +259,10 @@ def prepare(slide_path, out, *, model="bundled", model_mpp=None, slide_mpp=None,
         tmask = slide_tissue(slide) if tissue else None
         translate = ((scale.downsample - 1) / 2 * s_mpp,) * 2 if s_mpp else (0.0, 0.0)
     tile = int(tile or meta.tile_size)
+    if 2 * overlap >= tile:
+        raise InputError(f"overlap {overlap} must be less than half the tile ({tile} px)")
+    if 2 * overlap >= block:
+        raise InputError(f"overlap {overlap} must be less than half the block ({block} px)")
     settings = {"slide": str(Path(slide_path).resolve()), "size": os.path.getsize(slide_path), "model": model,
                 "level": scale.level, "factor": scale.factor, "shape": list(scale.shape), "block": block,
                 "tile": tile, "overlap": overlap, "threshold": threshold, "tissue": bool(tissue)}
