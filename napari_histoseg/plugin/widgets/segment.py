@@ -208,5 +208,7 @@ class SegmentWidget(RunsWork, Scrolling, Container):
         labels.colormap = tumour_colormap(colour)
         frac = float(pred.mask.mean()) * 100
         where = self.backend.describe(ref, self.device.value, self.engine.value)
-        return (f"Done: {frac:.1f} % of the {self.region.value} is tumour, in layer '{labels.name}'. "
+        scaled = (f" Seen at {pred.model_mpp:g} µm/px (the image is {pred.image_mpp:g})."
+                  if getattr(pred, "scale", 1.0) != 1.0 and getattr(pred, "image_mpp", None) else "")
+        return (f"Done: {frac:.1f} % of the {self.region.value} is tumour, in layer '{labels.name}'.{scaled} "
                 f"Model: {where}")
