@@ -345,16 +345,18 @@ def test_boundary_proximity_and_either():
 
 
 def test_the_review_queue_starts_where_errors_are_likely():
-    """Two fields answered with the same confidence: one crossed by the predicted outline (where
-    this model's errors lie, BENCHMARKS.md), one all tumour. The default ranking puts the first
-    ahead; plain entropy cannot tell them apart."""
+    """The default order (entropy, the probability's best predictor of errors) puts the field the
+    model is unsure of first; the 'uncertainty' order also counts the nearness of the outline,
+    which entropy alone cannot see where both sides are answered with confidence."""
     from napari_histoseg.review import ReviewSource, make_fields, rank_fields
     from napari_histoseg.review.ranking import DEFAULT_RANKING
 
-    prob = np.full((128, 256), 0.97, np.float32)
-    prob[:, :64] = 0.03  # the outline runs down the left field at x = 64
-    src = ReviewSource.from_arrays(prob, review_dir="unused")
-    fields = make_fields(src, 128)
-    assert DEFAULT_RANKING == "uncertainty"
-    assert [f.index for f in rank_fields(fields)] == [0, 1]
+    assert DEFAULT_RANKING == "entropy"
+    prob = np.full((128, 384), 0.97, np.float32)
+    prob[:, :64] = 0.03        # field 0: an outline at x = 64, both sides confident
+    prob[:, 256:] = 0.55       # field 2: the model is unsure
+    fields = make_fields(ReviewSource.from_arrays(prob, review_dir="unused"), 128)
+    assert [f.index for f in rank_fields(fields)][0] == 2
     assert fields[0].entropy == pytest.approx(fields[1].entropy, abs=1e-6)
+    ranked = [f.index for f in rank_fields(fields, "uncertainty")]
+    assert ranked.index(0) < ranked.index(1)

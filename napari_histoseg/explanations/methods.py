@@ -7,7 +7,7 @@ UNCERTAINTIES = ("entropy", "mc-dropout", "tta", "tta-entropy", "tta-boundary")
 ATTRIBUTIONS = ("gradcam", "hirescam", "inputxgrad", "gradcam-ixg", "shap", "superpixel-shap")
 #: the default saliency and uncertainty methods, chosen by benchmarks/bench_explain.py
 DEFAULT_SALIENCY = "gradcam-ixg"
-DEFAULT_UNCERTAINTY = "tta"
+DEFAULT_UNCERTAINTY = "tta-entropy"
 TARGETS = ("mask", "all", "view")
 
 

@@ -58,9 +58,10 @@ class ReviewWidget(Scrolling, Container):
                                tooltip="Where reviews are kept; empty: beside the result or the image")
         self.size = SpinBox(label="Field size (px)", min=64, max=16384, step=64, value=512)
         self.ranking = ComboBox(label="Order", choices=list(RANKINGS), value=DEFAULT_RANKING,
-                                tooltip="uncertainty: where the model is unsure or near its outline first (best "
-                                        "at finding its errors); entropy: where it is least sure; disagreement: "
-                                        "where the mask differs from the model; random, raster: for comparison")
+                                tooltip="entropy: where the model is least sure first (of the probability's maps, "
+                                        "the best at finding its errors); uncertainty: unsure or near its outline; "
+                                        "disagreement: where the mask differs from the model; random, raster: "
+                                        "for comparison")
         self.reviewer = LineEdit(label="Reviewer", value=getpass.getuser())
         self.start_button = PushButton(text="Start review")
         self.where = Label(value=NOT_STARTED)
