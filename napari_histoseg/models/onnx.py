@@ -66,10 +66,8 @@ def sample_calibration_tiles(tile: int = CALIBRATION_TILE) -> list[np.ndarray]:
     return tiles
 
 
-def _quantise(fp32: Path, out: Path, inputs: list[np.ndarray]) -> None:
-    import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+def _reader(inputs: list[np.ndarray]):
+    from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -79,20 +77,83 @@ def _quantise(fp32: Path, out: Path, inputs: list[np.ndarray]) -> None:
             x = next(self._it, None)
             return None if x is None else {"x": x}
 
-    pre = out.with_name(out.name + f".{os.getpid()}.pre")
-    tmp = out.with_name(out.name + f".{os.getpid()}.tmp")
+    return Reader()
+
+
+def collect_ranges(fp32: Path, inputs: list[np.ndarray]) -> dict[str, list[float]]:
+    """Min and max of every float tensor of the network over ``inputs`` (normalised NCHW batches)."""
+    import tempfile
+
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+
+    with tempfile.TemporaryDirectory(prefix="histoseg-calib-") as tmp:
+        cal = create_calibrator(Path(fp32), None, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                                calibrate_method=CalibrationMethod.MinMax)
+        cal.collect_data(_reader(inputs))
+        data = cal.compute_data()
+    return {k: [float(np.min(v.range_value[0])), float(np.max(v.range_value[1]))] for k, v in data.data.items()}
+
+
+def _quantise(fp32: Path, out: Path, inputs: Optional[list[np.ndarray]] = None,
+              ranges: Optional[dict] = None) -> None:
+    """Quantise ``fp32`` into ``out``: activation ranges from ``ranges`` (name -> [min, max]) or
+    calibrated on ``inputs``."""
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData, save_tensors_data
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    tag = f".{os.getpid()}"
+    pre, tmp, cache = (out.with_name(out.name + tag + ext) for ext in (".pre", ".tmp", ".ranges.json"))
     try:
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
         convs = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Conv"]
-        quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+        kwargs = {}
+        if ranges is not None:
+            save_tensors_data(TensorsData(CalibrationMethod.MinMax, {k: (np.float32(lo), np.float32(hi))
+                                                                     for k, (lo, hi) in ranges.items()}), cache)
+            kwargs["calibration_cache_path"] = str(cache)
+        quantize_static(str(pre), str(tmp), None if ranges is not None else _reader(inputs),
+                        quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        nodes_to_exclude=convs[-1:])   # the segmentation head stays fp32
+                        nodes_to_exclude=convs[-1:], **kwargs)   # the segmentation head stays fp32
         tmp.replace(out)
     finally:
-        for p in (pre, tmp):
+        for p in (pre, tmp, cache):
             p.unlink(missing_ok=True)
         for p in out.parent.glob(out.name + "*.data"):
             p.unlink(missing_ok=True)
+
+
+def ranges_path(source) -> Optional[Path]:
+    """Where the int8 ranges of a checkpoint (a path, or ``"bundled"``) are kept: ``NAME.int8.json``."""
+    from napari_histoseg.models.bundled import BUNDLED, bundled_path
+
+    if not source:
+        return None
+    if str(source) == BUNDLED:
+        try:
+            source = bundled_path("segmentation")
+        except Exception:  # noqa: BLE001 - no bundled file: no shipped ranges
+            return None
+    return Path(str(source)).with_suffix(".int8.json")
+
+
+def shipped_ranges(source, weights_hash: str) -> Optional[dict]:
+    """The activation ranges shipped beside a checkpoint (``NAME.int8.json``, written by
+    tools/calibrate_int8.py on the training tiles), if they were measured on these weights."""
+    import json
+
+    path = ranges_path(source)
+    if path is None:
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("weights_hash") != weights_hash or not isinstance(data.get("ranges"), dict):
+        return None
+    return data["ranges"]
 
 
 class OnnxSegmenter:
@@ -118,24 +179,33 @@ class OnnxSegmenter:
         self.source = segmenter.source
         self.device = torch.device("cpu")
         self.precision = precision
+        self.calibration = None
         self._mean = np.asarray(self.meta.mean, np.float32).reshape(1, 3, 1, 1)
         self._std = np.asarray(self.meta.std, np.float32).reshape(1, 3, 1, 1)
         module = segmenter.module.float().cpu().eval()
-        stem = f"{segmenter.meta.arch}-{_weights_hash(module)}"
+        weights = _weights_hash(module)
+        stem = f"{segmenter.meta.arch}-{weights}"
         path = _cache_dir() / f"{stem}.onnx"
         if not path.is_file():
             _export(module, path)
         if precision == "int8":
-            tiles = list(calibration) if calibration is not None else sample_calibration_tiles()
-            if not tiles:
-                raise ValueError("int8 quantisation needs at least one calibration tile")
-            inputs = [self._normalise(np.asarray(t, np.uint8)[None]) for t in tiles]
-            h = hashlib.sha256()
-            for x in inputs:
-                h.update(x.tobytes())
+            ranges = None if calibration is not None else shipped_ranges(segmenter.source, weights)
+            if ranges is not None:
+                h = hashlib.sha256(repr(sorted(ranges.items())).encode())
+                self.calibration = f"ranges measured on the training tiles ({ranges_path(segmenter.source).name})"
+                inputs = None
+            else:
+                tiles = list(calibration) if calibration is not None else sample_calibration_tiles()
+                if not tiles:
+                    raise ValueError("int8 quantisation needs at least one calibration tile")
+                inputs = [self._normalise(np.asarray(t, np.uint8)[None]) for t in tiles]
+                h = hashlib.sha256()
+                for x in inputs:
+                    h.update(x.tobytes())
+                self.calibration = f"{len(tiles)} {'given' if calibration is not None else 'bundled sample'} tiles"
             qpath = _cache_dir() / f"{stem}-int8-{h.hexdigest()[:12]}.onnx"
             if not qpath.is_file():
-                _quantise(path, qpath, inputs)
+                _quantise(path, qpath, inputs, ranges)
             path = qpath
         self.path = path
         opts = ort.SessionOptions()

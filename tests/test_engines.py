@@ -1,0 +1,65 @@
+"""The CPU engines: ONNX Runtime fp32 and int8 give the mask PyTorch gives."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+from napari_histoseg.core.tiling import predict  # noqa: E402
+from napari_histoseg.models.onnx import OnnxSegmenter, _weights_hash, shipped_ranges  # noqa: E402
+from napari_histoseg.models.segmenter import ENGINES, Segmenter, load_segmenter  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    import os
+
+    before = os.environ.get("HISTOSEG_CACHE")
+    os.environ["HISTOSEG_CACHE"] = str(tmp_path_factory.mktemp("cache"))   # exports land here
+    yield Segmenter.random(seed=3)
+    if before is None:
+        os.environ.pop("HISTOSEG_CACHE", None)
+    else:
+        os.environ["HISTOSEG_CACHE"] = before
+
+
+@pytest.fixture(scope="module")
+def image():
+    from napari_histoseg.plugin.samples import breast_carcinoma
+
+    return np.asarray(breast_carcinoma()[0][0])[:512, :512]
+
+
+def test_onnx_fp32_and_int8_masks_agree_with_torch(model, image):
+    ref = predict(image, model, tile=256, overlap=32, tissue_gate=False).probability
+    fp32 = OnnxSegmenter(model, threads=1)
+    p32 = predict(image, fp32, tile=256, overlap=32, tissue_gate=False).probability
+    assert np.abs(p32 - ref).max() < 1e-3                     # the same network, to rounding
+    tiles = [image[:256, :256], image[256:, 256:]]
+    int8 = OnnxSegmenter(model, threads=1, precision="int8", calibration=tiles)
+    assert "int8" in int8.description and int8.calibration == "2 given tiles"
+    p8 = predict(image, int8, tile=256, overlap=32, tissue_gate=False).probability
+    assert np.abs(p8 - ref).mean() < 0.05                     # a random net's map, close on average
+    again = OnnxSegmenter(model, threads=1, precision="int8", calibration=tiles)
+    assert again.path == int8.path                            # quantised once, then cached
+
+
+def test_ranges_for_other_weights_are_not_used(model, tmp_path):
+    ckpt = tmp_path / "m.safetensors"
+    (tmp_path / "m.int8.json").write_text(json.dumps({"weights_hash": "0" * 16, "ranges": {"x": [0, 1]}}))
+    assert shipped_ranges(ckpt, _weights_hash(model.module)) is None
+    (tmp_path / "m.int8.json").write_text(json.dumps({"weights_hash": _weights_hash(model.module),
+                                                      "ranges": {"x": [0, 1]}}))
+    assert shipped_ranges(ckpt, _weights_hash(model.module)) == {"x": [0, 1]}
+    (tmp_path / "m.int8.json").write_text("not json")
+    assert shipped_ranges(ckpt, _weights_hash(model.module)) is None
+
+
+def test_unknown_engine_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="onnx-int8"):
+        load_segmenter(None, engine="tensorrt")
+    assert ENGINES == ("torch", "onnx", "onnx-int8")
