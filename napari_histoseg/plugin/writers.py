@@ -58,12 +58,9 @@ def _provenance(meta: dict) -> dict:
 
 
 def _write_json(path, fc) -> list[str]:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(fc, allow_nan=False))
-    tmp.replace(path)
-    return [str(path)]
+    from napari_histoseg.io.atomic import atomic_write_text
+
+    return [str(atomic_write_text(Path(path), json.dumps(fc, allow_nan=False)))]
 
 
 def write_labels_geojson(path: str, data, meta: dict) -> list[str]:
@@ -151,7 +148,10 @@ def write_labels_tiff(path: str, data, meta: dict) -> list[str]:
     _, _, mpp = placement(meta)
     res = {} if not mpp else {"resolution": (1e4 / mpp, 1e4 / mpp), "resolutionunit": "CENTIMETER"}
     tile = (256, 256) if min(labels.shape) >= 256 else None
-    tifffile.imwrite(path, labels, tile=tile, compression="zlib", metadata=None, **res)
+    from napari_histoseg.io.atomic import atomic_path
+
+    with atomic_path(path) as tmp:   # whole or not at all
+        tifffile.imwrite(tmp, labels, tile=tile, compression="zlib", metadata=None, **res)
     return [str(path)]
 
 

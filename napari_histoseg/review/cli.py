@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
+from napari_histoseg.io.checks import int_arg
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -13,13 +15,13 @@ def register(sub) -> None:
                     "each field's status in REVIEWER's saved review (RESULT.ome.zarr/histoseg-review/REVIEWER.json) "
                     "when there is one. Nothing is written unless --save is given.")
     p.add_argument("result", help="RESULT.ome.zarr written by histoseg segment-slides")
-    p.add_argument("--size", type=int, default=None, help="field edge in map px (default 512, or the saved review's)")
+    p.add_argument("--size", type=int_arg(64, 16384), default=None, help="field edge in map px (default 512, or the saved review's)")
     p.add_argument("--ranking", default=None, choices=["entropy", "disagreement", "random", "raster"],
                    help="order (default entropy, or the saved review's)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random order")
+    p.add_argument("--seed", type=int_arg(0, 2 ** 32 - 1), default=0, help="seed of the random order")
     p.add_argument("--reviewer", help="show this reviewer's statuses (default: a new, unsaved queue)")
     p.add_argument("--save", action="store_true", help="start REVIEWER's review with this queue if there is none")
-    p.add_argument("--top", type=int, default=None, help="print only the first N fields")
+    p.add_argument("--top", type=int_arg(1), default=None, help="print only the first N fields")
     p.add_argument("--json", action="store_true", help="one JSON object per field instead of a table")
     p.add_argument("--geojson", help="also write the review as QuPath GeoJSON (map px coordinates)")
     p.set_defaults(func=cmd_review_queue)
@@ -59,9 +61,9 @@ def cmd_review_queue(args) -> int:
             out.write(f"... {len(state.fields) - len(shown)} more\n")
         out.write(state.progress() + "\n")
     if args.geojson:
+        from napari_histoseg.io.atomic import atomic_write_text
         from napari_histoseg.review.export import review_geojson
 
-        with open(args.geojson, "w") as fh:
-            json.dump(review_geojson(state, src), fh)
+        atomic_write_text(args.geojson, json.dumps(review_geojson(state, src), allow_nan=False))
         print(f"wrote {args.geojson}", file=sys.stderr)
     return 0

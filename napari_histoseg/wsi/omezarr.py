@@ -242,15 +242,27 @@ def write_labels(path, labels, *, mpp=None, name: str = "labels", overwrite: boo
     The root is a greyscale image of the label values (``omero`` window 0..max: readers
     that need an image, such as QuPath, open it) and ``labels/<name>`` the same pyramid as
     an NGFF image-label (nearest-neighbour levels), so napari-ome-zarr gives a Labels layer.
-    µm axes with ``mpp``. An existing path is refused unless ``overwrite``.
+    µm axes with ``mpp``. An existing path is refused unless ``overwrite``. Written under a
+    temporary name and renamed into place: never half a store.
     """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise ValueError(f"{path} already exists; choose another name")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}{_CREATING}{uuid.uuid4().hex[:8]}")
+    try:
+        _write_labels(tmp, labels, mpp=mpp, name=name)
+        if path.exists():
+            shutil.rmtree(path)
+        os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write_labels(path: Path, labels, *, mpp, name: str) -> None:
     import zarr
 
-    path = Path(path)
-    if path.exists():
-        if not overwrite:
-            raise ValueError(f"{path} already exists; choose another name")
-        shutil.rmtree(path)
     labels = np.asarray(labels)
     dtype = np.uint8 if labels.max(initial=0) < 256 else np.uint32
     chunk = 512
