@@ -85,7 +85,7 @@ def parse_params(items):
     out = {}
     for kv in items or ():
         k, v = kv.split("=", 1)
-        out[k] = None if v == "None" else (v if k == "color_space" else float(v))
+        out[k] = None if v == "None" else (v if k in ("colour_space", "color_space", "method") else float(v))
     return out
 
 

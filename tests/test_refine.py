@@ -136,14 +136,14 @@ def test_set_params_recomputes_like_a_new_session(real):
     seeds = click(prior.shape, 200, 200, 1) + click(prior.shape, 40, 40, 2)
     session = RefineSession(img, prior)
     session.update(seeds)
-    session.set_params(prior_weight=0.2, color_sensitivity=2.0)
+    session.set_params(prior_weight=0.2, colour_sensitivity=2.0)
     warm = session.update(seeds)
-    cold = refine(img, seeds, prior=prior, prior_weight=0.2, color_sensitivity=2.0)
+    cold = refine(img, seeds, prior=prior, prior_weight=0.2, colour_sensitivity=2.0)
     assert np.mean(warm != cold) < 0.01
     with pytest.raises(ValueError, match="new RefineSession"):
         session.set_params(superpixel_size=8)
     with pytest.raises(TypeError, match="unknown"):
-        RefineSession(img, prior, colour_sensitivity=2)
+        RefineSession(img, prior, colour_sensitivty=2)
 
 
 def test_postprocess_returns_labels_of_the_image_shape(real):
@@ -368,3 +368,16 @@ def test_region_zones_undo_and_redo_exactly():
     assert np.array_equal(session.update(s2), l2)
     assert np.array_equal(session.update(np.zeros_like(s1) + click((512, 512), 450, 450, 2)),
                           refine(img, click((512, 512), 450, 450, 2), prior=prior, method="region"))
+
+
+def test_the_old_american_parameter_names_still_work_with_a_warning():
+    img, inside = disk_image(128, 40)
+    seeds = click(inside.shape, 64, 64, 1)
+    new = refine(img, seeds, colour_sensitivity=2.0, colour_space="lab")
+    with pytest.warns(DeprecationWarning, match="colour_sensitivity"):
+        old = refine(img, seeds, color_sensitivity=2.0, color_space="lab")
+    assert np.array_equal(new, old)
+    from napari_histoseg.refinement import graph
+
+    with pytest.warns(DeprecationWarning):
+        assert graph.COLOR_SPACES == graph.COLOUR_SPACES

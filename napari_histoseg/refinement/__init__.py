@@ -46,8 +46,8 @@ def refine(image, seeds, prior=None, **params) -> np.ndarray:
     prior : (H, W) float32, optional
         The model's tumour probability in [0, 1].
     **params
-        See :class:`RefineSession` (``method``, ``prior_weight``, ``sigma_color``,
-        ``color_sensitivity``, ``alpha``, ``confidence_weight``, ``reach``, ...).
+        See :class:`RefineSession` (``method``, ``prior_weight``, ``sigma_colour``,
+        ``colour_sensitivity``, ``alpha``, ``confidence_weight``, ``reach``, ...).
 
     Returns
     -------

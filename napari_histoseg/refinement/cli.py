@@ -40,8 +40,8 @@ def cmd_refine(args) -> int:
         seeds = seeds[..., 0]
     seeds = check_seeds(seeds, image.shape[:2])
     prior = _read_plain(args.prior).astype(np.float32) if args.prior else None
-    params = {k: v for k, v in (("prior_weight", args.prior_weight), ("sigma_color", args.sigma_color),
-                                ("color_sensitivity", args.color_sensitivity), ("alpha", args.alpha),
+    params = {k: v for k, v in (("prior_weight", args.prior_weight), ("sigma_colour", args.sigma_colour),
+                                ("colour_sensitivity", args.colour_sensitivity), ("alpha", args.alpha),
                                 ("method", args.method))
               if v is not None}
     t0 = time.perf_counter()
@@ -74,10 +74,11 @@ def register(subparsers) -> None:
     d = DEFAULTS
     p.add_argument("--prior-weight", type=arg("prior_weight"), default=None,
                    help=f"weight of the prior against the seeds' +1/-1 (default {d['prior_weight']})")
-    p.add_argument("--sigma-color", type=arg("sigma_color"), default=None,
+    p.add_argument("--sigma-colour", "--sigma-color", dest="sigma_colour", type=arg("sigma_colour"), default=None,
                    help="colour sigma in Lab units (default: from the image)")
-    p.add_argument("--color-sensitivity", type=arg("color_sensitivity"), default=None,
-                   help=f"divides the automatic colour sigma (default {d['color_sensitivity']})")
+    p.add_argument("--colour-sensitivity", "--color-sensitivity", dest="colour_sensitivity",
+                   type=arg("colour_sensitivity"), default=None,
+                   help=f"divides the automatic colour sigma (default {d['colour_sensitivity']})")
     p.add_argument("--alpha", type=arg("alpha"), default=None,
                    help=f"propagation weight on the superpixel graph (default {d['alpha']})")
     p.add_argument("--method", choices=METHODS, default=None,

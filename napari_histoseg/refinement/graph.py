@@ -15,8 +15,8 @@ figures are in BENCHMARKS.md, section Refinement): with the distance used here, 
 Lab is best or within 0.01 of best on both, HED (which drops the residual channel) last.
 The *regional* colour (smoothed over about one superpixel, the scale of a few nuclei)
 separates far better than the superpixel mean (Lab 0.559 / 0.570). ``"od"`` and
-``"rgb"`` remain available through ``color_space``. In the simulated annotator without
-a prior (``robot_user.py --no-rw --limit 8 --no-prior-arm --param color_space=...``),
+``"rgb"`` remain available through ``colour_space``. In the simulated annotator without
+a prior (``robot_user.py --no-rw --limit 8 --no-prior-arm --param colour_space=...``),
 NoC@90 camelyon / bcss: Lab 6.2 / 11.1, OD 7.0 / 10.6, RGB 9.0 / 11.4.
 
 Two graphs
@@ -30,7 +30,7 @@ distance, ``x`` the centroids, ``s_x`` twice the superpixel spacing.
 are one pixel apart, so the position factor is a constant). The colour sigmas come from
 the image unless given: the median neighbour distance on the coarse graph (at least 2
 Lab units), the root mean square one on the pixel grid, each divided by
-``color_sensitivity``.
+``colour_sensitivity``.
 """
 
 from __future__ import annotations
@@ -42,9 +42,18 @@ import scipy.sparse as sp_
 from scipy import ndimage
 
 __all__ = ["colour_features", "texture_features", "superpixels", "CoarseGraph", "coarse_graph", "PixelAffinity",
-           "pixel_affinity", "regional_colour", "COLOR_SPACES"]
+           "pixel_affinity", "regional_colour", "COLOUR_SPACES"]
 
-COLOR_SPACES = ("lab", "od", "rgb")
+COLOUR_SPACES = ("lab", "od", "rgb")
+
+
+def __getattr__(name):
+    if name == "COLOR_SPACES":  # the old spelling
+        import warnings
+
+        warnings.warn("COLOR_SPACES is now COLOUR_SPACES", DeprecationWarning, stacklevel=2)
+        return COLOUR_SPACES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # sRGB -> linear RGB for each uint8 value; D65 RGB -> XYZ (scikit-image's constants).
 _LINEAR = np.where(np.arange(256) / 255.0 > 0.04045,
@@ -93,7 +102,7 @@ def colour_features(image: np.ndarray, space: str = "lab") -> np.ndarray:
         return optical_density(image) * np.float32(20.0)
     if space == "rgb":
         return image.astype(np.float32)
-    raise ValueError(f"color_space must be one of {COLOR_SPACES}, not {space!r}")
+    raise ValueError(f"colour_space must be one of {COLOUR_SPACES}, not {space!r}")
 
 
 def texture_features(features: np.ndarray, scale: float = 3.0) -> np.ndarray:
@@ -141,7 +150,7 @@ class CoarseGraph:
     """Superpixel graph: ``weights`` (n, n) symmetric CSR, per-node ``colour`` means,
     ``centroid`` (y, x), pixel ``count``, the edge list ``edges`` (m, 2), their squared
     colour (``d2``) and centroid (``x2``) distances, the colour ``sigma`` used and the
-    automatic one (``sigma_auto``, before ``color_sensitivity``)."""
+    automatic one (``sigma_auto``, before ``colour_sensitivity``)."""
 
     weights: sp_.csr_matrix
     colour: np.ndarray

@@ -37,17 +37,22 @@ zone_factor (1.5), zone_hop (1), zone_confidence (2), zone_max (6)
 
 from __future__ import annotations
 
+import warnings
+
 from napari_histoseg.io.checks import InputError, check_float, check_int
 
-__all__ = ["METHODS", "DEFAULTS", "PRESETS", "RANGES", "check_params", "resolve"]
+__all__ = ["METHODS", "DEFAULTS", "PRESETS", "RANGES", "RENAMED", "check_params", "resolve"]
+
+#: Old (American) names still taken, with a DeprecationWarning.
+RENAMED = {"sigma_color": "sigma_colour", "color_sensitivity": "colour_sensitivity", "color_space": "colour_space"}
 
 #: ``confined``: a seed's reach bounded by colour and the model's confidence (the
 #: default); ``region``: confined, plus the prior discredited in the zone of a correcting
 #: seed (:mod:`napari_histoseg.refinement.zones`); ``lgc``: the plain propagation.
 METHODS = ("confined", "region", "lgc")
 
-DEFAULTS = dict(prior_weight=0.5, sigma_color=None, color_sensitivity=1.0, alpha=0.999,
-                alpha_fine=0.9999, superpixel_size=16, color_space="lab", no_prior_bias=0.05,
+DEFAULTS = dict(prior_weight=0.5, sigma_colour=None, colour_sensitivity=1.0, alpha=0.999,
+                alpha_fine=0.9999, superpixel_size=16, colour_space="lab", no_prior_bias=0.05,
                 change_tol=1e-2, tol=1e-3, compactness=10.0, method="confined",
                 confidence_weight=1.0, reach=12.0, hop_cost=0.5, texture_weight=1.0,
                 zone_factor=1.5, zone_hop=1.0, zone_confidence=2.0, zone_max=6, hold=0.0)
@@ -58,8 +63,8 @@ DEFAULTS = dict(prior_weight=0.5, sigma_color=None, color_sensitivity=1.0, alpha
 PRESETS = {"region": dict(confidence_weight=0.3, reach=24.0)}
 
 # name: (lo, hi, lo_open, hi_open); superpixel_size is an integer
-RANGES = dict(prior_weight=(0, 100, False, False), sigma_color=(0, None, True, False),
-              color_sensitivity=(0, None, True, False), alpha=(0, 1, False, True),
+RANGES = dict(prior_weight=(0, 100, False, False), sigma_colour=(0, None, True, False),
+              colour_sensitivity=(0, None, True, False), alpha=(0, 1, False, True),
               alpha_fine=(0, 1, False, True), superpixel_size=(2, 512, False, False),
               no_prior_bias=(0, 1, False, False), change_tol=(0, 1, True, False), tol=(0, 1, True, True),
               compactness=(0, None, True, False), confidence_weight=(0, 100, False, False),
@@ -82,8 +87,14 @@ def check_params(params: dict, known=DEFAULTS) -> dict:
     ...
     napari_histoseg.io.checks.InputError: alpha must be a number ≥ 0 and < 1; got 1
     """
-    from napari_histoseg.refinement.graph import COLOR_SPACES
+    from napari_histoseg.refinement.graph import COLOUR_SPACES
 
+    old = [k for k in params if k in RENAMED]
+    if old:
+        warnings.warn(f"refinement parameter(s) {', '.join(old)} are now spelt "
+                      f"{', '.join(RENAMED[k] for k in old)}; the old names will go", DeprecationWarning,
+                      stacklevel=3)
+        params = {RENAMED.get(k, k): v for k, v in params.items()}
     unknown = set(params) - set(known)
     if unknown:
         raise TypeError(f"unknown refinement parameter(s): {', '.join(sorted(unknown))}; "
@@ -93,10 +104,10 @@ def check_params(params: dict, known=DEFAULTS) -> dict:
         if k == "method":
             if v not in METHODS:
                 raise InputError(f"method must be one of {', '.join(METHODS)}; got {v!r}")
-        elif k == "color_space":
-            if v not in COLOR_SPACES:
-                raise InputError(f"color_space must be one of {', '.join(COLOR_SPACES)}; got {v!r}")
-        elif k == "sigma_color" and v is None:
+        elif k == "colour_space":
+            if v not in COLOUR_SPACES:
+                raise InputError(f"colour_space must be one of {', '.join(COLOUR_SPACES)}; got {v!r}")
+        elif k == "sigma_colour" and v is None:
             pass
         elif k in ("superpixel_size", "zone_max"):
             lo, hi, _, _ = RANGES[k]

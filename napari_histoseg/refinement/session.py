@@ -61,10 +61,10 @@ class RefineSession:
         Weight of the prior: the model's answer is ``prior_weight * (2 p - 1)`` while
         seeds are clamped at +1 / -1. Lower lets one click overrule a confident model
         over a larger area. Default 0.5.
-    sigma_color : float, optional
-        Sigma of the colour affinity in the units of ``color_space`` (for both graphs).
+    sigma_colour : float, optional
+        Sigma of the colour affinity in the units of ``colour_space`` (for both graphs).
         Default: taken from the image (RMS colour difference along each graph's edges).
-    color_sensitivity : float
+    colour_sensitivity : float
         Divides the automatic sigma: above 1 colour edges stop propagation sooner,
         below 1 it flows across them more easily. Default 1.
     alpha : float
@@ -78,7 +78,7 @@ class RefineSession:
     compactness : float
         SLIC compactness on the Lab scale: lower follows colour edges more closely,
         higher gives squarer superpixels. Default 10.
-    color_space : {"lab", "od", "rgb"}
+    colour_space : {"lab", "od", "rgb"}
         Colour features of the affinities (see :mod:`napari_histoseg.refinement.graph`).
     no_prior_bias : float
         Without a prior the answer before any seed is ``-no_prior_bias`` everywhere
@@ -117,17 +117,17 @@ class RefineSession:
         self.image = check_image(image)
         h, w = self.shape = self.image.shape[:2]
         self.prior = check_prior(prior, self.shape)
-        feat = colour_features(self.image, p["color_space"])
+        feat = colour_features(self.image, p["colour_space"])
         self.superpixels = sp = superpixels(feat, int(p["superpixel_size"]), p["compactness"])
         feat_c = feat
         if p["method"] != "lgc" and p["texture_weight"] > 0:
             feat_c = np.concatenate([feat, np.float32(p["texture_weight"]) * texture_features(feat)], -1)
         # the colour sets the automatic sigma; texture only adds distance
-        self.graph = g = coarse_graph(sp, feat_c, p["sigma_color"], p["color_sensitivity"],
+        self.graph = g = coarse_graph(sp, feat_c, p["sigma_colour"], p["colour_sensitivity"],
                                       sigma_channels=feat.shape[-1])
         del feat_c
         self._S = normalise(g.weights)
-        self.affinity = pixel_affinity(feat, p["sigma_color"], p["color_sensitivity"])
+        self.affinity = pixel_affinity(feat, p["sigma_colour"], p["colour_sensitivity"])
         del feat
         flat = sp.ravel()
         self._sp = flat
@@ -222,21 +222,21 @@ class RefineSession:
         """Change parameters of a running session; the next :meth:`update` recomputes
         from all seeds so far (cold, about the cost of a first click).
 
-        Colour (``sigma_color``, ``color_sensitivity``) re-weights the stored graphs;
+        Colour (``sigma_colour``, ``colour_sensitivity``) re-weights the stored graphs;
         ``prior_weight``, ``no_prior_bias``, ``alpha``, ``alpha_fine``, ``change_tol`` and
         ``tol`` are simply taken. ``superpixel_size``, ``compactness`` and
-        ``color_space`` change the graphs themselves: make a new session for those.
+        ``colour_space`` change the graphs themselves: make a new session for those.
         """
         params = check_params(params)
-        rebuild = [k for k in ("superpixel_size", "compactness", "color_space", "method", "texture_weight")
+        rebuild = [k for k in ("superpixel_size", "compactness", "colour_space", "method", "texture_weight")
                    if k in params and params[k] != self.params[k]]
         if rebuild:
             raise ValueError(f"changing {', '.join(rebuild)} needs a new RefineSession")
         self.params.update(params)
         p = self.params
-        if {"sigma_color", "color_sensitivity"} & set(params):
-            sens = max(p["color_sensitivity"], 1e-6)
-            sc = p["sigma_color"]
+        if {"sigma_colour", "colour_sensitivity"} & set(params):
+            sens = max(p["colour_sensitivity"], 1e-6)
+            sc = p["sigma_colour"]
             self.graph = self.graph.reweighted(sc if sc is not None else self.graph.sigma_auto / sens)
             self._S = normalise(self.graph.weights)
             self.affinity = self.affinity.reweighted(sc if sc is not None else self.affinity.sigma_auto / sens)

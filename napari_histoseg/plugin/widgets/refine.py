@@ -131,7 +131,7 @@ class RefineWidget(Scrolling, Container):
     def params(self) -> dict:
         """The refinement parameters the controls set (``method`` applies at Start)."""
         return {"prior_weight": float(self.prior_strength.value),
-                "color_sensitivity": float(self.colour_sensitivity.value), "method": self.method.value}
+                "colour_sensitivity": float(self.colour_sensitivity.value), "method": self.method.value}
 
     # -- starting ---------------------------------------------------------------
     def start(self):
