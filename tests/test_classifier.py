@@ -446,3 +446,21 @@ def test_cli_evaluate_at_simulated_magnifications(tmp_path, capsys):
     res = json.loads((tmp_path / "e.json").read_text())
     assert res["400x"]["n_images"] == 4 * res["100x"]["n_images"] == 4 * 8
     assert 0 <= res["400x"]["calibration"]["ece_calibrated"] <= 1
+
+
+def test_cli_classify_several_fields_of_one_patient(two_scale, tmp_path, capsys):
+    from napari_histoseg.cli import main
+
+    paths = []
+    for k, radius in enumerate((18.0, 16.0)):
+        paths.append(tmp_path / f"f{k}.png")
+        imsave(paths[-1], nuclei_field(radius, n=40, seed=k), check_contrast=False)
+    imsave(tmp_path / "gray.png", np.full((460, 700), 128, np.uint8), check_contrast=False)
+    out = tmp_path / "p.json"
+    assert main(["classify", *map(str, paths), str(tmp_path / "gray.png"), "--model", str(two_scale.source),
+                 "--magnification", "400x", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["patient"]["n_images"] == 2 and r["patient"]["refused"] == 1
+    mean = np.mean([im["probabilities"]["malignant"] for im in r["images"][:2]])
+    assert r["patient"]["p_malignant"] == pytest.approx(mean)
+    assert "patient (2 of 3 images)" in capsys.readouterr().out

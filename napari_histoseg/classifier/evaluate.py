@@ -52,16 +52,20 @@ def _fields(ds, i, rec, magnification):
 def evaluate_classifier(dataset, model=None, split: str = "test", progress=None,
                         simulate_magnification=None) -> dict:
     """Per-image, per-patient and per-subtype figures and calibration, as a JSON-able dict."""
-    from napari_histoseg.classifier.infer import Classifier, classify_region, load_classifier
+    from napari_histoseg.classifier.infer import Classifier, ClassifierInputError, classify_region, load_classifier
 
     clf = model if isinstance(model, Classifier) else load_classifier(model)
     ds = load_classification(dataset).subset(split)
     if len(ds) == 0:
         raise ValueError(f"{dataset}: no images in split {split!r}")
-    rows, logits, temps = [], [], []
+    rows, logits, temps, refused = [], [], [], []
     for i, rec in enumerate(ds.records):
         for suffix, image, mpp in _fields(ds, i, rec, simulate_magnification):
-            r = classify_region(image, clf, mpp=mpp, check=False, estimate=False)
+            try:
+                r = classify_region(image, clf, mpp=mpp, check=False, estimate=False)
+            except ClassifierInputError as e:  # counted and reported, never silently dropped
+                refused.append({"id": rec["id"] + suffix, "reason": str(e)})
+                continue
             logits.append(r.logits)
             temps.append(clf.temperature_at(r.scale.get("model_mpp")))
             rows.append({"id": rec["id"] + suffix, "patient": str(rec.get("group", rec["id"])),
@@ -70,6 +74,8 @@ def evaluate_classifier(dataset, model=None, split: str = "test", progress=None,
                          "model_mpp": r.scale.get("model_mpp")})
         if progress is not None:
             progress(i + 1, len(ds))
+    if not rows:
+        raise ValueError(f"the model refused every image: {refused[0]['reason']}")
     logits = np.stack(logits)
     y = np.array([r["label"] for r in rows])
     raw, cal = softmax(logits), softmax(logits / np.asarray(temps)[:, None])
@@ -86,7 +92,7 @@ def evaluate_classifier(dataset, model=None, split: str = "test", progress=None,
         "calibration": {"ece_raw": expected_calibration_error(raw, y),
                         "ece_calibrated": expected_calibration_error(cal, y),
                         "nll_raw": nll(raw, y), "nll_calibrated": nll(cal, y), "bins": 10},
-        "patients": patients, "images": rows,
+        "patients": patients, "images": rows, "refused": refused,
     }
 
 
@@ -103,7 +109,10 @@ def format_report(res: dict) -> str:
           f" at {', '.join(f'{m}x' for m in mag)}" if mag else "")
     read = ", ".join(f"{m:.3g}" for m in res.get("scales_read", []))
     lines = [f"{res['model']} on {res['split']}{at}: {res['n_images']} images of {res['n_patients']} patients "
-             f"(read at {read or '?'} µm/px; temperature {res['temperature']:.3f})", head]
+             f"(read at {read or '?'} µm/px; temperature {res['temperature']:.3f})"]
+    if res.get("refused"):
+        lines.append(f"REFUSED {len(res['refused'])} images (not in the figures): {res['refused'][0]['reason']}")
+    lines.append(head)
     for level in ("patient", "image"):
         m = res[level]
         lines.append(f"{level + '-level':<22}" + "".join(f"{_f(m[c]):>14}" for c in cols) + f"{m['n']:>8}")
