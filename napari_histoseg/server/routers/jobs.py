@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,7 +17,7 @@ from napari_histoseg.server.security import safe_unzip
 from napari_histoseg.tasks import dataset_task, get_task
 
 router = APIRouter()
-PATH_KEYS = ("image", "mask", "instances", "edits")   # the files a tile of dataset.json names
+DATASET_KINDS = {"segmentation": "semantic"}   # registry task -> dataset.json "task"
 MAX_DATASET_JSON = 64 << 20
 
 
@@ -48,33 +47,25 @@ def check_settings(epochs, time_budget, lr, patch_size, batch_size, steps_per_ep
         raise HTTPException(422, str(e)) from None
 
 
-def check_dataset_files(root: Path) -> None:
-    """Every file a tile of ``root/dataset.json`` names resolves inside ``root`` and exists there
-    (an upload that names ``/etc/passwd`` or ``../x`` is refused before training reads it).
-    Messages name the path as written in dataset.json, never what lies elsewhere."""
-    path = root / "dataset.json"
-    if not path.is_file():
+def check_dataset(root: Path, task: str) -> None:
+    """The uploaded folder's dataset.json read with the shared reader (schema checked, every
+    file a tile names required to stay inside ``root``: an upload that names ``/etc/passwd``
+    or ``../x`` is refused before training reads anything), then every such file required to be
+    in the upload. Messages name paths as written in dataset.json, never what lies elsewhere."""
+    from napari_histoseg.io.dataset import PATH_FIELDS, read_dataset_json
+
+    if not (root / "dataset.json").is_file():
         raise InputError("the dataset archive has no dataset.json at its top level")
-    if path.stat().st_size > MAX_DATASET_JSON:
+    if (root / "dataset.json").stat().st_size > MAX_DATASET_JSON:
         raise InputError(f"dataset.json is larger than {MAX_DATASET_JSON >> 20} MB")
-    try:
-        meta = json.loads(path.read_text())
-    except (ValueError, RecursionError, UnicodeDecodeError) as e:
-        raise InputError(f"dataset.json is not readable JSON ({type(e).__name__})") from None
-    tiles = meta.get("tiles") if isinstance(meta, dict) else None
-    if not isinstance(tiles, list) or not tiles:
+    meta = read_dataset_json(root, DATASET_KINDS.get(task, task))
+    tiles = meta.get("tiles") or []
+    if not tiles:
         raise InputError("dataset.json lists no tiles")
     for n, tile in enumerate(tiles):
-        if not isinstance(tile, dict):
-            raise InputError(f"dataset.json: tiles[{n}] must be an object")
-        for key in PATH_KEYS:
-            if key not in tile or tile[key] is None:
-                continue
-            given = tile[key]
-            if not isinstance(given, str):
-                raise InputError(f"dataset.json: tiles[{n}].{key} must be a path relative to the dataset folder")
-            target = inside(root, given, f"dataset.json: tiles[{n}].{key}")
-            if not target.is_file():
+        for key in PATH_FIELDS:
+            given = tile.get(key)
+            if isinstance(given, str) and not inside(root, given, f"tiles[{n}].{key}").is_file():
                 raise InputError(f"dataset.json: tiles[{n}].{key} {given[:200]!r} is not a file in the archive")
 
 
@@ -108,8 +99,8 @@ async def start_job(request: Request, model: str = "bundled", task: Optional[str
                 safe_unzip(io.BytesIO(body), dest, max_bytes=4 * limit)
             except Exception as e:  # noqa: BLE001 - any unreadable archive is the client's
                 raise ValueError(f"the dataset archive was refused: {e}") from None
-            check_dataset_files(dest)
             t = get_task(task or dataset_task(dest))
+            check_dataset(dest, t.name)
             entry = store.get(model, t.name)
             meta = entry.meta
             job = runner.start(entry.ref, entry.path, dest, task=t.name, epochs=epochs, time_budget=time_budget,
