@@ -240,3 +240,26 @@ def test_the_calibration_temperature_of_the_checkpoint_is_applied(random_model):
     assert float(model.activate(z)) == pytest.approx(torch.sigmoid(z).item())
     model.meta.preprocessing = {"temperature": 2.0}
     assert float(model.activate(z)) == pytest.approx(torch.sigmoid(z / 2).item())
+
+
+def test_histoseg_segment_resamples_by_magnification_and_says_when_the_scale_is_unknown(
+        tmp_path, random_model, capsys):
+    from skimage.io import imsave
+
+    from napari_histoseg.cli import main
+    from napari_histoseg.models import save_checkpoint
+
+    meta = copy.deepcopy(random_model.meta)
+    meta.tile_size, meta.mpp = 128, 0.5
+    ckpt = save_checkpoint(random_model.module, tmp_path / "m.safetensors", meta)
+    img = np.full((200, 260, 3), (170, 90, 160), np.uint8)
+    imsave(tmp_path / "x.png", img, check_contrast=False)
+    base = ["segment", str(tmp_path / "x.png"), "--model", str(ckpt), "--device", "cpu"]
+    assert main(base + ["-o", str(tmp_path / "a.png"), "--magnification", "40x"]) == 0
+    out = capsys.readouterr()
+    assert "resampled 0.25 -> 0.5 µm/px" in out.out and "pixel size" not in out.err
+    assert main(base + ["-o", str(tmp_path / "b.png")]) == 0
+    err = capsys.readouterr().err
+    assert "does not record its pixel size" in err and "--magnification" in err
+    assert main(base + ["-o", str(tmp_path / "c.png"), "--mpp", "0.25", "--magnification", "20x"]) == 2
+    assert "not both" in capsys.readouterr().err
