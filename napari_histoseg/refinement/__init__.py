@@ -14,8 +14,11 @@ Seeds: 0 = no seed, 1 = tumour, 2 = not tumour. Labels: uint8, 1 tumour, 0 not.
 
 ``method="confined"`` (the default) bounds what a seed changes: a geodesic reach along
 colour, and the model's confidence resisting more the farther from the seeds, so that a
-stroke means "these pixels and what is clearly like them"; ``method="lgc"`` is the plain
-propagation (see :class:`RefineSession`).
+stroke means "these pixels and what is clearly like them"; ``method="region"`` adds that a
+click inside a region the model got wrong overrides the model around it
+(:mod:`.zones`); ``method="lgc"`` is the plain propagation. ``hold=1`` keeps confident
+ground far from every seed of the other class as the model has it. Parameters and their
+ranges: :mod:`.params`.
 
 >>> from napari_histoseg.refinement import RefineSession, refine     # doctest: +SKIP
 >>> labels = refine(rgb, seeds, prior=prob)                      # doctest: +SKIP
