@@ -44,8 +44,8 @@ def cmd_segment(args) -> int:
     tile = args.tile or model.meta.tile_size
     if not MIN_TILE <= tile <= MAX_TILE:
         raise InputError(f"tile size {tile} px (the model's) is outside {MIN_TILE}..{MAX_TILE}; give --tile")
-    if 2 * args.overlap >= tile:
-        raise InputError(f"--overlap {args.overlap} must be less than half the tile ({tile} px)")
+    if 2 * args.overlap > tile:
+        raise InputError(f"--overlap {args.overlap} must be at most half the tile ({tile} px)")
     if args.batch_size:
         check_memory(batch_bytes(args.batch_size, tile), f"--batch-size {args.batch_size} of {tile} px tiles",
                      hint="use a smaller --batch-size")
@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tile", type=int_arg(MIN_TILE, MAX_TILE), default=None,
                    help=f"tile edge in px, {MIN_TILE}..{MAX_TILE} (default: the model's)")
     s.add_argument("--overlap", type=int_arg(0, MAX_TILE // 2), default=64,
-                   help="tile overlap in px, under half the tile (default 64)")
+                   help="tile overlap in px, at most half the tile (default 64)")
     s.add_argument("--threshold", type=float_arg(0, 1, lo_open=True, hi_open=True), default=0.5,
                    help="tumour probability at or above which a pixel is tumour, in (0, 1) (default 0.5)")
     s.add_argument("--batch-size", type=int_arg(1, 1024), default=None,

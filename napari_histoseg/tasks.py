@@ -68,12 +68,7 @@ def check_infer_options(task: Task, options: dict, allowed=None) -> None:
 
 def dataset_task(folder) -> str:
     """The ``task`` a training-data folder declares in its dataset.json (default segmentation)."""
-    try:
-        with open(f"{folder}/dataset.json") as f:
-            task = json.load(f).get("task", "segmentation")
-    except (OSError, ValueError):
-        return "segmentation"
-    return task if task in TASK_MODULES else "segmentation"
+    return _declared_task(folder)
 
 
 # --task NAME -> the module that evaluates it: ``add_evaluate_options(parser)`` (task-only
@@ -166,12 +161,19 @@ def _task_of(args) -> str:
     if args.task:
         return args.task
     first = args.dataset[0] if isinstance(args.dataset, list) else args.dataset
+    return _declared_task(first)
+
+
+def _declared_task(folder) -> str:
+    """The registered task a dataset.json declares, else "segmentation" (whose reader then
+    says what is wrong with the file)."""
     try:
-        with open(f"{first}/dataset.json") as f:
-            task = json.load(f).get("task", "segmentation")
-    except (OSError, ValueError):
+        with open(f"{folder}/dataset.json") as f:
+            meta = json.load(f)
+    except (OSError, ValueError, RecursionError):
         return "segmentation"
-    return task if task in TASKS else "segmentation"
+    task = meta.get("task", "segmentation") if isinstance(meta, dict) else None
+    return task if isinstance(task, str) and task in TASK_MODULES else "segmentation"
 
 
 def _add_train(sub) -> None:

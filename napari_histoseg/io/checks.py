@@ -73,7 +73,8 @@ def _check_range(x, name, lo, hi, lo_open, hi_open, kind):
     bad = (lo is not None and (x < lo or (lo_open and x == lo))) or (
         hi is not None and (x > hi or (hi_open and x == hi)))
     if bad:
-        raise InputError(f"{name} must be {kind} {_range_text(lo, hi, lo_open, hi_open)}; got {x:g}")
+        got = f"{x:g}" if isinstance(x, float) else (str(x) if len(str(x)) <= 30 else f"an integer of {len(str(x))} digits")
+        raise InputError(f"{name} must be {kind} {_range_text(lo, hi, lo_open, hi_open)}; got {got}")
     return x
 
 

@@ -259,8 +259,8 @@ def prepare(slide_path, out, *, model="bundled", model_mpp=None, slide_mpp=None,
         tmask = slide_tissue(slide) if tissue else None
         translate = ((scale.downsample - 1) / 2 * s_mpp,) * 2 if s_mpp else (0.0, 0.0)
     tile = int(tile or meta.tile_size)
-    if 2 * overlap >= tile:
-        raise InputError(f"overlap {overlap} must be less than half the tile ({tile} px)")
+    if 2 * overlap > tile:
+        raise InputError(f"overlap {overlap} must be at most half the tile ({tile} px)")
     if 2 * overlap >= block:
         raise InputError(f"overlap {overlap} must be less than half the block ({block} px)")
     settings = {"slide": str(Path(slide_path).resolve()), "size": os.path.getsize(slide_path), "model": model,
