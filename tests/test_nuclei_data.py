@@ -142,3 +142,19 @@ def test_evaluate_reports_recall_by_size_quintile(tmp_path):
     assert len(r["model"]["size_recall"]) == 5
     assert r["model"]["overall"]["pq"] > 0.8
     assert "size quintile" in format_table(r)
+
+
+def test_a_pale_stain_is_brought_to_the_models_stain_first():
+    from napari_histoseg.colour.normalise import MacenkoNormaliser
+    from napari_histoseg.colour.stain import optical_density, rgb_from_od
+    from napari_histoseg.nuclei.infer import detect_nuclei
+    from napari_histoseg.testing import he_image
+
+    img = he_image()[:256, :256]
+    pale = rgb_from_od(optical_density(img) * 0.4)      # another lab's lighter haematoxylin
+    target = MacenkoNormaliser().fit_target(img).to_dict()
+    meta = ModelMeta(arch="fake", task="instances", mpp=0.25, preprocessing={"stain": target})
+    kw = {"features": False, "tile": 256, "overlap": 64}
+    found = int(detect_nuclei(img, (FakeDetector(), meta), stain=False, **kw)[0].max())
+    assert int(detect_nuclei(pale, (FakeDetector(), meta), stain=False, **kw)[0].max()) < 0.1 * found
+    assert int(detect_nuclei(pale, (FakeDetector(), meta), **kw)[0].max()) > 0.7 * found

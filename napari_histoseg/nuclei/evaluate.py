@@ -5,7 +5,8 @@ Every tile of the split is segmented whole by the model (tiled, as
 :func:`~napari_histoseg.nuclei.baseline.classical_labels`, and scored with AJI, PQ, DQ,
 SQ and F1 at IoU 0.5 (:mod:`~napari_histoseg.nuclei.metrics`). Figures are means over
 tiles, overall and per organ (the convention of the MoNuSeg challenge and HoVer-Net).
-A tile's ignore mask (MoNuSAC's unlabelled nests) is left out of every score. A tile whose
+A tile's ignore mask (MoNuSAC's unlabelled nests) is left out of every score; a checkpoint's
+stain target (``preprocessing["stain"]``) is applied as :func:`detect_nuclei` applies it. A tile whose
 mpp differs from the model's is resampled to it (as :func:`detect_nuclei` does) and the
 labels back. Recall by size: the true nuclei of the split, pooled, cut into quintiles of
 area; per quintile the share matched at IoU > 0.5, for the model and for the baseline.
@@ -30,16 +31,18 @@ def _means(rows):
 
 def _detect(t, net, meta, tile, overlap, score_threshold, mask_threshold, split_touching, batch):
     from napari_histoseg.core.runs import drive
-    from napari_histoseg.nuclei.infer import _rescale, iter_detect
+    from napari_histoseg.nuclei.infer import _rescale, iter_detect, stain_normalise
 
     factor = (t.mpp / meta.mpp) if (t.mpp and meta.mpp) else 1.0
     work = _rescale(t.image, factor) if abs(factor - 1) > 0.05 else t.image
+    if (meta.preprocessing or {}).get("stain"):
+        work = stain_normalise(work, meta.preprocessing["stain"])
     labels, _ = drive(iter_detect(work, net, tile, overlap, score_threshold, mask_threshold, batch))
     if split_touching:
         from napari_histoseg.nuclei.postprocess import split_touching as split
 
         labels = split(labels)
-    if work is not t.image:
+    if labels.shape != t.labels.shape:
         import torch
         import torch.nn.functional as F
 

@@ -10,6 +10,11 @@ whole in the tile that keeps it, and no other tile keeps it again. Masks are pas
 descending score; pixels already taken stay with the earlier (more confident) nucleus,
 and a detection that keeps less than half of its mask is dropped as a duplicate.
 
+Stain: where the checkpoint names a stain target (``preprocessing["stain"]``, Macenko
+parameters of its training images), the image is first normalised to it
+(:func:`stain_normalise`): the detector learnt one lab's colours and fires on few nuclei of
+another's otherwise.
+
 Tiles go through the detector ``batch`` at a time (all tiles of one image have one shape).
 With ``split_touching`` (default: the checkpoint's ``preprocessing["split_touching"]``)
 non-convex instances are cut at their waists afterwards
@@ -188,6 +193,21 @@ def iter_detect(rgb, model, tile=640, overlap=128, score_threshold=0.5, mask_thr
     return labels, np.asarray(scores, np.float32)
 
 
+def stain_normalise(rgb: np.ndarray, params: dict) -> np.ndarray:
+    """``rgb`` with its stains mapped onto ``params`` (a :mod:`napari_histoseg.colour.normalise`
+    ``to_dict``), fitted on ``rgb`` itself; unchanged, with a warning, where it holds too little
+    tissue to fit."""
+    from napari_histoseg.colour.normalise import normaliser_from_dict
+
+    norm = normaliser_from_dict(params)
+    try:
+        norm.fit(rgb)
+    except ValueError as e:
+        warnings.warn(f"stain normalisation skipped: {e}", stacklevel=2)
+        return rgb
+    return norm.transform(rgb)
+
+
 def _rescale(rgb, factor):
     t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float()
     size = (max(1, round(rgb.shape[0] * factor)), max(1, round(rgb.shape[1] * factor)))
@@ -197,7 +217,7 @@ def _rescale(rgb, factor):
 
 def detect_nuclei(image, model=None, mpp=None, *, tile=640, overlap=128, score_threshold=None,
                   mask_threshold=None, features=True, progress=None, should_stop=None, batch=2,
-                  split_touching=None):
+                  split_touching=None, stain=None):
     """Find and outline every nucleus of an H&E image.
 
     Parameters
@@ -216,6 +236,9 @@ def detect_nuclei(image, model=None, mpp=None, *, tile=640, overlap=128, score_t
     split_touching : bool, optional
         Cut non-convex instances at their waists (default: the checkpoint's
         ``preprocessing["split_touching"]``, else off).
+    stain : bool or dict, optional
+        Normalise the stain first (:func:`stain_normalise`): None or True, to the checkpoint's
+        ``preprocessing["stain"]`` if it has one; a dict, to those parameters; False, never.
     score_threshold, mask_threshold : float
         Minimum detection score (default: the checkpoint's ``preprocessing["score_threshold"]``,
         chosen on the validation tiles, else 0.5) and mask probability (likewise
@@ -257,6 +280,10 @@ def detect_nuclei(image, model=None, mpp=None, *, tile=640, overlap=128, score_t
     if mpp and meta.mpp and abs(mpp / meta.mpp - 1) > 0.05:
         factor = mpp / meta.mpp
     work = _rescale(rgb, factor) if factor != 1.0 else rgb
+    target = stain if isinstance(stain, dict) else ((meta.preprocessing or {}).get("stain") if stain in (None, True)
+                                                    else None)
+    if target:
+        work = stain_normalise(work, target)
     if min(work.shape[:2]) < MIN_SIDE:
         raise ImageFormatError(f"image too small at the model's resolution ({work.shape[1]} x {work.shape[0]} px)")
     labels, _ = drive(iter_detect(work, net, tile, overlap, score_threshold, mask_threshold, batch),
