@@ -11,8 +11,15 @@ Every client makes a bounded number of requests and stops issuing new ones after
 ``--time-limit`` seconds per configuration. Prints requests/s, p50 and p95 latency, the
 server's mean forward-pass batch, and the ratio to in-process.
 
+``--mixed`` instead runs the hostile load of :func:`napari_histoseg.server.loadtest.mixed_load`:
+16 clients x 10 requests mixing good ones (``/segment`` of a ``--mixed-size`` region, checked
+against a reference; ``/models``), bad ones (all must be 4xx) and unauthenticated
+``--big-mb`` MB bodies (401), against a server with a token; prints what was right and the
+process's peak RSS (the server and its clients share the process).
+
     python benchmarks/bench_serve.py [--clients 1 4 16] [--requests 16] [--time-limit 120]
                                      [--threads 2] [--model CKPT] [--json out.json]
+    python benchmarks/bench_serve.py --mixed [--clients 16] [--per-client 10] [--big-mb 250]
 """
 
 from __future__ import annotations
@@ -85,7 +92,13 @@ def main(argv=None) -> int:
     p.add_argument("--batch-pixels", type=int, default=None,
                    help="server's largest stacked batch in px (default: 2^22 on a GPU, 2^18 on a CPU)")
     p.add_argument("--json", help="also write the rows here")
+    p.add_argument("--mixed", action="store_true", help="good, bad and unauthenticated large requests at once")
+    p.add_argument("--per-client", type=int, default=10, help="--mixed: requests per client")
+    p.add_argument("--big-mb", type=int, default=250, help="--mixed: size of each unauthenticated body")
+    p.add_argument("--mixed-size", type=int, default=512, help="--mixed: side of the region each good /segment sends")
     args = p.parse_args(argv)
+    if args.mixed:
+        return run_mixed(args)
 
     import torch
 
@@ -161,6 +174,38 @@ def main(argv=None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0
+
+
+def run_mixed(args) -> int:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from napari_histoseg.models.bundled import bundled_model_path
+    from napari_histoseg.server.app import ServerConfig, create_app
+    from napari_histoseg.server.loadtest import mixed_load
+    from napari_histoseg.server.thread import ServerThread
+
+    token = "bench-token-0123456789abcdef"
+    clients = args.clients[-1]
+    ckpt = Path(args.model or bundled_model_path())
+    side = args.mixed_size
+    image = np.ascontiguousarray(region_1024()[:side, :side])
+    app = create_app(ServerConfig(device="cpu", token=token, models=[ckpt], bundled=False))
+    ref = next(iter(app.state.store.entries))
+    print(f"# mixed load: {clients} clients x {args.per_client} requests, good /segment of {side} x {side} px "
+          f"({app.state.store.entries[ref].model.description}), unauthenticated bodies of {args.big_mb} MB, "
+          f"torch threads {args.threads}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start",
+          flush=True)
+    with ServerThread(app) as url:
+        got = mixed_load(url, token, ref, image, clients=clients, per_client=args.per_client, big_mb=args.big_mb)
+    got["load1_end"] = round(os.getloadavg()[0], 2)
+    print(json.dumps(got, indent=1))
+    print(f"| {clients} x {args.per_client} | {got['good_right']}/{got['good']} | {got['bad_right']}/{got['bad']} | "
+          f"{got['unauthenticated_right']}/{got['unauthenticated']} | {got['wall_s']} | {got['good_p50_s']} / "
+          f"{got['good_p95_s']} | {got['rss_start_mb']} | {got['rss_peak_mb']} (+{got['rss_growth_mb']}) |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(got, indent=1))
+    return 0 if not got["wrong"] else 1
 
 
 if __name__ == "__main__":

@@ -326,3 +326,22 @@ def test_seeded_random_requests_are_never_a_500(served):
         if r.status_code >= 400:
             refused(r, root=root)
     assert sum(400 <= c < 500 for c in codes) > 60 and app.state.jobs.jobs == {}
+
+
+@pytest.mark.parametrize("route, params, options", [
+    ("/explain", {"layer": "encoder"}, None), ("/explain", {"layer": "no.such"}, None),
+    ("/explain", {"method": "nope"}, None), ("/explain", {"target": "nope"}, None),
+    ("/explain/segmentation", {}, {"channel": 99}), ("/explain/segmentation", {}, {"samples": 10**9}),
+    ("/explain/segmentation", {}, {"blur_sigma": "nan"}), ("/infer/segmentation", {}, {"tissue": 5}),
+    ("/infer/segmentation", {}, {"preprocess": "nope"}), ("/infer/segmentation", {}, {"threshold": 2}),
+    ("/infer/segmentation", {}, {"batch_size": -3}), ("/infer/segmentation", {}, {"mpp": 0}),
+    ("/infer/segmentation", {}, {"region": [0, 0, 5000, 5]}), ("/infer/segmentation", {}, {"nope": 1})])
+def test_bad_task_options_are_4xx(served, route, params, options):
+    url, _, root = served
+    image = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    if options is None:
+        body, headers = wire.encode(image)
+    else:
+        body, headers = wire.pack({"image": image}, {"method": "gradcam", "options": options}), {
+            "Content-Type": wire.NPZ}
+    refused(post(url, route, body, headers, {"model": "random", **params}), root=root)

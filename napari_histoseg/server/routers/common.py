@@ -94,15 +94,18 @@ def _roots(request: Request) -> dict:
     return {state.workdir: "<server workdir>", state.config.slides: "<slides>"}
 
 
-async def guard(fn, *args, request: Request | None = None, **kwargs):
+async def guard(fn, *args, request: Request | None = None, runtime_is_input: bool = False, **kwargs):
     """Run blocking work off the event loop; bad input becomes 4xx with a one-line reason
     (paths of the server replaced by names); a task's refusal of an input (a classifier's
-    region that is not H&E) is a 422 marked with ``X-Refused: input``."""
+    region that is not H&E) is a 422 marked with ``X-Refused: input``. Running out of memory
+    is a 503. ``runtime_is_input``: torch's RuntimeErrors come from the request's settings
+    (an explanation through a layer the answer does not pass), so they are a 400 too."""
     from napari_histoseg.core.runs import Cancelled
     from napari_histoseg.models.checkpoint import CheckpointError
 
     def fail(code, e, headers=None):
-        text = str(e).strip("'\"").splitlines()[0] if str(e).strip() else type(e).__name__
+        text = str(e.args[0] if isinstance(e, KeyError) and e.args else e).strip()
+        text = text.splitlines()[0] if text else type(e).__name__
         if request is not None:
             text = public_text(text, _roots(request))
         raise HTTPException(code, text[:1000], headers=headers) from None
@@ -127,6 +130,12 @@ async def guard(fn, *args, request: Request | None = None, **kwargs):
         fail(403, e)
     except OSError as e:     # the server's disk, not the request: said as such
         fail(503, f"the server could not read or write a file ({type(e).__name__}: {e.strerror or e})")
+    except (RuntimeError, IndexError) as e:
+        if "out of memory" in str(e).lower():
+            fail(503, "the server's device has not enough memory for this request now; send a smaller one")
+        if not runtime_is_input:
+            raise
+        fail(400, f"cannot run these settings: {e}")
     except (CheckpointError, wire.WireError, ValueError, TypeError) as e:
         if type(e).__name__ == "ClassifierInputError":
             fail(422, e, {REFUSED: "input"})

@@ -47,7 +47,7 @@ async def explain(request: Request, model: str = "bundled", method: str = "gradc
         with entry.explain_lock:
             return drive(iter_explain(image, entry.explainer(), method, target=tgt, region=window,
                                       layer=layer or None, tile=tile or entry.model.meta.tile_size, overlap=overlap))
-    return array_response(await guard(run, request=request))
+    return array_response(await guard(run, request=request, runtime_is_input=True))
 
 
 @router.post("/explain/{task}", tags=["explain"], openapi_extra=NPZ_BODY, responses=F16)
@@ -75,4 +75,4 @@ async def explain_task(request: Request, task: str, model: str = "bundled"):
         with entry.explain_lock if segmentation else entry.run_lock:   # hooks must not meet other runs
             target = entry.explainer() if segmentation else entry.model
             return drive(t.iter_explain(target, image, info.get("method", "gradcam"), **options))
-    return array_response(await guard(run, request=request))
+    return array_response(await guard(run, request=request, runtime_is_input=True))

@@ -155,7 +155,7 @@ async def infer(request: Request, task: str, model: str = "bundled"):
         check_options(options, entry.meta, getattr(image, "shape", None), budgets(request)["max_pixels"])
         return t.result_parts(run_task(entry, image, (progress, key), **options))
     try:
-        result_arrays, result_info = await guard(run, request=request)
+        result_arrays, result_info = await guard(run, request=request, runtime_is_input=True)
     finally:
         progress.end(key)
     return Response(wire.pack(result_arrays, result_info), media_type=wire.NPZ)
@@ -179,7 +179,7 @@ def cancel_request(request: Request, key: str):
 
 
 def check_options(options: dict, meta=None, image_shape=None, max_pixels=None) -> None:
-    """The numbers the tasks' options share (tile, overlap, batch size, samples, mpp,
+    """The numbers the tasks' options share (tile, overlap, batch size, samples, channel, mpp,
     thresholds), checked before any work: finite and in range; with ``mpp``, the image as
     the model will see it (resampled from ``mpp`` to the model's) must fit ``max_pixels``."""
     from napari_histoseg.io.checks import check_float, check_pixels
@@ -193,6 +193,9 @@ def check_options(options: dict, meta=None, image_shape=None, max_pixels=None) -
                         ("blur_sigma", 0, 1000), ("stdevs", 0, 100)):
         if options.get(key) is not None:
             check_float(options[key], key, lo=lo, hi=hi)
+    out_channels = getattr(meta, "out_channels", None)
+    if options.get("channel") is not None:
+        check_int(options["channel"], "channel", lo=0, hi=max(0, (out_channels or 1) - 1))
     mpp = options.get("mpp")
     if mpp is not None:
         mpp = check_float(mpp, "mpp", lo=0.01, hi=100, lo_open=True)
