@@ -1,11 +1,14 @@
 """Nucleus detection speed and the tiling check, model and classical baseline side by side.
 
-    python benchmarks/bench_nuclei.py [--model NUCLEI.safetensors] [--image ID] [--threads 1]
+    python benchmarks/bench_nuclei.py [--model NUCLEI.safetensors] [--image ID] [--threads 1 2]
+                                      [--batch 1 4] [--device cuda --half]
 
-On one MoNuSeg test tile (1000 x 1000 px at ~0.25 µm/px, ``../shared/data/monuseg``):
+On one MoNuSeg test tile (a whole 1000 x 1000 px field at ~0.25 µm/px, ``../shared/data/monuseg``):
 
 * nuclei per second and megapixels per second of the Mask R-CNN (tiled, as
-  ``detect_nuclei`` runs it) and of the classical watershed baseline, and their ratio;
+  ``detect_nuclei`` runs it) for every number of torch threads and of tiles per detector
+  call (``--batch``), and of the classical watershed baseline, and their ratio;
+* ``--device cuda`` (with ``--half``: float16 autocast) times the same on a GPU, where one is;
 * the tiled result against whole-image inference (one pass over the padded image) on the
   same image: how many nuclei each finds, how many are the same nucleus (matched at
   IoU > 0.5) and their mean IoU, and that no nucleus is counted twice (no two tiled
@@ -45,47 +48,66 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=None, help="nucleus checkpoint (default: the bundled model)")
     p.add_argument("--data", default=str(DATA))
     p.add_argument("--image", default=None, help="tile id (default: the first breast test tile)")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, nargs="+", default=[1], help="torch threads to time (default 1)")
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 4], help="tiles per detector call to time")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--half", action="store_true", help="float16 autocast (cuda only)")
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if not Path(args.data, "dataset.json").is_file():
         print(f"skipped: {args.data} is absent")
         return 0
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads[0])
     from napari_histoseg.nuclei.baseline import classical_labels
     from napari_histoseg.nuclei.data import load_instances
-    from napari_histoseg.nuclei.infer import detect_nuclei, load_nuclei_model
+    from napari_histoseg.nuclei.infer import detect_nuclei, load_nuclei_detector
     from napari_histoseg.nuclei.metrics import match, overlaps, score
 
     tiles = load_instances(args.data, "test")
     tile = next((t for t in tiles if t.id == args.image), None) or next(
         (t for t in tiles if t.organ == "breast"), tiles[0])
-    net, meta = load_nuclei_model(args.model)
+    if args.device != "cpu" and not torch.cuda.is_available():
+        print(f"skipped: no {args.device} device here")
+        return 0
+    from napari_histoseg.models.detector import NucleusDetector
+
+    det = load_nuclei_detector(args.model)
+    if args.device != "cpu" or args.half:
+        det = NucleusDetector(det.module, det.meta, device=args.device, half=args.half, source=det.source)
+    net, meta = det.module, det.meta
     mp = tile.image.shape[0] * tile.image.shape[1] / 1e6
     print(f"image {tile.id} ({tile.organ}), {tile.image.shape[1]} x {tile.image.shape[0]} px, "
-          f"mpp {tile.mpp}; model {meta.name} ({meta.arch}); torch threads {args.threads}; "
-          f"load average before {os.getloadavg()[0]:.2f}")
+          f"mpp {tile.mpp}; model {meta.name} v{meta.model_version} ({meta.arch}) on {det.device}"
+          f"{' float16' if det.half else ''}; load average before {os.getloadavg()[0]:.2f}")
 
-    (tiled, _), t_model = best_of(lambda: detect_nuclei(tile.image, (net, meta), features=False), args.repeat)
+    rows, tiled, t_model = [], None, None
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for b in args.batch:
+            (lab, _), t = best_of(lambda b=b: detect_nuclei(tile.image, det, features=False, batch=b), args.repeat)
+            rows.append((f"Mask R-CNN tiled, {threads} thr, batch {b}", int(lab.max()), t))
+            if tiled is None or t < t_model:
+                tiled, t_model = lab, t
+    torch.set_num_threads(args.threads[0])
     side = int(np.ceil(max(tile.image.shape[:2]) / 32) * 32)
     keep = (net.roi_heads.detections_per_img, dict(net.rpn._pre_nms_top_n), dict(net.rpn._post_nms_top_n))
     # the whole image holds ~700 nuclei: give it the proposals and detections of ~3 tiles
     net.roi_heads.detections_per_img = 3000
     net.rpn._pre_nms_top_n["testing"] = net.rpn._post_nms_top_n["testing"] = 3000
-    (whole, _), t_whole = best_of(lambda: detect_nuclei(tile.image, (net, meta), tile=side, overlap=0,
+    (whole, _), t_whole = best_of(lambda: detect_nuclei(tile.image, det, tile=side, overlap=0,
                                                         features=False), args.repeat)
     net.roi_heads.detections_per_img, net.rpn._pre_nms_top_n, net.rpn._post_nms_top_n = keep
     base, t_base = best_of(lambda: classical_labels(tile.image, tile.mpp or 0.25), args.repeat)
     load_after = os.getloadavg()[0]
 
     n_model, n_whole, n_base = int(tiled.max()), int(whole.max()), int(base.max())
-    rows = [("Mask R-CNN, tiled 640/128", n_model, t_model), ("Mask R-CNN, whole image", n_whole, t_whole),
-            ("classical watershed", n_base, t_base)]
-    print(f"\n{'method':<28}{'nuclei':>8}{'seconds':>9}{'nuclei/s':>10}{'MP/s':>8}")
+    rows += [(f"Mask R-CNN, whole image, {args.threads[0]} thr", n_whole, t_whole),
+             ("classical watershed", n_base, t_base)]
+    print(f"\n{'method':<40}{'nuclei':>8}{'seconds':>9}{'nuclei/s':>10}{'MP/s':>8}")
     for name, n, t in rows:
-        print(f"{name:<28}{n:>8}{t:>9.2f}{n / t:>10.1f}{mp / t:>8.3f}")
-    print(f"model / baseline time: {t_model / t_base:.1f}x (the baseline is {t_model / t_base:.1f}x faster)")
+        print(f"{name:<40}{n:>8}{t:>9.2f}{n / t:>10.1f}{mp / t:>8.3f}")
+    print(f"fastest model run / baseline time: {t_model / t_base:.1f}x")
 
     m = match(whole, tiled, 0.5)
     # counted once: no whole-image nucleus overlapped by two or more tiled nuclei at IoU > 0.5
