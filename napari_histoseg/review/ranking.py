@@ -3,9 +3,9 @@
 - ``entropy`` (default): the expected number of uncertain pixels, mean predictive entropy
   times the field's area, highest first: where the model is least sure of the most tissue.
   Of the maps a probability alone gives, entropy ranks the model's wrong pixels best
-  (benchmarks/bench_explain.py, BENCHMARKS.md › Explanations: pixel ROC AUC 0.76 on held-out
-  tiles, against 0.75 for ``uncertainty`` and 0.71 for the outline alone). The Explain widget's
-  best map, the entropy of the mean over flips and turns (0.79), needs the model and the image,
+  (benchmarks/bench_explain.py, BENCHMARKS.md › Explanations: pixel ROC AUC 0.776 on 12 held-out
+  tiles, against 0.768 for ``uncertainty`` and 0.727 for the outline alone). The Explain widget's
+  best map, the entropy of the mean over flips and turns (0.801), needs the model and the image,
   which the review of a finished slide has not; a slide segmented with flip TTA gives the
   review the entropy of a flip-averaged probability, which is close to it.
 - ``uncertainty``: mean of "unsure (entropy) or near the predicted outline"
