@@ -1,8 +1,9 @@
 """A lazy RGB uint8 view of a lazily read image level (internal).
 
-Used when a TIFF level is not already (H, W, 3) uint8 channels-last: it
-drops alpha, moves a channel-first axis last and rescales 16-bit/float data
-to uint8, region by region, only for what is indexed.
+Every TIFF level is read through it: it drops alpha, moves a channel-first axis
+last and rescales 16-bit/float data to uint8, region by region, only for what is
+indexed, and turns a tile that cannot be decoded (truncated or corrupt data) into
+an ImageFormatError.
 """
 
 from __future__ import annotations
@@ -83,11 +84,17 @@ class LazyRGBLevel:
 
     def __getitem__(self, key) -> np.ndarray:
         ky, kx, kc = _expand_key(key)
-        if self.channel_first:
-            raw = np.asarray(self.source[slice(0, 3), ky, kx])
-            raw = np.moveaxis(raw, 0, -1)
-        else:
-            raw = np.asarray(self.source[ky, kx, slice(0, 3)])
+        try:
+            if self.channel_first:
+                raw = np.asarray(self.source[slice(0, 3), ky, kx])
+                raw = np.moveaxis(raw, 0, -1)
+            else:
+                raw = np.asarray(self.source[ky, kx, slice(0, 3)])
+        except (IndexError, TypeError, MemoryError):
+            raise
+        except Exception as exc:  # a tile's compressed data is truncated or corrupt
+            raise ImageFormatError(f"a tile of the image file is damaged and cannot be decoded "
+                                   f"({type(exc).__name__}: {exc})") from None
         if self.in_range is not None:
             if raw.dtype.kind == "f" and raw.size and not (np.isfinite(raw).all() and raw.min() >= 0):
                 raise ImageFormatError("this float image holds NaN, infinite or negative values here; "
@@ -95,7 +102,7 @@ class LazyRGBLevel:
             raw = to_uint8(raw, self.in_range)
         elif raw.dtype != np.uint8:  # pragma: no cover - guarded by caller
             raw = raw.astype(np.uint8)
-        return raw[..., kc]
+        return raw if kc == slice(None) else raw[..., kc]
 
     def __array__(self, dtype=None, copy=None):
         out = self[...]

@@ -111,8 +111,8 @@ def _slide_from_tiff(tif, path: Path, suffix: str) -> Slide:
             raise _prefixed(path, exc) from None
 
     plain = dtype == np.uint8 and not channel_first and view_shape[-1] == 3
-    levels = [
-        z if plain else LazyRGBLevel(z, channel_first=channel_first, in_range=in_range)
+    levels = [  # also plain RGB uint8: a damaged tile then says so instead of a codec's traceback
+        LazyRGBLevel(z, channel_first=channel_first, in_range=None if plain else in_range)
         for z in raw_levels
     ]
 
