@@ -345,3 +345,51 @@ def test_bad_task_options_are_4xx(served, route, params, options):
         body, headers = wire.pack({"image": image}, {"method": "gradcam", "options": options}), {
             "Content-Type": wire.NPZ}
     refused(post(url, route, body, headers, {"model": "random", **params}), root=root)
+
+
+def test_the_gate_caps_the_bodies_held_at_once():
+    """Requests whose bodies together would pass the in-flight budget wait for none: the one
+    over it gets 503 with Retry-After, and the budget is free again once they end."""
+    import asyncio
+
+    from napari_histoseg.server.security import Gate
+
+    release = asyncio.Event()
+
+    async def app(scope, receive, send):
+        while (await receive()).get("more_body"):
+            pass
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    gate = Gate(app, token=None, limit=10 * MB, inflight=15 * MB)
+
+    async def call(nbytes):
+        sent, out = [False], []
+
+        async def receive():
+            if sent[0]:
+                await asyncio.sleep(3600)
+            sent[0] = True
+            return {"type": "http.request", "body": bytes(nbytes), "more_body": False}
+
+        async def send(message):
+            out.append(message)
+
+        scope = {"type": "http", "path": "/segment", "headers": [(b"content-length", str(nbytes).encode())]}
+        await gate(scope, receive, send)
+        return out[0]["status"], dict(out[0].get("headers") or [])
+
+    async def scenario():
+        first = asyncio.create_task(call(8 * MB))
+        await asyncio.sleep(0.05)
+        assert gate.held == 8 * MB
+        status, headers = await call(8 * MB)          # 16 MB together: over the budget
+        assert status == 503 and headers[b"retry-after"] == b"2"
+        assert (await call(11 * MB))[0] == 413       # over the per-request limit, never read
+        release.set()
+        assert (await first)[0] == 200 and gate.held == 0
+        assert (await call(8 * MB))[0] == 200
+
+    asyncio.run(scenario())
