@@ -464,3 +464,16 @@ def test_cli_classify_several_fields_of_one_patient(two_scale, tmp_path, capsys)
     mean = np.mean([im["probabilities"]["malignant"] for im in r["images"][:2]])
     assert r["patient"]["p_malignant"] == pytest.approx(mean)
     assert "patient (2 of 3 images)" in capsys.readouterr().out
+
+
+def test_the_bundled_classifier_reads_a_400x_field_at_its_second_scale():
+    from napari_histoseg.classifier.zoom import simulate_field
+
+    ds = load_classification(shared_path("data", "breakhis")).subset("test")
+    model = load_classifier(device="cpu")
+    assert len(model.scales) == 2 and set(model.temperatures) == set(model.scales)
+    field = simulate_field(ds.load(0), 4.0)                      # 700 x 460, as a 400X camera gives it
+    assert field.shape == (460, 700, 3)
+    r = classify_region(field, model, magnification="400x")
+    assert r.scale["model_mpp"] == pytest.approx(min(model.scales)) and r.n_tiles >= 1
+    assert r.probabilities.sum() == pytest.approx(1)
