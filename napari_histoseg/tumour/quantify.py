@@ -94,6 +94,9 @@ def quantify(mask, image=None, mpp=None, tissue=None, *, label: int = 1, ignore_
     other = sorted(set(np.flatnonzero(np.bincount(mask.ravel(), minlength=256)).tolist()) - {0, label, ignore_index})
     if other:
         warnings.append(f"mask codes {other[:10]} counted as not tumour (tumour is {label}, unknown {ignore_index})")
+    if not (mask == label).any() and (mask == ignore_index).any():
+        warnings.append(f"no pixel is tumour ({label}) and {int((mask == ignore_index).sum())} px are unknown "
+                        f"({ignore_index}): a black-and-white mask with {ignore_index} for tumour? Save tumour as {label}")
     valid = mask != ignore_index
     cleaned = clean_regions(mask == label, _min_px(mpp, min_region_um2, min_region_px))
     tumour = cleaned.mask & valid
