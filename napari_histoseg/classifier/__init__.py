@@ -2,12 +2,15 @@
 
 >>> from napari_histoseg.classifier import classify          # doctest: +SKIP
 >>> probs = classify(rgb, region=mask, mpp=0.25)             # doctest: +SKIP
+>>> probs = classify(field, magnification="400x")            # doctest: +SKIP
 >>> probs                     # calibrated [P(benign), P(malignant)]  # doctest: +SKIP
 
 Modules: ``data`` (folder, patient split, augmentation), ``train`` (time-budgeted
 training + temperature scaling), ``calibration`` (temperature, ECE), ``metrics``
-(image-, patient- and subtype-level figures), ``infer`` (tiles over a region,
-scale check, H&E plausibility), ``cli``. Names are imported lazily: importing this
+(image-, patient- and subtype-level figures), ``infer`` (tiles over a region at one
+of the model's trained scales, H&E plausibility), ``magnification`` (a stated
+magnification, the nucleus-size estimate), ``zoom`` (higher magnifications simulated
+from lower ones, for training and ``histoseg evaluate --simulate-magnification``), ``cli``. Names are imported lazily: importing this
 package (as the CLI does) does not import torch.
 """
 
