@@ -158,3 +158,12 @@ def test_a_pale_stain_is_brought_to_the_models_stain_first():
     found = int(detect_nuclei(img, (FakeDetector(), meta), stain=False, **kw)[0].max())
     assert int(detect_nuclei(pale, (FakeDetector(), meta), stain=False, **kw)[0].max()) < 0.1 * found
     assert int(detect_nuclei(pale, (FakeDetector(), meta), **kw)[0].max()) > 0.7 * found
+
+
+def test_stain_normalisation_is_off_unless_asked_or_named_by_the_model():
+    from napari_histoseg.nuclei.infer import MONUSEG_STAIN, stain_target
+
+    plain = ModelMeta(arch="fake", task="instances", mpp=0.25)
+    own = ModelMeta(arch="fake", task="instances", mpp=0.25, preprocessing={"stain": {"method": "macenko"}})
+    assert stain_target(plain) is None and stain_target(plain, True) is MONUSEG_STAIN
+    assert stain_target(own) == {"method": "macenko"} and stain_target(own, False) is None

@@ -3,10 +3,12 @@
     histoseg nuclei IMAGE -o LABELS.tif [--csv FEATURES.csv]
                     [--region MASK.png] [--mpp M] [--model PATH] [--classical] [--tile N] [--overlap N]
                     [--batch N] [--score-threshold T] [--split-touching | --no-split-touching]
+                    [--stain | --no-stain]
     histoseg train DATASET --task instances -o NUCLEI.safetensors --init-encoder MNV2.safetensors
                    --time-budget MIN --batch-size 2 --lr 2e-4 [--nuclei-val-every MIN]
     histoseg evaluate DATASET --task instances [--model PATH] [--split test] [--json OUT]
                       [--no-baseline] [--nuclei-split-touching | --no-nuclei-split-touching]
+                      [--nuclei-stain | --no-nuclei-stain]
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ def add_evaluate_options(p) -> None:
                    help="instances: tile overlap (default 128)")
     g.add_argument("--nuclei-split-touching", action=argparse.BooleanOptionalAction, default=None,
                    help="instances: cut non-convex nuclei at their waists (default: the model's setting)")
+    g.add_argument("--nuclei-stain", action=argparse.BooleanOptionalAction, default=None,
+                   help="instances: normalise each image's stain to the model's training stain first "
+                        "(default: only if the model names a stain target)")
 
 
 def run_evaluate(args) -> int:
@@ -36,7 +41,8 @@ def run_evaluate(args) -> int:
 
     result = evaluate_nuclei(args.dataset, args.model, split=args.split, baseline=not args.no_baseline,
                              tile=args.nuclei_tile, overlap=args.nuclei_overlap,
-                             split_touching=args.nuclei_split_touching, log=lambda s: print(s, flush=True))
+                             split_touching=args.nuclei_split_touching, stain=args.nuclei_stain,
+                             log=lambda s: print(s, flush=True))
     print(format_table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
@@ -63,6 +69,9 @@ def register(subparsers) -> None:
                    help="minimum detection score (default: the model's, chosen on validation tiles)")
     p.add_argument("--split-touching", action=argparse.BooleanOptionalAction, default=None,
                    help="cut non-convex nuclei at their waists (default: the model's setting)")
+    p.add_argument("--stain", action=argparse.BooleanOptionalAction, default=None,
+                   help="normalise the image's stain to the model's training stain first: worth it for "
+                        "another lab's or scanner's slides (default: only if the model names a stain target)")
     p.set_defaults(func=cmd_nuclei)
 
 
@@ -87,7 +96,7 @@ def cmd_nuclei(args) -> int:
         bar, progress = tile_bar(f"nuclei in {Path(args.image).name}")
         labels, table = detect_nuclei(rgb, args.model, mpp=mpp, tile=args.tile, overlap=args.overlap,
                                       score_threshold=args.score_threshold, progress=progress,
-                                      batch=args.batch, split_touching=args.split_touching)
+                                      batch=args.batch, split_touching=args.split_touching, stain=args.stain)
         bar.close()
     from napari_histoseg.nuclei.features import region_summary
 

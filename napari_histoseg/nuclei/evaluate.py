@@ -29,14 +29,15 @@ def _means(rows):
     return {k: float(np.mean([r[k] for r in rows])) for k in KEYS} | {"n_images": len(rows)}
 
 
-def _detect(t, net, meta, tile, overlap, score_threshold, mask_threshold, split_touching, batch):
+def _detect(t, net, meta, tile, overlap, score_threshold, mask_threshold, split_touching, batch, stain=None):
     from napari_histoseg.core.runs import drive
-    from napari_histoseg.nuclei.infer import _rescale, iter_detect, stain_normalise
+    from napari_histoseg.nuclei.infer import _rescale, iter_detect, stain_normalise, stain_target
 
     factor = (t.mpp / meta.mpp) if (t.mpp and meta.mpp) else 1.0
     work = _rescale(t.image, factor) if abs(factor - 1) > 0.05 else t.image
-    if (meta.preprocessing or {}).get("stain"):
-        work = stain_normalise(work, meta.preprocessing["stain"])
+    target = stain_target(meta, stain)
+    if target:
+        work = stain_normalise(work, target)
     labels, _ = drive(iter_detect(work, net, tile, overlap, score_threshold, mask_threshold, batch))
     if split_touching:
         from napari_histoseg.nuclei.postprocess import split_touching as split
@@ -52,9 +53,9 @@ def _detect(t, net, meta, tile, overlap, score_threshold, mask_threshold, split_
 
 
 def evaluate_nuclei(dataset, model=None, split="test", baseline=True, tile=640, overlap=128,
-                    score_threshold=None, split_touching=None, batch=2, log=None) -> dict:
+                    score_threshold=None, split_touching=None, batch=2, stain=None, log=None) -> dict:
     """``{"per_image": [...], "model": {"overall", "by_organ", "size_recall"}, "baseline": {...}, ...}``."""
-    from napari_histoseg.nuclei.infer import load_nuclei_model
+    from napari_histoseg.nuclei.infer import load_nuclei_model, stain_target
 
     net, meta = load_nuclei_model(model) if model is None or isinstance(model, str) else model
     prep = meta.preprocessing or {}
@@ -71,7 +72,7 @@ def evaluate_nuclei(dataset, model=None, split="test", baseline=True, tile=640, 
         ids = np.unique(truth)
         areas.append(np.bincount(truth.ravel())[ids[ids > 0]])
         t0 = time.perf_counter()
-        labels = _detect(t, net, meta, tile, overlap, score_threshold, mask_threshold, split_touching, batch)
+        labels = _detect(t, net, meta, tile, overlap, score_threshold, mask_threshold, split_touching, batch, stain)
         t1 = time.perf_counter()
         outputs = [("model", labels, t1 - t0)]
         if baseline:
@@ -93,7 +94,8 @@ def evaluate_nuclei(dataset, model=None, split="test", baseline=True, tile=640, 
     edges = np.quantile(areas, np.linspace(0, 1, 6)) if len(areas) else np.zeros(6)
     out = {"dataset": str(dataset), "split": split, "model_name": meta.name, "model_version": meta.model_version,
            "model_arch": meta.arch, "tile": tile, "overlap": overlap, "score_threshold": score_threshold,
-           "mask_threshold": mask_threshold, "split_touching": split_touching, "per_image": per_image,
+           "mask_threshold": mask_threshold, "split_touching": split_touching,
+           "stain": bool(stain_target(meta, stain)), "per_image": per_image,
            "seconds": seconds}
     for method in ("model", "baseline") if baseline else ("model",):
         rows = [r for r in per_image if r["method"] == method]

@@ -10,10 +10,13 @@ whole in the tile that keeps it, and no other tile keeps it again. Masks are pas
 descending score; pixels already taken stay with the earlier (more confident) nucleus,
 and a detection that keeps less than half of its mask is dropped as a duplicate.
 
-Stain: where the checkpoint names a stain target (``preprocessing["stain"]``, Macenko
-parameters of its training images), the image is first normalised to it
-(:func:`stain_normalise`): the detector learnt one lab's colours and fires on few nuclei of
-another's otherwise.
+Stain: with ``stain=True`` (or where the checkpoint names a stain target,
+``preprocessing["stain"]``) the image is first normalised to the stain of the model's training
+images (:func:`stain_normalise`; :data:`MONUSEG_STAIN`, Macenko parameters of the 11 MoNuSeg
+tiles the bundled model learnt from, where the checkpoint has none). The detector learnt one
+collection's colours and fires on few nuclei of another lab's otherwise (MoNuSAC breast: AJI
+0.02 without, see the model card); on MoNuSeg's own test images it costs a little, so it is
+off for the bundled model unless asked for.
 
 Tiles go through the detector ``batch`` at a time (all tiles of one image have one shape).
 With ``split_touching`` (default: the checkpoint's ``preprocessing["split_touching"]``)
@@ -193,6 +196,24 @@ def iter_detect(rgb, model, tile=640, overlap=128, score_threshold=0.5, mask_thr
     return labels, np.asarray(scores, np.float32)
 
 
+#: Macenko stain target fitted on every second pixel of the 11 MoNuSeg training tiles of the bundled model.
+MONUSEG_STAIN = {"method": "macenko",
+                 "stain_matrix": [[0.598561, 0.713178, 0.36483], [0.170055, 0.824194, 0.540172]],
+                 "max_concentrations": [2.642582, 1.658244], "beta": 0.15, "alpha": 1.0, "percentile": 99.0}
+
+
+def stain_target(meta, stain=None):
+    """The stain parameters ``detect_nuclei`` normalises to: ``stain`` if a dict; None for
+    False; for True the checkpoint's ``preprocessing["stain"]`` or :data:`MONUSEG_STAIN`; for
+    None (the default) the checkpoint's, if it names one."""
+    if isinstance(stain, dict):
+        return stain
+    own = (meta.preprocessing or {}).get("stain")
+    if stain is True:
+        return own or MONUSEG_STAIN
+    return own if stain is None else None
+
+
 def stain_normalise(rgb: np.ndarray, params: dict) -> np.ndarray:
     """``rgb`` with its stains mapped onto ``params`` (a :mod:`napari_histoseg.colour.normalise`
     ``to_dict``), fitted on ``rgb`` itself; unchanged, with a warning, where it holds too little
@@ -237,8 +258,9 @@ def detect_nuclei(image, model=None, mpp=None, *, tile=640, overlap=128, score_t
         Cut non-convex instances at their waists (default: the checkpoint's
         ``preprocessing["split_touching"]``, else off).
     stain : bool or dict, optional
-        Normalise the stain first (:func:`stain_normalise`): None or True, to the checkpoint's
-        ``preprocessing["stain"]`` if it has one; a dict, to those parameters; False, never.
+        Normalise the stain first (:func:`stain_target`): True, to the checkpoint's target or
+        the MoNuSeg one; None, to the checkpoint's if it names one; a dict, to those
+        parameters; False, never. Worth turning on for images of another lab or scanner.
     score_threshold, mask_threshold : float
         Minimum detection score (default: the checkpoint's ``preprocessing["score_threshold"]``,
         chosen on the validation tiles, else 0.5) and mask probability (likewise
@@ -280,8 +302,7 @@ def detect_nuclei(image, model=None, mpp=None, *, tile=640, overlap=128, score_t
     if mpp and meta.mpp and abs(mpp / meta.mpp - 1) > 0.05:
         factor = mpp / meta.mpp
     work = _rescale(rgb, factor) if factor != 1.0 else rgb
-    target = stain if isinstance(stain, dict) else ((meta.preprocessing or {}).get("stain") if stain in (None, True)
-                                                    else None)
+    target = stain_target(meta, stain)
     if target:
         work = stain_normalise(work, target)
     if min(work.shape[:2]) < MIN_SIDE:

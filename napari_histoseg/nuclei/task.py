@@ -13,7 +13,7 @@ name = "instances"
 title = "nuclei"
 # keyword options of infer (those of napari_histoseg.nuclei.infer.detect_nuclei)
 INFER_OPTIONS = frozenset({"mpp", "tile", "overlap", "score_threshold", "mask_threshold", "features", "batch",
-                           "split_touching"})
+                           "split_touching", "stain"})
 EXPLAIN_OPTIONS = frozenset()   # no explanations of nuclei
 
 
