@@ -126,7 +126,7 @@ def run_seed(seed, args, start, pred, keys, truths, cam, log):
     return {"seed": seed, "order": order, "rounds": rounds, "clicks": clicks}
 
 
-def summarise(results, ks, clicks_start):
+def summarise(results, ks, clicks_start, start_dice=None):
     lines = ["| k | fields left | start | adapted | control | adapted - start | adapted - control | seconds |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for k in ks:
@@ -142,13 +142,17 @@ def summarise(results, ks, clicks_start):
                      f"{pm(a - s)} | {pm(a - c)} | {sec.mean():.0f} (max {sec.max():.0f}) |")
     lines.append("")
     bands = [(0, 2), (2, 5), (5, 10), (10, 20), (20, 32)]
-    lines.append("| fields | clicks per field, adapting | clicks per field, start model |")
-    lines.append("|---|---:|---:|")
+    lines.append("| fields (in order) | clicks to Dice 0.90 (cap), adapting | same, start model | Dice of the mask "
+                 "shown, adapting | same, start model |")
+    lines.append("|---|---:|---:|---:|---:|")
     for lo, hi in bands:
         got = [c["clicks"] for res in results for c in res["clicks"][lo:hi]]
         base = [clicks_start[c["field"]] for res in results for c in res["clicks"][lo:hi]]
+        shown = [c["dice_shown"] for res in results for c in res["clicks"][lo:hi]]
+        shown0 = [start_dice[c["field"]] for res in results for c in res["clicks"][lo:hi]] if start_dice else [np.nan]
         if got:
-            lines.append(f"| {lo + 1}-{min(hi, len(results[0]['clicks']))} | {np.mean(got):.2f} | {np.mean(base):.2f} |")
+            lines.append(f"| {lo + 1}-{min(hi, len(results[0]['clicks']))} | {np.mean(got):.2f} | {np.mean(base):.2f} "
+                         f"| {np.mean(shown):.3f} | {np.mean(shown0):.3f} |")
     cam = [r for res in results for r in res["rounds"] if "camelyon_adapted" in r]
     if cam:
         lines.append("")
@@ -175,7 +179,12 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", default="/tmp/histoseg-loop")
     ap.add_argument("--limit", type=int, default=0, help="only the first N fields (a quick check)")
     ap.add_argument("--out", default=None, help="write every figure as JSON here (after each seed)")
+    ap.add_argument("--summarise", default=None, metavar="JSON", help="print the tables of a saved run and stop")
     args = ap.parse_args(argv)
+    if args.summarise:
+        saved = json.loads(Path(args.summarise).read_text())
+        print(summarise(saved["results"], saved["args"]["ks"], saved["clicks_start"], saved.get("start_dice")))
+        return 0
     torch.set_num_threads(args.threads)
     t0 = time.time()
 
@@ -206,9 +215,10 @@ def main(argv=None) -> int:
     if args.camelyon and (Path(args.camelyon) / "dataset.json").is_file():
         c = load_dataset(args.camelyon).subset("test")
         cam = list(zip(*c.load_all()))
-    clicks_start = {}
+    clicks_start, start_dice = {}, {}
     for key in keys:
-        clicks_start[key] = correct(pred.images[key], truths[key], pred.prob(start, key), args.clicks)[2]
+        _, _, clicks_start[key], start_dice[key], _ = correct(pred.images[key], truths[key], pred.prob(start, key),
+                                                              args.clicks)
     log(f"start model: mean Dice {mean_dice(pred, start, keys, truths):.4f} on {len(keys)} fields; "
         f"{np.mean(list(clicks_start.values())):.2f} clicks per field")
     cam_start = float(np.mean([dice((predict_tile(i, start) >= 0.5).astype(np.uint8), t) for i, t in cam])) if cam else None
@@ -221,8 +231,8 @@ def main(argv=None) -> int:
         results.append(res)
         if args.out:
             Path(args.out).write_text(json.dumps({"args": vars(args), "check": check, "clicks_start": clicks_start,
-                                                  "results": results, "seconds": time.time() - t0}, indent=1))
-        log("\n" + summarise(results, args.ks, clicks_start))
+                                                  "start_dice": start_dice, "results": results, "seconds": time.time() - t0}, indent=1))
+        log("\n" + summarise(results, args.ks, clicks_start, start_dice))
     return 0
 
 
