@@ -2,7 +2,7 @@
 
     xvfb-run -a -s "-screen 0 1600x1000x24" python3 docs/explain_screenshots.py [OUTDIR]
 
-A 768 x 768 px view of the BCSS test region 1015 (../shared/data/bcss; skipped where it is
+A 768 x 768 px view (``--size=N``; ``--methods=a,b`` for some maps only) of the BCSS test region 1015 (../shared/data/bcss; skipped where it is
 absent), segmented by the bundled model (its mask as a Labels layer, outline only), then each
 method of the Explain widget run through the widget itself (whole image, target: predicted
 tumour). Writes OUTDIR/11-explain.jpg (the default saliency), OUTDIR/12-explain-uncertainty.jpg
@@ -27,6 +27,8 @@ from skimage.io import imread
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("HISTOSEG_SHARED", REPO.parent / "shared"))
 ARGS = [a for a in sys.argv[1:] if not a.startswith("--")]
+#: ``--methods=a,b``: only these maps; ``--size=N``: an N x N view (default 768)
+OPTS = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
 OUT = Path(ARGS[0]) if ARGS else Path(__file__).parent / "screenshots"
 
 
@@ -41,7 +43,9 @@ def view():
     d = SHARED / "data" / "bcss" / "images"
     ids = [["region-1015-y0-x0", "region-1015-y0-x512"], ["region-1015-y512-x0", "region-1015-y512-x512"]]
     full = np.concatenate([np.concatenate([imread(d / f"{i}.png")[..., :3] for i in row], 1) for row in ids], 0)
-    return np.ascontiguousarray(full[128:896, 128:896])
+    n = int(OPTS.get("size", 768))
+    y0 = (1024 - n) // 2
+    return np.ascontiguousarray(full[y0:y0 + n, y0:y0 + n])
 
 
 def wait_run(w):
@@ -103,7 +107,10 @@ def main():
     dock, w = viewer.window.add_plugin_dock_widget("napari-histoseg", "Explain (Grad-CAM, SHAP, uncertainty)")
     settle(0.5)
     w.region.value = "whole image"
+    wanted = OPTS.get("methods", "").split(",") if OPTS.get("methods") else [m for _, m in METHODS]
     for title, method in METHODS:
+        if method not in wanted:
+            continue
         w.method.value = method
         settle(0.2)
         t0 = time.time()

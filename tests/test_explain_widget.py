@@ -76,11 +76,11 @@ def test_the_cost_is_shown_before_and_the_status_says_what_is_shown(explaining, 
     assert "Estimated" in w.cost.value and "256 x 192 px" in w.cost.value
     cheap = w.cost.value
     w.method.value = "superpixel-shap"
-    assert w.cost.value != cheap and "one view at a time" in w.cost.value
+    assert w.cost.value != cheap and "the whole view at once" in w.cost.value
     w.method.value = "tta-boundary"
     run_and_wait(w, qtbot)
     assert "Choose a method" not in w.status.value
-    assert "Showing" in w.status.value and "likely errors" in w.status.value
+    assert "Showing" in w.status.value and "flips/turns + outline" in w.status.value
     layer = w.viewer.layers["explain: Uncertainty: flips/turns + outline"]
     assert 0.0 <= layer.data.min() and layer.data.max() <= 1.0 + 1e-6
     assert "likely errors" in w.legend.value

@@ -59,9 +59,9 @@ def heat_colormap(signed: bool):
     from napari.utils.colormaps import Colormap
 
     if signed:
-        return Colormap([[0.1, 0.3, 1, 0.85], [0.1, 0.3, 1, 0.0], [1, 0.1, 0, 0.0], [1, 0.1, 0, 0.85]],
+        return Colormap([[0.1, 0.3, 1, 0.7], [0.1, 0.3, 1, 0.0], [1, 0.1, 0, 0.0], [1, 0.1, 0, 0.7]],
                         controls=[0, 0.45, 0.55, 1], name="histoseg signed heat")
-    return Colormap([[1, 0.9, 0, 0.0], [1, 0.6, 0, 0.0], [1, 0.45, 0, 0.55], [1, 0.05, 0, 0.85]],
+    return Colormap([[1, 0.9, 0, 0.0], [1, 0.6, 0, 0.0], [1, 0.45, 0, 0.45], [1, 0.05, 0, 0.7]],
                     controls=[0, 0.15, 0.5, 1], name="histoseg heat")
 
 
@@ -111,6 +111,8 @@ class ExplainWidget(RunsWork, Scrolling, Container):
                      *self.model_choice.backend_widgets, *self.model_choice.widgets, self.layer,
                      Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False)])
         self.extend([self.cost, self.legend, self.status])
+        for label, lines in ((self.cost, 3), (self.legend, 3), (self.status, 3)):  # wrapped text is never cut
+            label.native.setMinimumHeight(lines * label.native.fontMetrics().lineSpacing() + 4)
         layout = self.body.layout()  # the colour bar goes right above its legend
         layout.insertWidget(next(i for i in range(layout.count()) if layout.itemAt(i).widget() is not None
                                  and layout.itemAt(i).widget().isAncestorOf(self.legend.native)), self._bar)
@@ -157,7 +159,8 @@ class ExplainWidget(RunsWork, Scrolling, Container):
         c = estimate(self.method.value, shape, region, seconds_per_mpx=self.rate)
         secs = c["seconds"]
         when = f"~{secs:.0f} s" if secs < 120 else f"~{secs / 60:.0f} min"
-        where = "one view at a time" if c["tiles"] == 1 else f"{c['tiles']} tiles"
+        where = ("the whole view at once" if self.method.value == "superpixel-shap"
+                 else f"{c['tiles']} tile" + ("s" if c["tiles"] > 1 else ""))
         return (f"Estimated {when} on this computer for {region[3]} x {region[2]} px "
                 f"({c['passes']:g} forward passes per pixel, {where})")
 
@@ -238,7 +241,7 @@ class ExplainWidget(RunsWork, Scrolling, Container):
         return self.status.value + (f" (took {took:.0f} s)" if took is not None else "")
 
     def _show(self, heat, method, place):
-        (lo, hi), _, high = LEGEND[method]
+        (lo, hi), _, _ = LEGEND[method]
         title = dict((v, k) for k, v in METHODS)[method]
         name = f"explain: {title}"
         cmap = heat_colormap(signed=lo < 0)
@@ -250,5 +253,4 @@ class ExplainWidget(RunsWork, Scrolling, Container):
         masks = [i for i, ly in enumerate(layers) if isinstance(ly, Labels)]
         if masks and layers.index(layer) > masks[0]:  # under the masks: their outline stays on top
             layers.move(layers.index(layer), masks[0])
-        self.status.value = (f"Showing {title} (layer '{name}'): red = {high}. "
-                             "Toggle the layer's eye to compare with the tissue.")
+        self.status.value = f"Showing {title}; toggle its eye to compare with the tissue."
