@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from napari_histoseg.io.checks import check_pixels
 from napari_histoseg.io.validate import ImageFormatError, to_uint8
 
 
@@ -84,6 +85,10 @@ class LazyRGBLevel:
 
     def __getitem__(self, key) -> np.ndarray:
         ky, kx, kc = _expand_key(key)
+        n = [len(range(*k.indices(size))) if isinstance(k, slice) else 1
+             for k, size in zip((ky, kx), self.shape[:2])]
+        if n[0] * n[1] > 1 << 24:   # large reads only: the header's size is not believed blindly
+            check_pixels(n, "the region read", hint="read a smaller region or a lower pyramid level")
         try:
             if self.channel_first:
                 raw = np.asarray(self.source[slice(0, 3), ky, kx])
