@@ -71,6 +71,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
 
     runner = JobRunner(workdir / "jobs", on_checkpoint=lambda p, name: store.add(p, pinned=False).ref,
                        threads=config.train_threads, max_jobs=config.max_jobs, scrub=scrub)
+    store.in_use = lambda: {j.source for j in runner.running()}
 
     @asynccontextmanager
     async def lifespan(_app):

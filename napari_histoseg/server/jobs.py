@@ -45,6 +45,7 @@ class Job:
     new_model: str | None = None
     cancel: bool = False
     ended: float | None = None
+    source: Path | None = None  # the checkpoint it trains from
 
     def public(self) -> dict:
         """What ``GET /jobs/{id}`` answers: JSON-safe whatever training reported (a NaN loss is null)."""
@@ -101,7 +102,7 @@ class JobRunner:
             settings = {"epochs": int(epochs), "time_budget_min": float(time_budget), "lr": float(lr),
                         "name": name, "model_version": model_version, "patch_size": patch_size,
                         "batch_size": batch_size, "steps_per_epoch": steps_per_epoch}
-            job = Job(job_id, model_ref, Path(dataset), out, settings, task)
+            job = Job(job_id, model_ref, Path(dataset), out, settings, task, source=Path(checkpoint))
             self.jobs[job_id] = job
             self._prune()
         threading.Thread(target=self._run, args=(job, checkpoint), name=f"histoseg-job-{job_id}",

@@ -79,6 +79,7 @@ class ModelStore:
         self.max_models = int(max_models)
         self.entries: OrderedDict[str, Entry] = OrderedDict()   # least recently used first
         self.unloaded = 0
+        self.in_use = set   # () -> checkpoint files that must stay (set by the app: running jobs' own)
         self._lock = threading.RLock()
 
     def add(self, path, ref: str | None = None, *, pinned: bool = True, owned: bool = False) -> Entry:
@@ -117,7 +118,7 @@ class ModelStore:
             self.unloaded += 1
             if entry.batcher is not None:
                 entry.batcher.retire()       # requests in flight on it still finish
-            if entry.owned:
+            if entry.owned and entry.path not in self.in_use():   # a running job may still read it
                 entry.path.unlink(missing_ok=True)
 
     def add_bundled(self) -> list[Entry]:
