@@ -16,7 +16,8 @@ enlarged images blur, so a single measurement is biased by the scale; the image 
 therefore resized until that radius is :data:`WORKING_RADIUS` px and measured again (three
 rounds), which makes the measurement proportional to the scale. The radius in pixels is
 compared with BreakHis 100X training images (:data:`REFERENCE_RADIUS` px at 100X), and the
-spread of that ratio over those images (:data:`LOG_SD`, natural log) gives the interval.
+spread of that ratio over those images (:data:`LOG_SD`, natural log; :data:`LOG_SD_FEW`
+from fewer than :data:`FEW_NUCLEI` blobs) gives the interval.
 It is a classical estimate, not the nuclei model (the classifier does not depend on it).
 """
 
@@ -40,7 +41,11 @@ LOG_SD = 0.28
 #: Radius the image is resized to before the final measurement.
 WORKING_RADIUS = 4.0
 #: Fewer blobs than this: no estimate.
-MIN_NUCLEI = 15
+MIN_NUCLEI = 6
+#: Fewer blobs than this (a high-power field often has only a few nuclei): the wider spread below.
+FEW_NUCLEI = 15
+#: Spread of the estimate from FEW_NUCLEI or fewer blobs (simulated 400X BreakHis test fields).
+LOG_SD_FEW = 0.54
 
 
 def mpp_of(magnification: float) -> float:
@@ -83,6 +88,7 @@ class MagnificationEstimate:
     low: float
     high: float
     n_nuclei: int
+    log_sd: float = LOG_SD
 
     @property
     def mpp(self) -> float:
@@ -95,7 +101,7 @@ class MagnificationEstimate:
     def disagrees(self, magnification: float) -> bool:
         """True when ``magnification`` lies outside the 95 % range and is off by more than 1.5x."""
         r = abs(math.log(float(magnification) / self.magnification))
-        return r > max(math.log(1.5), 1.96 * LOG_SD)
+        return r > max(math.log(1.5), 1.96 * self.log_sd)
 
     def to_json(self) -> dict:
         return {"magnification": self.magnification, "low": self.low, "high": self.high,
@@ -139,5 +145,6 @@ def estimate_magnification(rgb, rounds: int = 3):
         factor = min(factor * WORKING_RADIUS / r, 4.0)
     radius = WORKING_RADIUS / factor * step     # in the pixels of the image given
     mag = 100.0 * radius / REFERENCE_RADIUS
-    k = math.exp(1.96 * LOG_SD)
-    return MagnificationEstimate(round(mag, 1), round(mag / k, 1), round(mag * k, 1), n)
+    sd = LOG_SD if n >= FEW_NUCLEI else LOG_SD_FEW
+    k = math.exp(1.96 * sd)
+    return MagnificationEstimate(round(mag, 1), round(mag / k, 1), round(mag * k, 1), n, sd)
