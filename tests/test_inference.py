@@ -149,7 +149,9 @@ def test_the_tissue_gate_keeps_the_tumour_of_an_image_that_is_all_tissue(bundled
     tumour, tumour_plain = int((gated.mask == 1).sum()), int((plain.mask == 1).sum())
     assert tumour_plain > 10_000                       # the sample really has tumour
     assert tumour >= 0.99 * tumour_plain               # the gate costs at most 1 % of it
-    assert gated.tumour_fraction_of_tissue >= plain.tumour_fraction_of_tissue
+    # the share of the tissue called tumour is the share of the image, give or take a point
+    # (the gate takes off the white lumina inside the carcinoma, which the model calls tumour)
+    assert gated.tumour_fraction_of_tissue >= plain.tumour_fraction_of_tissue - 0.01
 
 
 def test_the_gate_in_the_api_and_an_explicit_tissue_mask(random_model):
