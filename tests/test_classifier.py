@@ -188,7 +188,7 @@ def test_classify_region_aggregates_tiles_and_warns_about_scale(tiny, he_image):
     region = np.zeros((256, 256), bool)
     region[:128, :] = True
     with pytest.warns(UserWarning, match="unknown"):
-        p = classify(img, tiny, region)
+        p = classify(img, tiny, region, estimate=False)
     assert p.shape == (2,) and p.sum() == pytest.approx(1)
     r = classify_region(img, tiny, region, mpp=0.2)
     assert any("resized by 0.50" in w for w in r.warnings)
@@ -269,7 +269,7 @@ def test_the_he_check_looks_only_inside_the_region(tiny, he_image):
     img[128:] = he_image[:128, :256]                 # ... tissue below
     below = np.zeros((256, 256), bool)
     below[128:] = True
-    assert classify_region(img, tiny, below).n_tiles > 0  # no mpp: the region at full scale
+    assert classify_region(img, tiny, below, estimate=False).n_tiles > 0  # the region at full scale
     with pytest.raises(ClassifierInputError, match="almost empty"):
         classify_region(img, tiny, ~below)
 

@@ -295,7 +295,8 @@ def classify_region(image, model=None, region=None, mpp: Optional[float] = None,
                           len(boxes), mean, tile_p, img_boxes, notes, scale.to_json())
 
 
-def classify(image, model=None, region=None, mpp: Optional[float] = None, magnification=None) -> np.ndarray:
+def classify(image, model=None, region=None, mpp: Optional[float] = None, magnification=None,
+             estimate: bool = True) -> np.ndarray:
     """Calibrated class probabilities ``[P(benign), P(malignant)]`` of an image or region.
 
     Parameters
@@ -312,13 +313,15 @@ def classify(image, model=None, region=None, mpp: Optional[float] = None, magnif
         The field's magnification as a microscope states it (``"400x"``; BreakHis
         convention, :mod:`.magnification`), used when ``mpp`` is not given. With neither,
         the magnification is estimated from nucleus size (with a warning saying so).
+    estimate : bool
+        False: no nucleus-size estimate (nor check of a stated magnification).
 
     Raises
     ------
     ClassifierInputError
         Grayscale, too small, empty or not H&E-like input.
     """
-    result = classify_region(image, model, region, mpp, magnification=magnification)
+    result = classify_region(image, model, region, mpp, magnification=magnification, estimate=estimate)
     for note in result.warnings:
         _warnings.warn(note, stacklevel=2)
     return result.probabilities
