@@ -264,8 +264,10 @@ def test_segment_and_segment_slides_agree_and_call_no_glass_tumour(tmp_path, cap
     with open_image(path) as slide:
         tissue = slide_tissue(slide).lookup((0, 0) + window.shape[:2])
     assert 0.15 < tissue.mean() < 0.6
-    assert plain[~tissue].mean() > 0.2                 # the model alone calls glass tumour here ...
-    assert not gated[~tissue].any() and not ss_tumour[~tissue].any()   # ... neither command does
+    # whatever the model alone calls on this glass (the bundled 0.1.0 called > 20 % of it tumour,
+    # 0.2.0 about 1 %), neither command with the gate calls any of it tumour
+    assert not gated[~tissue].any() and not ss_tumour[~tissue].any()
+    assert plain.shape == gated.shape
     frac = gated[tissue].mean()
     assert frac > 0.01
     assert abs(frac - float(row["tumour_fraction_of_tissue"])) < 0.01
