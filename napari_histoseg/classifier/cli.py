@@ -14,7 +14,9 @@ import json
 import sys
 
 from napari_histoseg.classifier.magnification import magnification_arg
+from napari_histoseg.io.atomic import output_folder
 from napari_histoseg.io.checks import float_arg
+from napari_histoseg.io.metadata import MPP_RANGE
 
 
 def add_evaluate_options(p) -> None:
@@ -92,6 +94,8 @@ def cmd_classify(args) -> int:
     if args.region and len(args.image) > 1:
         print("histoseg classify: --region goes with one image only", file=sys.stderr)
         return 2
+    if args.json:
+        output_folder(args.json)   # a bad output path fails now, not after the model has run
     model = load_classifier(args.model)
     records, codes = zip(*(_classify_one(path, args, model) for path in args.image))
     out = records[0]
@@ -119,8 +123,8 @@ def register(subparsers) -> None:
     p.add_argument("image", nargs="+", help="RGB H&E image(s) (PNG, JPEG, TIFF, SVS); several: the fields of one "
                                         "patient, each classified and then the patient (mean probability)")
     p.add_argument("--region", default=None, metavar="MASK", help="mask image; non-zero = the region")
-    p.add_argument("--mpp", type=float_arg(lo=0, lo_open=True, hi=100), default=None,
-                   help="µm per pixel (default: from the file)")
+    p.add_argument("--mpp", type=float_arg(*MPP_RANGE), default=None,
+                   help=f"µm per pixel, {MPP_RANGE[0]:g}-{MPP_RANGE[1]:g} (default: from the file)")
     p.add_argument("--magnification", type=magnification_arg, default=None, metavar="MAG",
                    help="the field's magnification as the microscope states it (40x, 100x, 200x, 400x; "
                         "objective x 10 eyepiece), when the file has no µm per pixel; without either it is "

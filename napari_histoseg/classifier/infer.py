@@ -43,7 +43,7 @@ from napari_histoseg.classifier.magnification import (
 )
 from napari_histoseg.classifier.tiles import aggregate, tile_logits
 from napari_histoseg.core.resize import resize
-from napari_histoseg.io.checks import InputError, check_float
+from napari_histoseg.io.checks import InputError, check_float, check_pixels
 from napari_histoseg.models.tile_classifier import Classifier
 
 MIN_TISSUE = 0.05  # least share of tissue pixels in a region (see check_he)
@@ -250,6 +250,12 @@ def _prepare(image, model: Classifier, region, mpp, what: str, magnification=Non
     notes += more
     crop_mask = None if region is None else region[y0:y1, x0:x1]
     factor = scale.factor
+    try:   # the size at the model's scale, before resizing allocates it
+        check_pixels((round(rgb.shape[0] * factor), round(rgb.shape[1] * factor)),
+                     f"the region at the model's scale ({factor:.2f} x its {rgb.shape[1]} x {rgb.shape[0]} px)",
+                     hint="classify a smaller region, or check the stated µm/px or magnification")
+    except InputError as e:
+        raise ClassifierInputError(str(e)) from None
     rgb = resize(rgb, factor)
     if crop_mask is not None:
         crop_mask = resize(crop_mask.astype(np.uint8), factor, mask=True)

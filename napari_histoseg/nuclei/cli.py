@@ -80,8 +80,12 @@ def cmd_nuclei(args) -> int:
 
     from napari_histoseg.core.runs import tile_bar
     from napari_histoseg.io import open_image
+    from napari_histoseg.io.atomic import output_folder
     from napari_histoseg.io.masks import read_region
 
+    for out in (args.output, args.csv):
+        if out:
+            output_folder(out)   # a bad output path fails now, not after the model has run
     with open_image(args.image) as slide:
         rgb = np.asarray(slide.levels[0])
         mpp = args.mpp or slide.mpp
