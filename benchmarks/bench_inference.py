@@ -114,9 +114,9 @@ def main(argv=None):
     ap.add_argument("--overlap", type=int, default=64)
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--no-onnx", action="store_true")
-    ap.add_argument("--calibration", choices=["samples", "shared"], default="samples",
-                    help="int8 calibration tiles: the bundled samples (the default of the engine) "
-                         "or training tiles of ../shared/data")
+    ap.add_argument("--calibration", choices=["default", "shared"], default="default",
+                    help="int8 calibration: the engine's default (the ranges shipped beside the checkpoint, "
+                         "else the bundled sample images) or training tiles of ../shared/data")
     ap.add_argument("--dice", action="store_true", help="held-out Dice of each engine (test splits)")
     ap.add_argument("--grid", action="store_true", help="time tile sizes and overlaps (best engine)")
     ap.add_argument("--json", help="write the rows here")
@@ -141,8 +141,8 @@ def main(argv=None):
 
         calib = shared_calibration() if args.calibration == "shared" else None
         engines.append(("ONNX fp32", OnnxSegmenter(model, threads=threads)))
-        engines.append((f"ONNX int8 (calibrated on {args.calibration})",
-                        OnnxSegmenter(model, threads=threads, precision="int8", calibration=calib)))
+        int8 = OnnxSegmenter(model, threads=threads, precision="int8", calibration=calib)
+        engines.append((f"ONNX int8 ({int8.calibration})", int8))
     for label, m in engines:
         t, (n, px) = timed(lambda: engine(m, image, args.tile, args.overlap, args.batch), args.repeats)  # noqa: B023
         rows.append({"path": f"engine: {label}, tile {args.tile}, overlap {args.overlap}", "n": n, "px": px,

@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -174,30 +173,9 @@ def bench_wsi(device: str, smoke: bool, workdir: Path) -> None:
                tissue_megapixels_per_s=round(res.tissue_px / 1e6 / dt, 1), tiles_run=res.tiles_run)
 
 
-def _client(url, ref, image, requests, barrier, lat, errors):
-    """A client thread's body: ``requests`` region segmentations, latencies into ``lat``."""
-    from napari_histoseg.backends.remote import RemoteBackend
-
-    lock = threading.Lock()
-
-    def run():
-        c = RemoteBackend(url, timeout=600)
-        barrier.wait()
-        for _ in range(requests):
-            t0 = time.perf_counter()
-            try:
-                c.segment_region(image, ref)
-            except Exception as e:  # noqa: BLE001 - counted and shown
-                with lock:
-                    errors.append(repr(e)[:200])
-                continue
-            with lock:
-                lat.append(time.perf_counter() - t0)
-
-    return run
-
-
 def bench_serve(device: str, smoke: bool) -> None:
+    from bench_serve import run_clients  # the same clients as the CPU serving benchmark
+
     from napari_histoseg.backends.remote import RemoteBackend
     from napari_histoseg.models.bundled import bundled_model_path
     from napari_histoseg.server.app import ServerConfig, create_app
@@ -214,19 +192,12 @@ def bench_serve(device: str, smoke: bool) -> None:
         ref = next(iter(app.state.store.entries.values())).ref
         RemoteBackend(url, timeout=600).segment_region(image, ref)   # warm-up
         for n in clients:
-            lat, errors = [], []
-            client = _client(url, ref, image, per_client, threading.Barrier(n), lat, errors)
-            threads = [threading.Thread(target=client) for _ in range(n)]
-            t0 = time.perf_counter()
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            wall = time.perf_counter() - t0
-            a = np.array(lat or [np.nan])
-            record("serve", batching=batching, clients=n, requests=len(lat), errors=len(errors),
-                   req_per_s=round(len(lat) / wall, 2), p50_s=round(float(np.percentile(a, 50)), 3),
-                   p95_s=round(float(np.percentile(a, 95)), 3), first_error=errors[0] if errors else None)
+            def make_call(url=url, ref=ref):
+                client = RemoteBackend(url, timeout=600)
+                return lambda: client.segment_region(image, ref)
+
+            row = run_clients(n, per_client, 600.0, make_call)
+            record("serve", batching=batching, **row)
         srv.stop()
 
 
