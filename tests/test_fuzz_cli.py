@@ -295,3 +295,28 @@ def test_the_installed_command_says_one_line_and_exits_2(env, tmp_path):
     assert r.returncode == 2
     assert r.stderr.startswith("histoseg: ") and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def _other(env, name):
+    d, out, image, model = env["dir"], env["dir"] / "out", env["image"], env["model"]
+    return {
+        "refine huge seeds": ["refine", image, "--seeds", d / "hugemask.tif", "-o", out / "r.png"],
+        "refine text seeds": ["refine", image, "--seeds", d / "text.png", "-o", out / "r.png"],
+        "explain huge image": ["explain", d / "huge.tif", "--method", "entropy", "-o", out / "e.tif",
+                               "--model", model],
+        "explain output under a file": ["explain", image, "--method", "entropy", "-o", d / "text.png" / "e.tif",
+                                        "--model", model],
+        "classify mpp 100": ["classify", image, "--mpp", "100"],
+        "classify output under a file": ["classify", image, "--json", d / "text.png" / "c.json"],
+        "nuclei output under a file": ["nuclei", image, "-o", d / "text.png" / "x.tif"],
+    }[name]
+
+
+@pytest.mark.parametrize("name", ["refine huge seeds", "refine text seeds", "explain huge image",
+                                  "explain output under a file", "classify mpp 100",
+                                  "classify output under a file", "nuclei output under a file"])
+def test_other_commands_refuse_before_working(env, capsys, name):
+    """refine, explain, classify and nuclei: huge headers, unreadable files and output paths
+    under a file are refused with one message before any model runs."""
+    err = _refused(_other(env, name), capsys, env)
+    assert err.strip().splitlines()[-1].startswith("histoseg"), err   # the reason, last, in one line

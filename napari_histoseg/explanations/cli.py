@@ -80,16 +80,22 @@ def run(args) -> int:
     from napari_histoseg.explanations import explain
     from napari_histoseg.explanations.cost import estimate
     from napari_histoseg.io import open_image
+    from napari_histoseg.io.atomic import output_folder
+    from napari_histoseg.io.checks import check_pixels
     from napari_histoseg.models.segmenter import load_segmenter as load_model
 
     out = Path(args.output)
     if out.suffix.lower() not in {".tif", ".tiff"}:
         raise SystemExit(f"histoseg: cannot write {out.name}: the map is float32, use .tif or .tiff")
+    output_folder(out)   # a bad output path fails now, not after the map is computed
     model = load_model(args.model, device=args.device)
     with open_image(args.image) as slide:
         if not 0 <= args.level < len(slide.levels):
             raise SystemExit(f"histoseg: level {args.level} does not exist; {args.image} has {len(slide.levels)}")
         image = slide.levels[args.level]
+        h, w = (args.region[2], args.region[3]) if args.region else image.shape[:2]
+        check_pixels((h, w), f"the {'region' if args.region else f'level {args.level}'} of {Path(args.image).name}",
+                     hint="explain a region (--region Y,X,H,W) or a lower pyramid level (--level)")
         tile = args.tile or model.meta.tile_size
         cost = estimate(args.method, image.shape, args.region, tile=tile, overlap=args.overlap,
                         samples=args.samples, scale=args.scale)

@@ -13,17 +13,14 @@ import numpy as np
 __all__ = ["register", "cmd_refine"]
 
 
-def _read_plain(path: str) -> np.ndarray:
+def _read_plain(path: str, what: str) -> np.ndarray:
+    """Seeds or prior as stored; the header checked against the pixel budget before decoding."""
+    from napari_histoseg.io.bounded import read_plane
+
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"No such file: '{p}'")
-    if p.suffix.lower() in {".tif", ".tiff"}:
-        import tifffile
-
-        return tifffile.imread(p)
-    from skimage.io import imread
-
-    return imread(p)
+    return read_plane(p, what)
 
 
 def cmd_refine(args) -> int:
@@ -35,11 +32,11 @@ def cmd_refine(args) -> int:
 
     with open_image(args.image) as slide:
         image = np.asarray(slide.levels[0])
-    seeds = _read_plain(args.seeds)
+    seeds = _read_plain(args.seeds, "the seeds")
     if seeds.ndim == 3:  # an RGB(A) PNG of a label layer: take the first channel
         seeds = seeds[..., 0]
     seeds = check_seeds(seeds, image.shape[:2])
-    prior = _read_plain(args.prior).astype(np.float32) if args.prior else None
+    prior = _read_plain(args.prior, "the prior").astype(np.float32) if args.prior else None
     params = {k: v for k, v in (("prior_weight", args.prior_weight), ("sigma_colour", args.sigma_colour),
                                 ("colour_sensitivity", args.colour_sensitivity), ("alpha", args.alpha),
                                 ("method", args.method))
