@@ -224,13 +224,13 @@ def _run_train(args) -> int:
               f"{'it' if len(refused) == 1 else 'them'} out (see histoseg train --help)", file=sys.stderr)
         return 2
     datasets = args.dataset if isinstance(args.dataset, list) else [args.dataset]
-    if task != "segmentation" and len(datasets) != 1:
+    if task == "classification" and len(datasets) != 1:   # tumour and nuclei train on several
         print(f"histoseg train: --task {task} trains on one dataset folder, got {len(datasets)}", file=sys.stderr)
         return 2
     cfg = config(**given)
     check_train_settings(task, cfg, args.output)
     train = importlib.import_module(TRAINING[task][1]).train
-    summary = train(datasets if task == "segmentation" else datasets[0], args.output, cfg,
+    summary = train(datasets if task != "classification" else datasets[0], args.output, cfg,
                     log=lambda s: print(s, flush=True))
     if args.summary:
         from napari_histoseg.io.atomic import atomic_write_text
