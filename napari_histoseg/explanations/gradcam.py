@@ -95,15 +95,20 @@ class GradCam:
         self.channel = int(channel)
         self.layer = resolve_layer(model, layer)
 
-    def __call__(self, tile: np.ndarray, weights: np.ndarray, use_prediction: bool, index: int = 0) -> np.ndarray:
-        """Raw (not normalised) Grad-CAM, float32 (h, w), of the target ``sum(logit * weights)``."""
+    def target(self, tile: np.ndarray, weights: np.ndarray, use_prediction: bool):
+        """``(forward, x)``: the explained target ``sum(logit * weights)`` as a function of the
+        model's input, and ``tile`` as that input."""
         model, ch = self.model, self.channel
         w = torch.from_numpy(weights).to(model.device)
 
         def forward(x):
             return model.explain_target(model.logits(x).float(), ch, w, use_prediction)
 
-        x = model.to_tensor(tile[None])
+        return forward, model.to_tensor(tile[None])
+
+    def __call__(self, tile: np.ndarray, weights: np.ndarray, use_prediction: bool, index: int = 0) -> np.ndarray:
+        """Raw (not normalised) Grad-CAM, float32 (h, w), of the target ``sum(logit * weights)``."""
+        forward, x = self.target(tile, weights, use_prediction)
         with torch.enable_grad():
             cam = LayerGradCam(forward, self.layer).attribute(x, relu_attributions=True)
         if isinstance(cam, tuple):

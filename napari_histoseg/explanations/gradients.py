@@ -64,13 +64,7 @@ class HiResCam(GradCam):
     """Per-tile HiResCAM: gradient x activation summed over channels, ReLU'd, upsampled."""
 
     def __call__(self, tile, weights, use_prediction, index=0):
-        model, ch = self.model, self.channel
-        w = torch.from_numpy(weights).to(model.device)
-
-        def forward(x):
-            return model.explain_target(model.logits(x).float(), ch, w, use_prediction)
-
-        x = model.to_tensor(tile[None])
+        forward, x = self.target(tile, weights, use_prediction)
         with torch.enable_grad():
             cam = LayerGradientXActivation(forward, self.layer).attribute(x)
         if isinstance(cam, tuple):
