@@ -6,26 +6,23 @@
   refused with :class:`~napari_histoseg.io.checks.InputError` when its header is over the
   pixel budget, and with :class:`~napari_histoseg.io.validate.ImageFormatError` when it is not
   an image (a text file, a truncated TIFF).
-* :func:`load_npy` / :func:`load_npz`: NumPy arrays from a file or bytes with the declared shape
-  checked against a budget *before* any data is read or decompressed, no pickles, and exactly
-  the declared number of bytes read (an NPZ of 1.5 MB cannot inflate to 1.5 GB unasked).
+
+NumPy ``.npy``/``.npz`` bodies are read, with the same distrust of their headers, by
+:func:`napari_histoseg.backends.wire.decode` (the only place the project reads them).
 """
 
 from __future__ import annotations
 
-import io
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from napari_histoseg.io.checks import InputError, check_pixels, max_pixels
+from napari_histoseg.io.checks import InputError, check_pixels
 from napari_histoseg.io.validate import ImageFormatError
 
-__all__ = ["image_shape", "read_plane", "load_npy", "load_npz", "MAX_NPZ_MEMBERS"]
+__all__ = ["image_shape", "read_plane"]
 
 _TIFF = (".tif", ".tiff", ".svs")
-MAX_NPZ_MEMBERS = 64
 
 
 def image_shape(path) -> tuple[int, int]:
@@ -95,72 +92,3 @@ def read_plane(path, what: str = "the mask", *, budget: int | None = None) -> np
     except Exception as exc:  # truncated zlib/deflate data, a broken PNG chunk ...
         raise ImageFormatError(f"Cannot decode '{path}' ({type(exc).__name__}: {exc}); "
                                "the file may be truncated") from None
-
-
-def _npy_header(fp, what: str):
-    fmt = np.lib.format
-    try:
-        version = fmt.read_magic(fp)
-        if version == (1, 0):
-            shape, fortran, dtype = fmt.read_array_header_1_0(fp)
-        elif version in ((2, 0), (3, 0)):
-            shape, fortran, dtype = fmt.read_array_header_2_0(fp)
-        else:  # pragma: no cover - read_magic refuses others
-            raise ValueError(f"version {version}")
-    except (ValueError, EOFError, SyntaxError, TypeError) as exc:
-        raise InputError(f"{what} is not a NumPy .npy array ({exc})") from None
-    if dtype.hasobject or dtype.itemsize == 0:
-        raise InputError(f"{what} holds Python objects ({dtype}); only numeric arrays are read")
-    return tuple(int(s) for s in shape), bool(fortran), dtype
-
-
-def load_npy(source, what: str = "the array", *, max_items: int | None = None) -> np.ndarray:
-    """A ``.npy`` array from a path, bytes or a binary file, refused before reading when its
-    header declares more than ``max_items`` values (default: 4 x the pixel budget) or objects."""
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        fp = io.BytesIO(source)
-    elif isinstance(source, (str, Path)):
-        with open(source, "rb") as f:
-            return load_npy(f, what, max_items=max_items)
-    else:
-        fp = source
-    shape, fortran, dtype = _npy_header(fp, what)
-    count = int(np.prod(shape, dtype=object)) if shape else 1
-    limit = max_items if max_items is not None else 4 * max_pixels()
-    if count > limit:
-        raise InputError(f"{what} declares shape {shape} ({count:,} values), over the limit of "
-                         f"{limit:,}; send a smaller array or a region")
-    nbytes = count * dtype.itemsize
-    data = fp.read(nbytes)
-    if len(data) != nbytes:
-        raise InputError(f"{what} is truncated: its header declares {nbytes:,} bytes, the file holds {len(data):,}")
-    array = np.frombuffer(data, dtype=dtype, count=count)
-    return array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
-
-
-def load_npz(source, what: str = "the archive", *, max_items: int | None = None) -> dict:
-    """The arrays of an ``.npz`` (path, bytes or binary file) as ``{name: array}``; every member
-    checked by :func:`load_npy` and the total number of values kept under ``max_items``."""
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        source = io.BytesIO(source)
-    limit = max_items if max_items is not None else 4 * max_pixels()
-    try:
-        zf = zipfile.ZipFile(source)
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise InputError(f"{what} is not an .npz archive ({exc})") from None
-    out = {}
-    with zf:
-        members = zf.infolist()
-        if len(members) > MAX_NPZ_MEMBERS:
-            raise InputError(f"{what} holds {len(members)} arrays, more than {MAX_NPZ_MEMBERS}")
-        left = limit
-        for info in members:
-            name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
-            try:
-                with zf.open(info) as member:
-                    arr = load_npy(member, f"{what}: {name!r}", max_items=left)
-            except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError) as exc:
-                raise InputError(f"{what}: {name!r} cannot be read ({exc})") from None
-            left -= arr.size
-            out[name] = arr
-    return out
