@@ -6,6 +6,7 @@ import json
 import sys
 
 from napari_histoseg.io.checks import int_arg
+from napari_histoseg.review.ranking import DEFAULT_RANKING, RANKINGS
 
 
 def register(sub) -> None:
@@ -16,8 +17,8 @@ def register(sub) -> None:
                     "when there is one. Nothing is written unless --save is given.")
     p.add_argument("result", help="RESULT.ome.zarr written by histoseg segment-slides")
     p.add_argument("--size", type=int_arg(64, 16384), default=None, help="field edge in map px (default 512, or the saved review's)")
-    p.add_argument("--ranking", default=None, choices=["entropy", "disagreement", "random", "raster"],
-                   help="order (default entropy, or the saved review's)")
+    p.add_argument("--ranking", default=None, choices=list(RANKINGS),
+                   help=f"order (default {DEFAULT_RANKING}, or the saved review's)")
     p.add_argument("--seed", type=int_arg(0, 2 ** 32 - 1), default=0, help="seed of the random order")
     p.add_argument("--reviewer", help="show this reviewer's statuses (default: a new, unsaved queue)")
     p.add_argument("--save", action="store_true", help="start REVIEWER's review with this queue if there is none")
@@ -38,11 +39,11 @@ def cmd_review_queue(args) -> int:
     if args.reviewer and (args.save or reviewer_file(src.review_dir, args.reviewer).is_file()):
         state = open_review(src, args.reviewer, size=args.size, ranking=args.ranking, seed=args.seed)
     else:
-        fields = rank_fields(make_fields(src, args.size or 512), args.ranking or "entropy", seed=args.seed)
+        fields = rank_fields(make_fields(src, args.size or 512), args.ranking or DEFAULT_RANKING, seed=args.seed)
         if not fields:
             raise ValueError("no field holds tissue: nothing to review")
         state = ReviewState(reviewer=args.reviewer or "-", review_dir=src.review_dir, fields=fields,
-                            size=args.size or 512, shape=src.shape, ranking=args.ranking or "entropy", seed=args.seed)
+                            size=args.size or 512, shape=src.shape, ranking=args.ranking or DEFAULT_RANKING, seed=args.seed)
     shown = state.fields[:args.top] if args.top else state.fields
     out = sys.stdout
     if args.json:

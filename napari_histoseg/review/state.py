@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_histoseg.review.fields import Field, ReviewSource, make_fields
-from napari_histoseg.review.ranking import rank_fields
+from napari_histoseg.review.ranking import DEFAULT_RANKING, rank_fields
 
 __all__ = ["STATUSES", "REVIEWED", "ReviewState", "open_review", "reviewers", "reviewer_file"]
 
@@ -78,7 +78,7 @@ class ReviewState:
     fields: list[Field]
     size: int
     shape: tuple[int, int]
-    ranking: str = "entropy"
+    ranking: str = DEFAULT_RANKING
     seed: int = 0
     records: dict = field(default_factory=dict)   # field index -> {"status", "who", "when", "edit_map"}
     position: int = 0
@@ -200,7 +200,7 @@ def open_review(source: ReviewSource, reviewer: str, *, size: int | None = None,
                 seed: int = 0, min_tissue: float = 0.05) -> ReviewState:
     """The review of ``source`` by ``reviewer``: the saved one when there is one (its grid
     and order kept), else a new one (fields of ``size`` px, default 512, ranked by
-    ``ranking``, default ``entropy``), saved at once.
+    ``ranking``, default :data:`~napari_histoseg.review.ranking.DEFAULT_RANKING`), saved at once.
 
     A saved review with another field size or ranking than asked for is refused, not
     replaced: a person's work is not thrown away.
@@ -219,8 +219,8 @@ def open_review(source: ReviewSource, reviewer: str, *, size: int | None = None,
     fields = make_fields(source, size or 512, min_tissue=min_tissue)
     if not fields:
         raise ValueError("no field holds tissue: nothing to review")
-    ordered = rank_fields(fields, ranking or "entropy", seed=seed)
+    ordered = rank_fields(fields, ranking or DEFAULT_RANKING, seed=seed)
     state = ReviewState(reviewer=reviewer, review_dir=Path(source.review_dir), fields=ordered, size=int(size or 512),
-                        shape=tuple(source.shape), ranking=ranking or "entropy", seed=seed)
+                        shape=tuple(source.shape), ranking=ranking or DEFAULT_RANKING, seed=seed)
     state.save()
     return state
