@@ -11,19 +11,26 @@ in one run on this machine's CPU (``--threads`` torch threads).
 
 Comparison (what MODEL_CARD.md's table comes from)::
 
-    python benchmarks/bench_train.py --compare runs/compare --budget 5
+    python benchmarks/bench_train.py --compare runs/compare --total-steps 300 --threads 1
 
-trains, one after the other and under the same wall-time budget, seed and split
-(camelyon + bcss ``train`` tiles, validation hold-out by group): unet-mobilenet_v2 from a
-random start and from ImageNet, unet-resnet50 (random start: no ImageNet ResNet50 is
-available offline), LightMuSeg V1/V2/V3 from ImageNet; evaluates each best checkpoint on
-camelyon test and bcss test, and writes ``results.json`` and ``table.md`` in the folder.
+trains, one after the other, for the same number of optimiser steps on the same patches (batch,
+seed and split alike; camelyon + bcss ``train`` tiles at the model's 0.5 µm/px with the default
+tumour recipe, validation hold-out by group): unet-mobilenet_v2 from ImageNet and from a random
+start, LightMuSeg V1/V2/V3 from the ImageNet MobileNetV2 encoder, unet-resnet50 from a random
+start (no ImageNet ResNet50 is available offline; ``--resnet-steps`` gives it fewer steps).
+Equal steps rather than equal wall time, because on a shared CPU the time a step takes depends on
+the other jobs; each arm's seconds are recorded beside it with the load average. Each best
+checkpoint (by validation Dice) is evaluated on camelyon test and bcss test (mean and pooled
+Dice, boundary F, precision, tumour-free tiles called over 5 %); ``results.json``, one JSON per
+arm and split, and ``table.md`` go in the folder. A rerun skips finished arms and resumes the one
+in progress. ``--budget MIN`` trains for MIN minutes per arm instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -34,6 +41,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from napari_histoseg.io.checks import float_arg, int_arg  # noqa: E402
 from napari_histoseg.models import build_model, list_architectures  # noqa: E402
 from napari_histoseg.tumour.losses import SegmentationLoss  # noqa: E402
 from napari_histoseg.tumour.train import to_input  # noqa: E402
@@ -79,17 +87,34 @@ def run_speed(args) -> list[dict]:
     return rows
 
 
-CONFIGS = [
-    ("unet-mobilenet_v2, random start", "unet-mobilenet_v2", False),
+CONFIGS = [  # (label, architecture, ImageNet encoder start)
     ("unet-mobilenet_v2, ImageNet start", "unet-mobilenet_v2", True),
-    ("unet-resnet50, random start", "unet-resnet50", False),
+    ("lightmuseg V3, ImageNet start", "lightmuseg-v3", True),
     ("lightmuseg V1 (frozen ImageNet encoder)", "lightmuseg-v1", True),
     ("lightmuseg V2, ImageNet start", "lightmuseg-v2", True),
-    ("lightmuseg V3, ImageNet start", "lightmuseg-v3", True),
+    ("unet-mobilenet_v2, random start", "unet-mobilenet_v2", False),
+    ("unet-resnet50, random start", "unet-resnet50", False),
 ]
 
 
+def _slug(label: str, imagenet: bool) -> str:
+    return label.split(",")[0].split(" (")[0].replace(" ", "-") + ("-imagenet" if imagenet else "-random")
+
+
+def _test_figures(ev: dict) -> dict:
+    m = ev["mean"]
+    return {"mean_dice": m["mean_dice"], "pooled_dice": m["pooled_dice"], "boundary_f": m["mean_boundary_f"],
+            "precision": m.get("mean_precision"), "recall": m.get("mean_recall"),
+            "tumour_free": m["tumour_free_tiles"], "tumour_free_over_5pct": m["tumour_free_over_5pct"],
+            "nearly_free": m["nearly_free_tiles"], "nearly_free_over_5pct": m["nearly_free_over_5pct"],
+            "seconds": ev["seconds"]}
+
+
 def run_compare(args) -> None:
+    """Every configuration of ``CONFIGS`` (or ``--arms``, by architecture) trained for the same number
+    of optimiser steps on the same patches (one seed: the patch sampler's random stream does not
+    depend on the network), its best checkpoint by validation Dice evaluated on both test splits.
+    Finished arms are kept in ``results.json`` and skipped on a rerun; an arm in progress resumes."""
     from napari_histoseg.tumour.evaluate import evaluate
     from napari_histoseg.tumour.train import train
 
@@ -99,25 +124,39 @@ def run_compare(args) -> None:
     enc = SHARED / "weights" / "mobilenet_v2_imagenet.safetensors"
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    for label, arch, imagenet in CONFIGS:
+    configs = [c for c in CONFIGS if not args.arms or c[1] in args.arms or _slug(c[0], c[2]) in args.arms]
+    for label, arch, imagenet in configs:
         if label in results:
             continue
-        print(f"=== {label}: {args.budget} min", flush=True)
-        ckpt = out / (label.split(",")[0].split(" (")[0].replace(" ", "-") + ("-imagenet" if imagenet else "-random")
-                      + ".safetensors")
-        s = train(data, ckpt, arch=arch, epochs=1000, init_encoder=enc if imagenet else None,
-                  time_budget=args.budget, steps_per_epoch=args.steps_per_epoch, patience=1000,
-                  seed=0, threads=args.threads, name=label, log=lambda m: print(m, flush=True))
+        steps = args.total_steps
+        if arch == "unet-resnet50" and args.resnet_steps:
+            steps = args.resnet_steps
+        epochs = -(-steps // args.steps_per_epoch)
+        budget = f"{args.budget} min" if args.budget else f"{epochs * args.steps_per_epoch} steps"
+        print(f"=== {label}: {budget} of batch {args.batch}, load {os.getloadavg()}", flush=True)
+        ckpt = out / (_slug(label, imagenet) + ".safetensors")
+        load0, t0 = os.getloadavg(), time.time()
+        s = train(data, ckpt, arch=arch, epochs=100000 if args.budget else epochs,
+                  init_encoder=str(enc) if imagenet else None, time_budget=args.budget,
+                  steps_per_epoch=args.steps_per_epoch, patience=100000, seed=args.seed, threads=args.threads,
+                  batch_size=args.batch, lr=args.lr, warmup=args.warmup_steps, resume=True,
+                  name=label, log=lambda m: print(m, flush=True))
+        train_s, load1 = time.time() - t0, os.getloadavg()
         row = {"arch": arch, "imagenet": imagenet, "parameters": s["parameters"],
-               "trainable": s["trainable_parameters"], "epochs": s["epochs_run"],
-               "patches": s["epochs_run"] * args.steps_per_epoch * 8, "best_val_dice": s["best_val_dice"],
-               "loop_patches_per_s": s["patches_per_s"]}
+               "trainable": s["trainable_parameters"], "steps": s["steps"], "batch": args.batch,
+               "patches": s["steps"] * args.batch, "best_epoch": s["best_epoch"],
+               "best_step": (s["best_epoch"] + 1) * args.steps_per_epoch, "best_val_dice": s["best_val_dice"],
+               "train_seconds": round(train_s, 1), "loop_seconds": s["seconds"],
+               "seconds_per_step": round(s["seconds"] / max(s["steps"], 1), 2),
+               "load_start": load0, "load_end": load1, "checkpoint": str(ckpt),
+               "temperature": (s.get("calibration") or {}).get("temperature")}
         for name in ("camelyon", "bcss"):
             ev = evaluate(SHARED / "data" / name, ckpt, split="test")
-            row[f"{name}_dice"] = ev["mean"]["mean_dice"]
-            row[f"{name}_boundary_f"] = ev["mean"]["mean_boundary_f"]
-            print(f"{label}: {name} test Dice {row[f'{name}_dice']:.4f} boundary F "
-                  f"{row[f'{name}_boundary_f']:.4f}", flush=True)
+            (out / f"{_slug(label, imagenet)}.{name}_test.json").write_text(json.dumps(ev, indent=1))
+            row[name] = _test_figures(ev)
+            print(f"{label}: {name} test mean Dice {row[name]['mean_dice']:.4f} pooled "
+                  f"{row[name]['pooled_dice']:.4f} boundary F {row[name]['boundary_f']:.4f}", flush=True)
+        row["load_after_eval"] = os.getloadavg()
         results[label] = row
         results_path.write_text(json.dumps(results, indent=2))
     if args.speed:
@@ -125,29 +164,54 @@ def run_compare(args) -> None:
         for row in results.values():
             row["bench_patches_per_s"] = speed.get(row["arch"], {}).get("patches_per_s")
         results_path.write_text(json.dumps(results, indent=2))
-    lines = ["| model | start | params (trainable) | patches seen | camelyon Dice | camelyon BF | "
-             "bcss Dice | bcss BF | CPU train patches/s |", "|---|---|---|---|---|---|---|---|---|"]
+    (out / "table.md").write_text(compare_table(results))
+    print(compare_table(results))
+
+
+def _f(v) -> str:
+    return "–" if v is None else f"{v:.3f}"
+
+
+def compare_table(results: dict) -> str:
+    """The Markdown table of a comparison's ``results.json``."""
+    lines = ["| model | start | params (trainable) | steps (patches) | train s (s/step) | best val Dice | "
+             "camelyon Dice mean / pooled | camelyon BF | bcss Dice mean / pooled | bcss BF | bcss precision | "
+             "tumour-free bcss tiles > 5 % |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results.values():
-        sp = r.get("bench_patches_per_s")
+        c, b = r["camelyon"], r["bcss"]
+        free = f"{b['tumour_free_over_5pct']} of {b['tumour_free']} ({b['nearly_free_over_5pct']} of " \
+               f"{b['nearly_free']} under 1 %)"
         lines.append(f"| {r['arch']} | {'ImageNet' if r['imagenet'] else 'random'} | "
-                     f"{r['parameters'] / 1e6:.2f} M ({r['trainable'] / 1e6:.2f} M) | {r['patches']} | "
-                     f"{r['camelyon_dice']:.3f} | {r['camelyon_boundary_f']:.3f} | {r['bcss_dice']:.3f} | "
-                     f"{r['bcss_boundary_f']:.3f} | {'' if sp is None else f'{sp:.2f}'} |")
-    (out / "table.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+                     f"{r['parameters'] / 1e6:.2f} M ({r['trainable'] / 1e6:.2f} M) | {r['steps']} ({r['patches']}) | "
+                     f"{r['train_seconds']:.0f} ({r['seconds_per_step']:.1f}) | {_f(r['best_val_dice'])} | "
+                     f"{_f(c['mean_dice'])} / {_f(c['pooled_dice'])} | {_f(c['boundary_f'])} | "
+                     f"{_f(b['mean_dice'])} / {_f(b['pooled_dice'])} | {_f(b['boundary_f'])} | "
+                     f"{_f(b['precision'])} | {free} |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--archs", nargs="+", default=[a for a in ARCHS if a in list_architectures()])
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--patch", type=int, default=256)
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--batch", type=int_arg(1, 256), default=8)
+    p.add_argument("--patch", type=int_arg(32, 2048), default=256)
+    p.add_argument("--steps", type=int_arg(1, 10000), default=5, help="speed: timed steps")
+    p.add_argument("--warmup", type=int_arg(0, 1000), default=2, help="speed: untimed steps first")
+    p.add_argument("--threads", type=int_arg(1, 256), default=None)
     p.add_argument("--compare", default=None, metavar="DIR", help="run the same-budget comparison into DIR")
-    p.add_argument("--budget", type=float, default=5.0, help="minutes of training per comparison run")
-    p.add_argument("--steps-per-epoch", type=int, default=24, help="comparison: steps between validations")
+    p.add_argument("--arms", nargs="+", default=None, help="comparison: only these architectures or run names")
+    p.add_argument("--total-steps", type=int_arg(1, 1000000), default=300,
+                   help="comparison: optimiser steps per arm (the same for every arm)")
+    p.add_argument("--resnet-steps", type=int_arg(1, 1000000), default=None,
+                   help="comparison: fewer steps for unet-resnet50 (say so beside its row)")
+    p.add_argument("--budget", type=float_arg(0, 10000, lo_open=True), default=None,
+                   help="comparison: minutes of training per arm instead of a number of steps")
+    p.add_argument("--steps-per-epoch", type=int_arg(1, 100000), default=25,
+                   help="comparison: steps between validations")
+    p.add_argument("--lr", type=float_arg(0, 1, lo_open=True), default=1e-3, help="comparison: peak learning rate")
+    p.add_argument("--warmup-steps", type=int_arg(0, 100000), default=20,
+                   help="comparison: linear learning-rate warm-up")
+    p.add_argument("--seed", type=int_arg(0, 2**31 - 1), default=0)
     p.add_argument("--speed", action="store_true", help="comparison: also measure patches/s afterwards")
     args = p.parse_args(argv)
     if args.threads:
