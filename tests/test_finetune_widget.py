@@ -46,6 +46,18 @@ def test_finetune_without_a_dataset_says_so(make_napari_viewer, monkeypatch):
     assert w.run() is None and "dataset.json" in shown[-1]
 
 
+def test_the_two_ways_to_learn_have_their_own_headings(make_napari_viewer):
+    viewer = make_napari_viewer()
+    _, w = viewer.window.add_plugin_dock_widget("napari-histoseg", "Fine-tune the model")
+    order = list(w)
+    slide, folder = w._headings
+    assert "Learn from this slide" in slide.value and "exported folder" in folder.value
+    # each heading sits directly above its own settings, and starts at the panel's left edge
+    assert order.index(slide) < order.index(w.slide_image) < order.index(w.learn_button) < order.index(folder)
+    assert order.index(folder) < order.index(w.dataset) < order.index(w.lr)
+    assert not slide._labeled_widget_ref()._label_widget.visible
+
+
 def _slide(viewer, he_image, edited=True):
     image = viewer.add_image(np.ascontiguousarray(he_image[:256, :384]), name="slide", rgb=True)
     mask = np.zeros((256, 384), np.uint8)
