@@ -37,7 +37,10 @@ def check_settings(epochs, time_budget, lr, patch_size, batch_size, steps_per_ep
         if steps_per_epoch is not None:
             check_int(steps_per_epoch, "steps_per_epoch", lo=1, hi=1_000_000)
         if patch_size is not None or batch_size is not None:
-            patch, batch = patch_size or 256, batch_size or 8
+            from napari_histoseg.tumour.config import TumourConfig
+
+            default = TumourConfig()   # what the job trains with where a size is not given
+            patch, batch = patch_size or default.patch_size, batch_size or default.batch_size
             check_memory(batch_bytes(batch, patch, training=True), f"training on {batch} patches of {patch} px",
                          hint="use a smaller patch_size or batch_size")
         for text, what, most in ((name, "name", 200), (model_version, "model_version", 100)):
