@@ -183,3 +183,29 @@ def test_nuclei_export_as_qupath_objects_with_their_measurements(tmp_path, objec
         f = feats[0]
         assert list(f)[:4] == ["type", "id", "geometry", "nucleusGeometry"]
         assert measurements_of(f)["Cell: Area µm^2"] > measurements_of(f)["Nucleus: Area µm^2"]
+
+
+def test_objects_qupath_drew_come_back_from_our_nuclei_export_as_qupath_writes_them(tmp_path):
+    # QuPath's own export (5 objects drawn on maskgeo's 200 x 200 image), filled into an
+    # instance label image, saved as nuclei through the napari writer, read back: every
+    # object fills back to its own pixels, and each Feature is laid out as QuPath lays out its own.
+    import uuid
+
+    from napari_histoseg.plugin.writers import write_detections_geojson
+
+    source = shared_path(*QP, "wuwenrui555__maskgeo", "multilabel_qupath_export.geojson")
+    theirs = features_of(source)
+    labels = np.zeros((200, 200), np.int32)
+    for k, f in enumerate(theirs, start=1):
+        labels[(geojson_to_mask(f, labels.shape) == 1) & (labels == 0)] = k
+    path = tmp_path / "nuclei.geojson"
+    write_detections_geojson(str(path), labels, {"name": "nuclei", "scale": (1.0, 1.0)})
+    ours = features_of(path)
+    assert len(ours) == len(theirs) == 5
+    for f in ours:
+        assert list(f) == list(theirs[0]) == ["type", "id", "geometry", "properties"]
+        uuid.UUID(f["id"])
+        assert f["properties"]["objectType"] == "detection" and class_name(f) == "Nucleus"
+        k = int(f["properties"]["metadata"]["label"])
+        np.testing.assert_array_equal(geojson_to_mask(f, labels.shape, classes="any") == 1, labels == k)
+        assert f["properties"]["measurements"]["Nucleus: Area px^2"] == (labels == k).sum()

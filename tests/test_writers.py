@@ -9,6 +9,7 @@ import pytest
 import tifffile
 from skimage import draw
 
+from napari_histoseg.plugin.writers import write_detections_geojson
 from napari_histoseg.tumour.geojson_import import class_name, features_of, geojson_to_mask, measurements_of
 
 
@@ -51,7 +52,63 @@ def test_nuclei_labels_are_written_as_detections(make_napari_viewer, tmp_path):
     viewer.layers.save(str(path), plugin="napari-histoseg")
     feats = features_of(path)
     assert len(feats) == 20 and {f["properties"]["objectType"] for f in feats} == {"detection"}
-    assert all(measurements_of(f)["Area px^2"] == 24 for f in feats)
+    assert all(measurements_of(f)["Nucleus: Area px^2"] == 24 for f in feats)   # QuPath's cell-detection names
+    assert {class_name(f) for f in feats} == {"Nucleus"}
+
+
+def _measured_nuclei(centres, radius=9, shape=(96, 96)):
+    from scipy import ndimage as ndi
+
+    from napari_histoseg.nuclei.features import nucleus_features
+    from napari_histoseg.testing import disks_image
+
+    img, truth = disks_image(shape, centres, radius)
+    labels = ndi.label(truth > 0)[0].astype(np.int32)
+    table = nucleus_features(labels, img, mpp=0.25)
+    table["score"] = 0.9
+    return labels, table
+
+
+def test_a_few_detected_nuclei_go_to_qupath_as_measured_detections(make_napari_viewer, tmp_path):
+    # Three nuclei are too few to tell apart from class codes by count: the nucleus table says
+    # what they are, and QuPath gets its own detections with its own measurement names.
+    viewer = make_napari_viewer()
+    labels, table = _measured_nuclei([(20, 20), (30, 70), (70, 45)])
+    viewer.add_labels(labels, name="nuclei", scale=(0.25, 0.25), metadata={"mpp": 0.25}, features=table)
+    path = tmp_path / "nuclei.geojson"
+    viewer.layers.save(str(path), plugin="napari-histoseg")   # the first .geojson writer: annotations
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    feats = features_of(json.loads(text))
+    assert len(feats) == 3
+    for f in feats:
+        assert f["properties"]["objectType"] == "detection" and class_name(f) == "Nucleus"
+        assert len(f["properties"]["classification"]["color"]) == 3
+        ms = measurements_of(f)
+        label = int(f["properties"]["metadata"]["label"])
+        row = table[table["label"] == label].iloc[0]
+        assert ms["Nucleus: Area µm^2"] == pytest.approx(row["area_um2"], abs=0.01)
+        assert ms["Nucleus: Eccentricity"] == pytest.approx(row["eccentricity"], abs=0.01)
+        assert ms["Nucleus: Hematoxylin OD mean"] == pytest.approx(row["mean_haematoxylin"], abs=0.01)
+        assert ms["Detection probability"] == pytest.approx(0.9)
+        assert 0 < ms["Nucleus: Circularity"] <= 1
+
+
+def test_a_nucleus_painted_after_detection_keeps_its_outline_not_its_old_numbers(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    labels, table = _measured_nuclei([(20, 20), (30, 70), (70, 45)])
+    layer = viewer.add_labels(labels, name="nuclei", scale=(0.25, 0.25), metadata={"mpp": 0.25}, features=table)
+    grown = layer.data.copy()
+    grown[12:30, 8:34][grown[12:30, 8:34] == 0] = 1      # the pathologist widened nucleus 1
+    layer.data = grown
+    path = tmp_path / "nuclei.geojson"
+    data, meta, _ = layer.as_layer_data_tuple()                # what napari hands the detections writer
+    write_detections_geojson(str(path), data, meta)
+    by_label = {int(f["properties"]["metadata"]["label"]): measurements_of(f) for f in features_of(path)}
+    assert set(by_label) == {1, 2, 3}
+    assert by_label[1]["Nucleus: Area µm^2"] == pytest.approx((grown == 1).sum() * 0.0625, abs=0.01)
+    assert "Nucleus: Eccentricity" not in by_label[1] and "Detection probability" not in by_label[1]
+    assert "Nucleus: Eccentricity" in by_label[2] and by_label[3]["Detection probability"] == pytest.approx(0.9)
 
 
 def test_shapes_saved_as_geojson(make_napari_viewer, tmp_path):

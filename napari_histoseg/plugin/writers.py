@@ -8,6 +8,14 @@ Where a layer lies on the slide: a layer pixel is ``scale / mpp`` full-resolutio
 pixels when the layer's metadata holds the slide's ``mpp`` (as the reader's layers and the
 widgets' results do), else one slide pixel; ``translate`` is converted the same way, so
 GeoJSON coordinates are full-resolution slide pixels as QuPath expects.
+
+Nuclei (a Labels layer of many labels, or one whose ``features`` table is the nucleus
+detector's) are written as QuPath's own cell detection writes them
+(:func:`napari_histoseg.tumour.geojson.nuclei_to_geojson`): ``detection`` objects classified
+``Nucleus`` with ``Nucleus: Area µm^2``, ``Nucleus: Perimeter µm``, ``Nucleus: Circularity`` and
+the table's eccentricity, solidity, haematoxylin OD and detection probability under QuPath's
+names. A nucleus painted over since the table was made (its area no longer that of its
+row) keeps only the measurements of its outline, so no number describes a shape that is gone.
 """
 
 from __future__ import annotations
@@ -65,12 +73,13 @@ def _write_json(path, fc) -> list[str]:
 
 def write_labels_geojson(path: str, data, meta: dict) -> list[str]:
     """Labels -> QuPath GeoJSON: code 1 as ``Tumor`` annotations, other codes as ``Class k``
-    (255, unknown, left out); a layer of many labels (nuclei) as one detection per label."""
+    (255, unknown, left out); nuclei (many labels, or a nucleus features table) as one
+    detection per label with its measurements."""
     from napari_histoseg.tumour.geojson import mask_to_geojson
 
     labels = _level0(data)
     codes = [int(v) for v in np.unique(labels) if v not in (0, _UNKNOWN)]
-    if len(codes) > MAX_CLASS_CODES:
+    if len(codes) > MAX_CLASS_CODES or _nucleus_table(meta) is not None:
         return write_detections_geojson(path, labels, meta)
     factor, offset, mpp = placement(meta)
     feats = []
@@ -83,12 +92,56 @@ def write_labels_geojson(path: str, data, meta: dict) -> list[str]:
 
 
 def write_detections_geojson(path: str, data, meta: dict) -> list[str]:
-    """Labels -> QuPath GeoJSON detections, one per label value (nuclei)."""
-    from napari_histoseg.tumour.geojson import instances_to_geojson
+    """Labels -> QuPath GeoJSON detections, one per label value (nuclei), classified
+    ``Nucleus``, with QuPath's nucleus measurements (those of the layer's features table
+    where it still describes the label)."""
+    from napari_histoseg.tumour.geojson import nuclei_to_geojson
 
+    labels = _level0(data)
     factor, offset, mpp = placement(meta)
-    fc = instances_to_geojson(_level0(data), offset=offset, scale=factor, mpp=mpp, provenance=_provenance(meta))
+    table = _current_rows(_nucleus_table(meta), labels)
+    fc = nuclei_to_geojson(labels, table, object_type="detection", offset=offset, scale=factor, mpp=mpp,
+                           provenance=_provenance(meta))
     return _write_json(path, fc)
+
+
+def _nucleus_table(meta: dict):
+    """The layer's features as a DataFrame when they are per-nucleus measurements (a ``label``
+    column and one of the nucleus detector's), else None."""
+    import pandas as pd
+
+    from napari_histoseg.tumour.geojson import QUPATH_NUCLEUS_COLUMNS
+
+    table = meta.get("features")
+    if table is None:
+        return None
+    try:
+        table = table if isinstance(table, pd.DataFrame) else pd.DataFrame(table)
+    except (ValueError, TypeError):
+        return None
+    if "label" not in table.columns or not set(QUPATH_NUCLEUS_COLUMNS) & set(table.columns):
+        return None
+    return table
+
+
+def _current_rows(table, labels: np.ndarray):
+    """The rows of ``table`` whose area is still their label's pixel count (in the table's own
+    unit, the ratio most rows share): a nucleus painted since loses its row, not its outline."""
+    if table is None or not len(table):
+        return table
+    area = next((c for c in ("area_px2", "area_um2", "area") if c in table.columns), None)
+    table = table[table["label"].astype(np.int64) > 0]
+    if area is None:
+        return table.iloc[:0]
+    counts = np.bincount(labels.ravel().astype(np.int64, copy=False)) if labels.size else np.zeros(1, np.int64)
+    lab = table["label"].to_numpy(np.int64)
+    px = np.where(lab < len(counts), counts[np.minimum(lab, len(counts) - 1)], 0).astype(float)
+    ratio = np.divide(table[area].to_numpy(float), px, out=np.full(len(px), np.nan), where=px > 0)
+    ok = np.isfinite(ratio)
+    if not ok.any():
+        return table.iloc[:0]
+    unit = float(np.median(ratio[ok]))
+    return table[ok & (np.abs(ratio - unit) <= 1e-3 * unit)]
 
 
 def _colour(k: int) -> tuple[int, int, int]:
