@@ -155,6 +155,24 @@ def test_a_restarted_server_gets_the_checkpoint_again(ckpt, image):
             assert pred.probability.shape == (128, 128) and len(app.state.store.entries) == 1
 
 
+def test_a_busy_server_says_when_to_retry_and_the_client_waits(ckpt, image):
+    app = create_app(ServerConfig(device="cpu", models=[ckpt], bundled=False, max_busy=1))
+    with ServerThread(app) as url:
+        remote = RemoteBackend(url)
+        ref = remote.server_ref(str(ckpt))
+        app.state.busy = 1           # another request holds the only slot
+        r = httpx.post(f"{url}/segment", params={"model": ref},
+                       content=image[:64, :64].tobytes(), headers={"X-Shape": "64,64,3", "X-Dtype": "uint8"})
+        assert r.status_code == 503 and r.headers["retry-after"] == "1" and "busy" in r.json()["detail"]
+        remote.busy_retries = 0
+        with pytest.raises(BackendError, match="is busy"):
+            drive(remote.segment(image[:128, :128], str(ckpt), tile=128))
+        remote.busy_retries = 30
+        threading.Timer(1.5, lambda: setattr(app.state, "busy", 0)).start()   # the other request ends
+        pred = drive(remote.segment(image[:128, :128], str(ckpt), tile=128))  # waited, then answered
+        assert pred.probability.shape == (128, 128) and app.state.busy == 0
+
+
 def test_uploads_must_be_safetensors(server, tmp_path):
     import io
 

@@ -59,6 +59,7 @@ class RemoteBackend:
     """
 
     poll = 0.25   # seconds between progress reads while a one-request task runs
+    busy_retries = 30   # a server answering "busy, retry after N s" is asked again, this many times
 
     def __init__(self, url: str, token: str | None = None, timeout: float = 120.0):
         import httpx
@@ -76,13 +77,18 @@ class RemoteBackend:
     def request(self, method: str, path: str, **kwargs):
         import httpx
 
-        try:
-            r = self._http.request(method, path, **kwargs)
-        except (httpx.TransportError, OSError) as e:
-            raise BackendConnectionError(
-                f"lost the connection to the histoseg server at {self.url} ({type(e).__name__}: {e}); "
-                "check that it is running and reachable, then try again"
-            ) from None
+        for attempt in range(self.busy_retries + 1):
+            try:
+                r = self._http.request(method, path, **kwargs)
+            except (httpx.TransportError, OSError) as e:
+                raise BackendConnectionError(
+                    f"lost the connection to the histoseg server at {self.url} ({type(e).__name__}: {e}); "
+                    "check that it is running and reachable, then try again"
+                ) from None
+            wait = r.headers.get("retry-after") if r.status_code == 503 else None
+            if wait is None or attempt == self.busy_retries:
+                break
+            time.sleep(min(max(float(wait) if wait.isdigit() else 1.0, 0.1), 5.0))  # busy: wait as told
         if r.status_code >= 400:
             try:
                 detail = r.json().get("detail", r.text)

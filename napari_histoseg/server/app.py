@@ -44,6 +44,7 @@ class ServerConfig:
     max_region_px: int = 4096 * 4096             # pixels one request may decode or ask for
     max_models: int = 8                          # uploaded / fine-tuned models held loaded (LRU)
     max_jobs: int = 1                            # fine-tune jobs at a time
+    max_busy: int = 32                           # requests computing or waiting for the device at once
     max_inflight_mb: Optional[float] = None      # request bodies held at once (default 4 x max_body_mb)
     batching: bool = True
     batch_wait_ms: float = 5.0
@@ -84,6 +85,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
                               "bytes with X-Shape / X-Dtype headers, PNG, NPY or NPZ; never pickle.")
     app.state.store, app.state.jobs, app.state.config, app.state.workdir = store, runner, config, workdir
     app.state.progress = Progress()
+    app.state.busy = 0   # requests inside guard(), counted on the event loop (see routers.common.guard)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.include_router(models.public)
     for router in (models.router, infer.router, explain.router, jobs.router):
@@ -112,6 +114,7 @@ def check_config(config: ServerConfig) -> None:
     check_int(config.max_region_px, "--max-pixels", lo=64 * 64, hi=1 << 34)
     check_int(config.max_models, "--max-models", lo=1, hi=1000)
     check_int(config.max_jobs, "--max-jobs", lo=1, hi=64)
+    check_int(config.max_busy, "--max-busy", lo=1, hi=4096)
     check_float(config.batch_wait_ms, "--batch-wait-ms", lo=0, hi=10_000)
     check_int(config.max_batch_tiles, "max_batch_tiles", lo=1, hi=4096)
     if config.workdir is not None and not Path(config.workdir).is_dir():

@@ -2,7 +2,7 @@
 
     histoseg serve [--host 127.0.0.1] [--port 8765] [--device auto] [--token-file PATH]
                    [--slides DIR] [--model CKPT ...] [--max-body-mb N] [--max-pixels N]
-                   [--max-models N] [--max-jobs N] [--workdir DIR] [--no-batching]
+                   [--max-models N] [--max-jobs N] [--max-busy N] [--workdir DIR] [--no-batching]
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ def register(sub) -> None:
                    help="uploaded and fine-tuned models held loaded, the least recently used unloaded first "
                         "(default 8; the bundled and --model ones are always held)")
     s.add_argument("--max-jobs", type=int_arg(1, 64), default=1, help="fine-tune jobs at a time (default 1)")
+    s.add_argument("--max-busy", type=int_arg(1, 4096), default=32,
+                   help="requests computing or waiting for the device at once; more are answered 503 with "
+                        "Retry-After, so a burst cannot hold unbounded decoded arrays (default 32)")
     s.add_argument("--no-batching", action="store_true", help="do not stack concurrent requests into one pass")
     s.add_argument("--batch-wait-ms", type=float_arg(0, 10000), default=5.0,
                    help="longest a batch waits for company (default 5)")
@@ -61,7 +64,7 @@ def cmd_serve(args) -> int:
 
     config = ServerConfig(device=args.device, token=token, slides=Path(args.slides) if args.slides else None,
                           models=[Path(m) for m in args.model], max_body_mb=args.max_body_mb,
-                          max_region_px=args.max_pixels, max_models=args.max_models, max_jobs=args.max_jobs,
+                          max_region_px=args.max_pixels, max_models=args.max_models, max_jobs=args.max_jobs, max_busy=args.max_busy,
                           batching=not args.no_batching, batch_wait_ms=args.batch_wait_ms,
                           workdir=Path(args.workdir) if args.workdir else None)
     app = create_app(config)

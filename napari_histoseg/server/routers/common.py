@@ -110,6 +110,13 @@ async def guard(fn, *args, request: Request | None = None, runtime_is_input: boo
             text = public_text(text, _roots(request))
         raise HTTPException(code, text[:1000], headers=headers) from None
 
+    state = request.app.state if request is not None else None
+    if state is not None:
+        busy, most = getattr(state, "busy", 0), state.config.max_busy
+        if busy >= most:
+            raise HTTPException(503, f"the server is busy ({busy} requests computing or waiting, its limit); "
+                                     "retry in a moment", headers={"Retry-After": "1"})
+        state.busy = busy + 1   # the event loop is one thread: no lock needed
     try:
         return await run_in_threadpool(fn, *args, **kwargs)
     except HTTPException:
@@ -140,3 +147,6 @@ async def guard(fn, *args, request: Request | None = None, runtime_is_input: boo
         if type(e).__name__ == "ClassifierInputError":
             fail(422, e, {REFUSED: "input"})
         fail(400, e)
+    finally:
+        if state is not None:
+            state.busy -= 1
