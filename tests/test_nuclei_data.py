@@ -87,6 +87,25 @@ def test_small_tile_is_padded_not_stretched():
     assert 14 <= float(w) <= 20                  # the nucleus keeps its size (about 17 px)
 
 
+def test_stain_augmentation_recolours_patches_and_keeps_every_nucleus():
+    from napari_histoseg.nuclei.data import augment_config
+
+    img, lab = disks_image((96, 96), [(24, 24), (24, 72), (72, 48)], 9)
+    tile = InstanceTile("t", img, ndi.label(lab > 0)[0], 0.25)
+    colours = {}
+    for name in ("light", "stain"):
+        rng, means = np.random.default_rng(3), []
+        for _ in range(12):
+            x, target = random_sample(tile, 96, rng, 0.25, scale=(1, 1), cfg=augment_config(name))
+            assert len(target["boxes"]) == 3     # colour never costs a nucleus
+            nuclei = target["masks"].any(0).numpy().astype(bool)
+            means.append(x.permute(1, 2, 0).numpy()[nuclei].mean(0))
+        colours[name] = np.std(means, axis=0).mean()
+    assert colours["stain"] > 1.5 * colours["light"]   # another lab's stain: wider than v1's jitter
+    with pytest.raises(ValueError, match="light, stain"):
+        augment_config("strong")
+
+
 def test_size_recall_bins_show_a_miss_of_the_large_nuclei():
     areas = np.array([10, 12, 14, 100, 120, 140])
     found = np.array([True, True, True, False, False, True])

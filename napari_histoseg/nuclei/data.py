@@ -17,8 +17,11 @@ same one every time, so training never sees the tiles evaluation scores.
 :func:`random_sample` cuts one augmented training patch and its Mask R-CNN target (boxes,
 labels, masks): a window of random place, scaled log-uniformly around the ratio of the
 tile's mpp to the model's (``scale``: wide enough for large tumour nuclei), a rotation by
-k·90°, flips, HED stain jitter and brightness/contrast (the last three from
-:mod:`napari_histoseg.training.augment`). Labels are resized nearest-neighbour, so every
+k·90°, flips, then the colour augmentation of an
+:class:`~napari_histoseg.training.augment.AugmentConfig` (:func:`augment_config`: ``"light"``,
+HED jitter ± 5 % and brightness/contrast, what v1 trained with; ``"stain"``, another lab's
+stain: HED jitter ± 30 % with moved stain vectors, sometimes Macenko-normalised, gamma,
+saturation, a little blur and JPEG), all from :mod:`napari_histoseg.training.augment`. Labels are resized nearest-neighbour, so every
 nucleus keeps its own id; nuclei cut to a sliver by the window's border are dropped.
 Windows avoid ignore regions where they can; what is left of one is painted as glass (and
 any nucleus touching it dropped), so the loss never calls an unlabelled nucleus background.
@@ -27,7 +30,7 @@ Tiles smaller than the window are padded with glass.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +41,7 @@ from skimage.io import imread
 
 from napari_histoseg.io.dataset import DatasetError
 from napari_histoseg.io.dataset import read_dataset_json as _read_dataset_json
-from napari_histoseg.training.augment import AugmentConfig, geometric, hed_perturb, intensity
+from napari_histoseg.training.augment import AugmentConfig, colour, geometric, intensity, realistic
 
 
 class InstanceDatasetError(DatasetError):
@@ -196,6 +199,19 @@ def _pad(a: np.ndarray, side: int, value) -> np.ndarray:
     return np.pad(a, pad, constant_values=value)
 
 
+AUGMENTATIONS = ("light", "stain")
+
+
+def augment_config(name: str = "light") -> AugmentConfig:
+    """The colour augmentation of nucleus training by name (see the module's docstring)."""
+    if name == "light":
+        return AugmentConfig()
+    if name == "stain":
+        # the tumour model's stain and scanner variation, with less blur: a nucleus's outline is the target
+        return replace(AugmentConfig.heavy(), blur_prob=0.1, blur_sigma=(0.4, 1.0))
+    raise ValueError(f"nucleus augmentation {name!r}: choose one of {', '.join(AUGMENTATIONS)}")
+
+
 def random_sample(tile: InstanceTile, size: int, rng: np.random.Generator, model_mpp: float | None = None,
                   scale: tuple = (0.8, 1.25), cfg: AugmentConfig | None = None, tries: int = 8):
     """One augmented ``(image tensor (3, size, size) in [0, 1], target dict)``.
@@ -230,8 +246,6 @@ def random_sample(tile: InstanceTile, size: int, rng: np.random.Generator, model
         img[ign] = GLASS
     img, lab = _resize_pair(img, lab, size)
     img, lab = geometric(img, lab, rng, cfg)
-    if cfg.hed_sigma > 0 and rng.random() < cfg.hed_prob:
-        img = hed_perturb(img, rng, cfg.hed_sigma, cfg.hed_bias)
-    img = intensity(img, rng, cfg)
-    x_t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float() / 255.0
+    img = realistic(intensity(colour(img, rng, cfg), rng, cfg), rng, cfg)
+    x_t = torch.from_numpy(np.require(img, requirements=["C", "W"])).permute(2, 0, 1).float() / 255.0
     return x_t, targets_from_labels(np.ascontiguousarray(lab))

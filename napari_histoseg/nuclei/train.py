@@ -27,7 +27,7 @@ import numpy as np
 
 from napari_histoseg.models import ModelMeta, build_model, save_checkpoint
 from napari_histoseg.nuclei.config import NucleiConfig
-from napari_histoseg.nuclei.data import load_many, random_sample
+from napari_histoseg.nuclei.data import augment_config, load_many, random_sample
 from napari_histoseg.nuclei.metrics import score
 from napari_histoseg.training.loop import TaskHooks, fit, load_start_checkpoint
 from napari_histoseg.training.loop import freeze_batchnorm as freeze_bn
@@ -162,6 +162,7 @@ class NucleiHooks(TaskHooks):
         self.train = [t for t in tiles if t.id not in ids] or tiles
         self.val_ids = [t.id for t in self.val]
         self.weights = tile_weights(self.train, getattr(cfg, "breast_weight", 1.0))
+        self.augment = augment_config(getattr(cfg, "augment", "light"))
         log(f"{len(self.train)} training tiles, {len(self.val)} held out for validation: {', '.join(ids) or '-'}")
 
     def describe(self):
@@ -192,7 +193,8 @@ class NucleiHooks(TaskHooks):
         while len(images) < cfg.batch_size:
             t = self.train[int(rng.choice(len(self.train), p=self.weights))]
             x, y = random_sample(t, cfg.patch_size, rng, cfg.model_mpp,
-                                 scale=(getattr(cfg, "scale_min", 0.8), getattr(cfg, "scale_max", 1.25)))
+                                 scale=(getattr(cfg, "scale_min", 0.8), getattr(cfg, "scale_max", 1.25)),
+                                 cfg=self.augment)
             if len(y["boxes"]):
                 images.append(x)
                 targets.append(y)
@@ -214,7 +216,7 @@ class NucleiHooks(TaskHooks):
                 "steps": training["history"][-1]["steps"], "history": training["history"],
                 "augmentation": f"random window (area-weighted tiles, breast x {cfg.breast_weight}), "
                                 f"log-uniform zoom {cfg.scale_min}-{cfg.scale_max} around tile mpp / model mpp, "
-                                "rot90, flips, HED stain jitter, brightness/contrast; ignore regions painted "
+                                f"rot90, flips, colour augmentation {cfg.augment!r}; ignore regions painted "
                                 "as glass" + (f"; instances of solidity < {MERGED_SOLIDITY} in "
                                               f"{', '.join(cfg.merged_folders)} ignored" if cfg.merged_folders else "")}
         m = make_meta(self.arch, self.kwargs, cfg.model_mpp, info)
