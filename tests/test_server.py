@@ -418,11 +418,15 @@ def test_server_explains_a_classification_like_local(task_server, he_image):
     crop = np.ascontiguousarray(he_image[100:500, 150:600])
     region = np.zeros(crop.shape[:2], bool)
     region[40:360, 50:400] = True
-    got = drive(RemoteBackend(url, token=TOKEN).explain(crop, str(classifier), task="classification", region=region,
-                                                        mpp=0.5))
+    remote, steps = RemoteBackend(url, token=TOKEN), []
+    remote.poll = 0.01
+    got = drive(remote.explain(crop, str(classifier), task="classification", region=region, mpp=0.5),
+                progress=lambda *s: steps.append(s))
     local = drive(LocalBackend().explain(crop, str(classifier), task="classification", region=region, mpp=0.5))
     assert got.shape == crop.shape[:2] and got.max() > 0 and not got[~region].any()
     np.testing.assert_allclose(got, local, atol=2e-3)  # float16 on the wire
+    assert steps[0] == (0, 1) and steps[-1] == (1, 1)
+    assert any(t > 1 for _, t in steps[1:-1])          # the server's own tiles, not a bar stuck at 0/1
     with pytest.raises(ValueError, match="nuclei .instances. has no explanations"):
         drive(LocalBackend().explain(crop, task="instances"))
 

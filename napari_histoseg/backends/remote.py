@@ -181,9 +181,6 @@ class RemoteBackend:
         closing the generator stops the work on the server too. A region the classifier
         refuses raises :class:`~napari_histoseg.classifier.infer.ClassifierInputError`, as
         locally. ``device`` and ``engine`` are the server's to choose and are ignored."""
-        import threading
-        import uuid
-
         from napari_histoseg.tasks import check_infer_options, get_task
 
         if task == "segmentation":
@@ -194,16 +191,35 @@ class RemoteBackend:
         arrays = {k: np.asarray(v) for k, v in options.items() if isinstance(v, np.ndarray)}
         rest = {k: v for k, v in options.items() if k not in arrays}
         body = wire.pack({"image": np.asarray(image), **arrays}, {"options": rest})
+        try:
+            r = yield from self._tracked(f"/infer/{task}", ref, body)
+        except InputRefused as e:
+            if task != "classification":
+                raise
+            from napari_histoseg.classifier.infer import ClassifierInputError
+
+            raise ClassifierInputError(e.detail) from None
+        result = t.result_from_parts(*wire.unpack(r.content, r.headers.get("content-type")))
+        yield 1, 1
+        return result
+
+    def _tracked(self, path: str, ref: str, body: bytes):
+        """POST an NPZ ``body`` to ``path`` in a thread and yield the server's ``(done, total)``
+        for it meanwhile (``GET /progress``); closing the generator stops the server's work too
+        (``DELETE /progress``). Returns the response; raises what the request raised."""
+        import threading
+        import uuid
+
         key, answer = uuid.uuid4().hex, {}
 
         def send():
             try:
-                answer["r"] = self.request("POST", f"/infer/{task}", params={"model": ref}, content=body,
+                answer["r"] = self.request("POST", path, params={"model": ref}, content=body,
                                            headers={"Content-Type": wire.NPZ, PROGRESS_HEADER: key})
             except Exception as e:  # noqa: BLE001 - raised in the generator below
                 answer["error"] = e
 
-        sender = threading.Thread(target=send, name="histoseg-remote-infer", daemon=True)
+        sender = threading.Thread(target=send, name="histoseg-remote-request", daemon=True)
         sender.start()
         last = (0, 1)
         yield last
@@ -218,16 +234,8 @@ class RemoteBackend:
             if sender.is_alive():        # closed by the caller: stop the server's work too
                 self._cancel(key)
         if "error" in answer:
-            e = answer["error"]
-            if isinstance(e, InputRefused) and task == "classification":
-                from napari_histoseg.classifier.infer import ClassifierInputError
-
-                raise ClassifierInputError(e.detail) from None
-            raise e
-        r = answer["r"]
-        result = t.result_from_parts(*wire.unpack(r.content, r.headers.get("content-type")))
-        yield 1, 1
-        return result
+            raise answer["error"]
+        return answer["r"]
 
     def _progress(self, key: str):
         """``(done, total)`` of the request sent with ``key``, or None (not begun, ended, unknown)."""
@@ -316,12 +324,10 @@ class RemoteBackend:
             raise ValueError(f"{t.title} ({task}) has no explanations")
         check_infer_options(t, options, t.EXPLAIN_OPTIONS)
         ref = self.server_ref(model_ref, task)
-        yield 0, 1
         arrays = {k: np.asarray(v) for k, v in options.items() if isinstance(v, np.ndarray)}
         rest = {k: v for k, v in options.items() if k not in arrays}
         body = wire.pack({"image": np.asarray(image), **arrays}, {"method": method, "options": rest})
-        r = self.request("POST", f"/explain/{task}", params={"model": ref}, content=body,
-                         headers={"Content-Type": wire.NPZ})
+        r = yield from self._tracked(f"/explain/{task}", ref, body)
         yield 1, 1
         return self._array(r).astype(np.float32)
 

@@ -55,3 +55,13 @@ class Progress:
         if key:
             with self._lock:
                 self._items.pop(key, None)
+
+
+def watch(progress: Progress | None, key: str | None, what: str) -> dict:
+    """The ``progress``/``should_stop`` keywords of :func:`~napari_histoseg.core.runs.drive`
+    that report a followed request's steps to ``progress`` and stop it when its client
+    cancels; ``{}`` when the request is not followed."""
+    if progress is None or key is None:
+        return {}
+    return {"progress": lambda done, total: progress.update(key, done, total),
+            "should_stop": lambda: progress.stopped(key), "what": what}

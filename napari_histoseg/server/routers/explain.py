@@ -55,8 +55,11 @@ async def explain_task(request: Request, task: str, model: str = "bundled"):
     """Heat map of a registered task's answer (classification: Grad-CAM of a ``region`` mask).
     The body is an NPZ made by ``backends.wire.pack``: ``image``, array options, and
     ``{"method": ..., "options": {...}}``."""
+    from napari_histoseg.server.progress import HEADER, watch
+
     body = await request.body()
-    store = request.app.state.store
+    store, progress = request.app.state.store, request.app.state.progress
+    key = progress.start(request.headers.get(HEADER))
 
     def run():
         t = get_task(task)
@@ -74,5 +77,9 @@ async def explain_task(request: Request, task: str, model: str = "bundled"):
         segmentation = entry.batcher is not None
         with entry.explain_lock if segmentation else entry.run_lock:   # hooks must not meet other runs
             target = entry.explainer() if segmentation else entry.model
-            return drive(t.iter_explain(target, image, info.get("method", "gradcam"), **options))
-    return array_response(await guard(run, request=request, runtime_is_input=True))
+            return drive(t.iter_explain(target, image, info.get("method", "gradcam"), **options),
+                         **watch(progress, key, t.title))
+    try:
+        return array_response(await guard(run, request=request, runtime_is_input=True))
+    finally:
+        progress.end(key)

@@ -47,14 +47,14 @@ def run_task(entry, image, follow=None, **options):
     ``follow``: ``(Progress, key)`` to report each step to (and stop when the client cancels)."""
     task = get_task(entry.task)
     check_infer_options(task, options)
-    progress, key = follow or (None, None)
-    watch = {} if key is None else {"progress": lambda d, t: progress.update(key, d, t),
-                                    "should_stop": lambda: progress.stopped(key), "what": task.title}
+    from napari_histoseg.server.progress import watch
+
+    steps = watch(*(follow or (None, None)), task.title)
     if entry.batcher is not None:
         with entry.batcher.request():
-            return drive(task.iter_infer(entry.engine_model(), image, **options), **watch)
+            return drive(task.iter_infer(entry.engine_model(), image, **options), **steps)
     with entry.run_lock:
-        return drive(task.iter_infer(entry.model, image, **options), **watch)
+        return drive(task.iter_infer(entry.model, image, **options), **steps)
 
 
 def _prediction_response(pred) -> Response:
