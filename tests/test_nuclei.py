@@ -232,6 +232,25 @@ def test_bundled_model_finds_dark_disks():
     assert pq(truth, labels)["tp"] == 3
 
 
+@pytest.mark.skipif(not BUNDLED.is_file(), reason="no bundled nucleus model")
+def test_weak_boxes_skip_the_mask_head_and_the_kept_nuclei_do_not_change():
+    from napari_histoseg.models.detector import detect
+    from napari_histoseg.nuclei.infer import load_nuclei_detector
+
+    rng = np.random.default_rng(0)
+    centres = [tuple(int(v) for v in rng.integers(20, 236, 2)) for _ in range(40)]
+    img, _ = disks_image((256, 256), centres, 9)
+    batch = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
+    module = load_nuclei_detector().module.eval()
+    [every] = detect(module, batch)
+    [strong] = detect(module, batch, min_score=0.8)
+    keep = every["scores"] >= 0.8
+    assert 0 < len(strong["scores"]) == int(keep.sum()) < len(every["scores"])   # fewer masks computed
+    torch.testing.assert_close(strong["boxes"], every["boxes"][keep])
+    torch.testing.assert_close(strong["masks"], every["masks"][keep])
+    assert module.roi_heads.score_thresh == pytest.approx(0.05)                    # the module is left as it was
+
+
 def test_score_threshold_is_tuned_on_held_out_tiles():
     from napari_histoseg.nuclei.data import InstanceTile
     from napari_histoseg.nuclei.train import tune_score_threshold
