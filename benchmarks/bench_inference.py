@@ -3,8 +3,9 @@
 The naive loop is what a first script does: cut the image into 224 x 224 patches and feed them
 to the model one at a time (eager PyTorch, fp32, NCHW, torch.no_grad). The engine is
 napari_histoseg.core.tiling.predict (batched tiles, channels-last, inference_mode, blended
-overlaps) with each model engine: PyTorch fp32, ONNX Runtime fp32 and ONNX Runtime int8 (static
-QDQ quantisation; see napari_histoseg/models/onnx.py).
+overlaps) with each model engine: PyTorch fp32, PyTorch under bfloat16 autocast, ONNX Runtime
+fp32 and ONNX Runtime int8 (static QDQ quantisation; see napari_histoseg/models/onnx.py), and
+which of them ``engine="auto"`` picks on this machine.
 
     python benchmarks/bench_inference.py [--size 2048] [--repeats 2] [--threads 2] [--dice]
                                          [--grid] [--calibration samples|shared]
@@ -118,24 +119,32 @@ def main(argv=None):
                     help="int8 calibration: the engine's default (the ranges shipped beside the checkpoint, "
                          "else the bundled sample images) or training tiles of ../shared/data")
     ap.add_argument("--dice", action="store_true", help="held-out Dice of each engine (test splits)")
-    ap.add_argument("--grid", action="store_true", help="time tile sizes and overlaps (best engine)")
+    ap.add_argument("--grid", action="store_true", help="time tile sizes and overlaps (auto's engine, int8)")
+    ap.add_argument("--no-bf16", action="store_true", help="skip the PyTorch bf16 row")
     ap.add_argument("--json", help="write the rows here")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     from napari_histoseg import load_model
+    from napari_histoseg.core.device import cpu_has_bf16, cpu_has_vnni
+    from napari_histoseg.models.segmenter import choose_engine
 
     load_before = os.getloadavg()
     image = load_image(args.size)
-    model = load_model(device="cpu")
+    model = load_model(device="cpu", engine="torch")
     threads = torch.get_num_threads()
+    auto, why = choose_engine("cpu")
     print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores, "
-          f"{threads} threads, torch {torch.__version__}; load average before {load_before[0]:.2f}")
+          f"{threads} threads, torch {torch.__version__}, bf16 instructions {cpu_has_bf16()}, "
+          f"VNNI {cpu_has_vnni()}; load average before {load_before[0]:.2f}")
     print(f"model: {model.description}; image {args.size} x {args.size} px (sample tiled up)")
+    print(f"engine='auto' here: {auto} ({why})")
     rows = []
     t, (n, px) = timed(lambda: naive_loop(model, image), args.repeats)
     rows.append({"path": "naive loop: torch fp32, 224 px patches, one at a time", "n": n, "px": px, "s": t})
     engines = [("torch fp32", model)]
+    if not args.no_bf16:
+        engines.append(("torch bf16", load_model(device="cpu", engine="torch-bf16")))
     if not args.no_onnx:
         from napari_histoseg.models.onnx import OnnxSegmenter
 
@@ -152,16 +161,18 @@ def main(argv=None):
     for r in rows:
         r["ratio"] = round(r["px"] / r["s"] / base, 2)
         print(f"{r['path']:70s} {r['n'] / r['s']:8.1f} {r['px'] / r['s'] / 1e6:6.2f} {r['ratio']:8.2f}")
-    best_label, best_model = max(engines, key=lambda e: next(r["ratio"] for r in rows if r.get("engine") == e[0]))
-    if args.grid:
-        print(f"\ntile size and overlap, {best_label}:")
+    auto_label = {"torch": "torch fp32", "torch-bf16": "torch bf16"}.get(auto, auto)
+    grid = [e for e in engines if e[0] == auto_label or e[0].startswith("ONNX int8")] if args.grid else []
+    for label, m in grid:
+        print(f"\ntile size and overlap, {label}:")
         for tile in (256, 512, 1024):
             for overlap in (32, 64, 128):
-                t, (n, px) = timed(lambda: engine(best_model, image, tile, overlap), args.repeats)  # noqa: B023
+                t, (n, px) = timed(lambda: engine(m, image, tile, overlap), args.repeats)  # noqa: B023
                 ratio = px / t / base
-                rows.append({"path": f"grid: {best_label}, tile {tile}, overlap {overlap}", "n": n, "px": px,
+                rows.append({"path": f"grid: {label}, tile {tile}, overlap {overlap}", "n": n, "px": px,
                              "s": t, "ratio": round(ratio, 2)})
-                print(f"  tile {tile:5d} overlap {overlap:4d}: {px / t / 1e6:6.2f} MP/s, {ratio:5.2f} x naive")
+                print(f"  tile {tile:5d} overlap {overlap:4d}: {px / t / 1e6:6.2f} MP/s, {ratio:5.2f} x naive",
+                      flush=True)
     if args.dice:
         print("\nheld-out mean Dice (test splits, tissue gate on, as histoseg evaluate):")
         for label, m in engines:

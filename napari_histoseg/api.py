@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 
-def load_model(path: str | Path | None = None, device: str = "auto", engine: str = "torch",
+def load_model(path: str | Path | None = None, device: str = "auto", engine: str = "auto",
                backend: str | None = None, token: str | None = None):
     """Load a segmentation model.
 
@@ -23,9 +23,14 @@ def load_model(path: str | Path | None = None, device: str = "auto", engine: str
         default model.
     device : {"auto", "cpu", "cuda", "mps"}
         ``"auto"`` picks cuda, then mps, then cpu. Half precision is used on cuda.
-    engine : {"torch", "onnx"}
-        ``"onnx"`` runs the same weights through ONNX Runtime on the CPU (needs the
-        ``onnx`` extra); often faster than eager PyTorch on a CPU.
+    engine : {"auto", "torch", "torch-bf16", "onnx", "onnx-int8"}
+        ``"auto"`` (default) picks the fastest engine that keeps the held-out Dice on this
+        machine: PyTorch under bfloat16 autocast on a CPU that computes bf16 in hardware
+        (AVX512-BF16/AMX; about twice fp32's speed), else ``"torch"``; the model's ``engine``
+        and ``engine_reason`` say what was chosen. ``"torch"``: PyTorch, float32 on a CPU
+        (float16 on cuda). ``"onnx"`` / ``"onnx-int8"`` run the same weights through ONNX
+        Runtime on the CPU, in fp32 or quantised to int8 (needs the ``onnx`` extra; int8 loses
+        a few hundredths of Dice on some data, see BENCHMARKS.md › Inference).
     backend : str, optional
         ``"http://host:port"`` of a ``histoseg serve``: the model runs there (on its
         device; ``device`` and ``engine`` are ignored) and ``path`` is a local checkpoint

@@ -1,17 +1,28 @@
-"""Choosing where tensors live: cuda, then mps, then cpu."""
+"""Choosing where tensors live (cuda, then mps, then cpu) and at what precision.
+
+Nothing here imports torch until a device is resolved: :func:`available_devices` (what a widget
+offers) and :func:`cpu_has_bf16` read the machine without it, so opening a widget does not
+load torch's few hundred megabytes.
+"""
 
 from __future__ import annotations
 
-import torch
+import functools
+import os
+import platform
+import shutil
+import sys
 
 
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """Turn ``"auto"`` (or None) into the best available device, and check the others.
+def resolve_device(device="auto"):
+    """Turn ``"auto"`` (or None) into the best available ``torch.device``, and check the others.
 
     ``"auto"`` picks cuda where a GPU is visible, then Apple's mps, then cpu. Asking
     for a device that is not available raises ``ValueError`` with the reason, rather
     than failing deep inside torch.
     """
+    import torch
+
     if device is None or str(device) == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -29,12 +40,65 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return dev
 
 
+def _gpu_visible() -> bool:
+    """An NVIDIA driver on this machine (without importing torch)."""
+    return os.path.exists("/proc/driver/nvidia/version") or shutil.which("nvidia-smi") is not None
+
+
 def available_devices() -> list[str]:
-    """Device choices to offer a user: ``auto`` first, then what this machine has."""
+    """Device choices to offer a user: ``auto`` first, then what this machine has.
+
+    Where torch is already imported it is asked; otherwise the machine is read without it
+    (an NVIDIA driver for cuda, Apple silicon for mps), and :func:`resolve_device` says so
+    clearly if torch then cannot use the device (a CPU-only torch build on a GPU machine).
+    """
     out = ["auto", "cpu"]
-    if torch.cuda.is_available():
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        if torch.cuda.is_available():
+            out.append("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            out.append("mps")
+        return out
+    if _gpu_visible():
         out.append("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
+    if sys.platform == "darwin" and platform.machine() == "arm64":
         out.append("mps")
     return out
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this x86 CPU computes bfloat16 in hardware (AVX512-BF16 or AMX-BF16), where
+    PyTorch's bf16 convolutions run about twice as fast as fp32 (BENCHMARKS.md › Inference).
+
+    ``HISTOSEG_CPU_BF16=0`` or ``1`` overrides the detection. Other CPUs (ARM, or x86 without
+    those instructions, where bf16 is emulated and slower) answer False.
+    """
+    forced = os.environ.get("HISTOSEG_CPU_BF16")
+    if forced in ("0", "1"):
+        return forced == "1"
+    return _x86_bf16()
+
+
+@functools.lru_cache(maxsize=1)
+def _x86_bf16() -> bool:
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def cpu_has_vnni() -> bool:
+    """Whether this x86 CPU has int8 dot-product instructions (AVX512-VNNI or AVX-VNNI)."""
+    return bool(_cpu_flags() & {"avx512_vnni", "avx_vnni"})

@@ -1,31 +1,41 @@
-"""Segmentation architectures, their registry, and safetensors checkpoints."""
+"""Segmentation architectures, their registry, and safetensors checkpoints.
 
-from napari_histoseg.core.triton_guard import guard as _guard
+The names below load on first use (PEP 562), so ``import napari_histoseg.models`` or one of
+its light modules (``bundled``, ``checkpoint``'s metadata) does not import torch; the
+architectures register themselves when the registry is first asked
+(:mod:`napari_histoseg.models.architectures`).
+"""
 
-_guard()  # before smp/timm/torchvision: see napari_histoseg.core.triton_guard
+from __future__ import annotations
 
-from napari_histoseg.models import (  # noqa: F401  (register the architectures)
-    classifier,  # noqa: F401  (benign/malignant classifier)
-    lightmuseg,
-    maskrcnn,  # noqa: F401  (nuclei: Mask R-CNN)
-    unet,
-)
-from napari_histoseg.models.checkpoint import (
-    CheckpointError,
-    ModelMeta,
-    load_checkpoint,
-    read_meta,
-    save_checkpoint,
-)
-from napari_histoseg.models.registry import build_model, list_architectures, register
+_NAMES = {
+    "CheckpointError": "checkpoint",
+    "ModelMeta": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    "read_meta": "checkpoint",
+    "save_checkpoint": "checkpoint",
+    "build_model": "registry",
+    "list_architectures": "registry",
+    "register": "registry",
+}
 
-__all__ = [
-    "CheckpointError",
-    "ModelMeta",
-    "build_model",
-    "list_architectures",
-    "load_checkpoint",
-    "read_meta",
-    "register",
-    "save_checkpoint",
-]
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name: str):
+    if name not in _NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if _NAMES[name] == "registry":
+        from napari_histoseg.models import architectures, registry  # noqa: F401  (architectures: registers them)
+
+        value = getattr(registry, name)
+    else:
+        from napari_histoseg.models import checkpoint
+
+        value = getattr(checkpoint, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_NAMES))

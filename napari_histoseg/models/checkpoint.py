@@ -16,15 +16,15 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn as nn
-from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors import SafetensorError, safe_open
 
 from napari_histoseg.io.checks import check_type
-from napari_histoseg.models.registry import build_model, list_architectures
+
+if TYPE_CHECKING:  # torch loads when weights are read or written, not for the metadata
+    import torch
+    import torch.nn as nn
 
 FORMAT = "histoseg-model"
 FORMAT_VERSION = 1
@@ -128,7 +128,7 @@ def _meta_field(data: dict, key: str, types, source: str, default=None):
 
 
 def save_checkpoint(
-    model: nn.Module, path: str | Path, meta: ModelMeta, sidecar: bool = False
+    model: "nn.Module", path: str | Path, meta: ModelMeta, sidecar: bool = False
 ) -> Path:
     """Write ``model``'s weights and ``meta`` to ``path`` (a ``.safetensors`` file).
 
@@ -139,6 +139,8 @@ def save_checkpoint(
     path = Path(path)
     if path.suffix != ".safetensors":
         raise CheckpointError(f"{path}: checkpoints are saved as .safetensors files")
+    from safetensors.torch import save_file
+
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     text = json.dumps(meta.to_json())
     tmp = path.with_name(path.name + ".tmp")
@@ -161,7 +163,7 @@ def read_meta(path: str | Path) -> ModelMeta:
             "histoseg metadata (napari_histoseg.models.save_checkpoint)."
         )
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="numpy") as f:
             header = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: not a safetensors checkpoint ({e})") from None
@@ -186,8 +188,8 @@ def read_meta(path: str | Path) -> ModelMeta:
 
 
 def load_checkpoint(
-    path: str | Path, map_location: str | torch.device = "cpu"
-) -> tuple[nn.Module, ModelMeta]:
+    path: str | Path, map_location: "str | torch.device" = "cpu"
+) -> "tuple[nn.Module, ModelMeta]":
     """Rebuild the network a checkpoint describes and load its weights.
 
     Returns ``(module, meta)`` with the module in eval mode.
@@ -199,6 +201,11 @@ def load_checkpoint(
         architecture, or weights that do not fit the architecture (the message names
         the missing, unexpected and mis-shaped tensors).
     """
+    from safetensors.torch import load_file
+
+    from napari_histoseg.models import architectures  # noqa: F401  (registers every network)
+    from napari_histoseg.models.registry import build_model, list_architectures
+
     meta = read_meta(path)
     if meta.arch not in list_architectures():
         raise CheckpointError(
@@ -223,6 +230,8 @@ def load_checkpoint(
 def check_finite(state: dict[str, Any], source: str) -> None:
     """Raise :class:`CheckpointError` when a floating-point tensor holds NaN or infinity (a
     diverged training run): such a model answers nonsense for every pixel."""
+    import torch
+
     bad = [k for k, v in state.items() if torch.is_floating_point(v) and not bool(torch.isfinite(v).all())]
     if bad:
         raise CheckpointError(f"{source}: {len(bad)} weight tensors hold NaN or infinite values "
@@ -230,7 +239,7 @@ def check_finite(state: dict[str, Any], source: str) -> None:
                               "(did its training diverge?)")
 
 
-def check_state_dict(module: nn.Module, state: dict[str, Any], source: str) -> None:
+def check_state_dict(module: "nn.Module", state: dict[str, Any], source: str) -> None:
     """Raise :class:`CheckpointError` naming what does not fit between ``state`` and ``module``."""
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))

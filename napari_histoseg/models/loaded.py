@@ -18,6 +18,7 @@ use instead. Explanations ask the model, never its shape: :meth:`~LoadedModel.gr
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from pathlib import Path
 from typing import ClassVar
@@ -27,7 +28,11 @@ import torch
 import torch.nn as nn
 
 from napari_histoseg.core.device import resolve_device
+from napari_histoseg.models import architectures  # noqa: F401  (every network registered for the subclasses)
 from napari_histoseg.models.checkpoint import CheckpointError, ModelMeta, load_checkpoint, read_meta
+
+#: Inference precisions: float32, float16 autocast (cuda), bfloat16 autocast.
+PRECISIONS = ("fp32", "fp16", "bf16")
 
 #: What a model of each task is called, and how to use one.
 TASK_KINDS = {
@@ -60,26 +65,44 @@ class LoadedModel:
     device : str or torch.device
         ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"mps"``.
     half : bool or None
-        Half precision (autocast) where the class supports it; None: on for cuda only.
+        Half precision (float16 autocast) where the class supports it; None: on for cuda only.
     source : str
         Where the model came from (a path, ``"bundled"``, ``"random"``), for display.
+    precision : {"fp32", "fp16", "bf16"}, optional
+        Overrides ``half``: ``"bf16"`` runs inference under bfloat16 autocast (classes with
+        :attr:`supports_bf16`; fast on CPUs with AVX512-BF16 or AMX, see
+        :func:`~napari_histoseg.core.device.cpu_has_bf16`). Gradients (explanations) always
+        run in float32 through :meth:`logits`.
     """
 
     #: The ``ModelMeta.task`` this class serves.
     task: ClassVar[str] = ""
     #: Whether inference may run in float16 (autocast); others always run float32.
     supports_half: ClassVar[bool] = False
+    #: Whether inference may run under bfloat16 autocast (measured not to move its held-out scores).
+    supports_bf16: ClassVar[bool] = False
     #: Channels-last memory layout for the network (convolutional nets on cuda/cpu).
     channels_last: ClassVar[bool] = False
     #: Whether :mod:`napari_histoseg.explanations` can explain it (Grad-CAM, SHAP, MC dropout).
     explainable: ClassVar[bool] = False
+    #: The engine it runs on and why it was chosen (set by the loader, e.g. ``load_segmenter``).
+    engine: str = "torch"
+    engine_reason: str = ""
 
-    def __init__(self, module: nn.Module, meta: ModelMeta, device="auto", half=None, source: str = ""):
+    def __init__(self, module: nn.Module, meta: ModelMeta, device="auto", half=None, source: str = "",
+                 precision: str | None = None):
         check_task(meta, self.task, source)
         self.device = resolve_device(device)
+        if precision is not None and precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        if precision == "bf16" and not self.supports_bf16:
+            raise ValueError(f"a {TASK_KINDS[self.task][0]} has not been checked in bfloat16; use fp32")
+        if precision is not None:
+            half = precision == "fp16"
         if half and not self.supports_half:
             raise ValueError(f"a {TASK_KINDS[self.task][0]} runs in float32 only; pass half=False")
         self.half = (self.supports_half and self.device.type == "cuda") if half is None else bool(half)
+        self.precision = "fp16" if self.half else (precision or "fp32")
         self.meta = meta
         self.source = source
         fmt = torch.channels_last if self.channels_last and self.device.type != "mps" else torch.contiguous_format
@@ -91,7 +114,8 @@ class LoadedModel:
 
     # -- loading ---------------------------------------------------------------------------
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device="auto", half=None, source: str | None = None):
+    def from_checkpoint(cls, path: str | Path, device="auto", half=None, source: str | None = None,
+                        precision: str | None = None):
         """Load a safetensors checkpoint of this class's task (see :func:`load_checkpoint`).
 
         The header is read first: a checkpoint of another task is refused before its
@@ -99,14 +123,16 @@ class LoadedModel:
         """
         check_task(read_meta(path), cls.task, str(path))
         module, meta = load_checkpoint(path)
-        return cls(module, meta, device=device, half=half, source=str(path) if source is None else source)
+        kwargs = {} if precision is None else {"precision": precision}
+        return cls(module, meta, device=device, half=half, source=str(path) if source is None else source, **kwargs)
 
     @classmethod
-    def bundled(cls, device="auto", half=None):
+    def bundled(cls, device="auto", half=None, precision: str | None = None):
         """The checkpoint of this task that ships with the package (``source == "bundled"``)."""
         from napari_histoseg.models.bundled import BUNDLED, bundled_path
 
-        return cls.from_checkpoint(bundled_path(cls.task), device=device, half=half, source=BUNDLED)
+        return cls.from_checkpoint(bundled_path(cls.task), device=device, half=half, source=BUNDLED,
+                                   precision=precision)
 
     # -- what it is ------------------------------------------------------------------------
     @property
@@ -120,7 +146,8 @@ class LoadedModel:
 
     @property
     def description(self) -> str:
-        return f"{self.meta.name} v{self.meta.model_version} ({self.meta.arch})"
+        extra = "" if self.precision == "fp32" else f" [PyTorch {self.precision}]"
+        return f"{self.meta.name} v{self.meta.model_version} ({self.meta.arch}){extra}"
 
     @property
     def torch_model(self) -> "LoadedModel":
@@ -135,6 +162,13 @@ class LoadedModel:
         x = x.permute(0, 3, 1, 2).float()
         x = (x - self._mean) / self._std
         return x.contiguous(memory_format=self._memory_format)
+
+    def autocast(self):
+        """The context inference runs in: float16 or bfloat16 autocast, or nothing (fp32)."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Raw network output for a normalised tensor (gradients allowed)."""

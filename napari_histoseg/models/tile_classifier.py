@@ -21,8 +21,8 @@ class Classifier(LoadedModel):
     task = "classification"
     explainable = True
 
-    def __init__(self, module, meta, device="cpu", half=None, source=""):
-        super().__init__(module, meta, device=device, half=half, source=source)
+    def __init__(self, module, meta, device="cpu", half=None, source="", precision=None):
+        super().__init__(module, meta, device=device, half=half, source=source, precision=precision)
         cal = meta.training.get("calibration", {}) if isinstance(meta.training, dict) else {}
         self.temperature = float(cal.get("temperature", 1.0))
         self.temperatures = {float(k): float(v) for k, v in (cal.get("temperatures") or {}).items()}

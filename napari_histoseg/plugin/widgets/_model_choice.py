@@ -12,6 +12,18 @@ from napari_histoseg.models.bundled import BUNDLED
 
 MODEL_FILE = "checkpoint file…"
 THIS_COMPUTER, SERVER = "this computer", "a server…"
+_LOCAL = [lambda: None]   # weak reference to the LocalBackend the live widgets share
+
+
+def local_backend() -> LocalBackend:
+    """The :class:`LocalBackend` the widgets share, so a model used by several of them
+    (Segment, Explain, Classify, ...) is loaded once and held once in memory. Held weakly:
+    once every widget holding it is gone, its models are freed with it."""
+    backend = _LOCAL[0]()
+    if backend is None:
+        backend = LocalBackend()
+        _LOCAL[0] = weakref.ref(backend)
+    return backend
 
 
 class ModelChoice:
@@ -131,14 +143,14 @@ class ModelChoice:
             return False
 
     def backend(self, local=None):
-        """The backend the setting names: ``local`` (kept as this chooser's own; a new
-        :class:`LocalBackend` if none) for *this computer*, else a RemoteBackend for the
+        """The backend the setting names: ``local`` (kept as this chooser's own; the shared
+        :func:`local_backend` if none) for *this computer*, else a RemoteBackend for the
         URL and token (one per URL and token, shared by the widgets)."""
         if local is not None and not _is_remote(local):
             self._local = local
         if self.runs_on.value != SERVER:
             if self._local is None:
-                self._local = LocalBackend()
+                self._local = local_backend()
             return self._local
         url, token = self.server_url.value.strip(), self.server_token.value.strip()
         if not url.startswith(("http://", "https://")):

@@ -23,7 +23,7 @@ from napari_histoseg.plugin.widgets._layers import (
     unwrap,
     visible_region,
 )
-from napari_histoseg.plugin.widgets._model_choice import ModelChoice
+from napari_histoseg.plugin.widgets._model_choice import ModelChoice, local_backend
 from napari_histoseg.plugin.widgets._runner import Runner, RunsWork
 from napari_histoseg.plugin.widgets._shapes import rasterise
 
@@ -78,7 +78,7 @@ class ExplainWidget(RunsWork, Scrolling, Container):
     def __init__(self, viewer: napari.viewer.Viewer, backend=None):
         super().__init__(labels=True, scrollable=True)
         self.viewer = viewer = unwrap(viewer)
-        self.backend = backend or LocalBackend()
+        self.backend = backend or local_backend()
         self.cache: dict[str, np.ndarray] = {}
 
         self.image = ComboBox(label="Image", choices=self._choices(Image, rgb=True))

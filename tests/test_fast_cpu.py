@@ -1,0 +1,80 @@
+"""The fast CPU path: ``engine="auto"`` picks PyTorch bf16 only on a CPU with bfloat16
+instructions, gives the fp32 map, keeps fp32 selectable, and a widget opens without torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from napari_histoseg import testing
+from napari_histoseg.core.tiling import predict
+from napari_histoseg.models.segmenter import ENGINES, Segmenter, choose_engine, load_segmenter
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    return testing.save_random_checkpoint(tmp_path / "m.safetensors",
+                                          testing.random_segmenter("unet-mobilenet_v2", seed=1, device="cpu"),
+                                          tile_size=256)
+
+
+@pytest.mark.parametrize("flag,engine", [("1", "torch-bf16"), ("0", "torch")])
+def test_auto_runs_bf16_only_on_a_cpu_that_has_it(monkeypatch, checkpoint, flag, engine):
+    monkeypatch.setenv("HISTOSEG_CPU_BF16", flag)
+    chosen, why = choose_engine("cpu")
+    assert chosen == engine and why
+    model = load_segmenter(checkpoint, device="cpu", engine="auto")
+    assert model.engine == engine and model.engine_reason == why
+    assert model.precision == ("bf16" if flag == "1" else "fp32")
+    assert ("bf16" in model.description) == (flag == "1")      # what the widget's message names
+
+
+def test_torch_stays_fp32_whatever_the_cpu(monkeypatch, checkpoint):
+    monkeypatch.setenv("HISTOSEG_CPU_BF16", "1")
+    model = load_segmenter(checkpoint, device="cpu", engine="torch")
+    assert model.precision == "fp32" and not model.half and model.engine == "torch"
+    assert "auto" in ENGINES and "torch" in ENGINES
+
+
+def test_bf16_gives_the_fp32_map(he_image):
+    fp32 = testing.random_segmenter("unet-mobilenet_v2", seed=2, device="cpu")
+    bf16 = Segmenter(fp32.module, fp32.meta, device="cpu", precision="bf16")
+    image = he_image[:256, :256]
+    a = predict(image, fp32, tile=256, overlap=0, tissue_gate=False).probability
+    b = predict(image, bf16, tile=256, overlap=0, tissue_gate=False).probability
+    assert b.dtype == np.float32 and b.shape == a.shape
+    assert np.abs(a - b).mean() < 0.02
+
+
+def test_precisions_a_model_was_not_checked_in_are_refused():
+    from napari_histoseg.models.checkpoint import ModelMeta
+    from napari_histoseg.models.tile_classifier import Classifier
+
+    m = Segmenter.random()
+    with pytest.raises(ValueError, match="precision must be one of"):
+        Segmenter(m.module, m.meta, device="cpu", precision="int4")
+    with pytest.raises(ValueError, match="bfloat16"):
+        Classifier(m.module, ModelMeta(arch="x", task="classification"), device="cpu", precision="bf16")
+
+
+def test_widgets_and_model_metadata_load_without_torch():
+    code = (
+        "import sys\n"
+        "import napari_histoseg.plugin.widgets as w\n"
+        "from napari_histoseg.plugin.widgets import segment, explain, classify, review, export, finetune\n"
+        "from napari_histoseg.models.bundled import bundled_path\n"
+        "from napari_histoseg.models.checkpoint import read_meta\n"
+        "from napari_histoseg.core.device import available_devices\n"
+        "available_devices()\n"
+        "try:\n"
+        "    read_meta(bundled_path('segmentation'))\n"
+        "except Exception:\n"
+        "    pass\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "False"
