@@ -14,6 +14,11 @@ On one MoNuSeg test tile (a whole 1000 x 1000 px field at ~0.25 µm/px, ``../sha
   IoU > 0.5) and their mean IoU, and that no nucleus is counted twice (no two tiled
   labels match one whole-image nucleus; PQ's false positives stay few).
 
+* ``--stages``: where the time goes, per stage (backbone, RPN, box head with its NMS, mask
+  head, pasting into the label image), tiled as ``detect_nuclei`` tiles, with the mask head
+  run on every box above the network's own 0.05 floor (as before) and on the boxes at the
+  kept score only (as now), and whether the labels are the same.
+
 Timings are the best of ``--repeat`` runs; the load average is printed beside them,
 because other jobs may share the CPU.
 """
@@ -43,6 +48,65 @@ def best_of(fn, repeat):
     return out, best
 
 
+STAGES = ("backbone", "rpn", "box head", "mask head", "paste")
+
+
+def stage_times(module, rgb, score_threshold, floor, tile=640, overlap=128):
+    """Seconds per stage of tiled detection with boxes below ``floor`` dropped before the
+    mask head; ``(times, labels, boxes into the mask head)``."""
+    from torchvision.models.detection.roi_heads import maskrcnn_inference
+
+    from napari_histoseg.core.windows import tile_starts
+    from napari_histoseg.nuclei.infer import _cores, paste
+
+    H, W = rgb.shape[:2]
+    ys, xs = tile_starts(H, tile, tile - overlap), tile_starts(W, tile, tile - overlap)
+    cy, cx = _cores(ys, tile, H), _cores(xs, tile, W)
+    heads, own = module.eval().roi_heads, module.roi_heads.score_thresh
+    times, labels, next_id, n_boxes = dict.fromkeys(STAGES, 0.0), np.zeros((H, W), np.int32), 1, 0
+    heads.score_thresh = max(own, floor)
+    try:
+        with torch.no_grad():
+            for i in range(len(ys)):
+                for j in range(len(xs)):
+                    x = torch.from_numpy(rgb[ys[i]:ys[i] + tile, xs[j]:xs[j] + tile]).permute(2, 0, 1).float() / 255
+                    t = [time.perf_counter()]
+                    images, _ = module.transform([x])
+                    feats = module.backbone(images.tensors)
+                    t.append(time.perf_counter())
+                    props, _ = module.rpn(images, feats)
+                    t.append(time.perf_counter())
+                    cls, reg = heads.box_predictor(heads.box_head(heads.box_roi_pool(feats, props, images.image_sizes)))
+                    boxes, scores, labs = heads.postprocess_detections(cls, reg, props, images.image_sizes)
+                    t.append(time.perf_counter())
+                    logits = heads.mask_predictor(heads.mask_head(heads.mask_roi_pool(feats, boxes, images.image_sizes)))
+                    masks = maskrcnn_inference(logits, labs)[0][:, 0]
+                    t.append(time.perf_counter())
+                    n_boxes += len(boxes[0])
+                    next_id, _ = paste(labels, {"boxes": boxes[0], "scores": scores[0], "masks": masks},
+                                       (ys[i], xs[j]), (*cy[i], *cx[j]), next_id, score_threshold)
+                    t.append(time.perf_counter())
+                    for k, name in enumerate(STAGES):
+                        times[name] += t[k + 1] - t[k]
+    finally:
+        heads.score_thresh = own
+    return times, labels, n_boxes
+
+
+def print_stages(module, rgb, score_threshold):
+    """The stage table, before (mask head on every box above 0.05) and after (at the kept score)."""
+    out = {}
+    for what, floor in (("every box >= 0.05", 0.0), (f"boxes >= {score_threshold:g}", score_threshold)):
+        times, labels, n = stage_times(module, rgb, score_threshold, floor)
+        total = sum(times.values())
+        out[what] = {"seconds": times, "boxes": n, "nuclei": int(labels.max()), "labels": labels}
+        print(f"mask head on {what:<18} {n:5d} boxes, {int(labels.max())} nuclei, {total:6.2f} s: "
+              + ", ".join(f"{k} {v:.2f} s ({100 * v / total:.0f} %)" for k, v in times.items()))
+    a, b = (v["labels"] for v in out.values())
+    print(f"the same labels both ways: {bool((a == b).all())}")
+    return {k: {kk: vv for kk, vv in v.items() if kk != "labels"} for k, v in out.items()}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default=None, help="nucleus checkpoint (default: the bundled model)")
@@ -53,6 +117,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--half", action="store_true", help="float16 autocast (cuda only)")
     p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--stages", action="store_true", help="time every stage (first --threads value)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if not Path(args.data, "dataset.json").is_file():
@@ -77,10 +142,17 @@ def main(argv=None) -> int:
         det = NucleusDetector(det.module, det.meta, device=args.device, half=args.half, source=det.source)
     net, meta = det.module, det.meta
     mp = tile.image.shape[0] * tile.image.shape[1] / 1e6
+    load_before = os.getloadavg()[0]
     print(f"image {tile.id} ({tile.organ}), {tile.image.shape[1]} x {tile.image.shape[0]} px, "
           f"mpp {tile.mpp}; model {meta.name} v{meta.model_version} ({meta.arch}) on {det.device}"
-          f"{' float16' if det.half else ''}; load average before {os.getloadavg()[0]:.2f}")
+          f"{' float16' if det.half else ''}; load average before {load_before:.2f}")
 
+    stages = None
+    if args.stages:
+        thr = float((meta.preprocessing or {}).get("score_threshold", 0.5))
+        print(f"\nwhere the time goes ({args.threads[0]} thread{'s' * (args.threads[0] > 1)}, score >= {thr:g} kept):")
+        stages = print_stages(net, tile.image, thr)
+        print()
     rows, tiled, t_model = [], None, None
     for threads in args.threads:
         torch.set_num_threads(threads)
@@ -131,7 +203,8 @@ def main(argv=None) -> int:
             "rows": [{"method": a, "nuclei": b, "seconds": c} for a, b, c in rows],
             "tiled_vs_whole": {"split": split, "tp": m["tp"], "fp": m["fp"], "fn": m["fn"],
                                "mean_iou": float(np.mean(m["ious"]))},
-            "truth": {"tiled": st, "whole": sw}}, indent=2, default=float))
+            "truth": {"tiled": st, "whole": sw}, "stages": stages,
+            "load_average": [load_before, load_after]}, indent=2, default=float))
     return 0
 
 
