@@ -233,7 +233,7 @@ def test_bundled_model_finds_dark_disks():
 
 
 @pytest.mark.skipif(not BUNDLED.is_file(), reason="no bundled nucleus model")
-def test_weak_boxes_skip_the_mask_head_and_the_kept_nuclei_do_not_change():
+def test_boxes_whose_mask_would_be_dropped_skip_the_mask_head_and_the_kept_nuclei_do_not_change():
     from napari_histoseg.models.detector import detect
     from napari_histoseg.nuclei.infer import load_nuclei_detector
 
@@ -249,6 +249,12 @@ def test_weak_boxes_skip_the_mask_head_and_the_kept_nuclei_do_not_change():
     torch.testing.assert_close(strong["boxes"], every["boxes"][keep])
     torch.testing.assert_close(strong["masks"], every["masks"][keep])
     assert module.roi_heads.score_thresh == pytest.approx(0.05)                    # the module is left as it was
+    # boxes that cannot hold a centroid in the tile's core skip the mask head; the rest are unchanged
+    [core] = detect(module, batch, min_score=0.8, regions=[(0, 128, 0, 128)])
+    b = strong["boxes"]
+    inside = (b[:, 2] > 0) & (b[:, 0] < 128) & (b[:, 3] > 0) & (b[:, 1] < 128)
+    assert 0 < len(core["scores"]) == int(inside.sum()) < len(strong["scores"])
+    torch.testing.assert_close(core["masks"], strong["masks"][inside])
 
 
 def test_score_threshold_is_tuned_on_held_out_tiles():

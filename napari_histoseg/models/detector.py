@@ -21,16 +21,23 @@ from napari_histoseg.models.loaded import LoadedModel
 
 
 @torch.no_grad()
-def detect(module: nn.Module, batch: torch.Tensor, min_score: float | None = None) -> list[dict]:
+def detect(module: nn.Module, batch: torch.Tensor, min_score: float | None = None,
+           regions: list | None = None) -> list[dict]:
     """Detections of a Mask R-CNN ``module`` for a batch (B, 3, H, W) in [0, 1], masks kept
     as 28 x 28 probabilities.
 
     Calls the parts of torchvision's ``GeneralizedRCNN`` one by one, skipping its final
     paste of every mask into a full-size image (N x H x W floats: gigabytes on dense tissue).
-    ``min_score`` (when above the module's own ``box_score_thresh``) drops weaker boxes
-    before their non-maximum suppression and the mask head: the mask head is most of the
-    time on CPU, and a box below the score that will be kept can only suppress boxes weaker
-    still, so the detections at or above ``min_score`` are the same.
+    The mask head is most of the time on CPU, so two options spare it boxes whose mask
+    would be thrown away, without changing the detections that are kept:
+
+    * ``min_score`` (when above the module's own ``box_score_thresh``) drops weaker boxes
+      before their non-maximum suppression: a box below the kept score can only suppress
+      boxes weaker still, so the detections at or above ``min_score`` are the same;
+    * ``regions``, one ``(y0, y1, x0, x1)`` (pixels of the image) or None per image: boxes
+      that do not reach into it are dropped before the mask head (a mask lies inside its
+      box, so its centroid cannot be in the region either).
+
     Returns a list of dicts ``boxes`` (N, 4) xyxy, ``scores`` (N,), ``masks`` (N, 28, 28).
     """
     heads = module.roi_heads
@@ -41,10 +48,30 @@ def detect(module: nn.Module, batch: torch.Tensor, min_score: float | None = Non
         images, _ = module.transform(list(batch))
         features = module.backbone(images.tensors)
         proposals, _ = module.rpn(images, features)
-        dets, _ = heads(features, proposals, images.image_sizes)
+        if regions is None:
+            dets, _ = heads(features, proposals, images.image_sizes)
+        else:
+            dets = _heads_within(heads, features, proposals, images.image_sizes, regions)
     finally:
         heads.score_thresh = own
     return [{"boxes": d["boxes"], "scores": d["scores"], "masks": d["masks"][:, 0]} for d in dets]
+
+
+def _heads_within(heads, features, proposals, sizes, regions) -> list[dict]:
+    """torchvision's ``RoIHeads`` at inference, with the boxes outside ``regions`` left out of the mask head."""
+    from torchvision.models.detection.roi_heads import maskrcnn_inference
+
+    cls, reg = heads.box_predictor(heads.box_head(heads.box_roi_pool(features, proposals, sizes)))
+    boxes, scores, labels = heads.postprocess_detections(cls, reg, proposals, sizes)
+    for i, r in enumerate(regions):
+        if r is not None:
+            y0, y1, x0, x1 = r
+            b = boxes[i]
+            keep = (b[:, 2] > x0) & (b[:, 0] < x1) & (b[:, 3] > y0) & (b[:, 1] < y1)
+            boxes[i], scores[i], labels[i] = b[keep], scores[i][keep], labels[i][keep]
+    logits = heads.mask_predictor(heads.mask_head(heads.mask_roi_pool(features, boxes, sizes)))
+    masks = maskrcnn_inference(logits, labels)
+    return [{"boxes": b, "scores": s, "labels": lab, "masks": m} for b, s, lab, m in zip(boxes, scores, labels, masks)]
 
 
 class NucleusDetector(LoadedModel):
@@ -65,14 +92,14 @@ class NucleusDetector(LoadedModel):
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
         return x.permute(0, 3, 1, 2).float() / 255.0
 
-    def detect_batch(self, batch: torch.Tensor, min_score: float | None = None) -> list[dict]:
+    def detect_batch(self, batch: torch.Tensor, min_score: float | None = None, regions=None) -> list[dict]:
         """:func:`detect` on this model's device; the detections come back on the CPU."""
         batch = batch.to(self.device)
         if self.half:
             with torch.autocast(self.device.type, dtype=torch.float16):
-                dets = detect(self.module, batch, min_score)
+                dets = detect(self.module, batch, min_score, regions)
         else:
-            dets = detect(self.module, batch, min_score)
+            dets = detect(self.module, batch, min_score, regions)
         if self.device.type == "cpu" and not self.half:
             return dets
         return [{k: v.float().cpu() for k, v in d.items()} for d in dets]

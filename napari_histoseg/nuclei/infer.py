@@ -98,20 +98,22 @@ def check_image(image) -> np.ndarray:
 
 
 @torch.no_grad()
-def run_detector(model, batch: torch.Tensor, min_score: float | None = None):
+def run_detector(model, batch: torch.Tensor, min_score: float | None = None, regions=None):
     """Detections of a batch (B, 3, H, W) in [0, 1], with the masks kept as 28 x 28 probabilities.
 
     ``model`` is a :class:`~napari_histoseg.models.detector.NucleusDetector`, any object with a
     ``detect_batch(batch)`` method returning the same (another detector, or a stand-in in tests),
     or a bare Mask R-CNN module (:func:`napari_histoseg.models.detector.detect`). ``min_score``:
     the score the caller keeps; weaker boxes skip the mask head (the same detections above it).
+    ``regions``: per tile the (y0, y1, x0, x1) where a kept nucleus's centroid must lie (its
+    core); boxes that do not reach into it skip the mask head too.
     Returns a list of dicts ``boxes`` (N, 4) xyxy, ``scores`` (N,), ``masks`` (N, 28, 28).
     """
     if isinstance(model, NucleusDetector):
-        return model.detect_batch(batch, min_score)
+        return model.detect_batch(batch, min_score, regions)
     if hasattr(model, "detect_batch"):
         return model.detect_batch(batch)
-    return detect(model, batch, min_score)
+    return detect(model, batch, min_score, regions)
 
 
 def paste(labels, dets, offset, core, next_id, score_threshold=0.5, mask_threshold=0.5):
@@ -190,7 +192,8 @@ def iter_detect(rgb, model, tile=640, overlap=128, score_threshold=0.5, mask_thr
         part = windows[b:b + batch]
         patches = np.stack([rgb[ys[i]:ys[i] + tile, xs[j]:xs[j] + tile] for i, j in part])
         t = torch.from_numpy(patches).permute(0, 3, 1, 2).float() / 255.0
-        for (i, j), dets in zip(part, run_detector(model, t, score_threshold)):
+        cores = [(cy[i][0] - ys[i], cy[i][1] - ys[i], cx[j][0] - xs[j], cx[j][1] - xs[j]) for i, j in part]
+        for (i, j), dets in zip(part, run_detector(model, t, score_threshold, cores)):
             next_id, kept = paste(labels, dets, (ys[i], xs[j]), (*cy[i], *cx[j]), next_id,
                                   score_threshold, mask_threshold)
             scores += kept
