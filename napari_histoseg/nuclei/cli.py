@@ -56,11 +56,6 @@ def register(subparsers) -> None:
     p.add_argument("image", help="RGB H&E image (PNG, JPEG, TIFF, ...)")
     p.add_argument("-o", "--output", required=True, help="labels to write (.tif; .png up to 65535 nuclei)")
     p.add_argument("--csv", help="write one row of features per nucleus here")
-    p.add_argument("--geojson", help="also write the nuclei for QuPath (File > Import objects) here: its own "
-                                     "detections (or cells) with its measurement names")
-    p.add_argument("--qupath-objects", choices=("detection", "cell"), default="detection",
-                   help="with --geojson: detections (the nucleus outline) or cells (the nucleus grown by 5 µm, "
-                        "and the nucleus); default detection")
     p.add_argument("--region", help="mask (PNG/TIFF, non-zero = tumour): keep nuclei whose centroid "
                                     "is inside, and print tumour vs rest")
     p.add_argument("--mpp", type=float_arg(0.05, 20), default=None,
@@ -88,7 +83,7 @@ def cmd_nuclei(args) -> int:
     from napari_histoseg.io.atomic import output_folder
     from napari_histoseg.io.masks import read_region
 
-    for out in (args.output, args.csv, args.geojson):
+    for out in (args.output, args.csv):
         if out:
             output_folder(out)   # a bad output path fails now, not after the model has run
     with open_image(args.image) as slide:
@@ -120,13 +115,6 @@ def cmd_nuclei(args) -> int:
     if args.csv:
         Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(args.csv, index=False)
-    if args.geojson:
-        from napari_histoseg.tumour.geojson import write_nuclei_geojson
-
-        method = "classical watershed" if args.classical else (args.model or "bundled nucleus model")
-        write_nuclei_geojson(args.geojson, labels, table, object_type=args.qupath_objects, mpp=mpp,
-                             provenance={"model": str(method), "source": str(args.image)})
-        print(f"{args.geojson}: {int(labels.max())} QuPath {args.qupath_objects}s")
     print(f"{args.output}: {int(labels.max())} nuclei in {labels.shape[1]} x {labels.shape[0]} px"
           + (f" at {mpp:.3f} µm/px" if mpp else " (mpp unknown: areas in px²)"))
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
