@@ -131,7 +131,7 @@ def main(argv=None):
 
     load_before = os.getloadavg()
     image = load_image(args.size)
-    model = load_model(device="cpu", engine="torch")
+    model = load_model(device="cpu", engine="torch-fp32")
     threads = torch.get_num_threads()
     auto, why = choose_engine("cpu")
     print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores, "

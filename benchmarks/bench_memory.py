@@ -72,6 +72,7 @@ load_model(device='cpu', engine='onnx-int8')
 """,
     "two widgets' models: one shared backend": """
 from napari_histoseg.plugin.widgets._model_choice import local_backend
+held = local_backend()   # as a live widget holds it
 a = local_backend().model('bundled', 'cpu', 'torch'); b = local_backend().model('bundled', 'cpu', 'torch')
 print('# copies', len({id(a), id(b)}))
 """,

@@ -62,4 +62,35 @@ def test_ranges_for_other_weights_are_not_used(model, tmp_path):
 def test_unknown_engine_is_refused_with_the_choices():
     with pytest.raises(ValueError, match="onnx-int8"):
         load_segmenter(None, engine="tensorrt")
-    assert ENGINES == ("auto", "torch", "torch-bf16", "onnx", "onnx-int8")
+    assert ENGINES == ("auto", "torch", "torch-fp32", "torch-bf16", "onnx", "onnx-int8")
+
+
+def test_int8_quantises_only_the_part_the_shipped_file_names(tmp_path, model, image):
+    """A NAME.int8.json with ``int8_nodes`` keeps the rest of the network in fp32: fewer
+    quantised tensors than the whole network, a map still close to fp32's, and the engine
+    says which part is int8."""
+    import onnx
+
+    from napari_histoseg import testing
+    from napari_histoseg.models.onnx import collect_ranges
+
+    ckpt = testing.save_random_checkpoint(tmp_path / "m.safetensors", model, tile_size=256)
+    loaded = Segmenter.from_checkpoint(ckpt, device="cpu")
+    fp32 = OnnxSegmenter(loaded, threads=1)
+    ranges = collect_ranges(fp32.path, [fp32._normalise(image[None, :256, :256])])
+    (tmp_path / "m.int8.json").write_text(json.dumps({
+        "weights_hash": _weights_hash(loaded.module), "ranges": ranges,
+        "int8_nodes": ["/decoder/"], "int8_part": "the decoder"}))
+    part = OnnxSegmenter(loaded, threads=1, precision="int8")
+    assert "int8: the decoder, the rest fp32" in part.calibration
+    (tmp_path / "m.int8.json").write_text(json.dumps({"weights_hash": _weights_hash(loaded.module),
+                                                      "ranges": ranges}))
+    whole = OnnxSegmenter(loaded, threads=1, precision="int8")
+
+    def quantised(path):
+        return sum(n.op_type == "QuantizeLinear" for n in onnx.load(str(path)).graph.node)
+
+    assert 0 < quantised(part.path) < quantised(whole.path)
+    ref = predict(image, loaded, tile=256, overlap=32, tissue_gate=False).probability
+    p8 = predict(image, part, tile=256, overlap=32, tissue_gate=False).probability
+    assert np.abs(p8 - ref).mean() < 0.05

@@ -21,22 +21,40 @@ def checkpoint(tmp_path):
                                           tile_size=256)
 
 
-@pytest.mark.parametrize("flag,engine", [("1", "torch-bf16"), ("0", "torch")])
+@pytest.mark.parametrize("flag,engine", [("1", "torch-bf16"), ("0", "torch-fp32")])
 def test_auto_runs_bf16_only_on_a_cpu_that_has_it(monkeypatch, checkpoint, flag, engine):
     monkeypatch.setenv("HISTOSEG_CPU_BF16", flag)
     chosen, why = choose_engine("cpu")
-    assert chosen == engine and why
-    model = load_segmenter(checkpoint, device="cpu", engine="auto")
-    assert model.engine == engine and model.engine_reason == why
-    assert model.precision == ("bf16" if flag == "1" else "fp32")
-    assert ("bf16" in model.description) == (flag == "1")      # what the widget's message names
+    assert chosen == engine and ("bfloat16" in why)
+    for asked in ("auto", "torch"):
+        model = load_segmenter(checkpoint, device="cpu", engine=asked)
+        assert model.engine == engine and model.engine_reason == why
+        assert model.precision == ("bf16" if flag == "1" else "fp32")
+        assert ("bf16" in model.description) == (flag == "1")      # what the widget's message names
 
 
-def test_torch_stays_fp32_whatever_the_cpu(monkeypatch, checkpoint):
+def test_fp32_stays_selectable_on_a_bf16_cpu(monkeypatch, checkpoint):
     monkeypatch.setenv("HISTOSEG_CPU_BF16", "1")
-    model = load_segmenter(checkpoint, device="cpu", engine="torch")
-    assert model.precision == "fp32" and not model.half and model.engine == "torch"
-    assert "auto" in ENGINES and "torch" in ENGINES
+    model = load_segmenter(checkpoint, device="cpu", engine="torch-fp32")
+    assert model.precision == "fp32" and not model.half and model.engine == "torch-fp32"
+    assert {"auto", "torch", "torch-fp32", "torch-bf16"} <= set(ENGINES)
+
+
+def test_the_classifier_follows_the_same_rule(monkeypatch, tmp_path):
+    from napari_histoseg.classifier.infer import load_classifier
+    from napari_histoseg.classifier.task import load_model
+    from napari_histoseg.models import ModelMeta, build_model, save_checkpoint
+
+    ckpt = save_checkpoint(build_model("classifier-mobilenet_v2", classes=2), tmp_path / "c.safetensors", ModelMeta(
+        arch="classifier-mobilenet_v2", task="classification", arch_kwargs={"classes": 2},
+        classes={"0": "benign", "1": "malignant"}, tile_size=64, mpp=0.5, name="tiny"))
+    monkeypatch.setenv("HISTOSEG_CPU_BF16", "1")
+    assert load_classifier(ckpt, device="cpu").precision == "fp32"          # the API's reference
+    assert load_model(ckpt, device="cpu", engine="torch").precision == "bf16"  # widgets and server
+    monkeypatch.setenv("HISTOSEG_CPU_BF16", "0")
+    assert load_model(ckpt, device="cpu", engine="auto").precision == "fp32"
+    with pytest.raises(ValueError, match="torch-fp32"):
+        load_model(ckpt, device="cpu", engine="onnx-int8")
 
 
 def test_bf16_gives_the_fp32_map(he_image):
@@ -50,14 +68,16 @@ def test_bf16_gives_the_fp32_map(he_image):
 
 
 def test_precisions_a_model_was_not_checked_in_are_refused():
-    from napari_histoseg.models.checkpoint import ModelMeta
-    from napari_histoseg.models.tile_classifier import Classifier
+    from napari_histoseg.models.loaded import LoadedModel
+
+    class Unchecked(LoadedModel):   # a model nobody measured in bfloat16
+        task = "segmentation"
 
     m = Segmenter.random()
     with pytest.raises(ValueError, match="precision must be one of"):
         Segmenter(m.module, m.meta, device="cpu", precision="int4")
     with pytest.raises(ValueError, match="bfloat16"):
-        Classifier(m.module, ModelMeta(arch="x", task="classification"), device="cpu", precision="bf16")
+        Unchecked(m.module, m.meta, device="cpu", precision="bf16")
 
 
 def test_widgets_and_model_metadata_load_without_torch():

@@ -55,14 +55,33 @@ class ClassifierInputError(InputError):
     :class:`~napari_histoseg.io.checks.InputError`, so a ``ValueError``)."""
 
 
-def load_classifier(path=None, device="auto") -> Classifier:
+#: Engines of the classifier: PyTorch at the device's fastest checked precision (``auto``,
+#: ``torch``: bfloat16 on a CPU with bfloat16 instructions), or forced to float32 / bfloat16.
+ENGINES = ("auto", "torch", "torch-fp32", "torch-bf16")
+
+
+def load_classifier(path=None, device="auto", engine: str = "torch-fp32") -> Classifier:
     """Load a classification checkpoint (None: the bundled one).
 
-    :class:`~napari_histoseg.models.CheckpointError` for a checkpoint of another task.
+    ``engine``: ``"torch-fp32"`` (default here, the reference the evaluation reports),
+    ``"auto"``/``"torch"`` (bfloat16 on a CPU that computes it in hardware, about twice as
+    fast; held-out AUC within 0.003) or ``"torch-bf16"``; the model's ``engine`` and
+    ``engine_reason`` say what was chosen. :class:`~napari_histoseg.models.CheckpointError` for
+    a checkpoint of another task.
     """
-    if path is None:
-        return Classifier.bundled(device=device)
-    return Classifier.from_checkpoint(path, device=device)
+    if engine not in ENGINES:
+        raise ValueError(f"the classifier's engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    reason = f"engine {engine!r} asked for"
+    if engine in ("auto", "torch"):
+        from napari_histoseg.core.device import torch_precision
+
+        precision, reason = torch_precision(device, bf16_checked=Classifier.supports_bf16)
+        engine = {"bf16": "torch-bf16", "fp32": "torch-fp32"}.get(precision, "torch")
+    precision = {"torch-bf16": "bf16", "torch-fp32": "fp32"}.get(engine)
+    model = (Classifier.bundled(device=device, precision=precision) if path is None
+             else Classifier.from_checkpoint(path, device=device, precision=precision))
+    model.engine, model.engine_reason = engine, reason
+    return model
 
 
 def _model(model) -> Classifier:
@@ -290,7 +309,7 @@ def classify_region(image, model=None, region=None, mpp: Optional[float] = None,
         check_he(rgb if mask is None else _as_block(rgb[mask]), what)
     logits, weights, boxes = tile_logits(model.module, rgb, model.tile, mask, device=model.device,
                                          mean=model.meta.mean, std=model.meta.std,
-                                         progress=progress, should_stop=should_stop)
+                                         progress=progress, should_stop=should_stop, autocast=model.autocast)
     mean = aggregate(logits, weights)
     t = model.temperature_at(scale.model_mpp)
     probs = softmax(mean / t)
@@ -362,7 +381,7 @@ def explain_region(image, model=None, region=None, mpp=None, channel: Optional[i
     factor = scale.factor
     if channel is None:
         logits, w, _ = tile_logits(model.module, rgb, model.tile, mask, device=model.device,
-                                   mean=model.meta.mean, std=model.meta.std)
+                                   mean=model.meta.mean, std=model.meta.std, autocast=model.autocast)
         channel = int(aggregate(logits, w).argmax())
     heat = explain(rgb, model, "gradcam", target="all", tile=model.tile, overlap=model.tile // 4,
                    channel=channel, progress=progress, should_stop=should_stop)

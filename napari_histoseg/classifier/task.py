@@ -16,11 +16,11 @@ EXPLAIN_OPTIONS = frozenset({"region", "mpp", "channel", "magnification"})   # G
 
 def load_model(ref=None, device: str = "auto", engine: str = "torch"):
     """The :class:`~napari_histoseg.classifier.infer.Classifier` of ``ref`` (None or ``"bundled"``: the bundled one)."""
-    from napari_histoseg.classifier.infer import load_classifier
+    from napari_histoseg.classifier.infer import ENGINES, load_classifier
 
-    if engine != "torch":
-        raise ValueError(f"the classifier runs on torch only, not {engine!r}")
-    return load_classifier(None if ref in (None, "", BUNDLED) else ref, device=device)
+    if engine not in ENGINES:
+        raise ValueError(f"the classifier runs on PyTorch only ({', '.join(ENGINES)}), not {engine!r}")
+    return load_classifier(None if ref in (None, "", BUNDLED) else ref, device=device, engine=engine)
 
 
 def iter_infer(model, image, *, region=None, mpp=None, **options):

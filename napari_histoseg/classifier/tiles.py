@@ -53,8 +53,14 @@ def to_input(batch: np.ndarray, mean=127.5, std=127.5) -> torch.Tensor:
 def tile_logits(net, image: np.ndarray, tile: int, region=None, batch: int = 8,
                 device="cpu", mean=127.5, std=127.5, min_cover: float = 0.5,
                 progress: Optional[Callable[[int, int], None]] = None,
-                should_stop: Optional[Callable[[], bool]] = None):
-    """Raw logits of every tile over ``region``: ``(logits (K, C), weights (K,), boxes)``."""
+                should_stop: Optional[Callable[[], bool]] = None, autocast=None):
+    """Raw logits of every tile over ``region``: ``(logits (K, C), weights (K,), boxes)``.
+
+    ``autocast``: a callable giving the context the network runs in (a loaded model's
+    :meth:`~napari_histoseg.models.loaded.LoadedModel.autocast`, bfloat16 on a fast CPU)."""
+    if autocast is not None:
+        with autocast():
+            return tile_logits(net, image, tile, region, batch, device, mean, std, min_cover, progress, should_stop)
     boxes, weights = tile_boxes(image.shape, tile, region, min_cover)
     out = []
     for i in range(0, len(boxes), batch):

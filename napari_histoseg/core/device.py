@@ -102,3 +102,18 @@ def _x86_bf16() -> bool:
 def cpu_has_vnni() -> bool:
     """Whether this x86 CPU has int8 dot-product instructions (AVX512-VNNI or AVX-VNNI)."""
     return bool(_cpu_flags() & {"avx512_vnni", "avx_vnni"})
+
+
+def torch_precision(device="auto", bf16_checked: bool = True) -> tuple[str, str]:
+    """The precision PyTorch inference runs in by default on ``device``, and why: bfloat16 on a
+    CPU that computes it in hardware (about twice float32's speed there) when the model was
+    checked in it (``bf16_checked``), else float32; on a GPU the model's own default (float16
+    on cuda where it supports it). ``HISTOSEG_CPU_BF16=0`` keeps a CPU in float32."""
+    dev = resolve_device(device)
+    if dev.type != "cpu":
+        return "default", f"PyTorch on {dev.type}"
+    if not cpu_has_bf16():
+        return "fp32", "PyTorch float32 (this CPU has no bfloat16 instructions)"
+    if not bf16_checked:
+        return "fp32", "PyTorch float32 (this model has not been checked in bfloat16)"
+    return "bf16", "PyTorch bfloat16 (this CPU computes it in hardware: AVX512-BF16/AMX)"

@@ -4,8 +4,10 @@ ONNX Runtime fuses convolutions with batch norm and activations and runs them wi
 kernels. ``precision="int8"`` quantises the network statically (QDQ format, per-channel int8
 weights, uint8 activations whose ranges were calibrated on H&E tiles), which on CPUs with
 AVX-512 VNNI or AVX-VNNI runs several times faster than fp32; the segmentation head stays in
-fp32, which keeps the held-out Dice within a few thousandths of fp32 (BENCHMARKS.md ›
-Inference). The network is exported once per checkpoint (and quantised once per calibration
+fp32. Where the checkpoint's ``NAME.int8.json`` names the part of the graph to quantise
+(``int8_nodes``, chosen by measuring each block's int8 error), only that part is int8: for the
+bundled U-Net the decoder and the deep encoder, which hold most of the arithmetic, while the
+first encoder stages, whose int8 error moved the map most, stay fp32 (BENCHMARKS.md › Inference). The network is exported once per checkpoint (and quantised once per calibration
 set) into a cache folder keyed by a hash of its weights. Requires the ``onnx`` extra
 (``pip install napari-histoseg[onnx]``).
 """
@@ -94,10 +96,15 @@ def collect_ranges(fp32: Path, inputs: list[np.ndarray]) -> dict[str, list[float
     return {k: [float(np.min(v.range_value[0])), float(np.max(v.range_value[1]))] for k, v in data.data.items()}
 
 
+#: Operators quantised where ``int8_nodes`` names their part of the graph.
+QUANTISED_OPS = ("Conv", "Add", "Concat", "Resize", "Clip", "Relu")
+
+
 def _quantise(fp32: Path, out: Path, inputs: Optional[list[np.ndarray]] = None,
-              ranges: Optional[dict] = None) -> None:
+              ranges: Optional[dict] = None, int8_nodes: Optional[list[str]] = None) -> None:
     """Quantise ``fp32`` into ``out``: activation ranges from ``ranges`` (name -> [min, max]) or
-    calibrated on ``inputs``."""
+    calibrated on ``inputs``. ``int8_nodes``: prefixes of the node names to quantise (the rest
+    stays fp32); None: every node but the segmentation head."""
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData, save_tensors_data
@@ -107,16 +114,22 @@ def _quantise(fp32: Path, out: Path, inputs: Optional[list[np.ndarray]] = None,
     pre, tmp, cache = (out.with_name(out.name + tag + ext) for ext in (".pre", ".tmp", ".ranges.json"))
     try:
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-        convs = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Conv"]
-        kwargs = {}
+        graph = onnx.load(str(pre)).graph
+        convs = [n.name for n in graph.node if n.op_type == "Conv"]
+        kwargs = {"nodes_to_exclude": convs[-1:]}   # the segmentation head stays fp32
+        if int8_nodes is not None:
+            chosen = [n.name for n in graph.node if n.op_type in QUANTISED_OPS and n.name != convs[-1]
+                      and any(n.name.startswith(p) for p in int8_nodes)]
+            if not chosen:
+                raise ValueError(f"no node of the network matches the int8 part {int8_nodes!r}")
+            kwargs = {"nodes_to_quantize": chosen}
         if ranges is not None:
             save_tensors_data(TensorsData(CalibrationMethod.MinMax, {k: (np.float32(lo), np.float32(hi))
                                                                      for k, (lo, hi) in ranges.items()}), cache)
             kwargs["calibration_cache_path"] = str(cache)
         quantize_static(str(pre), str(tmp), None if ranges is not None else _reader(inputs),
                         quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        nodes_to_exclude=convs[-1:], **kwargs)   # the segmentation head stays fp32
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, **kwargs)
         tmp.replace(out)
     finally:
         for p in (pre, tmp, cache):
@@ -139,9 +152,11 @@ def ranges_path(source) -> Optional[Path]:
     return Path(str(source)).with_suffix(".int8.json")
 
 
-def shipped_ranges(source, weights_hash: str) -> Optional[dict]:
-    """The activation ranges shipped beside a checkpoint (``NAME.int8.json``, written by
-    tools/calibrate_int8.py on the training tiles), if they were measured on these weights."""
+def shipped_int8(source, weights_hash: str) -> Optional[dict]:
+    """What ships beside a checkpoint for its int8 engine (``NAME.int8.json``, written by
+    tools/calibrate_int8.py on the training tiles), if it was measured on these weights:
+    ``ranges`` (tensor -> [min, max]) and optionally ``int8_nodes`` (the prefixes of the node
+    names quantised; the others, the layers whose int8 error moved the map, stay fp32)."""
     import json
 
     path = ranges_path(source)
@@ -153,7 +168,16 @@ def shipped_ranges(source, weights_hash: str) -> Optional[dict]:
         return None
     if not isinstance(data, dict) or data.get("weights_hash") != weights_hash or not isinstance(data.get("ranges"), dict):
         return None
-    return data["ranges"]
+    nodes = data.get("int8_nodes")
+    if nodes is not None and not (isinstance(nodes, list) and nodes and all(isinstance(n, str) for n in nodes)):
+        nodes = None
+    return {"ranges": data["ranges"], "int8_nodes": nodes, "int8_part": str(data.get("int8_part") or "")}
+
+
+def shipped_ranges(source, weights_hash: str) -> Optional[dict]:
+    """The activation ranges of :func:`shipped_int8`, or None."""
+    found = shipped_int8(source, weights_hash)
+    return None if found is None else found["ranges"]
 
 
 class OnnxSegmenter:
@@ -189,10 +213,13 @@ class OnnxSegmenter:
         if not path.is_file():
             _export(module, path)
         if precision == "int8":
-            ranges = None if calibration is not None else shipped_ranges(segmenter.source, weights)
-            if ranges is not None:
-                h = hashlib.sha256(repr(sorted(ranges.items())).encode())
-                self.calibration = f"ranges measured on the training tiles ({ranges_path(segmenter.source).name})"
+            shipped = None if calibration is not None else shipped_int8(segmenter.source, weights)
+            ranges = int8_nodes = None
+            if shipped is not None:
+                ranges, int8_nodes = shipped["ranges"], shipped["int8_nodes"]
+                h = hashlib.sha256(repr((sorted(ranges.items()), int8_nodes)).encode())
+                part = f"; int8: {shipped['int8_part'] or ', '.join(int8_nodes)}, the rest fp32" if int8_nodes else ""
+                self.calibration = f"ranges measured on the training tiles ({ranges_path(segmenter.source).name}){part}"
                 inputs = None
             else:
                 tiles = list(calibration) if calibration is not None else sample_calibration_tiles()
@@ -205,7 +232,7 @@ class OnnxSegmenter:
                 self.calibration = f"{len(tiles)} {'given' if calibration is not None else 'bundled sample'} tiles"
             qpath = _cache_dir() / f"{stem}-int8-{h.hexdigest()[:12]}.onnx"
             if not qpath.is_file():
-                _quantise(path, qpath, inputs, ranges)
+                _quantise(path, qpath, inputs, ranges, int8_nodes)
             path = qpath
         self.path = path
         opts = ort.SessionOptions()

@@ -163,15 +163,23 @@ class ClassifyWidget(RunsWork, Scrolling, Container):
 
         data, ref = level_data(layer, level), self.model.value.strip() or BUNDLED
 
+        last = {}   # the region just classified: its Grad-CAM explains that class, with no second pass
+
         def classify(crop, mask, name):
-            return backend.classify(crop, ref, region=mask, mpp=mpp, what=name, magnification=mag)
+            last["result"] = None
+            result = yield from backend.classify(crop, ref, region=mask, mpp=mpp, what=name, magnification=mag)
+            last["result"] = result
+            return result
 
         explain = None
         if self.gradcam.value and self.model_choice.runs_on.value == THIS_COMPUTER:
             from napari_histoseg.classifier.infer import explain_region
 
             def explain(crop, mask):
-                return explain_region(crop, backend.model(ref, task="classification"), mask, mpp, magnification=mag)
+                done = last.get("result")
+                channel = None if done is None else int(np.argmax(done.probabilities))
+                return explain_region(crop, backend.model(ref, task="classification"), mask, mpp, channel=channel,
+                                      magnification=mag)
         elif self.gradcam.value:
             show_warning("The classifier's Grad-CAM is made on this computer only: none over the server's labels.")
         return self.runner.start(lambda *_: iter_classify_regions(data, items, classify, explain),

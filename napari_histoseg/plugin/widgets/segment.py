@@ -38,7 +38,10 @@ def _has_onnxruntime() -> bool:
 
 
 def _engine_choices() -> list[tuple[str, str]]:
-    out = [("auto (fastest for this computer)", "auto"), ("PyTorch", "torch"), ("PyTorch bf16", "torch-bf16")]
+    # "torch" is what "auto" runs and what the other widgets (Explain, Review) ask the shared
+    # backend for, so they all use one loaded copy of the model
+    out = [("auto: PyTorch, fastest precision here", "torch"), ("PyTorch float32", "torch-fp32"),
+           ("PyTorch bfloat16", "torch-bf16")]
     if _has_onnxruntime():
         out += [("ONNX Runtime (CPU)", "onnx"), ("ONNX Runtime int8 (CPU)", "onnx-int8")]
     return out
@@ -69,11 +72,12 @@ class SegmentWidget(RunsWork, Scrolling, Container):
         self.model, self.model_file = self.model_choice.widgets
         self.device = ComboBox(label="Device", choices=available_devices(), value="auto",
                                tooltip="auto: cuda, then mps, then cpu")
-        self.engine = ComboBox(label="Engine", choices=_engine_choices(), value="auto",
+        self.engine = ComboBox(label="Engine", choices=_engine_choices(), value="torch",
                                tooltip="auto: the fastest engine measured to keep the model's accuracy on this "
-                                       "computer (PyTorch bf16 on a CPU with bfloat16 instructions, else PyTorch; "
-                                       "the message after a run names it). PyTorch: float32 on a CPU, float16 "
-                                       "on a GPU. ONNX int8: fastest on most CPUs but loses a few points of Dice")
+                                       "computer: PyTorch in bfloat16 on a CPU with bfloat16 instructions (about "
+                                       "twice float32's speed), float32 on other CPUs, float16 on a GPU; the "
+                                       "message after a run names it. ONNX int8: the fastest on a CPU without "
+                                       "bfloat16, and a little less accurate (BENCHMARKS.md)")
         self.tile = SpinBox(label="Tile (px)", min=64, max=4096, step=32, value=512,
                             tooltip="Edge of the square windows the model sees (multiple of 32)")
         self.overlap = SpinBox(label="Overlap (px)", min=0, max=512, step=8, value=64,
