@@ -13,8 +13,10 @@ seeds. Two uses:
 Seeds: 0 = no seed, 1 = tumour, 2 = not tumour. Labels: uint8, 1 tumour, 0 not.
 
 ``method="confined"`` (the default) bounds what a seed changes: a geodesic reach along
-colour, and the model's confidence resisting more the farther from the seeds, so that a
-stroke means "these pixels and what is clearly like them"; ``method="region"`` adds that a
+colour, and the model's confidence resisting more the farther from the seeds; a stroke
+(new seeds wider than a click) means "these pixels and what is clearly like them": it
+changes pixels within ``stroke_px`` of it, or farther only inside a region its
+propagation fills at nearly full strength (:mod:`.reach`); ``method="region"`` adds that a
 click inside a region the model got wrong overrides the model around it
 (:mod:`.zones`); ``method="lgc"`` is the plain propagation. ``hold=1`` keeps confident
 ground far from every seed of the other class as the model has it. Parameters and their

@@ -27,6 +27,29 @@ hold (0)
     a seed of the other class lies within ``reach * (1 - hold * |2p - 1|)``; 1 stops a
     stroke from taking confident ground away from it (and also slows corrections of a
     confidently wrong model: see BENCHMARKS.md, Refinement).
+click_extent (16)
+    New seed pixels of one class that one update adds are a stroke when a connected
+    piece of them is more than this many pixels high or wide, else clicks
+    (:func:`~napari_histoseg.refinement.reach.stroke_flags`). Clicks reach ``reach``; a
+    stroke means "these pixels and what is clearly like them" and is kept local by the
+    three parameters below (:mod:`~napari_histoseg.refinement.reach`).
+stroke_hold (2)
+    Superpixels farther than this (same units as ``reach``) from every stroke and beyond
+    ``reach`` of every click keep the model's answer and pass nothing on, so two strokes
+    do not carry each other's correction across the ground between them. 0: strokes
+    reach as far as clicks.
+stroke_px (12)
+    A pixel is given a stroke's class against the model only within this many pixels of
+    a stroke of that class (or within reach of a click of it), unless the propagation
+    carries the stroke there at nearly full strength (``stroke_margin``). 0: off.
+stroke_margin (0.7)
+    That strength: ``F >= stroke_margin`` for tumour, ``<= -stroke_margin`` for not
+    tumour (seeds are +1 / -1), which holds inside a region closed by colour edges, such
+    as a lumen, and not where the correction fades into tissue of a similar colour.
+stroke_reach (0)
+    How far (as ``reach``) a stroke counts as reaching a superpixel for the coarse label
+    that places the pixel band. Measured on every bcss and camelyon test tile
+    (BENCHMARKS.md, Refinement).
 zone_factor (1.5), zone_hop (1), zone_confidence (2), zone_max (6)
     ``"region"`` only (:mod:`napari_histoseg.refinement.zones`): a group of at most
     ``zone_max`` seeded superpixels of one class inside a region the model gave to the
@@ -55,7 +78,9 @@ DEFAULTS = dict(prior_weight=0.5, sigma_colour=None, colour_sensitivity=1.0, alp
                 alpha_fine=0.9999, superpixel_size=16, colour_space="lab", no_prior_bias=0.05,
                 change_tol=1e-2, tol=1e-3, compactness=10.0, method="confined",
                 confidence_weight=1.0, reach=12.0, hop_cost=0.5, texture_weight=1.0,
-                zone_factor=1.5, zone_hop=1.0, zone_confidence=2.0, zone_max=6, hold=0.0)
+                zone_factor=1.5, zone_hop=1.0, zone_confidence=2.0, zone_max=6, hold=0.0,
+                stroke_reach=0.0, click_extent=16, stroke_px=12.0,
+                stroke_margin=0.7, stroke_hold=2.0)
 
 #: What a method changes in DEFAULTS unless given: ``region`` lets a seed reach twice as
 #: far with a third of the confidence leak (its zones, not the leak, keep a click local).
@@ -72,7 +97,10 @@ RANGES = dict(prior_weight=(0, 100, False, False), sigma_colour=(0, None, True, 
               reach=(0, None, True, False), hop_cost=(0, 100, False, False),
               texture_weight=(0, 100, False, False), zone_factor=(0, 100, True, False),
               zone_hop=(0, 100, False, False), zone_confidence=(0, 100, False, False),
-              zone_max=(0, 10 ** 6, False, False), hold=(0, 1, False, False))
+              zone_max=(0, 10 ** 6, False, False), hold=(0, 1, False, False),
+              stroke_reach=(0, None, False, False), click_extent=(1, 10 ** 6, False, False),
+              stroke_px=(0, 10 ** 4, False, False), stroke_margin=(0, 1, False, False),
+              stroke_hold=(0, None, False, False))
 
 
 def check_params(params: dict, known=DEFAULTS) -> dict:
@@ -110,7 +138,7 @@ def check_params(params: dict, known=DEFAULTS) -> dict:
                 raise InputError(f"colour_space must be one of {', '.join(COLOUR_SPACES)}; got {v!r}")
         elif k == "sigma_colour" and v is None:
             pass
-        elif k in ("superpixel_size", "zone_max"):
+        elif k in ("superpixel_size", "zone_max", "click_extent"):
             lo, hi, _, _ = RANGES[k]
             v = check_int(v, k, lo=lo, hi=hi)
         else:

@@ -41,10 +41,13 @@ from napari_histoseg.refinement.graph import (
     superpixels,
     texture_features,
 )
+from napari_histoseg.refinement.history import History
 from napari_histoseg.refinement.index import SuperpixelIndex
 from napari_histoseg.refinement.params import DEFAULTS, METHODS, check_params, resolve
+from napari_histoseg.refinement.reach import held, reachable, seed_distance
 from napari_histoseg.refinement.seeds import NOT_TUMOUR, TUMOUR, check_image, check_prior, check_seeds
 from napari_histoseg.refinement.solver import normalise, propagate_grid, solve_clamped, solve_pixels
+from napari_histoseg.refinement.tally import SeedTally
 
 __all__ = ["RefineSession", "DEFAULTS", "METHODS"]
 
@@ -96,8 +99,8 @@ class RefineSession:
         ``"region"`` adds that a click inside a region the model got wrong overrides the
         model around it. Their own parameters (``confidence_weight``, ``reach``,
         ``hop_cost``, ``texture_weight``, ``zone_factor``, ``zone_hop``,
-        ``zone_confidence``, ``zone_max``, ``hold``) are described in
-        :mod:`napari_histoseg.refinement.params`.
+        ``zone_confidence``, ``zone_max``, ``hold``; for strokes, which stay local:
+        ``click_extent``, ``stroke_*``) are in :mod:`napari_histoseg.refinement.params`.
 
     Attributes
     ----------
@@ -137,16 +140,15 @@ class RefineSession:
         self._count = self._index.count
         self._adj = g.weights.copy()
         self._adj.data[:] = 1.0
-        self._seeds = np.zeros(h * w, np.uint8)
-        self._nt = np.zeros(n, np.int64)
-        self._nn = np.zeros(n, np.int64)
+        self._tally = SeedTally(flat, n, self.shape)
+        self._ok = {TUMOUR: np.zeros(n, bool), NOT_TUMOUR: np.zeros(n, bool)}
         self._G = None
         self._Gpix = np.zeros(h * w, np.float32)
         self._labels = (self._y > 0).astype(np.uint8)
         self._band = np.zeros(n, bool)
         self._dirty = np.zeros(n, bool)
         self._pos = np.full(h * w, -1, np.int32)
-        self._history: dict = {}
+        self._history = History(self.HISTORY_BYTES)
         self.timings = {"setup": time.perf_counter() - t0}
 
     # -- helpers --------------------------------------------------------------------
@@ -189,34 +191,6 @@ class RefineSession:
         if self._yeff is self._y:
             self._yeff = self._y.copy()
         self._yeff[pix] = self._y[pix] * (1.0 - kc[self._sp[pix]]).astype(np.float32)
-
-    def _held(self, clamped: np.ndarray) -> np.ndarray:
-        """Superpixels that keep the model's answer (their ``G`` clamped at 0): those
-        beyond ``reach`` of every seed, and, with ``hold`` > 0, those whose answer is
-        confident and lies beyond ``reach * (1 - hold * confidence)`` of every seed of
-        the other class (a stroke does not take confident ground far from it). Zones of
-        correcting seeds (``method="region"``) are never held."""
-        p = self.params
-        free = self._kc >= 1e-3
-        far = ~np.isfinite(self._seed_distance(clamped, self._cost)) & ~free
-        if p["hold"] <= 0 or self.prior is None:
-            return far
-        r = p["reach"] * np.clip(1.0 - p["hold"] * self._conf * (1.0 - self._kc), 0.0, 1.0)
-        pos = self._yc > 0
-        d_t = self._seed_distance(self._nt > 0, self._cost)
-        d_n = self._seed_distance(self._nn > 0, self._cost)
-        return far | ((np.where(pos, d_n, d_t) > r) & ~clamped & ~free)
-
-    def _seed_distance(self, seeded: np.ndarray, cost) -> np.ndarray:
-        """Geodesic distance of every superpixel from the nearest seeded one along the
-        edge costs ``cost`` (CSR), ``inf`` beyond ``reach``."""
-        from scipy.sparse.csgraph import dijkstra
-
-        src = np.flatnonzero(seeded)
-        if src.size == 0:
-            return np.full(seeded.size, np.inf)
-        return dijkstra(cost, directed=False, indices=src, min_only=True,
-                        limit=self.params["reach"])
 
     def set_params(self, **params) -> None:
         """Change parameters of a running session; the next :meth:`update` recomputes
@@ -277,42 +251,46 @@ class RefineSession:
         s = check_seeds(seeds, self.shape).ravel()
         key = (hashlib.blake2b(s.tobytes(), digest_size=16).digest(), None if view is None else tuple(view))
         if key in self._history:  # undo / redo: the very state this seed layer had
-            self._restore(self._history[key], s)
+            self._restore(self._history.get(key), s)
             self.timings.update(total=time.perf_counter() - t0, restored=True)
             return self.labels
-        ch = np.flatnonzero(s != self._seeds)
-        n = self.graph.n
-        touched = np.zeros(n, bool)
-        if ch.size:
-            old, new, spc = self._seeds[ch], s[ch], self._sp[ch]
-            self._nt += np.bincount(spc[new == TUMOUR], minlength=n) - np.bincount(spc[old == TUMOUR], minlength=n)
-            self._nn += (np.bincount(spc[new == NOT_TUMOUR], minlength=n)
-                         - np.bincount(spc[old == NOT_TUMOUR], minlength=n))
-            self._seeds[ch] = new
-            touched[spc] = True
+        n, tally = self.graph.n, self._tally
+        touched = tally.apply(s, int(p["click_extent"]), p["stroke_px"])
         t1 = time.perf_counter()
-        tot = self._nt + self._nn
+        tot = tally.nt + tally.nn
         clamped = tot > 0
-        target = (self._nt - self._nn) / np.maximum(tot, 1)
+        target = (tally.nt - tally.nn) / np.maximum(tot, 1)
         leak = None
         if self._zones is not None:  # the prior yields in the zones of correcting seeds
-            kc = self._zones.discount(self._nt > 0, self._nn > 0, p["zone_factor"], max_size=int(p["zone_max"]))
+            kc = self._zones.discount(tally.nt > 0, tally.nn > 0, p["zone_factor"], max_size=int(p["zone_max"]))
             moved = np.flatnonzero(np.abs(kc - self._kc) > 1e-9)
             self._set_discount(kc, self._index.pixels(moved))
             touched[moved] = True
         yc = self._yc * (1.0 - self._kc)
         values = target - yc
         if p["method"] != "lgc":
-            far = self._held(clamped)
+            far = held(self._cost, self._tally, clamped, self._kc, self._conf, self._yc > 0, p,
+                       self.prior is not None)
             values[far] = 0.0
             clamped = clamped | far
             # confidence resists more the more colour lies between a node and the seeds:
             # in the region a stroke was drawn in the stroke wins, across edges the model
-            dc = np.minimum(self._seed_distance(tot > 0, self._steps), p["reach"])
+            dc = np.minimum(seed_distance(tot > 0, self._steps, p["reach"]), p["reach"])
             leak = self._leak * (1.0 - self._kc) * (dc / p["reach"]) ** 2
         G = solve_clamped(self._S, np.zeros(n), clamped, values, p["alpha"], x0=self._G, tol=p["tol"], leak=leak)
         clamped = tot > 0
-        Lc = yc + G > 0
+        if p["method"] != "lgc":  # a class is given against the model only within reach of its seeds
+            src = tally.sources()
+            ok = reachable(self._cost, src, p["reach"], p["stroke_reach"])
+            Lc = np.where(yc > 0, (yc + G > 0) | ~ok[NOT_TUMOUR], (yc + G > 0) & ok[TUMOUR])
+            if p["stroke_px"] > 0:  # strokes reach pixels within stroke_px (SeedTally.near)
+                ok = reachable(self._cost, {k: (c, c & False) for k, (c, _) in src.items()}, p["reach"], 0.0)
+            # pixels may follow the boundary one superpixel further than the superpixels
+            ok = {k: v | (self._adj @ v.astype(np.float64) > 0) for k, v in ok.items()}
+            touched |= (ok[TUMOUR] != self._ok[TUMOUR]) | (ok[NOT_TUMOUR] != self._ok[NOT_TUMOUR])
+            self._ok = ok
+        else:
+            Lc = yc + G > 0
         e = self.graph.edges
         active = np.abs(G) > p["change_tol"]
         cut = (Lc[e[:, 0]] != Lc[e[:, 1]]) & (active[e[:, 0]] | active[e[:, 1]])
@@ -347,14 +325,14 @@ class RefineSession:
         pix = plain_pix = self._index.pixels(plain)
         gp = np.repeat(G[plain], self._count[plain]).astype(np.float32)
         self._Gpix[pix] = gp
-        self._labels[pix] = self._yeff[pix] + gp > 0
+        self._labels[pix] = self._decide(self._yeff[pix] + gp, pix)
         moved = np.flatnonzero(changed & band & ~big)
         pix = moved_pix = self._index.pixels(moved)
         self._Gpix[pix] += np.repeat(shift[moved], self._count[moved]).astype(np.float32)
-        self._labels[pix] = self._yeff[pix] + self._Gpix[pix] > 0
+        self._labels[pix] = self._decide(self._yeff[pix] + self._Gpix[pix], pix)
         fine = np.flatnonzero(big & band)
         pix = self._index.pixels(fine)
-        sd = self._seeds[pix]
+        sd = tally.seeds[pix]
         seeded = sd > 0
         sp_ = pix[seeded]
         self._Gpix[sp_] = np.where(sd[seeded] == TUMOUR, 1.0, -1.0) - self._yeff[sp_]
@@ -362,9 +340,9 @@ class RefineSession:
         Gu = solve_pixels(U, np.zeros(U.size), self._Gpix, self.affinity, p["alpha_fine"], self._pos,
                           x0=self._Gpix[U].astype(np.float64), tol=p["tol"])
         self._Gpix[U] = Gu
-        self._labels[U] = self._yeff[U] + Gu > 0
+        self._labels[U] = self._decide(self._yeff[U] + Gu, U)
         allpix = np.concatenate([plain_pix, moved_pix, pix])
-        sd = self._seeds[allpix]
+        sd = tally.seeds[allpix]
         hit = sd > 0
         self._labels[allpix[hit]] = sd[hit] == TUMOUR
         t3 = time.perf_counter()
@@ -373,28 +351,34 @@ class RefineSession:
         self._remember(key)
         return self.labels
 
+    def _decide(self, F: np.ndarray, pix: np.ndarray) -> np.ndarray:
+        """Labels ``F > 0``, except that where the model (``model``: its label) is
+        overruled, the seeds of the new class must reach superpixel ``nodes``."""
+        L = F > 0
+        model, nodes = self._yeff[pix] > 0, self._sp[pix]
+        if self.params["method"] == "lgc":
+            return L
+        ok_t, ok_n = self._ok[TUMOUR][nodes], self._ok[NOT_TUMOUR][nodes]
+        if self.params["stroke_px"] > 0:  # near a stroke, or carried by it at nearly full strength
+            near, m = self._tally.near, self.params["stroke_margin"]
+            ok_t, ok_n = ok_t | near[TUMOUR][pix] | (F >= m), ok_n | near[NOT_TUMOUR][pix] | (F <= -m)
+        return np.where(model, L | ~ok_n, L & ok_t)
+
     # -- undo / redo ----------------------------------------------------------------
     HISTORY_BYTES = 256 * 2 ** 20
 
     def _remember(self, key) -> None:
         """Keep the state after this update so that the same seeds again (undo, redo)
-        give exactly these labels; the oldest states go first beyond ``HISTORY_BYTES``."""
-        state = (self._G.copy(), self._band.copy(), self._dirty.copy(), self._Gpix.copy(), self._labels.copy(),
-                 self._kc.copy())
-        size = sum(a.nbytes for a in state)
-        self._history.pop(key, None)
-        while self._history and size * (len(self._history) + 1) > self.HISTORY_BYTES:
-            self._history.pop(next(iter(self._history)))
-        if size <= self.HISTORY_BYTES:
-            self._history[key] = state
+        give exactly these labels."""
+        self._history.put(key, (self._G.copy(), self._band.copy(), self._dirty.copy(), self._Gpix.copy(),
+                                self._labels.copy(), self._kc.copy(), self._tally.stroke.copy(),
+                                self._ok[TUMOUR].copy(), self._ok[NOT_TUMOUR].copy()))
 
     def _restore(self, state, seeds: np.ndarray) -> None:
-        G, band, dirty, gpix, labels, kc = state
+        G, band, dirty, gpix, labels, kc, stroke, ok_t, ok_n = state
         self._set_discount(kc, self._index.pixels(np.flatnonzero(kc != self._kc)))
-        n = self.graph.n
-        self._seeds = seeds.copy()
-        self._nt = np.bincount(self._sp[seeds == TUMOUR], minlength=n).astype(np.int64)
-        self._nn = np.bincount(self._sp[seeds == NOT_TUMOUR], minlength=n).astype(np.int64)
+        self._tally.reset(seeds, stroke)
+        self._ok = {TUMOUR: ok_t.copy(), NOT_TUMOUR: ok_n.copy()}
         self._G, self._band, self._dirty = G.copy(), band.copy(), dirty.copy()
         self._Gpix[:], self._labels[:] = gpix, labels
 

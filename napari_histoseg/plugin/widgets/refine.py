@@ -31,7 +31,8 @@ CLICK_RADIUS = 5
 BIG = 2048 * 2048  # above this many pixels, refine only the region in view
 NO_MASK = "Segment an image first, then press Start refining."
 METHOD_TIPS = {  # what each refinement method does (napari_histoseg.refinement.params.METHODS)
-    "confined": "a stroke takes what is clearly like it; a confident model holds far from it (default)",
+    "confined": "a click takes its colour region; a stroke only its surroundings, or a region closed "
+                "by colour edges (a lumen); a confident model holds far from both (default)",
     "region": "as confined, and a click inside a region the model got wrong overrides the model around it "
               "(fewest clicks on breast tissue; strokes reach further)",
     "lgc": "plain label propagation: every seed reaches as far as colour lets it",
