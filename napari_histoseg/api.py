@@ -23,12 +23,12 @@ def load_model(path: str | Path | None = None, device: str = "auto", engine: str
         default model.
     device : {"auto", "cpu", "cuda", "mps"}
         ``"auto"`` picks cuda, then mps, then cpu. Half precision is used on cuda.
-    engine : {"auto", "torch", "torch-fp32", "torch-bf16", "onnx", "onnx-int8"}
-        ``"auto"`` (default; ``"torch"`` is the same) picks the fastest engine that keeps the
-        held-out Dice on this machine: PyTorch under bfloat16 autocast on a CPU that computes
-        bf16 in hardware (AVX512-BF16/AMX; about twice fp32's speed), PyTorch float32 on other
-        CPUs, float16 on cuda; the model's ``engine`` and ``engine_reason`` say what was chosen.
-        ``"torch-fp32"`` / ``"torch-bf16"`` force a precision. ``"onnx"`` / ``"onnx-int8"`` run
+    engine : {"auto", "torch", "torch-bf16", "onnx", "onnx-int8"}
+        ``"auto"`` (default) picks the fastest engine that keeps the held-out Dice on this
+        machine: PyTorch under bfloat16 autocast on a CPU that computes bf16 in hardware
+        (AVX512-BF16/AMX; about twice fp32's speed), else ``"torch"``; the model's ``engine``
+        and ``engine_reason`` say what was chosen. ``"torch"``: PyTorch, float32 on a CPU
+        (float16 on cuda). ``"torch-bf16"`` forces bfloat16. ``"onnx"`` / ``"onnx-int8"`` run
         the same weights through ONNX Runtime on the CPU, in fp32 or partly quantised to int8
         (needs the ``onnx`` extra; see BENCHMARKS.md › Inference for its speed and Dice).
     backend : str, optional

@@ -62,7 +62,7 @@ def test_ranges_for_other_weights_are_not_used(model, tmp_path):
 def test_unknown_engine_is_refused_with_the_choices():
     with pytest.raises(ValueError, match="onnx-int8"):
         load_segmenter(None, engine="tensorrt")
-    assert ENGINES == ("auto", "torch", "torch-fp32", "torch-bf16", "onnx", "onnx-int8")
+    assert ENGINES == ("auto", "torch", "torch-bf16", "onnx", "onnx-int8")
 
 
 def test_int8_quantises_only_the_part_the_shipped_file_names(tmp_path, model, image):

@@ -21,23 +21,22 @@ def checkpoint(tmp_path):
                                           tile_size=256)
 
 
-@pytest.mark.parametrize("flag,engine", [("1", "torch-bf16"), ("0", "torch-fp32")])
+@pytest.mark.parametrize("flag,engine", [("1", "torch-bf16"), ("0", "torch")])
 def test_auto_runs_bf16_only_on_a_cpu_that_has_it(monkeypatch, checkpoint, flag, engine):
     monkeypatch.setenv("HISTOSEG_CPU_BF16", flag)
     chosen, why = choose_engine("cpu")
-    assert chosen == engine and ("bfloat16" in why)
-    for asked in ("auto", "torch"):
-        model = load_segmenter(checkpoint, device="cpu", engine=asked)
-        assert model.engine == engine and model.engine_reason == why
-        assert model.precision == ("bf16" if flag == "1" else "fp32")
-        assert ("bf16" in model.description) == (flag == "1")      # what the widget's message names
+    assert chosen == engine and "bfloat16" in why
+    model = load_segmenter(checkpoint, device="cpu", engine="auto")
+    assert model.engine == engine and model.engine_reason == why
+    assert model.precision == ("bf16" if flag == "1" else "fp32")
+    assert ("bf16" in model.description) == (flag == "1")      # what the widget's message names
 
 
-def test_fp32_stays_selectable_on_a_bf16_cpu(monkeypatch, checkpoint):
+def test_torch_stays_fp32_on_a_bf16_cpu(monkeypatch, checkpoint):
     monkeypatch.setenv("HISTOSEG_CPU_BF16", "1")
-    model = load_segmenter(checkpoint, device="cpu", engine="torch-fp32")
-    assert model.precision == "fp32" and not model.half and model.engine == "torch-fp32"
-    assert {"auto", "torch", "torch-fp32", "torch-bf16"} <= set(ENGINES)
+    model = load_segmenter(checkpoint, device="cpu", engine="torch")
+    assert model.precision == "fp32" and not model.half and model.engine == "torch"
+    assert {"auto", "torch", "torch-bf16"} <= set(ENGINES)
 
 
 def test_the_classifier_follows_the_same_rule(monkeypatch, tmp_path):
@@ -49,11 +48,11 @@ def test_the_classifier_follows_the_same_rule(monkeypatch, tmp_path):
         arch="classifier-mobilenet_v2", task="classification", arch_kwargs={"classes": 2},
         classes={"0": "benign", "1": "malignant"}, tile_size=64, mpp=0.5, name="tiny"))
     monkeypatch.setenv("HISTOSEG_CPU_BF16", "1")
-    assert load_classifier(ckpt, device="cpu").precision == "fp32"          # the API's reference
-    assert load_model(ckpt, device="cpu", engine="torch").precision == "bf16"  # widgets and server
+    assert load_classifier(ckpt, device="cpu").precision == "fp32"             # the reference
+    assert load_model(ckpt, device="cpu", engine="auto").precision == "bf16"   # what the widget asks
     monkeypatch.setenv("HISTOSEG_CPU_BF16", "0")
     assert load_model(ckpt, device="cpu", engine="auto").precision == "fp32"
-    with pytest.raises(ValueError, match="torch-fp32"):
+    with pytest.raises(ValueError, match="torch-bf16"):
         load_model(ckpt, device="cpu", engine="onnx-int8")
 
 

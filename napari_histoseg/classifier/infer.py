@@ -55,29 +55,29 @@ class ClassifierInputError(InputError):
     :class:`~napari_histoseg.io.checks.InputError`, so a ``ValueError``)."""
 
 
-#: Engines of the classifier: PyTorch at the device's fastest checked precision (``auto``,
-#: ``torch``: bfloat16 on a CPU with bfloat16 instructions), or forced to float32 / bfloat16.
-ENGINES = ("auto", "torch", "torch-fp32", "torch-bf16")
+#: Engines of the classifier: PyTorch (float32 on a CPU), ``auto`` (bfloat16 on a CPU with
+#: bfloat16 instructions, else as ``torch``) or PyTorch forced to bfloat16.
+ENGINES = ("auto", "torch", "torch-bf16")
 
 
-def load_classifier(path=None, device="auto", engine: str = "torch-fp32") -> Classifier:
+def load_classifier(path=None, device="auto", engine: str = "torch") -> Classifier:
     """Load a classification checkpoint (None: the bundled one).
 
-    ``engine``: ``"torch-fp32"`` (default here, the reference the evaluation reports),
-    ``"auto"``/``"torch"`` (bfloat16 on a CPU that computes it in hardware, about twice as
-    fast; held-out AUC within 0.003) or ``"torch-bf16"``; the model's ``engine`` and
-    ``engine_reason`` say what was chosen. :class:`~napari_histoseg.models.CheckpointError` for
-    a checkpoint of another task.
+    ``engine``: ``"torch"`` (default here: float32 on a CPU, the reference the evaluation
+    reports), ``"auto"`` (bfloat16 on a CPU that computes it in hardware, about twice as fast,
+    held-out image AUC within 0.003; what the Classify widget uses) or ``"torch-bf16"``; the
+    model's ``engine`` and ``engine_reason`` say what ran. :class:`~napari_histoseg.models.CheckpointError`
+    for a checkpoint of another task.
     """
     if engine not in ENGINES:
         raise ValueError(f"the classifier's engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     reason = f"engine {engine!r} asked for"
-    if engine in ("auto", "torch"):
+    if engine == "auto":
         from napari_histoseg.core.device import torch_precision
 
         precision, reason = torch_precision(device, bf16_checked=Classifier.supports_bf16)
-        engine = {"bf16": "torch-bf16", "fp32": "torch-fp32"}.get(precision, "torch")
-    precision = {"torch-bf16": "bf16", "torch-fp32": "fp32"}.get(engine)
+        engine = "torch-bf16" if precision == "bf16" else "torch"
+    precision = "bf16" if engine == "torch-bf16" else None
     model = (Classifier.bundled(device=device, precision=precision) if path is None
              else Classifier.from_checkpoint(path, device=device, precision=precision))
     model.engine, model.engine_reason = engine, reason

@@ -111,7 +111,7 @@ def torch_precision(device="auto", bf16_checked: bool = True) -> tuple[str, str]
     on cuda where it supports it). ``HISTOSEG_CPU_BF16=0`` keeps a CPU in float32."""
     dev = resolve_device(device)
     if dev.type != "cpu":
-        return "default", f"PyTorch on {dev.type}"
+        return "default", f"PyTorch on {dev.type}" + (" (float16)" if dev.type == "cuda" else "")
     if not cpu_has_bf16():
         return "fp32", "PyTorch float32 (this CPU has no bfloat16 instructions)"
     if not bf16_checked:

@@ -101,8 +101,8 @@ class LoadedModel:
             half = precision == "fp16"
         if half and not self.supports_half:
             raise ValueError(f"a {TASK_KINDS[self.task][0]} runs in float32 only; pass half=False")
-        self.half = (self.supports_half and self.device.type == "cuda") if half is None else bool(half)
-        self.precision = "fp16" if self.half else (precision or "fp32")
+        half = (self.supports_half and self.device.type == "cuda") if half is None else bool(half)
+        self.precision = "fp16" if half else (precision or "fp32")
         self.meta = meta
         self.source = source
         fmt = torch.channels_last if self.channels_last and self.device.type != "mps" else torch.contiguous_format
@@ -133,6 +133,18 @@ class LoadedModel:
 
         return cls.from_checkpoint(bundled_path(cls.task), device=device, half=half, source=BUNDLED,
                                    precision=precision)
+
+    @property
+    def half(self) -> bool:
+        """Whether inference runs under float16 autocast (``precision == "fp16"``); setting it
+        switches between float16 and float32."""
+        return self.precision == "fp16"
+
+    @half.setter
+    def half(self, value: bool) -> None:
+        if value and not self.supports_half:
+            raise ValueError(f"a {TASK_KINDS[self.task][0]} runs in float32 only")
+        self.precision = "fp16" if value else "fp32"
 
     # -- what it is ------------------------------------------------------------------------
     @property

@@ -81,33 +81,33 @@ class Segmenter(LoadedModel):
         return (logits[:, channel] * mask).sum(dim=(1, 2))
 
 
-#: Inference engines: ``auto``/``torch`` (PyTorch at the device's fastest checked precision, see
-#: :func:`choose_engine`), PyTorch forced to float32 or bfloat16, ONNX Runtime fp32 and int8 (CPU).
-ENGINES = ("auto", "torch", "torch-fp32", "torch-bf16", "onnx", "onnx-int8")
+#: Inference engines: ``auto`` (the fastest checked for this machine, see :func:`choose_engine`),
+#: eager PyTorch (fp16 on cuda, fp32 elsewhere), PyTorch under bfloat16 autocast, ONNX Runtime
+#: fp32 and int8 (CPU).
+ENGINES = ("auto", "torch", "torch-bf16", "onnx", "onnx-int8")
 
 
 def choose_engine(device="auto") -> tuple[str, str]:
-    """What ``"auto"`` (and ``"torch"``) run on ``device``, and why: ``"torch-bf16"`` on a CPU
-    that computes bfloat16 in hardware (twice float32's speed, held-out Dice unchanged),
-    ``"torch-fp32"`` on other CPUs (the int8 engine loses more Dice than allowed), ``"torch"``
-    (float16 on cuda) on a GPU."""
+    """What ``"auto"`` runs on ``device``, and why: ``"torch-bf16"`` on a CPU that computes
+    bfloat16 in hardware (twice float32's speed, held-out Dice unchanged), else ``"torch"``
+    (float32 on other CPUs, where the int8 engine loses more Dice than allowed; float16 on cuda)."""
     from napari_histoseg.core.device import torch_precision
 
     precision, reason = torch_precision(device, bf16_checked=Segmenter.supports_bf16)
-    return {"bf16": "torch-bf16", "fp32": "torch-fp32"}.get(precision, "torch"), reason
+    return ("torch-bf16" if precision == "bf16" else "torch"), reason
 
 
 def load_segmenter(path=None, device: str = "auto", engine: str = "auto"):
-    """A :class:`Segmenter` (the ``torch*`` engines) or its ONNX Runtime twin (``"onnx"`` fp32,
-    ``"onnx-int8"`` quantised) from a checkpoint path, or the bundled default model for None;
-    ``"auto"`` and ``"torch"`` pick the precision for this machine (:func:`choose_engine`; the
-    choice is in the model's ``engine`` and ``engine_reason``). See :func:`napari_histoseg.load_model`."""
+    """A :class:`Segmenter` (``engine="torch"``, ``"torch-bf16"``) or its ONNX Runtime twin
+    (``"onnx"`` fp32, ``"onnx-int8"`` quantised) from a checkpoint path, or the bundled default
+    model for None; ``"auto"`` picks one for this machine (:func:`choose_engine`; the choice is in
+    the model's ``engine`` and ``engine_reason``). See :func:`napari_histoseg.load_model`."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     reason = f"engine {engine!r} asked for"
-    if engine in ("auto", "torch"):
+    if engine == "auto":
         engine, reason = choose_engine(device)
-    precision = {"torch-bf16": "bf16", "torch-fp32": "fp32", "onnx": "fp32", "onnx-int8": "fp32"}.get(engine)
+    precision = "bf16" if engine == "torch-bf16" else None
     model = (Segmenter.bundled(device=device, precision=precision) if path is None
              else Segmenter.from_checkpoint(path, device=device, precision=precision))
     model.engine, model.engine_reason = engine, reason

@@ -167,7 +167,8 @@ class ClassifyWidget(RunsWork, Scrolling, Container):
 
         def classify(crop, mask, name):
             last["result"] = None
-            result = yield from backend.classify(crop, ref, region=mask, mpp=mpp, what=name, magnification=mag)
+            result = yield from backend.classify(crop, ref, region=mask, mpp=mpp, what=name, magnification=mag,
+                                                 engine="auto")   # bfloat16 on a CPU that has it
             last["result"] = result
             return result
 
@@ -178,8 +179,8 @@ class ClassifyWidget(RunsWork, Scrolling, Container):
             def explain(crop, mask):
                 done = last.get("result")
                 channel = None if done is None else int(np.argmax(done.probabilities))
-                return explain_region(crop, backend.model(ref, task="classification"), mask, mpp, channel=channel,
-                                      magnification=mag)
+                return explain_region(crop, backend.model(ref, engine="auto", task="classification"), mask, mpp,
+                                      channel=channel, magnification=mag)
         elif self.gradcam.value:
             show_warning("The classifier's Grad-CAM is made on this computer only: none over the server's labels.")
         return self.runner.start(lambda *_: iter_classify_regions(data, items, classify, explain),

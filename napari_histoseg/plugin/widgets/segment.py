@@ -38,9 +38,7 @@ def _has_onnxruntime() -> bool:
 
 
 def _engine_choices() -> list[tuple[str, str]]:
-    # "torch" is what "auto" runs and what the other widgets (Explain, Review) ask the shared
-    # backend for, so they all use one loaded copy of the model
-    out = [("auto: PyTorch, fastest precision here", "torch"), ("PyTorch float32", "torch-fp32"),
+    out = [("auto (fastest for this computer)", "auto"), ("PyTorch (float32 on a CPU)", "torch"),
            ("PyTorch bfloat16", "torch-bf16")]
     if _has_onnxruntime():
         out += [("ONNX Runtime (CPU)", "onnx"), ("ONNX Runtime int8 (CPU)", "onnx-int8")]
@@ -72,7 +70,7 @@ class SegmentWidget(RunsWork, Scrolling, Container):
         self.model, self.model_file = self.model_choice.widgets
         self.device = ComboBox(label="Device", choices=available_devices(), value="auto",
                                tooltip="auto: cuda, then mps, then cpu")
-        self.engine = ComboBox(label="Engine", choices=_engine_choices(), value="torch",
+        self.engine = ComboBox(label="Engine", choices=_engine_choices(), value="auto",
                                tooltip="auto: the fastest engine measured to keep the model's accuracy on this "
                                        "computer: PyTorch in bfloat16 on a CPU with bfloat16 instructions (about "
                                        "twice float32's speed), float32 on other CPUs, float16 on a GPU; the "
