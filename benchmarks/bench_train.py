@@ -19,7 +19,7 @@ tumour recipe, validation hold-out by group): unet-mobilenet_v2 from ImageNet an
 start, LightMuSeg V1/V2/V3 from the ImageNet MobileNetV2 encoder, unet-resnet50 from a random
 start (no ImageNet ResNet50 is available offline; ``--resnet-steps`` gives it fewer steps).
 Equal steps rather than equal wall time, because on a shared CPU the time a step takes depends on
-the other jobs; each arm's seconds are recorded beside it with the load average. Each best
+the other jobs; each arm's wall and CPU seconds are recorded beside it with the load average. Each best
 checkpoint (by validation Dice) is evaluated on camelyon test and bcss test (mean and pooled
 Dice, boundary F, precision, tumour-free tiles called over 5 %); ``results.json``, one JSON per
 arm and split, and ``table.md`` go in the folder. A rerun skips finished arms and resumes the one
@@ -135,18 +135,18 @@ def run_compare(args) -> None:
         budget = f"{args.budget} min" if args.budget else f"{epochs * args.steps_per_epoch} steps"
         print(f"=== {label}: {budget} of batch {args.batch}, load {os.getloadavg()}", flush=True)
         ckpt = out / (_slug(label, imagenet) + ".safetensors")
-        load0, t0 = os.getloadavg(), time.time()
+        load0, t0, cpu0 = os.getloadavg(), time.time(), time.process_time()
         s = train(data, ckpt, arch=arch, epochs=100000 if args.budget else epochs,
                   init_encoder=str(enc) if imagenet else None, time_budget=args.budget,
                   steps_per_epoch=args.steps_per_epoch, patience=100000, seed=args.seed, threads=args.threads,
                   batch_size=args.batch, lr=args.lr, warmup=args.warmup_steps, resume=True,
                   name=label, log=lambda m: print(m, flush=True))
-        train_s, load1 = time.time() - t0, os.getloadavg()
+        train_s, cpu_s, load1 = time.time() - t0, time.process_time() - cpu0, os.getloadavg()
         row = {"arch": arch, "imagenet": imagenet, "parameters": s["parameters"],
                "trainable": s["trainable_parameters"], "steps": s["steps"], "batch": args.batch,
                "patches": s["steps"] * args.batch, "best_epoch": s["best_epoch"],
                "best_step": (s["best_epoch"] + 1) * args.steps_per_epoch, "best_val_dice": s["best_val_dice"],
-               "train_seconds": round(train_s, 1), "loop_seconds": s["seconds"],
+               "train_seconds": round(train_s, 1), "cpu_seconds": round(cpu_s, 1), "loop_seconds": s["seconds"],
                "seconds_per_step": round(s["seconds"] / max(s["steps"], 1), 2),
                "load_start": load0, "load_end": load1, "checkpoint": str(ckpt),
                "temperature": (s.get("calibration") or {}).get("temperature")}
@@ -174,16 +174,17 @@ def _f(v) -> str:
 
 def compare_table(results: dict) -> str:
     """The Markdown table of a comparison's ``results.json``."""
-    lines = ["| model | start | params (trainable) | steps (patches) | train s (s/step) | best val Dice | "
+    lines = ["| model | start | params (trainable) | steps (patches) | train s (s/step) | CPU s | best val Dice | "
              "camelyon Dice mean / pooled | camelyon BF | bcss Dice mean / pooled | bcss BF | bcss precision | "
-             "tumour-free bcss tiles > 5 % |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "tumour-free bcss tiles > 5 % |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results.values():
         c, b = r["camelyon"], r["bcss"]
         free = f"{b['tumour_free_over_5pct']} of {b['tumour_free']} ({b['nearly_free_over_5pct']} of " \
                f"{b['nearly_free']} under 1 %)"
         lines.append(f"| {r['arch']} | {'ImageNet' if r['imagenet'] else 'random'} | "
                      f"{r['parameters'] / 1e6:.2f} M ({r['trainable'] / 1e6:.2f} M) | {r['steps']} ({r['patches']}) | "
-                     f"{r['train_seconds']:.0f} ({r['seconds_per_step']:.1f}) | {_f(r['best_val_dice'])} | "
+                     f"{r['train_seconds']:.0f} ({r['seconds_per_step']:.1f}) | {r.get('cpu_seconds') or '–'} | "
+                     f"{_f(r['best_val_dice'])} | "
                      f"{_f(c['mean_dice'])} / {_f(c['pooled_dice'])} | {_f(c['boundary_f'])} | "
                      f"{_f(b['mean_dice'])} / {_f(b['pooled_dice'])} | {_f(b['boundary_f'])} | "
                      f"{_f(b['precision'])} | {free} |")

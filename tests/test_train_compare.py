@@ -36,7 +36,7 @@ def test_table_gives_each_arms_steps_seconds_and_both_test_splits(bench):
     lines = bench.compare_table(results).splitlines()
     assert len(lines) == 4                                   # header, rule, one row per arm
     first, second = lines[2], lines[3]
-    assert "| unet-mobilenet_v2 | ImageNet |" in first and "| 80 (640) |" in first and "| 782 (9.4) |" in first
+    assert "| unet-mobilenet_v2 | ImageNet |" in first and "| 80 (640) |" in first and "| 782 (9.4) | – |" in first
     assert "0.701 / 0.726" in first and "0.530 / 0.622" in first and "2 of 2 (3 of 3 under 1 %)" in first
     assert "| random |" in second and "| – |" in second      # a model that calls nothing has no precision
 
