@@ -102,13 +102,15 @@ def run_robot(args):
     params = parse_params(args.param)
     prior_fn = None if args.no_prior_arm else load_prior_fn(args.model, args.prior_cache)
     arms = [a for a in args.arms if a == "none" or prior_fn]
-    methods = {f"LP {m}": (lambda m=m: session_refiner(**{**params, "method": m})) for m in args.methods}
+    gesture = None if args.infer_gesture else ("stroke" if args.strokes else "click")
+    methods = {f"LP {m}": (lambda m=m: session_refiner(gesture, **{**params, "method": m})) for m in args.methods}
     if not args.no_rw:
         methods["random_walker"] = lambda: random_walker_refiner()
     steps = args.strokes or args.clicks
     unit = "strokes" if args.strokes else "clicks"
     at = [k for k in (AT_STROKES if args.strokes else AT) if k <= steps]
-    print(f"# params {params or 'defaults'}; {steps} {unit}; limit {args.limit or 'all'} per set")
+    print(f"# params {params or 'defaults'}; {steps} {unit}; limit {args.limit or 'all'} per set; "
+          f"gesture {gesture or 'from the seeds shape'}")
     for name in args.sets:
         if not (SHARED / name).exists():
             print(f"# {SHARED / name} is absent: skipped")
@@ -242,6 +244,8 @@ def main(argv=None):
     ap.add_argument("--methods", nargs="+", default=["confined", "lgc"],
                     help="RefineSession methods to compare (confined: the default; lgc: the plain propagation)")
     ap.add_argument("-v", "--verbose", action="store_true", help="print every tile's Dice curve")
+    ap.add_argument("--infer-gesture", action="store_true",
+                    help="let the session tell strokes from clicks by their shape (default: the annotator says)")
     ap.add_argument("--model", default=None, help="checkpoint for the prior (default: bundled)")
     ap.add_argument("--prior-cache", help="folder for the model's probabilities (SET-ID.npy), reused")
     ap.add_argument("--no-rw", action="store_true", help="skip random_walker")

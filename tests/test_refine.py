@@ -445,3 +445,18 @@ def test_undo_of_a_stroke_gives_back_its_reach_exactly(real):
     fresh = RefineSession(img, prior)
     fresh.update(base)
     assert np.array_equal(session.update(other), fresh.update(other))
+
+
+def test_the_same_dab_is_local_as_a_stroke_and_fills_its_region_as_a_click():
+    from scipy import ndimage
+
+    img, inside = disk_image()
+    dab = click(inside.shape, 256, 256, 1)
+    core = ndimage.binary_erosion(inside, iterations=3)
+    as_click = RefineSession(img).update(dab, gesture="click")
+    as_stroke = RefineSession(img).update(dab, gesture="stroke")
+    assert as_click[core].mean() > 0.99
+    assert np.all(as_stroke[dab == 1] == 1)
+    assert as_stroke[ndimage.distance_transform_edt(dab == 0) > 40].max() == 0
+    with pytest.raises(ValueError, match="gesture"):
+        RefineSession(img).update(dab, gesture="brush")

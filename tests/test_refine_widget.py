@@ -147,3 +147,19 @@ def test_every_refinement_method_can_be_chosen_and_applies_at_start(make_napari_
     assert w.session.params["method"] == "lgc"
     w.method.value = "region"  # the running session keeps its method
     assert w.session.params["method"] == "lgc"
+
+
+def test_a_brush_stroke_stays_near_where_it_was_painted_and_a_click_takes_its_region(refining, qtbot):
+    from scipy import ndimage
+
+    w = refining
+    line = np.zeros((160, 200), bool)
+    line[70:90, 150] = True
+    w.seeds.data_setitem(np.nonzero(line), 1)  # what the brush does
+    wait_idle(w, qtbot)
+    mask = w.viewer.layers["tumour"].data
+    assert mask[line].all()
+    assert mask[ndimage.distance_transform_edt(~line) > 40].max() == 0, "a stroke does not flood its colour"
+    w.add_click((20, 170), 1)
+    wait_idle(w, qtbot)
+    assert w.viewer.layers["tumour"].data[:, 110:].mean() > 0.95

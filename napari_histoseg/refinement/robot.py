@@ -188,9 +188,10 @@ def noc(dices: Sequence[float], target: float = 0.9) -> int:
     return len(dices) - 1
 
 
-def session_refiner(**params) -> Callable:
+def session_refiner(gesture=None, **params) -> Callable:
     """A ``refine_fn`` that keeps one warm :class:`~napari_histoseg.refinement.RefineSession`
-    per image (a new one when the image or prior object changes)."""
+    per image (a new one when the image or prior object changes); ``gesture`` is passed to
+    every update (``"stroke"`` for the stroke annotator: each step is drawn with the brush)."""
     from napari_histoseg.refinement import RefineSession
 
     state = {}
@@ -199,7 +200,7 @@ def session_refiner(**params) -> Callable:
         key = (id(image), id(prior))
         if state.get("key") != key:
             state["key"], state["session"] = key, RefineSession(image, prior, **params)
-        return state["session"].update(seeds)
+        return state["session"].update(seeds, gesture=gesture)
 
     fn.state = state
     return fn

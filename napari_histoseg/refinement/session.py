@@ -225,7 +225,7 @@ class RefineSession:
         return self._labels.reshape(self.shape).copy()
 
     # -- the work -------------------------------------------------------------------
-    def update(self, seeds, view=None) -> np.ndarray:
+    def update(self, seeds, view=None, gesture=None) -> np.ndarray:
         """Refine with all seeds so far, warm from the last solution.
 
         Parameters
@@ -235,6 +235,9 @@ class RefineSession:
         view : (y, x, h, w), optional
             Region on screen: pixels are redrawn only there; elsewhere the labels stay as
             they were until a later update covers them.
+        gesture : {None, "stroke", "click"}
+            What the new seeds are (a brush stroke stays local, a click reaches its
+            region); None: told by their shape (``click_extent``).
 
         Returns
         -------
@@ -255,7 +258,9 @@ class RefineSession:
             self.timings.update(total=time.perf_counter() - t0, restored=True)
             return self.labels
         n, tally = self.graph.n, self._tally
-        touched = tally.apply(s, int(p["click_extent"]), p["stroke_px"])
+        if gesture not in (None, "stroke", "click"):
+            raise ValueError(f"gesture must be 'stroke', 'click' or None; got {gesture!r}")
+        touched = tally.apply(s, int(p["click_extent"]), p["stroke_px"], gesture)
         t1 = time.perf_counter()
         tot = tally.nt + tally.nn
         clamped = tot > 0

@@ -34,15 +34,20 @@ class SeedTally:
         self.cap = 0.0
         self.near = {TUMOUR: np.zeros(superpixels.size, bool), NOT_TUMOUR: np.zeros(superpixels.size, bool)}
 
-    def apply(self, seeds: np.ndarray, click_extent: int, cap: float = 0.0) -> np.ndarray:
+    def apply(self, seeds: np.ndarray, click_extent: int, cap: float = 0.0, gesture=None) -> np.ndarray:
         """Take the whole (flat) seed layer; returns the superpixels whose seeds changed
-        (or whose pixels came within ``cap`` px of a stroke: :attr:`near`)."""
+        (or whose pixels came within ``cap`` px of a stroke: :attr:`near`). ``gesture``
+        ``"stroke"`` or ``"click"`` says what the new seeds are; None: by their shape."""
         touched = np.zeros(self.n, bool)
         ch = np.flatnonzero(seeds != self.seeds)
         if ch.size == 0:
             return touched
         old, new, spc = self.seeds[ch], seeds[ch], self.sp[ch]
-        was, now = self.stroke[ch], stroke_flags(ch, new, self.shape, click_extent)
+        if gesture is None:
+            now = stroke_flags(ch, new, self.shape, click_extent)
+        else:
+            now = (new > 0) & (gesture == "stroke")
+        was = self.stroke[ch]
         n = self.n
         for cls, count, strokes in ((TUMOUR, self.nt, self.nts), (NOT_TUMOUR, self.nn, self.nns)):
             count += np.bincount(spc[new == cls], minlength=n) - np.bincount(spc[old == cls], minlength=n)

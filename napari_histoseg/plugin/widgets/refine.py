@@ -49,6 +49,8 @@ class RefineWidget(Scrolling, Container):
         self.seeds: Labels | None = None
         self._mask: Labels | None = None
         self._pending = False
+        self._gestures: set = set()  # "click" / "stroke": what the pending seeds were drawn with
+        self._clicking = False
         self.edits = None      # MaskEdits: history, base, pixels a person edited by hand
 
         self.image = ComboBox(label="Image", choices=self._layers_of(Image, rgb=True))
@@ -211,11 +213,16 @@ class RefineWidget(Scrolling, Container):
         from skimage.draw import disk
 
         rr, cc = disk(tuple(np.round(yx).astype(int)), CLICK_RADIUS, shape=self.seeds.data.shape)
-        self.seeds.data_setitem((rr, cc), label)  # records undo and emits paint
+        self._clicking = True
+        try:
+            self.seeds.data_setitem((rr, cc), label)  # records undo and emits paint
+        finally:
+            self._clicking = False
 
     def _on_paint(self, _event=None):
         # napari emits paint before some edits reach the array (data_setitem), so solve
         # on the next turn of the event loop; strokes until then are merged.
+        self._gestures.add("click" if self._clicking else "stroke")
         if self._pending:
             return
         self._pending = True
@@ -228,15 +235,20 @@ class RefineWidget(Scrolling, Container):
         self._pending = False
         seeds = np.asarray(self.seeds.data).copy()
         if not seeds.any():  # every seed erased: back to the mask refinement started from
+            self._gestures = set()
             self._write(self.edits.base.copy(), seeds)
             return
         view = None
         if seeds.size > BIG:
             view = visible_region(self._mask)
-        self._run("Refining…", self._update, seeds, view)
+        # a brush stroke (or dab) stays local, a click reaches its colour region; both
+        # merged into one solve: told by their shape
+        gesture = next(iter(self._gestures)) if len(self._gestures) == 1 else None
+        self._gestures = set()
+        self._run("Refining…", self._update, seeds, view, gesture)
 
-    def _update(self, seeds, view):
-        return ("labels", seeds, self.session.update(seeds, view=view))
+    def _update(self, seeds, view, gesture=None):
+        return ("labels", seeds, self.session.update(seeds, view=view, gesture=gesture))
 
     # -- results --------------------------------------------------------------------
     @property
