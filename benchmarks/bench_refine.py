@@ -117,7 +117,7 @@ def run_pattern(size: int, steps: int, pattern: str, method: str, view: int = 0)
             break
         seeds[win][nxt[0]] = nxt[1]
         t = time.perf_counter()
-        pred = session.update(seeds, view=v)
+        pred = session.update(seeds, view=v, gesture="stroke" if pattern == "strokes" else "click")
         times.append(time.perf_counter() - t)
     warm = times[1:]
     mpx = size * size / 1e6

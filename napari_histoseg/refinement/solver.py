@@ -164,10 +164,12 @@ def solve_pixels(U: np.ndarray, y: np.ndarray, g: np.ndarray, aff, alpha: float,
             out = ~inside
             np.add.at(b, i[out], alpha * s[out] * g[q[out]])
         rows.append(np.arange(m)); cols.append(np.arange(m)); vals.append(np.ones(m))
-        A = sp_.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(m, m))
+        A = sp_.csr_matrix((np.concatenate(vals).astype(np.float32), (np.concatenate(rows), np.concatenate(cols))),
+                           shape=(m, m))
     finally:
         pos[U] = -1
-    return _cg(A, b, x0, tol, maxiter)
+    # float32: half the memory traffic of each product; the pixel values are float32 anyway
+    return _cg(A, b.astype(np.float32), None if x0 is None else np.asarray(x0, np.float32), tol, maxiter)
 
 
 def propagate_grid(y: np.ndarray, aff, alpha: float = 0.9, tol: float = 1e-4,
