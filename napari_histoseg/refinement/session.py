@@ -151,7 +151,6 @@ class RefineSession:
         self._history = History(self.HISTORY_BYTES)
         self.timings = {"setup": time.perf_counter() - t0}
 
-    # -- helpers --------------------------------------------------------------------
     def _set_prior_term(self) -> None:
         """``P`` per pixel (``_y``) and its superpixel means (``_yc``)."""
         p, (h, w) = self.params, self.shape
@@ -224,7 +223,6 @@ class RefineSession:
         """The current labels, uint8 (H, W) 0/1 (a copy)."""
         return self._labels.reshape(self.shape).copy()
 
-    # -- the work -------------------------------------------------------------------
     def update(self, seeds, view=None, gesture=None) -> np.ndarray:
         """Refine with all seeds so far, warm from the last solution.
 
@@ -258,8 +256,6 @@ class RefineSession:
             self.timings.update(total=time.perf_counter() - t0, restored=True)
             return self.labels
         n, tally = self.graph.n, self._tally
-        if gesture not in (None, "stroke", "click"):
-            raise ValueError(f"gesture must be 'stroke', 'click' or None; got {gesture!r}")
         touched = tally.apply(s, int(p["click_extent"]), p["stroke_px"], gesture)
         t1 = time.perf_counter()
         tot = tally.nt + tally.nn
@@ -376,7 +372,7 @@ class RefineSession:
         """Keep the state after this update so that the same seeds again (undo, redo)
         give exactly these labels."""
         self._history.put(key, (self._G.copy(), self._band.copy(), self._dirty.copy(), self._Gpix.copy(),
-                                self._labels.copy(), self._kc.copy(), self._tally.stroke.copy(),
+                                self._labels.copy(), self._kc.copy(), np.flatnonzero(self._tally.stroke),
                                 self._ok[TUMOUR].copy(), self._ok[NOT_TUMOUR].copy()))
 
     def _restore(self, state, seeds: np.ndarray) -> None:

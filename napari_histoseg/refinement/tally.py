@@ -38,6 +38,8 @@ class SeedTally:
         """Take the whole (flat) seed layer; returns the superpixels whose seeds changed
         (or whose pixels came within ``cap`` px of a stroke: :attr:`near`). ``gesture``
         ``"stroke"`` or ``"click"`` says what the new seeds are; None: by their shape."""
+        if gesture not in (None, "stroke", "click"):
+            raise ValueError(f"gesture must be 'stroke', 'click' or None; got {gesture!r}")
         touched = np.zeros(self.n, bool)
         ch = np.flatnonzero(seeds != self.seeds)
         if ch.size == 0:
@@ -95,9 +97,12 @@ class SeedTally:
                 self._near_add(cls, np.flatnonzero((self.seeds == cls) & self.stroke), touched)
             touched[self.sp[before & ~self.near[cls]]] = True
 
-    def reset(self, seeds: np.ndarray, stroke: np.ndarray) -> None:
-        """Take a remembered state (undo, redo): these seeds, these stroke flags."""
-        self.seeds, self.stroke = seeds.copy(), stroke.copy()
+    def reset(self, seeds: np.ndarray, stroke_pixels: np.ndarray) -> None:
+        """Take a remembered state (undo, redo): these seeds, and these (flat indices)
+        drawn in strokes."""
+        self.seeds, self.stroke = seeds.copy(), np.zeros(seeds.size, bool)
+        self.stroke[stroke_pixels] = True
+        stroke = self.stroke
         sp, n = self.sp, self.n
         self.nt = np.bincount(sp[seeds == TUMOUR], minlength=n).astype(np.int64)
         self.nn = np.bincount(sp[seeds == NOT_TUMOUR], minlength=n).astype(np.int64)
