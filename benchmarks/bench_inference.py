@@ -5,7 +5,8 @@ to the model one at a time (eager PyTorch, fp32, NCHW, torch.no_grad). The engin
 napari_histoseg.core.tiling.predict (batched tiles, channels-last, inference_mode, blended
 overlaps) with each model engine: PyTorch fp32, PyTorch under bfloat16 autocast, ONNX Runtime
 fp32 and ONNX Runtime int8 (static QDQ quantisation; see napari_histoseg/models/onnx.py), and
-which of them ``engine="auto"`` picks on this machine.
+which of them ``engine="auto"`` picks on this machine; ``--grid`` times the two fast paths (bf16,
+int8) by tile size and overlap.
 
     python benchmarks/bench_inference.py [--size 2048] [--repeats 2] [--threads 2] [--dice]
                                          [--grid] [--calibration samples|shared] [--cpu-time]
@@ -136,13 +137,14 @@ def main(argv=None):
         CLOCK = time.process_time
     from napari_histoseg import load_model
     from napari_histoseg.core.device import cpu_has_bf16, cpu_has_vnni
-    from napari_histoseg.models.segmenter import choose_engine
 
     load_before = os.getloadavg()
     image = load_image(args.size)
     model = load_model(device="cpu", engine="torch")
     threads = torch.get_num_threads()
-    auto, why = choose_engine("cpu")
+    picked = load_model(device="cpu", engine="auto")
+    auto, why = picked.engine, picked.engine_reason
+    del picked
     print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores, "
           f"{threads} threads, torch {torch.__version__}, bf16 instructions {cpu_has_bf16()}, "
           f"VNNI {cpu_has_vnni()}; load average before {load_before[0]:.2f}")
@@ -170,8 +172,7 @@ def main(argv=None):
     for r in rows:
         r["ratio"] = round(r["px"] / r["s"] / base, 2)
         print(f"{r['path']:70s} {r['n'] / r['s']:8.1f} {r['px'] / r['s'] / 1e6:6.2f} {r['ratio']:8.2f}")
-    auto_label = {"torch": "torch fp32", "torch-bf16": "torch bf16"}.get(auto, auto)
-    grid = [e for e in engines if e[0] == auto_label or e[0].startswith("ONNX int8")] if args.grid else []
+    grid = [e for e in engines if e[0] == "torch bf16" or e[0].startswith("ONNX int8")] if args.grid else []
     for label, m in grid:
         print(f"\ntile size and overlap, {label}:")
         for tile in (256, 512, 1024):

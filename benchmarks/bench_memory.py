@@ -77,6 +77,7 @@ a = local_backend().model('bundled', 'cpu', 'torch'); b = local_backend().model(
 print('# copies', len({id(a), id(b)}))
 """,
     "two widgets' models: a backend each (before)": """
+import napari_histoseg.plugin.widgets._model_choice  # noqa: F401 (the same imports as the step above)
 from napari_histoseg.backends.local import LocalBackend
 a = LocalBackend().model('bundled', 'cpu', 'torch'); b = LocalBackend().model('bundled', 'cpu', 'torch')
 print('# copies', len({id(a), id(b)}))

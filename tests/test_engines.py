@@ -94,3 +94,23 @@ def test_int8_quantises_only_the_part_the_shipped_file_names(tmp_path, model, im
     ref = predict(image, loaded, tile=256, overlap=32, tissue_gate=False).probability
     p8 = predict(image, part, tile=256, overlap=32, tissue_gate=False).probability
     assert np.abs(p8 - ref).mean() < 0.05
+
+
+@pytest.mark.parametrize("vnni", ["1", "0"])
+def test_auto_runs_int8_only_where_its_part_was_measured_and_the_cpu_has_vnni(tmp_path, model, image,
+                                                                             monkeypatch, vnni):
+    from napari_histoseg import testing
+    from napari_histoseg.models.onnx import collect_ranges
+
+    monkeypatch.setenv("HISTOSEG_CPU_VNNI", vnni)
+    monkeypatch.setenv("HISTOSEG_CPU_BF16", "0")
+    ckpt = testing.save_random_checkpoint(tmp_path / "m.safetensors", model, tile_size=256)
+    assert load_segmenter(ckpt, device="cpu", engine="auto").engine == "torch"     # nothing measured
+    loaded = Segmenter.from_checkpoint(ckpt, device="cpu")
+    fp32 = OnnxSegmenter(loaded, threads=1)
+    (tmp_path / "m.int8.json").write_text(json.dumps({
+        "weights_hash": _weights_hash(loaded.module), "int8_nodes": ["/decoder/"], "int8_part": "the decoder",
+        "ranges": collect_ranges(fp32.path, [fp32._normalise(image[None, :256, :256])])}))
+    auto = load_segmenter(ckpt, device="cpu", engine="auto")
+    assert auto.engine == ("onnx-int8" if vnni == "1" else "torch")
+    assert ("VNNI" in auto.engine_reason) == (vnni == "1")

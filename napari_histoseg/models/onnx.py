@@ -180,6 +180,22 @@ def shipped_ranges(source, weights_hash: str) -> Optional[dict]:
     return None if found is None else found["ranges"]
 
 
+def int8_checked(segmenter) -> bool:
+    """Whether the int8 engine of this model was measured to keep its accuracy: ONNX Runtime is
+    installed and a ``NAME.int8.json`` for these very weights names the part to quantise
+    (``int8_nodes``; written by tools/calibrate_int8.py, checked on the held-out splits for the
+    bundled model). ``engine="auto"`` uses int8 only then."""
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None:
+        return False
+    path = ranges_path(segmenter.source)
+    if path is None or not path.is_file():
+        return False
+    found = shipped_int8(segmenter.source, _weights_hash(segmenter.module.float().cpu().eval()))
+    return bool(found and found["int8_nodes"])
+
+
 class OnnxSegmenter:
     """Same interface as :class:`Segmenter` (``predict``, ``meta``, ``out_channels``),
     running on ONNX Runtime's CPU execution provider.
