@@ -72,10 +72,11 @@ class SegmentWidget(RunsWork, Scrolling, Container):
                                tooltip="auto: cuda, then mps, then cpu")
         self.engine = ComboBox(label="Engine", choices=_engine_choices(), value="auto",
                                tooltip="auto: the fastest engine measured to keep the model's accuracy on this "
-                                       "computer: PyTorch in bfloat16 on a CPU with bfloat16 instructions (about "
-                                       "twice float32's speed), float32 on other CPUs, float16 on a GPU; the "
-                                       "message after a run names it. ONNX int8: the fastest on a CPU without "
-                                       "bfloat16, and a little less accurate (BENCHMARKS.md)")
+                                       "computer: ONNX Runtime int8 on a CPU with int8 instructions (VNNI) for a "
+                                       "model whose int8 part was checked (the bundled one; the first run "
+                                       "prepares it, once), else PyTorch in bfloat16 on a CPU with bfloat16 "
+                                       "instructions, else PyTorch (float32 on a CPU, float16 on a GPU). The "
+                                       "message after a run names it. BENCHMARKS.md › Inference has the figures")
         self.tile = SpinBox(label="Tile (px)", min=64, max=4096, step=32, value=512,
                             tooltip="Edge of the square windows the model sees (multiple of 32)")
         self.overlap = SpinBox(label="Overlap (px)", min=0, max=512, step=8, value=64,
