@@ -41,7 +41,7 @@ from napari_histoseg.refinement.graph import (
     superpixels,
     texture_features,
 )
-from napari_histoseg.refinement.history import History
+from napari_histoseg.refinement.history import HISTORY_BYTES, History, PixelDeltas
 from napari_histoseg.refinement.index import SuperpixelIndex
 from napari_histoseg.refinement.params import DEFAULTS, METHODS, check_params, resolve
 from napari_histoseg.refinement.reach import held, reachable, seed_distance
@@ -148,7 +148,8 @@ class RefineSession:
         self._band = np.zeros(n, bool)
         self._dirty = np.zeros(n, bool)
         self._pos = np.full(h * w, -1, np.int32)
-        self._history = History(self.HISTORY_BYTES)
+        self._history = History(HISTORY_BYTES)
+        self._pixstate = PixelDeltas((self._Gpix, self._labels))
         self.timings = {"setup": time.perf_counter() - t0}
 
     def _set_prior_term(self) -> None:
@@ -346,6 +347,7 @@ class RefineSession:
         sd = tally.seeds[allpix]
         hit = sd > 0
         self._labels[allpix[hit]] = sd[hit] == TUMOUR
+        self._pixstate.mark(allpix)
         t3 = time.perf_counter()
         self.timings.update(seeds=t1 - t0, coarse=t2 - t1, fine=t3 - t2, total=t3 - t0,
                             fine_pixels=int(U.size), redrawn=int(changed.sum()), restored=False)
@@ -365,23 +367,20 @@ class RefineSession:
             ok_t, ok_n = ok_t | near[TUMOUR][pix] | (F >= m), ok_n | near[NOT_TUMOUR][pix] | (F <= -m)
         return np.where(model, L | ~ok_n, L & ok_t)
 
-    # -- undo / redo ----------------------------------------------------------------
-    HISTORY_BYTES = 256 * 2 ** 20
-
     def _remember(self, key) -> None:
         """Keep the state after this update so that the same seeds again (undo, redo)
         give exactly these labels."""
-        self._history.put(key, (self._G.copy(), self._band.copy(), self._dirty.copy(), self._Gpix.copy(),
-                                self._labels.copy(), self._kc.copy(), np.flatnonzero(self._tally.stroke),
-                                self._ok[TUMOUR].copy(), self._ok[NOT_TUMOUR].copy()))
+        self._history.put(key, (self._G.copy(), self._band.copy(), self._dirty.copy(),
+                                self._pixstate.snapshot((self._Gpix, self._labels)), self._kc.copy(),
+                                np.flatnonzero(self._tally.stroke), self._ok[TUMOUR].copy(), self._ok[NOT_TUMOUR].copy()))
 
     def _restore(self, state, seeds: np.ndarray) -> None:
-        G, band, dirty, gpix, labels, kc, stroke, ok_t, ok_n = state
+        G, band, dirty, pixels, kc, stroke, ok_t, ok_n = state
         self._set_discount(kc, self._index.pixels(np.flatnonzero(kc != self._kc)))
         self._tally.reset(seeds, stroke)
         self._ok = {TUMOUR: ok_t.copy(), NOT_TUMOUR: ok_n.copy()}
         self._G, self._band, self._dirty = G.copy(), band.copy(), dirty.copy()
-        self._Gpix[:], self._labels[:] = gpix, labels
+        self._pixstate.restore(pixels, (self._Gpix, self._labels))
 
     def postprocess(self, alpha: float = 0.9) -> np.ndarray:
         """The paper's use (a): label propagation of the prior alone on the pixel graph.
