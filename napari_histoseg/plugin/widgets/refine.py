@@ -34,7 +34,7 @@ METHOD_TIPS = {  # what each refinement method does (napari_histoseg.refinement.
     "confined": "a click takes its colour region; a stroke only its surroundings, or a region closed "
                 "by colour edges (a lumen); a confident model holds far from both (default)",
     "region": "as confined, and a click inside a region the model got wrong overrides the model around it "
-              "(fewest clicks on breast tissue; strokes reach further)",
+              "(fewer clicks than confined where the model is confidently wrong)",
     "lgc": "plain label propagation: every seed reaches as far as colour lets it",
 }
 
