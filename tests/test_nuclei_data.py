@@ -186,3 +186,14 @@ def test_stain_normalisation_is_off_unless_asked_or_named_by_the_model():
     own = ModelMeta(arch="fake", task="instances", mpp=0.25, preprocessing={"stain": {"method": "macenko"}})
     assert stain_target(plain) is None and stain_target(plain, True) is MONUSEG_STAIN
     assert stain_target(own) == {"method": "macenko"} and stain_target(own, False) is None
+
+
+def test_train_cli_takes_the_stain_augmentation_and_its_help_prints(capsys):
+    from napari_histoseg.cli import build_parser
+
+    args = build_parser().parse_args(["train", "a", "b", "--task", "instances", "-o", "n.safetensors",
+                                      "--nuclei-augment", "stain"])
+    assert args.augment == "stain"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    assert "--nuclei-augment" in capsys.readouterr().out

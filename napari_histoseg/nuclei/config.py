@@ -43,8 +43,9 @@ class NucleiConfig(TrainConfig):
     merged_folders: list = option([], "instances: folders (by name) whose labels merge touching nuclei; their "
                                   "instances of solidity < 0.85 are not trained on", type=_ids,
                                   flag="--nuclei-merged-folders", metavar="NAME,NAME")
-    augment: str = option("light", "instances: colour augmentation: light (HED jitter +-5 %) or stain (another "
-                          "lab's stain: +-30 %, moved stain vectors, gamma, JPEG)", choices=("light", "stain"),
+    augment: str = option("light", "instances: colour augmentation: light (HED jitter of 0.05, v1's) or stain "
+                          "(another lab's stain: HED jitter of 0.3, moved stain vectors, gamma, JPEG)",
+                          choices=("light", "stain"),
                           flag="--nuclei-augment")
     model_mpp: float = option(0.25, "instances: mpp the model works at (MoNuSeg's 40x)", flag="--nuclei-mpp")
     name: str = option("histoseg-nuclei", "model name written into the checkpoint")
