@@ -261,7 +261,8 @@ class OnnxSegmenter:
 
     @property
     def description(self) -> str:
-        return self.torch_model.description + f" [ONNX Runtime {self.precision}]"
+        m = self.meta   # not the torch twin's precision: the twin only explains and fine-tunes
+        return f"{m.name} v{m.model_version} ({m.arch}) [ONNX Runtime {self.precision}]"
 
     def _normalise(self, batch: np.ndarray) -> np.ndarray:
         x = (batch.transpose(0, 3, 1, 2).astype(np.float32) - self._mean) / self._std
