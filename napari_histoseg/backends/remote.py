@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
 from napari_histoseg.backends import wire
+from napari_histoseg.backends.remote_model import RemoteModel, prediction
 from napari_histoseg.backends.wire import zip_dataset
 from napari_histoseg.models.bundled import BUNDLED
 
@@ -151,7 +151,7 @@ class RemoteBackend:
                 raise BackendError(f"the server at {self.url} has no model {ref!r}")
         return self._info[ref]
 
-    def model(self, model_ref=BUNDLED, device=None, engine=None) -> "RemoteModel":
+    def model(self, model_ref=BUNDLED, device=None, engine=None) -> RemoteModel:
         """The server's model for ``model_ref``, checked against its list (one small request),
         so a checkpoint uploaded before the server restarted is uploaded again."""
         ref = self.server_ref(model_ref)
@@ -272,7 +272,7 @@ class RemoteBackend:
             params["region"] = ",".join(str(int(v)) for v in region)
         body, headers = wire.encode(np.asarray(image), "uint8")
         r = self.request("POST", "/segment", params=params, content=body, headers=headers)
-        return _prediction(self._array(r), r.headers.get("x-region"), threshold)
+        return prediction(self._array(r), r.headers.get("x-region"), threshold)
 
     def segment_slide(self, path: str, model_ref=BUNDLED, *, level=0, region=None, tile=None, overlap=64,
                       threshold=0.5):
@@ -281,7 +281,7 @@ class RemoteBackend:
                    "overlap": int(overlap), "tile": tile,
                    "region": None if region is None else [int(v) for v in region]}
         r = self.request("POST", "/segment-slide", json=payload)
-        return _prediction(self._array(r), r.headers.get("x-region"), threshold)
+        return prediction(self._array(r), r.headers.get("x-region"), threshold)
 
     def explain(self, image, model_ref=BUNDLED, method="gradcam", *, region=None, target="mask", layer=None,
                 tile=None, overlap=64, device=None, task="segmentation", **options):
@@ -396,39 +396,3 @@ class RemoteBackend:
         summary.setdefault("stop_reason", job["state"])
         summary["job"], summary["server_model"] = job["id"], job.get("new_model")
         return summary
-
-
-class RemoteModel:
-    """A server model as the tiled engine sees it: ``predict`` sends a batch of tiles."""
-
-    def __init__(self, backend: RemoteBackend, ref: str):
-        from napari_histoseg.models.checkpoint import ModelMeta
-
-        info = backend.info(ref)
-        self.backend, self.ref = backend, ref
-        self.meta = ModelMeta.from_json(info["meta"], source=f"{backend.url} model {ref}")
-        self.device = SimpleNamespace(type=info["device"])
-        self.half = bool(info.get("half"))
-        self.source = f"{backend.url}/{ref}"
-
-    @property
-    def out_channels(self) -> int:
-        return self.meta.out_channels
-
-    @property
-    def description(self) -> str:
-        return f"{self.meta.name} v{self.meta.model_version} ({self.meta.arch}) at {self.backend.url}"
-
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        body, headers = wire.encode(batch, "uint8")
-        r = self.backend.request("POST", "/predict", params={"model": self.ref}, content=body, headers=headers)
-        return self.backend._array(r).astype(np.float32)
-
-
-def _prediction(prob, region_header, threshold):
-    from napari_histoseg.core.tiling import Prediction
-
-    prob = np.asarray(prob, np.float32)
-    mask = (prob >= threshold).astype(np.uint8) if prob.ndim == 2 else prob.argmax(0).astype(np.uint8)
-    region = tuple(int(v) for v in region_header.split(",")) if region_header else (0, 0, *prob.shape[-2:])
-    return Prediction(prob, mask, region)
