@@ -163,6 +163,29 @@ def unwrap(viewer):
     return getattr(viewer, "__wrapped__", viewer)
 
 
+def heading(title: str, what: str = ""):
+    """A section title for a widget's panel (bold, with an optional small line below saying
+    what the section is for); pass it to :func:`span` once the panel holds it."""
+    from magicgui.widgets import Label
+
+    label = Label(value=f"<b>{title}</b>" + (f"<br><small>{what}</small>" if what else ""))
+    label.native.setWordWrap(True)
+    return label
+
+
+def span(widget) -> None:
+    """Let a heading start at the panel's left edge: hide the empty label column of its row
+    (magicgui keeps a row's label in a private wrapper; without it the heading stays indented)."""
+    row = getattr(widget, "_labeled_widget_ref", None)
+    row = row() if callable(row) else None
+    label = getattr(row, "_label_widget", None)
+    if label is not None:
+        from qtpy.QtWidgets import QSizePolicy
+
+        label.visible = False
+        widget.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+
+
 class Scrolling:
     """Mixin for a dock widget (a magicgui Container made with ``scrollable=True``):
     napari docks ``.native``, so ``.native`` is the scroll area; ``body`` holds the layout.

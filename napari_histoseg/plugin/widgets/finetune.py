@@ -11,29 +11,9 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, S
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from napari_histoseg.plugin.widgets._layers import Scrolling, level_data, unwrap
+from napari_histoseg.plugin.widgets._layers import Scrolling, heading, level_data, span, unwrap
 from napari_histoseg.plugin.widgets._model_choice import ModelChoice
 from napari_histoseg.plugin.widgets._runner import Runner, RunsWork
-
-
-def _heading(title: str, what: str) -> Label:
-    """A section title across the whole panel, with one line saying what the section learns from."""
-    heading = Label(value=f"<b>{title}</b><br><small>{what}</small>")
-    heading.native.setWordWrap(True)
-    return heading
-
-
-def _span(widget) -> None:
-    """Let a heading start at the panel's left edge: hide the empty label column of its row
-    (magicgui keeps the row's label in a private wrapper; without it the heading stays indented)."""
-    row = getattr(widget, "_labeled_widget_ref", None)
-    row = row() if callable(row) else None
-    label = getattr(row, "_label_widget", None)
-    if label is not None:
-        label.visible = False
-        from qtpy.QtWidgets import QSizePolicy
-
-        widget.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
 
 
 class FineTuneWidget(RunsWork, Scrolling, Container):
@@ -76,8 +56,8 @@ class FineTuneWidget(RunsWork, Scrolling, Container):
         self.learn_button.tooltip = ("Adapt the model to this slide from the fields you corrected and accepted, "
                                      "then segment the fields not yet reviewed again; your corrections stay")
         self.learn_runner = Runner(self.status, self.learn_button, self.cancel_button)
-        self._headings = (_heading("Learn from this slide", "the fields you corrected and accepted in Refine"),
-                          _heading("Fine-tune on an exported folder", "tiles written by Export, from any slides"))
+        self._headings = (heading("Learn from this slide", "the fields you corrected and accepted in Refine"),
+                          heading("Fine-tune on an exported folder", "tiles written by Export, from any slides"))
         self.extend([*self.model_choice.backend_widgets, *self.model_choice.widgets,
                      self._headings[0],
                      self.slide_image, self.slide_mask, self.seconds, self.trains, self.learn_button,
@@ -85,8 +65,8 @@ class FineTuneWidget(RunsWork, Scrolling, Container):
                      self.dataset, self.epochs, self.steps, self.budget, self.lr,
                      Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
                      self.status])
-        for heading in self._headings:
-            _span(heading)
+        for title in self._headings:
+            span(title)
         for ev in (viewer.layers.events.inserted, viewer.layers.events.removed):
             ev.connect(lambda e=None: (self.slide_image.reset_choices(), self.slide_mask.reset_choices()))
         self.learn_button.clicked.connect(self.learn)

@@ -11,11 +11,13 @@ from napari.utils.notifications import show_error, show_warning
 from napari_histoseg.core.device import available_devices
 from napari_histoseg.plugin.widgets._layers import (
     Scrolling,
+    heading,
     level_data,
     model_colour,
     placement,
     put_image,
     put_labels,
+    span,
     tumour_colormap,
     unwrap,
     visible_region,
@@ -98,13 +100,14 @@ class SegmentWidget(RunsWork, Scrolling, Container):
         self.status = Label(value="Choose an image and press Run.")
         self.status.native.setWordWrap(True)
         self.runner = Runner(self.status, self.run_button, self.cancel_button)
-        self.preprocessing = Label(value="<b>Preprocessing</b> (optional)")
+        self.preprocessing = heading("Preprocessing (optional)", "what the chosen model was trained with is set for you")
         self.extend([
             self.image, self.region, self.wsi, self.level, *self.model_choice.backend_widgets, self.model, self.model_file, self.device, self.engine, self.tile,
             self.overlap, self.threshold, self.mpp, self.tta, self.preprocessing, self.stain, self.clahe, self.standardise,
             Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False),
             self.status,
         ])
+        span(self.preprocessing)
         self._model_pre: dict = {}
         self._model_mpp = None
         self._warned_scale: set = set()
