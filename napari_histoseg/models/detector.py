@@ -32,43 +32,41 @@ def detect(module: nn.Module, batch: torch.Tensor, min_score: float | None = Non
     would be thrown away, without changing the detections that are kept:
 
     * ``min_score`` (when above the module's own ``box_score_thresh``) drops weaker boxes
-      before their non-maximum suppression: a box below the kept score can only suppress
-      boxes weaker still, so the detections at or above ``min_score`` are the same;
+      after their non-maximum suppression and before the mask head: a box below the kept
+      score can only suppress boxes weaker still, so the detections at or above
+      ``min_score`` are the same;
     * ``regions``, one ``(y0, y1, x0, x1)`` (pixels of the image) or None per image: boxes
       that do not reach into it are dropped before the mask head (a mask lies inside its
       box, so its centroid cannot be in the region either).
 
     Returns a list of dicts ``boxes`` (N, 4) xyxy, ``scores`` (N,), ``masks`` (N, 28, 28).
     """
-    heads = module.roi_heads
-    own = heads.score_thresh
-    if min_score is not None and float(min_score) > own:
-        heads.score_thresh = float(min_score)
-    try:
-        images, _ = module.transform(list(batch))
-        features = module.backbone(images.tensors)
-        proposals, _ = module.rpn(images, features)
-        if regions is None:
-            dets, _ = heads(features, proposals, images.image_sizes)
-        else:
-            dets = _heads_within(heads, features, proposals, images.image_sizes, regions)
-    finally:
-        heads.score_thresh = own
+    images, _ = module.transform(list(batch))
+    features = module.backbone(images.tensors)
+    proposals, _ = module.rpn(images, features)
+    if regions is None and (min_score is None or float(min_score) <= module.roi_heads.score_thresh):
+        dets, _ = module.roi_heads(features, proposals, images.image_sizes)
+    else:   # the module itself is never changed: it is shared by every caller of the cached model
+        dets = _heads_within(module.roi_heads, features, proposals, images.image_sizes,
+                             regions or [None] * len(proposals), min_score)
     return [{"boxes": d["boxes"], "scores": d["scores"], "masks": d["masks"][:, 0]} for d in dets]
 
 
-def _heads_within(heads, features, proposals, sizes, regions) -> list[dict]:
-    """torchvision's ``RoIHeads`` at inference, with the boxes outside ``regions`` left out of the mask head."""
+def _heads_within(heads, features, proposals, sizes, regions, min_score=None) -> list[dict]:
+    """torchvision's ``RoIHeads`` at inference, with the boxes outside ``regions`` or under
+    ``min_score`` left out of the mask head."""
     from torchvision.models.detection.roi_heads import maskrcnn_inference
 
     cls, reg = heads.box_predictor(heads.box_head(heads.box_roi_pool(features, proposals, sizes)))
     boxes, scores, labels = heads.postprocess_detections(cls, reg, proposals, sizes)
     for i, r in enumerate(regions):
+        b, keep = boxes[i], torch.ones(len(boxes[i]), dtype=torch.bool, device=boxes[i].device)
         if r is not None:
             y0, y1, x0, x1 = r
-            b = boxes[i]
-            keep = (b[:, 2] > x0) & (b[:, 0] < x1) & (b[:, 3] > y0) & (b[:, 1] < y1)
-            boxes[i], scores[i], labels[i] = b[keep], scores[i][keep], labels[i][keep]
+            keep &= (b[:, 2] > x0) & (b[:, 0] < x1) & (b[:, 3] > y0) & (b[:, 1] < y1)
+        if min_score is not None:
+            keep &= scores[i] >= float(min_score)
+        boxes[i], scores[i], labels[i] = b[keep], scores[i][keep], labels[i][keep]
     logits = heads.mask_predictor(heads.mask_head(heads.mask_roi_pool(features, boxes, sizes)))
     masks = maskrcnn_inference(logits, labels)
     return [{"boxes": b, "scores": s, "labels": lab, "masks": m} for b, s, lab, m in zip(boxes, scores, labels, masks)]
