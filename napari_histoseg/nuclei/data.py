@@ -41,7 +41,7 @@ from skimage.io import imread
 
 from napari_histoseg.io.dataset import DatasetError
 from napari_histoseg.io.dataset import read_dataset_json as _read_dataset_json
-from napari_histoseg.training.augment import AugmentConfig, colour, geometric, intensity, realistic
+from napari_histoseg.training.augment import AugmentConfig, augment_colour, geometric
 
 
 class InstanceDatasetError(DatasetError):
@@ -246,6 +246,6 @@ def random_sample(tile: InstanceTile, size: int, rng: np.random.Generator, model
         img[ign] = GLASS
     img, lab = _resize_pair(img, lab, size)
     img, lab = geometric(img, lab, rng, cfg)
-    img = realistic(intensity(colour(img, rng, cfg), rng, cfg), rng, cfg)
+    img = augment_colour(img, rng, cfg)
     x_t = torch.from_numpy(np.require(img, requirements=["C", "W"])).permute(2, 0, 1).float() / 255.0
     return x_t, targets_from_labels(np.ascontiguousarray(lab))
