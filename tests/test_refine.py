@@ -460,3 +460,18 @@ def test_the_same_dab_is_local_as_a_stroke_and_fills_its_region_as_a_click():
     assert as_stroke[ndimage.distance_transform_edt(dab == 0) > 40].max() == 0
     with pytest.raises(ValueError, match="gesture"):
         RefineSession(img).update(dab, gesture="brush")
+
+
+def test_a_new_stroke_reach_applies_to_the_strokes_already_drawn(real):
+    """Changing the stroke reach in the widget redraws the same strokes with it at once, as
+    a fresh session with that reach would."""
+    img, _ = real
+    prior = np.full(img.shape[:2], 0.1, np.float32)   # a confident "not tumour" model
+    seeds = np.zeros(img.shape[:2], np.uint8)
+    seeds[150:155, 60:320] = 1
+    session = RefineSession(img, prior, stroke_px=12)
+    near = session.update(seeds, gesture="stroke").sum()
+    session.set_params(stroke_px=40)
+    wider = session.update(seeds, gesture="stroke")
+    assert wider.sum() > near
+    assert np.array_equal(wider, RefineSession(img, prior, stroke_px=40).update(seeds, gesture="stroke"))

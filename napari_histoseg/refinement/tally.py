@@ -43,6 +43,9 @@ class SeedTally:
         touched = np.zeros(self.n, bool)
         ch = np.flatnonzero(seeds != self.seeds)
         if ch.size == 0:
+            if cap != self.cap:   # the same seeds with another stroke reach (set_params): measure again
+                self.cap = cap
+                self._near_all(touched)
             return touched
         old, new, spc = self.seeds[ch], seeds[ch], self.sp[ch]
         if gesture is None:
