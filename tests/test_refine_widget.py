@@ -154,7 +154,7 @@ def test_a_brush_stroke_stays_near_where_it_was_painted_and_a_click_takes_its_re
 
     w = refining
     line = np.zeros((160, 200), bool)
-    line[70:90, 150] = True
+    line[78:83, 148:153] = True   # a 5 px dab: by its shape a click, but painted with the brush
     w.seeds.data_setitem(np.nonzero(line), 1)  # what the brush does
     wait_idle(w, qtbot)
     mask = w.viewer.layers["tumour"].data
