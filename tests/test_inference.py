@@ -136,7 +136,7 @@ def test_blend_window_is_positive_and_flat_inside():
 def bundled():
     from napari_histoseg.api import load_model
 
-    return load_model(device="cpu")
+    return load_model(device="cpu", engine="torch")   # float32 on every CPU: the gate is tested, not the engine
 
 
 def test_the_tissue_gate_keeps_the_tumour_of_an_image_that_is_all_tissue(bundled, he_image):
