@@ -25,8 +25,11 @@ def load_model(path: str | Path | None = None, device: str = "auto", engine: str
         ``"auto"`` picks cuda, then mps, then cpu. Half precision is used on cuda.
     engine : {"auto", "torch", "torch-bf16", "onnx", "onnx-int8"}
         ``"auto"`` (default) picks the fastest engine that keeps the held-out Dice on this
-        machine: PyTorch under bfloat16 autocast on a CPU that computes bf16 in hardware
-        (AVX512-BF16/AMX; about twice fp32's speed), else ``"torch"``; the model's ``engine``
+        machine: ONNX Runtime int8 (the checked part of the network) on a CPU with VNNI where
+        onnxruntime is installed and the checkpoint ships checked int8 ranges (the first call
+        exports and quantises once, cached in the user's cache folder), else PyTorch under
+        bfloat16 autocast on a CPU that computes bf16 in hardware (AVX512-BF16/AMX; about
+        twice fp32's speed), else ``"torch"``; the model's ``engine``
         and ``engine_reason`` say what was chosen. ``"torch"``: PyTorch, float32 on a CPU
         (float16 on cuda). ``"torch-bf16"`` forces bfloat16. ``"onnx"`` / ``"onnx-int8"`` run
         the same weights through ONNX Runtime on the CPU, in fp32 or partly quantised to int8

@@ -89,7 +89,7 @@ ENGINES = ("auto", "torch", "torch-bf16", "onnx", "onnx-int8")
 
 def choose_engine(device="auto") -> tuple[str, str]:
     """What ``"auto"`` runs in PyTorch on ``device``, and why: ``"torch-bf16"`` on a CPU that
-    computes bfloat16 in hardware (about twice float32's speed, held-out Dice unchanged), else
+    computes bfloat16 in hardware (about twice float32's speed, held-out Dice within 0.005), else
     ``"torch"`` (float32 on other CPUs, float16 on cuda). :func:`load_segmenter` prefers
     ONNX Runtime int8 to either where :func:`~napari_histoseg.models.onnx.int8_checked` says
     the model's int8 part was measured and the CPU has VNNI."""

@@ -2,7 +2,7 @@
 
 :class:`Classifier` is a :class:`~napari_histoseg.models.loaded.LoadedModel` of task
 ``"classification"``; it runs in float32, or under bfloat16 autocast (``precision="bf16"``,
-the default of the widgets and the server on a CPU with bfloat16 instructions). Its logits are (N, C), one row per tile; the
+the default of the widgets on a CPU with bfloat16 instructions; the server and evaluation run float32). Its logits are (N, C), one row per tile; the
 calibrated probability is ``softmax(logits / temperature)`` with the temperature fitted on
 validation patients (``meta.training["calibration"]``; one per trained scale where
 ``"temperatures"`` holds them, :meth:`Classifier.temperature_at`). Reading regions at the model's
