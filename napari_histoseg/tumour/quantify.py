@@ -91,11 +91,15 @@ def quantify(mask, image=None, mpp=None, tissue=None, *, label: int = 1, ignore_
     if mpp is not None:
         mpp = check_float(mpp, "mpp", lo=0, lo_open=True, hi=1000)
     warnings = [] if mpp is not None else [NO_MPP]
-    other = sorted(set(np.flatnonzero(np.bincount(mask.ravel(), minlength=256)).tolist()) - {0, label, ignore_index})
+    counts = np.bincount(mask.ravel(), minlength=256)   # one pass: every check below reads it
+    other = sorted(set(np.flatnonzero(counts).tolist()) - {0, label, ignore_index})
     if other:
         warnings.append(f"mask codes {other[:10]} counted as not tumour (tumour is {label}, unknown {ignore_index})")
-    if not (mask == label).any() and (mask == ignore_index).any():
-        warnings.append(f"no pixel is tumour ({label}) and {int((mask == ignore_index).sum())} px are unknown "
+    def n(code):
+        return int(counts[code]) if 0 <= code < counts.size else 0
+
+    if n(label) == 0 and n(ignore_index) > 0:
+        warnings.append(f"no pixel is tumour ({label}) and {n(ignore_index)} px are unknown "
                         f"({ignore_index}): a black-and-white mask with {ignore_index} for tumour? Save tumour as {label}")
     valid = mask != ignore_index
     cleaned = clean_regions(mask == label, _min_px(mpp, min_region_um2, min_region_px))
