@@ -79,21 +79,25 @@ def test_precisions_a_model_was_not_checked_in_are_refused():
         Unchecked(m.module, m.meta, device="cpu", precision="bf16")
 
 
-def test_widgets_and_model_metadata_load_without_torch():
+def test_every_widget_opens_from_the_plugins_menu_without_torch():
+    """Opening the plugin's widgets (as the Plugins menu does) and reading the bundled model's
+    metadata must not import torch: a laptop pays its few hundred MB only when a model runs."""
     code = (
         "import sys\n"
-        "import napari_histoseg.plugin.widgets as w\n"
-        "from napari_histoseg.plugin.widgets import segment, explain, classify, review, export, finetune\n"
+        "import napari\n"
+        "from npe2 import PluginManager\n"
         "from napari_histoseg.models.bundled import bundled_path\n"
         "from napari_histoseg.models.checkpoint import read_meta\n"
-        "from napari_histoseg.core.device import available_devices\n"
-        "available_devices()\n"
-        "try:\n"
-        "    read_meta(bundled_path('segmentation'))\n"
-        "except Exception:\n"
-        "    pass\n"
-        "print('torch' in sys.modules)\n"
+        "viewer = napari.Viewer(show=False)\n"
+        "names = [w.display_name for w in PluginManager.instance().get_manifest('napari-histoseg')"
+        ".contributions.widgets]\n"
+        "for name in names:\n"
+        "    viewer.window.add_plugin_dock_widget('napari-histoseg', name)\n"
+        "meta = read_meta(bundled_path('segmentation'))\n"
+        "print(len(names), meta.tile_size, 'torch' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == "False"
+    opened, tile, torch_loaded = out.stdout.strip().splitlines()[-1].split()
+    assert int(opened) >= 8 and int(tile) > 0
+    assert torch_loaded == "False"
