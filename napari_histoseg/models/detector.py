@@ -93,10 +93,7 @@ class NucleusDetector(LoadedModel):
     def detect_batch(self, batch: torch.Tensor, min_score: float | None = None, regions=None) -> list[dict]:
         """:func:`detect` on this model's device; the detections come back on the CPU."""
         batch = batch.to(self.device)
-        if self.half:
-            with torch.autocast(self.device.type, dtype=torch.float16):
-                dets = detect(self.module, batch, min_score, regions)
-        else:
+        with self.autocast():   # float16 on cuda where asked, else float32
             dets = detect(self.module, batch, min_score, regions)
         if self.device.type == "cpu" and not self.half:
             return dets
