@@ -41,7 +41,7 @@ import numpy as np
 import scipy.sparse as sp_
 from scipy import ndimage
 
-__all__ = ["colour_features", "texture_features", "superpixels", "CoarseGraph", "coarse_graph", "PixelAffinity",
+__all__ = ["colour_features", "texture_features", "affinity_channels", "superpixels", "CoarseGraph", "coarse_graph", "PixelAffinity",
            "pixel_affinity", "regional_colour", "COLOUR_SPACES"]
 
 COLOUR_SPACES = ("lab", "od", "rgb")
@@ -121,6 +121,34 @@ def texture_features(features: np.ndarray, scale: float = 3.0) -> np.ndarray:
         m2 = ndimage.gaussian_filter(f * f, scale, mode="nearest", truncate=2.0)
         out[..., c] = np.sqrt(np.maximum(m2 - m * m, 0.0))
     return out
+
+
+def affinity_channels(colour: np.ndarray, params: dict, features: np.ndarray | None = None):
+    """What the superpixel graph's distances are computed on, and how many of its first
+    channels set the automatic sigma: ``(channels, sigma_channels)`` for
+    :func:`coarse_graph`.
+
+    ``params["affinity"]`` (:mod:`~napari_histoseg.refinement.params`): ``"colour"``
+    the colour plus ``texture_weight`` times its local contrast (not for ``method="lgc"``,
+    which keeps the plain colour), the colour alone setting sigma; ``"features"`` the
+    given per-pixel ``features`` alone, setting their own sigma; ``"mixed"`` the colour
+    channels plus ``feature_weight`` times the features, the colour setting sigma (so
+    the features only add distance where the network sees a difference).
+    """
+    from napari_histoseg.io.checks import InputError
+
+    kind = params.get("affinity", "colour")
+    if kind != "colour" and features is None:
+        raise InputError(f"affinity={kind!r} needs the network's features (features=, e.g. "
+                         "napari_histoseg.refinement.features.session_features(image, model))")
+    if kind == "features":
+        return features, None
+    parts = [colour]
+    if params["method"] != "lgc" and params["texture_weight"] > 0:
+        parts.append(np.float32(params["texture_weight"]) * texture_features(colour))
+    if kind == "mixed" and params["feature_weight"] > 0:
+        parts.append(np.float32(params["feature_weight"]) * features)
+    return (np.concatenate(parts, -1) if len(parts) > 1 else colour), colour.shape[-1]
 
 
 def superpixels(features: np.ndarray, size: int = 16, compactness: float = 10.0,

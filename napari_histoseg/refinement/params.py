@@ -50,6 +50,15 @@ stroke_reach (0)
     How far (as ``reach``) a stroke counts as reaching a superpixel for the coarse label
     that places the pixel band. Measured on every bcss and camelyon test tile
     (BENCHMARKS.md, Refinement).
+affinity ("colour"), feature_weight (1)
+    What the superpixel graph's affinities are made of
+    (:func:`~napari_histoseg.refinement.graph.affinity_channels`): ``"colour"`` the
+    colour and its local contrast (as above); ``"features"`` the segmentation network's
+    own features alone (``features=`` of the session, from
+    :func:`~napari_histoseg.refinement.features.session_features`); ``"mixed"`` colour,
+    contrast and ``feature_weight`` times the features (scaled to the colour's variance).
+    The pixel grid keeps colour in every case. Measured on every bcss and camelyon test
+    tile (BENCHMARKS.md, Refinement).
 zone_factor (1.5), zone_hop (1), zone_confidence (2), zone_max (6)
     ``"region"`` only (:mod:`napari_histoseg.refinement.zones`): a group of at most
     ``zone_max`` seeded superpixels of one class inside a region the model gave to the
@@ -64,7 +73,7 @@ import warnings
 
 from napari_histoseg.io.checks import InputError, check_float, check_int
 
-__all__ = ["METHODS", "DEFAULTS", "PRESETS", "RANGES", "RENAMED", "check_params", "resolve"]
+__all__ = ["METHODS", "AFFINITIES", "DEFAULTS", "PRESETS", "RANGES", "RENAMED", "check_params", "resolve"]
 
 #: Old (American) names still taken, with a DeprecationWarning.
 RENAMED = {"sigma_color": "sigma_colour", "color_sensitivity": "colour_sensitivity", "color_space": "colour_space"}
@@ -74,13 +83,16 @@ RENAMED = {"sigma_color": "sigma_colour", "color_sensitivity": "colour_sensitivi
 #: seed (:mod:`napari_histoseg.refinement.zones`); ``lgc``: the plain propagation.
 METHODS = ("confined", "region", "lgc")
 
+#: What the superpixel graph's affinities are made of (see ``affinity`` above).
+AFFINITIES = ("colour", "features", "mixed")
+
 DEFAULTS = dict(prior_weight=0.5, sigma_colour=None, colour_sensitivity=1.0, alpha=0.999,
                 alpha_fine=0.9999, superpixel_size=16, colour_space="lab", no_prior_bias=0.05,
                 change_tol=1e-2, tol=1e-3, compactness=10.0, method="confined",
                 confidence_weight=1.0, reach=12.0, hop_cost=0.5, texture_weight=1.0,
                 zone_factor=1.5, zone_hop=1.0, zone_confidence=2.0, zone_max=6, hold=0.0,
                 stroke_reach=0.0, click_extent=16, stroke_px=12.0,
-                stroke_margin=0.7, stroke_hold=2.0)
+                stroke_margin=0.7, stroke_hold=2.0, affinity="colour", feature_weight=1.0)
 
 #: What a method changes in DEFAULTS unless given: ``region`` lets a seed reach twice as
 #: far with a third of the confidence leak (its zones, not the leak, keep a click local).
@@ -100,7 +112,7 @@ RANGES = dict(prior_weight=(0, 100, False, False), sigma_colour=(0, None, True, 
               zone_max=(0, 10 ** 6, False, False), hold=(0, 1, False, False),
               stroke_reach=(0, None, False, False), click_extent=(1, 10 ** 6, False, False),
               stroke_px=(0, 10 ** 4, False, False), stroke_margin=(0, 1, False, False),
-              stroke_hold=(0, None, False, False))
+              stroke_hold=(0, None, False, False), feature_weight=(0, 100, False, False))
 
 
 def check_params(params: dict, known=DEFAULTS) -> dict:
@@ -133,6 +145,9 @@ def check_params(params: dict, known=DEFAULTS) -> dict:
         if k == "method":
             if v not in METHODS:
                 raise InputError(f"method must be one of {', '.join(METHODS)}; got {v!r}")
+        elif k == "affinity":
+            if v not in AFFINITIES:
+                raise InputError(f"affinity must be one of {', '.join(AFFINITIES)}; got {v!r}")
         elif k == "colour_space":
             if v not in COLOUR_SPACES:
                 raise InputError(f"colour_space must be one of {', '.join(COLOUR_SPACES)}; got {v!r}")

@@ -35,11 +35,11 @@ import numpy as np
 import scipy.sparse as sp_
 
 from napari_histoseg.refinement.graph import (
+    affinity_channels,
     coarse_graph,
     colour_features,
     pixel_affinity,
     superpixels,
-    texture_features,
 )
 from napari_histoseg.refinement.history import HISTORY_BYTES, History, PixelDeltas
 from napari_histoseg.refinement.index import SuperpixelIndex
@@ -101,6 +101,10 @@ class RefineSession:
         ``hop_cost``, ``texture_weight``, ``zone_factor``, ``zone_hop``,
         ``zone_confidence``, ``zone_max``, ``hold``; for strokes, which stay local:
         ``click_extent``, ``stroke_*``) are in :mod:`napari_histoseg.refinement.params`.
+    features : (H, W, C) float, optional
+        The segmentation network's features per pixel
+        (:func:`~napari_histoseg.refinement.features.session_features`), for
+        ``affinity="features"`` or ``"mixed"`` (ignored with the default ``"colour"``).
 
     Attributes
     ----------
@@ -113,7 +117,7 @@ class RefineSession:
     >>> labels = s.update(seeds)                      # doctest: +SKIP
     """
 
-    def __init__(self, image, prior=None, **params):
+    def __init__(self, image, prior=None, features=None, **params):
         self.params = resolve(params)
         p = self.params
         t0 = time.perf_counter()
@@ -122,12 +126,14 @@ class RefineSession:
         self.prior = check_prior(prior, self.shape)
         feat = colour_features(self.image, p["colour_space"])
         self.superpixels = sp = superpixels(feat, int(p["superpixel_size"]), p["compactness"])
-        feat_c = feat
-        if p["method"] != "lgc" and p["texture_weight"] > 0:
-            feat_c = np.concatenate([feat, np.float32(p["texture_weight"]) * texture_features(feat)], -1)
-        # the colour sets the automatic sigma; texture only adds distance
+        if features is not None:
+            from napari_histoseg.refinement.features import check_features
+
+            features = check_features(features, self.shape)
+        # the colour sets the automatic sigma; texture and the network's features only add distance
+        feat_c, sigma_channels = affinity_channels(feat, p, features)
         self.graph = g = coarse_graph(sp, feat_c, p["sigma_colour"], p["colour_sensitivity"],
-                                      sigma_channels=feat.shape[-1])
+                                      sigma_channels=sigma_channels)
         del feat_c
         self._S = normalise(g.weights)
         self.affinity = pixel_affinity(feat, p["sigma_colour"], p["colour_sensitivity"])
@@ -202,7 +208,8 @@ class RefineSession:
         ``colour_space`` change the graphs themselves: make a new session for those.
         """
         params = check_params(params)
-        rebuild = [k for k in ("superpixel_size", "compactness", "colour_space", "method", "texture_weight")
+        rebuild = [k for k in ("superpixel_size", "compactness", "colour_space", "method", "texture_weight",
+                                  "affinity", "feature_weight")
                    if k in params and params[k] != self.params[k]]
         if rebuild:
             raise ValueError(f"changing {', '.join(rebuild)} needs a new RefineSession")
