@@ -110,6 +110,30 @@ def _test_figures(ev: dict) -> dict:
             "seconds": ev["seconds"]}
 
 
+def _arm_clock(clock: Path, state: Path) -> tuple[float, float]:
+    """Wall and CPU seconds an arm spent in earlier runs up to its last saved epoch (where its
+    training resumes), from ``clock``; nothing when there is no state to resume from."""
+    if not state.is_file():
+        return 0.0, 0.0
+    try:
+        d = json.loads(clock.read_text())
+        return float(d.get("wall", 0.0)), float(d.get("cpu", 0.0))
+    except (OSError, ValueError, AttributeError):
+        return 0.0, 0.0
+
+
+def _clock_writer(clock: Path, wall0: float, cpu0: float, t0: float, c0: float):
+    """A training ``progress`` callback that writes the arm's seconds so far at every epoch (when
+    its resumable state is saved), so a resumed arm counts the time of its earlier runs."""
+    def progress(ev):
+        if ev.get("kind") == "epoch":
+            tmp = clock.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"wall": wall0 + time.time() - t0, "cpu": cpu0 + time.process_time() - c0,
+                                       "epoch": ev.get("epoch")}))
+            os.replace(tmp, clock)
+    return progress
+
+
 def run_compare(args) -> None:
     """Every configuration of ``CONFIGS`` (or ``--arms``, by architecture) trained for the same number
     of optimiser steps on the same patches (one seed: the patch sampler's random stream does not
@@ -135,18 +159,25 @@ def run_compare(args) -> None:
         budget = f"{args.budget} min" if args.budget else f"{epochs * args.steps_per_epoch} steps"
         print(f"=== {label}: {budget} of batch {args.batch}, load {os.getloadavg()}", flush=True)
         ckpt = out / (_slug(label, imagenet) + ".safetensors")
+        from napari_histoseg.training.loop import state_path_for
+
+        clock = out / (_slug(label, imagenet) + ".clock.json")
+        wall_before, cpu_before = _arm_clock(clock, state_path_for(ckpt))
         load0, t0, cpu0 = os.getloadavg(), time.time(), time.process_time()
         s = train(data, ckpt, arch=arch, epochs=100000 if args.budget else epochs,
                   init_encoder=str(enc) if imagenet else None, time_budget=args.budget,
                   steps_per_epoch=args.steps_per_epoch, patience=100000, seed=args.seed, threads=args.threads,
                   batch_size=args.batch, lr=args.lr, warmup=args.warmup_steps, resume=True,
-                  name=label, log=lambda m: print(m, flush=True))
-        train_s, cpu_s, load1 = time.time() - t0, time.process_time() - cpu0, os.getloadavg()
+                  name=label, log=lambda m: print(m, flush=True),
+                  progress=_clock_writer(clock, wall_before, cpu_before, t0, cpu0))
+        train_s = wall_before + time.time() - t0
+        cpu_s, load1 = cpu_before + time.process_time() - cpu0, os.getloadavg()
         row = {"arch": arch, "imagenet": imagenet, "parameters": s["parameters"],
                "trainable": s["trainable_parameters"], "steps": s["steps"], "batch": args.batch,
                "patches": s["steps"] * args.batch, "best_epoch": s["best_epoch"],
                "best_step": (s["best_epoch"] + 1) * args.steps_per_epoch, "best_val_dice": s["best_val_dice"],
                "train_seconds": round(train_s, 1), "cpu_seconds": round(cpu_s, 1), "loop_seconds": s["seconds"],
+               "resumed_after_seconds": round(wall_before, 1) if wall_before else None,
                "seconds_per_step": round(s["seconds"] / max(s["steps"], 1), 2),
                "load_start": load0, "load_end": load1, "checkpoint": str(ckpt),
                "temperature": (s.get("calibration") or {}).get("temperature")}
@@ -168,8 +199,16 @@ def run_compare(args) -> None:
     print(compare_table(results))
 
 
-def _f(v) -> str:
-    return "–" if v is None else f"{v:.3f}"
+def _f(v, fmt: str = ".3f") -> str:
+    return "–" if v is None else format(v, fmt)
+
+
+def _split_of(r: dict, name: str) -> dict:
+    """A row's figures for one test split; rows written by the earlier (flat) format of this
+    script hold only ``NAME_dice`` and ``NAME_boundary_f``."""
+    if isinstance(r.get(name), dict):
+        return r[name]
+    return {"mean_dice": r.get(f"{name}_dice"), "boundary_f": r.get(f"{name}_boundary_f")}
 
 
 def compare_table(results: dict) -> str:
@@ -178,16 +217,20 @@ def compare_table(results: dict) -> str:
              "camelyon Dice mean / pooled | camelyon BF | bcss Dice mean / pooled | bcss BF | bcss precision | "
              "tumour-free bcss tiles > 5 % |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results.values():
-        c, b = r["camelyon"], r["bcss"]
-        free = f"{b['tumour_free_over_5pct']} of {b['tumour_free']} ({b['nearly_free_over_5pct']} of " \
-               f"{b['nearly_free']} under 1 %)"
-        lines.append(f"| {r['arch']} | {'ImageNet' if r['imagenet'] else 'random'} | "
-                     f"{r['parameters'] / 1e6:.2f} M ({r['trainable'] / 1e6:.2f} M) | {r['steps']} ({r['patches']}) | "
-                     f"{r['train_seconds']:.0f} ({r['seconds_per_step']:.1f}) | {r.get('cpu_seconds') or '–'} | "
-                     f"{_f(r['best_val_dice'])} | "
-                     f"{_f(c['mean_dice'])} / {_f(c['pooled_dice'])} | {_f(c['boundary_f'])} | "
-                     f"{_f(b['mean_dice'])} / {_f(b['pooled_dice'])} | {_f(b['boundary_f'])} | "
-                     f"{_f(b['precision'])} | {free} |")
+        c, b = _split_of(r, "camelyon"), _split_of(r, "bcss")
+        free = "–" if b.get("tumour_free") is None else (
+            f"{b['tumour_free_over_5pct']} of {b['tumour_free']} ({b.get('nearly_free_over_5pct', '–')} of "
+            f"{b.get('nearly_free', '–')} under 1 %)")
+        params = "–" if r.get("parameters") is None else f"{r['parameters'] / 1e6:.2f} M"
+        trainable = "" if r.get("trainable") is None else f" ({r['trainable'] / 1e6:.2f} M)"
+        start = "–" if r.get("imagenet") is None else ("ImageNet" if r["imagenet"] else "random")
+        lines.append(f"| {r.get('arch', '–')} | {start} | {params}{trainable} | "
+                     f"{r.get('steps', '–')} ({r.get('patches', '–')}) | "
+                     f"{_f(r.get('train_seconds'), '.0f')} ({_f(r.get('seconds_per_step'), '.1f')}) | "
+                     f"{r.get('cpu_seconds') or '–'} | {_f(r.get('best_val_dice'))} | "
+                     f"{_f(c.get('mean_dice'))} / {_f(c.get('pooled_dice'))} | {_f(c.get('boundary_f'))} | "
+                     f"{_f(b.get('mean_dice'))} / {_f(b.get('pooled_dice'))} | {_f(b.get('boundary_f'))} | "
+                     f"{_f(b.get('precision'))} | {free} |")
     return "\n".join(lines) + "\n"
 
 
