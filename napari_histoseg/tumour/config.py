@@ -36,6 +36,9 @@ class TumourConfig(TrainConfig):
                           "or light (geometry, HED jitter, brightness/contrast)", choices=("heavy", "light"))
     background: float = option(0.08, "fraction of training patches replaced by synthetic glass or fat "
                                "(all not tumour)", type=float_arg(0, 0.9))
+    folder_weights: dict = option({}, "JSON {folder name: weight}: a tile of that folder is drawn this many times "
+                                  "as often as a tile of an unnamed folder (weight 1)", type=json.loads,
+                                  metavar="JSON")
     unlabelled: list = option([], "JSON list of folders of unlabelled H&E (any dataset.json with images/) "
                               "for the colour-consistency term", type=json.loads, metavar="JSON")
     consistency: float = option(0.0, "weight of the consistency term: the prediction on a heavily "

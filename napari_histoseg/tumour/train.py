@@ -127,6 +127,20 @@ def validate(model, images, masks, threshold=0.5, batch=2, ignore_index=255) -> 
 
 
 @torch.no_grad()
+def _called(model, images, masks, ignore_index=255, threshold=0.5) -> float:
+    """Fraction of the valid pixels of ``images`` called tumour (for folders without tumour)."""
+    model.eval()
+    dev = next(model.parameters()).device
+    hit = total = 0
+    for img, m in zip(images, masks):
+        out = _main_output(model(to_input(img[None]).to(dev)))[0]
+        p = (torch.sigmoid(out[0]) if out.shape[0] == 1 else (out.argmax(0) == 1).float()).cpu().numpy()
+        ok = m != ignore_index
+        hit, total = hit + int((p[ok] >= threshold).sum()), total + int(ok.sum())
+    return float(hit / total) if total else math.nan
+
+
+@torch.no_grad()
 def validation_logits(model, images, masks, ignore_index=255, max_pixels: int = 400_000, seed: int = 0):
     """Raw tumour logits and 0/1 targets of up to ``max_pixels`` valid pixels (a seeded sample)."""
     model.eval()
@@ -172,10 +186,36 @@ class TumourHooks(TaskHooks):
             self.unlabelled, self.unlabelled_prov = load_unlabelled(cfg.unlabelled, cfg, log, seed=cfg.seed)
         if not self.unlabelled:
             self.consistency = 0.0
+        self.tile_p = self._tile_weights(getattr(cfg, "folder_weights", None) or {}, log)
         self.pool, self.pending = None, None
         from napari_histoseg.core.device import resolve_device
 
         self.device = resolve_device(getattr(cfg, "device", "cpu") or "cpu")
+
+    def _tile_weights(self, weights, log):
+        """Probability of drawing each training tile: uniform, unless ``folder_weights`` names a folder."""
+        from napari_histoseg.io.checks import InputError, check_float
+
+        if not isinstance(weights, dict):
+            raise InputError(f"folder_weights must be a JSON object {{folder name: weight}}; got {weights!r}")
+        names = [p["name"] for p in self.prov]
+        unknown = sorted(set(weights) - set(names))
+        if unknown:
+            raise InputError(f"folder_weights names {', '.join(unknown)}, not among the folders {', '.join(names)}")
+        if not weights:
+            return None
+        w = np.concatenate([np.full(p["train_tiles"], check_float(weights.get(p["name"], 1.0),
+                                                                  f"folder_weights[{p['name']!r}]", lo=0))
+                            for p in self.prov])
+        if w.sum() <= 0:
+            raise InputError("folder_weights: every folder has weight 0; nothing would be drawn")
+        w = w / w.sum()
+        shares, i = [], 0
+        for p in self.prov:
+            shares.append(f"{p['name']} {w[i:i + p['train_tiles']].sum():.0%}")
+            i += p["train_tiles"]
+        log("labelled patches drawn from " + ", ".join(shares))
+        return w
 
     def describe(self):
         p = self.plan
@@ -208,7 +248,8 @@ class TumourHooks(TaskHooks):
     def _jobs(self, rng, cfg):
         size = cfg.patch_size
         jobs = [("l", int(i), int(rng.integers(2**62)), size, self.background)
-                for i in rng.integers(0, len(self.tr_imgs), size=cfg.batch_size)]
+                for i in (rng.integers(0, len(self.tr_imgs), size=cfg.batch_size) if self.tile_p is None
+                          else rng.choice(len(self.tr_imgs), size=cfg.batch_size, p=self.tile_p))]
         if self.consistency:
             jobs += [("u", int(i), int(rng.integers(2**62)), size)
                      for i in rng.integers(0, len(self.unlabelled), size=cfg.unlabelled_batch)]
@@ -264,17 +305,27 @@ class TumourHooks(TaskHooks):
             if n:
                 parts.append((p["name"], i, i + n))
             i += n
+        # a folder whose validation truth holds no tumour (benign tissue) has no Dice: it is reported
+        # as the fraction of its pixels called tumour and kept out of the score
+        free = [(n, a, b) for n, a, b in parts if not any((m[:] == 1).any() for m in self.va_masks[a:b])]
+        called = {f"val_called_{n}": _called(model, self.va_imgs[a:b], self.va_masks[a:b], self.plan.ignore_index)
+                  for n, a, b in free}
+        if len(free) < len(parts):
+            parts = [p for p in parts if p not in free]
+        else:
+            called = {}
         if len(parts) < 2:
-            pooled, mean = validate(model, self.va_imgs, self.va_masks, ignore_index=self.plan.ignore_index)
-            return {"score": pooled, "val_dice": pooled, "val_dice_mean_per_image": mean}
+            a, b = (parts[0][1], parts[0][2]) if len(parts) == 1 else (0, len(self.va_imgs))
+            pooled, mean = validate(model, self.va_imgs[a:b], self.va_masks[a:b], ignore_index=self.plan.ignore_index)
+            return {"score": pooled, "val_dice": pooled, "val_dice_mean_per_image": mean, **called}
         # several folders: the mean of their pooled Dice, so that a folder of large tiles (camelyon
         # at 0.5 µm/px: 768 px) does not outweigh one of small tiles (bcss: 256 px) in selection
         res = {name: validate(model, self.va_imgs[a:b], self.va_masks[a:b], ignore_index=self.plan.ignore_index)
                for name, a, b in parts}
         score = float(np.mean([r[0] for r in res.values()]))
-        mean = float(sum(r[1] * (b - a) for (_, a, b), r in zip(parts, res.values())) / parts[-1][2])
+        mean = float(sum(r[1] * (b - a) for (_, a, b), r in zip(parts, res.values())) / sum(b - a for _, a, b in parts))
         return {"score": score, "val_dice": score, "val_dice_mean_per_image": mean,
-                **{f"val_dice_{name}": r[0] for name, r in res.items()}}
+                **{f"val_dice_{name}": r[0] for name, r in res.items()}, **called}
 
     def meta(self, cfg, training):
         settings = {**training["settings"], "arch": self.arch, "arch_kwargs": self.kwargs,
