@@ -12,6 +12,9 @@ probability as prior (the bundled model, or ``--model``). Prints mean Dice after
     python benchmarks/robot_user.py --strokes 10         # the stroke annotator (medial axis, 5 px)
     python benchmarks/robot_user.py --postprocess        # coarse vs coarse + LP (paper, a)
     python benchmarks/robot_user.py --colour-spaces      # which colour separates tumour edges
+    python benchmarks/robot_user.py --methods confined confined:mixed --feature-cache /tmp/f
+                                                         # the network's features in the affinities
+    python benchmarks/robot_user.py --split val          # the model's validation tiles (for tuning)
 
 Needs ../shared/data (skips with a message where it is absent).
 """
@@ -33,12 +36,19 @@ AT = (0, 1, 2, 3, 5, 10, 20)
 AT_STROKES = (0, 1, 2, 3, 5, 10)
 
 
+def val_ids(name: str) -> set:
+    """The tiles of ``name`` the bundled model held out for validation (its metadata)."""
+    meta = json.loads((REPO / "napari_histoseg" / "weights" / "default.json").read_text())
+    return {i for d in meta["training"]["data"] if d["name"] == name for i in d.get("val_ids", ())}
+
+
 def tiles(name: str, split: str = "test", limit: int = 0):
     from skimage.io import imread
 
     root = SHARED / name
     meta = json.loads((root / "dataset.json").read_text())
-    chosen = [t for t in meta["tiles"] if split == "all" or t.get("split") == split]
+    held = val_ids(name) if split == "val" else set()
+    chosen = [t for t in meta["tiles"] if split == "all" or t.get("split") == split or t["id"] in held]
     if limit:
         step = max(1, len(chosen) // limit)  # spread over the set, deterministic
         chosen = chosen[::step][:limit]
@@ -81,11 +91,45 @@ def _load_model(model_path):
     return load_model(model_path, device="cpu")
 
 
+def load_features_fn(model_path, cache=None, channels: int = 4):
+    """``fn(image, set_name, tile_id) -> features`` for ``RefineSession(features=)``: the
+    model's decoder output (cached raw in ``cache/SET-ID.npy``, float16) reduced to
+    ``channels`` principal components scaled to the image's Lab variance."""
+    from napari_histoseg.refinement.features import model_features, reduce_features
+    from napari_histoseg.refinement.graph import colour_features
+
+    model = []
+
+    def fn(img, name, tid):
+        path = Path(cache) / f"{name}-{tid}.npy" if cache else None
+        if path is not None and path.exists():
+            raw = np.load(path).astype(np.float32)
+        else:
+            if not model:
+                from napari_histoseg import load_model
+
+                model.append(load_model(model_path, device="cpu", engine="torch"))
+            raw = model_features(img, model[0])
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                np.save(path, raw.astype(np.float16))
+        return reduce_features(raw, channels, scale_to=colour_features(img, "lab"))
+
+    return fn
+
+
+def parse_method(spec: str) -> dict:
+    """``confined``, ``region:mixed`` ... -> the session's ``method`` (and ``affinity``)."""
+    method, _, affinity = spec.partition(":")
+    return {"method": method, **({"affinity": affinity} if affinity else {})}
+
+
 def parse_params(items):
     out = {}
     for kv in items or ():
         k, v = kv.split("=", 1)
-        out[k] = None if v == "None" else (v if k in ("colour_space", "color_space", "method") else float(v))
+        text = ("colour_space", "color_space", "method", "affinity")
+        out[k] = None if v == "None" else (v if k in text else float(v))
     return out
 
 
@@ -103,8 +147,13 @@ def run_robot(args):
     prior_fn = None if args.no_prior_arm else load_prior_fn(args.model, args.prior_cache)
     arms = [a for a in args.arms if a == "none" or prior_fn]
     gesture = None if args.infer_gesture else ("stroke" if args.strokes else "click")
-    methods = {f"LP {m}": (lambda m=m: session_refiner(gesture, **{**params, "method": m})) for m in args.methods}
-    if not args.no_rw:
+    wanted = [m for m in args.methods if m != "random_walker"]
+    needs = any(parse_method(m).get("affinity", params.get("affinity", "colour")) != "colour" for m in wanted)
+    feat_fn = load_features_fn(args.model, args.feature_cache, args.feature_channels) if needs else None
+    current = {}  # the tile's features, read once per tile
+    methods = {f"LP {m}": (lambda m=m: session_refiner(gesture, features=current.get("features"),
+                                                       **{**params, **parse_method(m)})) for m in wanted}
+    if not args.no_rw or "random_walker" in args.methods:
         methods["random_walker"] = lambda: random_walker_refiner()
     steps = args.strokes or args.clicks
     unit = "strokes" if args.strokes else "clicks"
@@ -117,9 +166,14 @@ def run_robot(args):
             continue
         res = {(a, m): [] for a in arms for m in methods}
         times = {m: [] for m in methods}
+        feat_s = []
         has_tumour = []
-        for tid, img, truth in tiles(name, "test", args.limit):
+        for tid, img, truth in tiles(name, args.split, args.limit):
             prior = prior_fn(img, name, tid) if prior_fn else None
+            if feat_fn is not None:
+                t0 = time.perf_counter()
+                current["features"] = feat_fn(img, name, tid)
+                feat_s.append(time.perf_counter() - t0)
             has_tumour.append(bool((truth == 1).any()))
             for arm in arms:
                 for m, make in methods.items():
@@ -137,7 +191,7 @@ def run_robot(args):
                     if args.verbose:
                         print(f"#   {tid} {arm} {m}: " + " ".join(f"{x:.3f}" for x in d))
         n = len(next(iter(res.values())))
-        print(f"\n## {name} test split, {n} tiles (512 x 512), {unit}")
+        print(f"\n## {name} {args.split} split, {n} tiles (512 x 512), {unit}")
         extra = " worst single drop | tiles with a drop > 0.02 |" if args.strokes else ""
         print("| prior | method | " + " | ".join(f"Dice@{k}" for k in at) + f" | {unit[:-1]}s to 0.90 |" + extra)
         print("|---|---|" + "---|" * (len(at) + 1 + (2 if args.strokes else 0)))
@@ -157,6 +211,9 @@ def run_robot(args):
             print(row)
         for m, t in times.items():
             print(f"# {name}: {m}: mean {np.mean(t) * 1000:.0f} ms per {unit[:-1]} (incl. session setup)")
+        if feat_s:
+            print(f"# {name}: the network's features: mean {np.mean(feat_s):.2f} s per tile "
+                  f"({'read from ' + args.feature_cache + ' and ' if args.feature_cache else ''}reduced)")
 
 
 def run_postprocess(args):
@@ -235,6 +292,8 @@ def run_colour_spaces(args):
 
 
 def main(argv=None):
+    from napari_histoseg.io.checks import int_arg
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sets", nargs="+", default=["camelyon", "bcss"])
     ap.add_argument("--limit", type=int, default=3, help="tiles per set (0 = all test tiles)")
@@ -242,7 +301,14 @@ def main(argv=None):
     ap.add_argument("--strokes", type=int, default=0,
                     help="the stroke annotator with this many strokes (5 px wide, medial axis) instead of clicks")
     ap.add_argument("--methods", nargs="+", default=["confined", "lgc"],
-                    help="RefineSession methods to compare (confined: the default; lgc: the plain propagation)")
+                    help="RefineSession methods to compare (confined: the default; lgc: the plain propagation); "
+                         "METHOD:AFFINITY for another affinity (confined:mixed, region:features); "
+                         "random_walker for skimage's alone")
+    ap.add_argument("--split", choices=["test", "val"], default="test",
+                    help="test tiles, or the bundled model's validation tiles (tune there, never on test)")
+    ap.add_argument("--feature-cache", help="folder for the model's raw decoder features (SET-ID.npy), reused")
+    ap.add_argument("--feature-channels", type=int_arg(lo=1, hi=64), default=4,
+                    help="principal components of the features kept (default 4)")
     ap.add_argument("-v", "--verbose", action="store_true", help="print every tile's Dice curve")
     ap.add_argument("--infer-gesture", action="store_true",
                     help="let the session tell strokes from clicks by their shape (default: the annotator says)")

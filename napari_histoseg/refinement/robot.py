@@ -188,10 +188,12 @@ def noc(dices: Sequence[float], target: float = 0.9) -> int:
     return len(dices) - 1
 
 
-def session_refiner(gesture=None, **params) -> Callable:
+def session_refiner(gesture=None, features=None, **params) -> Callable:
     """A ``refine_fn`` that keeps one warm :class:`~napari_histoseg.refinement.RefineSession`
     per image (a new one when the image or prior object changes); ``gesture`` is passed to
-    every update (``"stroke"`` for the stroke annotator: each step is drawn with the brush)."""
+    every update (``"stroke"`` for the stroke annotator: each step is drawn with the brush);
+    ``features``: the network's features of the image the refiner is made for (see
+    :mod:`~napari_histoseg.refinement.features`), for ``affinity="features"`` or ``"mixed"``."""
     from napari_histoseg.refinement import RefineSession
 
     state = {}
@@ -199,7 +201,7 @@ def session_refiner(gesture=None, **params) -> Callable:
     def fn(image, seeds, prior=None):
         key = (id(image), id(prior))
         if state.get("key") != key:
-            state["key"], state["session"] = key, RefineSession(image, prior, **params)
+            state["key"], state["session"] = key, RefineSession(image, prior, features=features, **params)
         return state["session"].update(seeds, gesture=gesture)
 
     fn.state = state

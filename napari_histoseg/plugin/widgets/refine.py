@@ -37,6 +37,12 @@ METHOD_TIPS = {  # what each refinement method does (napari_histoseg.refinement.
               "(fewer clicks than confined where the model is confidently wrong)",
     "lgc": "plain label propagation: every seed reaches as far as colour lets it",
 }
+AFFINITY_TIPS = {  # what the superpixel graph compares (napari_histoseg.refinement.params.AFFINITIES)
+    "colour": "colour and its local contrast (default)",
+    "mixed": "colour, contrast and the segmentation model's own features (one pass of the model that "
+             "made the prior at Start)",
+    "features": "the segmentation model's features alone (one pass of the model at Start)",
+}
 
 
 class RefineWidget(Scrolling, Container):
@@ -70,11 +76,15 @@ class RefineWidget(Scrolling, Container):
         self.method = ComboBox(label="Method", choices=list(METHOD_TIPS), value="confined",
                                tooltip="\n".join(f"{k}: {v}" for k, v in METHOD_TIPS.items())
                                + "\nA new method applies from the next Start refining.")
+        self.affinity = ComboBox(label="Compare by", choices=list(AFFINITY_TIPS), value="colour",
+                                 tooltip="What tells two neighbouring regions apart:\n"
+                                 + "\n".join(f"{k}: {v}" for k, v in AFFINITY_TIPS.items())
+                                 + "\nApplies from the next Start refining.")
         self.status = Label(value=NO_MASK)
         self.status.native.setWordWrap(True)
         self.runner = Runner(self.status)
         self.runner.ended.connect(self._after_run)
-        advanced = Container(widgets=[self.method, self.prior_strength, self.colour_sensitivity])
+        advanced = Container(widgets=[self.method, self.affinity, self.prior_strength, self.colour_sensitivity])
         fold = QCollapsible("Advanced")
         fold.addWidget(advanced.native)
         row = lambda *w: Container(widgets=list(w), layout="horizontal", labels=False)  # noqa: E731
@@ -101,6 +111,7 @@ class RefineWidget(Scrolling, Container):
         self.prior_strength.changed.connect(self._params_changed)
         self.colour_sensitivity.changed.connect(self._params_changed)
         self.method.changed.connect(self._method_changed)
+        self.affinity.changed.connect(self._method_changed)
         for ev in (viewer.layers.events.inserted, viewer.layers.events.removed):
             ev.connect(lambda e=None: self.reset_choices())
         self.reset_choices()
@@ -133,9 +144,10 @@ class RefineWidget(Scrolling, Container):
             w.enabled = on
 
     def params(self) -> dict:
-        """The refinement parameters the controls set (``method`` applies at Start)."""
+        """The refinement parameters the controls set (``method`` and ``affinity`` apply at Start)."""
         return {"prior_weight": float(self.prior_strength.value),
-                "colour_sensitivity": float(self.colour_sensitivity.value), "method": self.method.value}
+                "colour_sensitivity": float(self.colour_sensitivity.value), "method": self.method.value,
+                "affinity": self.affinity.value}
 
     # -- starting ---------------------------------------------------------------
     def start(self):
@@ -147,6 +159,8 @@ class RefineWidget(Scrolling, Container):
             rgb = image_under(mask, image)
             prior_layer = self.prior.value
             prior = None
+            # the network's features come from the model that made the prior (else the bundled one)
+            model_ref = (prior_layer.metadata or {}).get("model") if prior_layer is not None else None
             if prior_layer is not None:
                 if prior_layer.data.shape != mask.data.shape:
                     raise ValueError(f"'{prior_layer.name}' and '{mask.name}' differ in shape")
@@ -159,12 +173,26 @@ class RefineWidget(Scrolling, Container):
         self._mask = mask
         self.edits = MaskEdits(mask.data)
         self._make_seeds(mask)
-        return self._run("Preparing the image (colour graph)…", self._build_session, rgb, prior, self.params())
+        params = self.params()
+        what = "colour graph" if params["affinity"] == "colour" else "colour graph and the model's features"
+        return self._run(f"Preparing the image ({what})…", self._build_session, rgb, prior, params, model_ref)
 
-    def _build_session(self, rgb, prior, params):
+    def _build_session(self, rgb, prior, params, model_ref=None):
         from napari_histoseg.refinement import RefineSession
 
-        return ("session", RefineSession(rgb, prior=prior, **params))
+        features = None
+        if params.get("affinity", "colour") != "colour":
+            from napari_histoseg.models.bundled import BUNDLED
+            from napari_histoseg.plugin.widgets._model_choice import local_backend
+            from napari_histoseg.refinement.features import session_features
+
+            try:  # PyTorch: the features are read from a layer of the network
+                model = local_backend().model(model_ref or BUNDLED, device="auto", engine="torch")
+                features = session_features(rgb, model)
+            except Exception as e:  # noqa: BLE001
+                raise RuntimeError(f"the model's features for 'Compare by: {params['affinity']}' could not be "
+                                   f"computed ({e}); choose 'colour' or a local model") from e
+        return ("session", RefineSession(rgb, prior=prior, features=features, **params))
 
     def _make_seeds(self, mask: Labels):
         shape = mask.data.shape
@@ -326,12 +354,17 @@ class RefineWidget(Scrolling, Container):
     def _params_changed(self, _=None):
         if self.session is not None and hasattr(self.session, "set_params"):
             params = self.params()
-            params.pop("method")  # a new method needs a new session
+            params.pop("method")  # a new method or affinity needs a new session
+            params.pop("affinity")
             self.session.set_params(**params)
 
     def _method_changed(self, _=None):
-        current = getattr(self.session, "params", {}).get("method")
-        if self.session is not None and current != self.method.value:
-            show_info(f"Method '{self.method.value}' applies when you next press Start refining "
-                      f"(this session keeps '{current}').")
+        if self.session is None:
+            return
+        params = getattr(self.session, "params", {})
+        for name, box in (("method", self.method), ("affinity", self.affinity)):
+            current = params.get(name)
+            if current is not None and current != box.value:
+                show_info(f"{box.label} '{box.value}' applies when you next press Start refining "
+                          f"(this session keeps '{current}').")
 

@@ -1,0 +1,49 @@
+"""The Refine widget with the segmentation model's features in the affinities."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari_histoseg.refinement")
+from napari_histoseg.plugin.widgets.refine import RefineWidget  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+def start(viewer, qtbot, model_ref):
+    rng = np.random.default_rng(0)
+    img = np.clip(np.array((215, 160, 200)) + rng.normal(0, 6, (128, 160, 3)), 0, 255).astype(np.uint8)
+    viewer.add_image(img, name="slide", rgb=True)
+    viewer.add_labels(np.zeros((128, 160), np.uint8), name="tumour")
+    viewer.add_image(np.full((128, 160), 0.3, np.float32), name="tumour probability",
+                     metadata={"model": model_ref})
+    w = RefineWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.affinity.value = "mixed"
+    worker = w.start()
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        pass
+    qtbot.waitUntil(lambda: w._worker is None, timeout=10_000)
+    return w
+
+
+def test_compare_by_the_model_s_features_builds_the_session_from_the_prior_s_model(
+        make_napari_viewer, qtbot, random_checkpoint):
+    w = start(make_napari_viewer(), qtbot, str(random_checkpoint))
+    assert w.session is not None and w.session.params["affinity"] == "mixed"
+    assert w.session.graph.colour.shape[1] > 6, "the graph compares more than colour and contrast"
+    w.add_click((64, 80), 1)
+    qtbot.waitUntil(lambda: w._worker is None and not w._pending, timeout=30_000)
+    mask = w.viewer.layers["tumour"].data
+    assert mask[64, 80] == 1, "the click is honoured"
+
+
+def test_a_model_that_cannot_give_features_is_a_message_not_a_dead_viewer(make_napari_viewer, qtbot, tmp_path):
+    w = start(make_napari_viewer(), qtbot, str(tmp_path / "gone.safetensors"))
+    assert w.session is None
+    assert "features" in w.status.value and "colour" in w.status.value
+    w.affinity.value = "colour"  # the way out the message names
+    worker = w.start()
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        pass
+    qtbot.waitUntil(lambda: w.session is not None, timeout=10_000)
+    assert w.session.params["affinity"] == "colour"
