@@ -7,7 +7,8 @@ Each step runs in its own ``python -c`` so nothing is inherited: it prints the p
 resident memory now and at its peak (``/proc/self/status`` VmRSS / VmHWM) and whether torch
 was imported. Steps: ``import torch`` alone; the package and every widget module; a napari
 viewer alone; the viewer with every histoseg widget open; that plus the bundled tumour model
-loaded by each engine; and two widgets asking the local backend for the model (one copy or two).
+loaded by each engine; the Segment widget's model (engine ``auto``) and then an explanation through the
+shared local backend, with the torch weights held after each; and two widgets asking a backend each.
 """
 
 from __future__ import annotations
@@ -33,6 +34,20 @@ def _mem():
 WIDGETS = (("segment", "SegmentWidget"), ("explain", "ExplainWidget"), ("classify", "ClassifyWidget"),
            ("review", "ReviewWidget"), ("export", "ExportWidget"), ("finetune", "FineTuneWidget"),
            ("refine", "RefineWidget"), ("nuclei", "NucleiWidget"))
+
+WEIGHTS = """
+import gc
+def weights_mb():
+    # bytes of the torch tensors held by live networks, each tensor once
+    import torch
+    gc.collect()
+    held = {}
+    for o in gc.get_objects():
+        if isinstance(o, torch.nn.Module):
+            for t in [*o.parameters(recurse=False), *o.buffers(recurse=False)]:
+                held[t.data_ptr()] = t.numel() * t.element_size()
+    return sum(held.values()) / 1e6
+"""
 
 VIEWER = """
 import napari
@@ -70,11 +85,17 @@ load_model(device='cpu', engine='torch')
 from napari_histoseg import load_model
 load_model(device='cpu', engine='onnx-int8')
 """,
-    "two widgets' models: one shared backend": """
+    "Segment (engine auto) then Explain: one shared backend": WEIGHTS + """
+import numpy as np
+from PIL import Image
+from napari_histoseg.core.runs import drive
 from napari_histoseg.plugin.widgets._model_choice import local_backend
-held = local_backend()   # as a live widget holds it
-a = local_backend().model('bundled', 'cpu', 'torch'); b = local_backend().model('bundled', 'cpu', 'torch')
-print('# copies', len({id(a), id(b)}))
+backend = local_backend()   # held as the live widgets hold it
+seg = backend.model('bundled', 'auto', 'auto')      # what the Segment widget asks for
+print('# segment engine', seg.engine, '; tumour weights held %.1f MB' % weights_mb())
+rgb = np.asarray(Image.open('napari_histoseg/sample_data/tiatoolbox_target_image.png').convert('RGB'))[:256, :256]
+drive(backend.explain(rgb, 'bundled', 'gradcam'))    # what the Explain widget asks for
+print('# after a Grad-CAM: tumour weights held %.1f MB' % weights_mb())
 """,
     "two widgets' models: a backend each (before)": """
 import napari_histoseg.plugin.widgets._model_choice  # noqa: F401 (the same imports as the step above)

@@ -96,21 +96,88 @@ def test_int8_quantises_only_the_part_the_shipped_file_names(tmp_path, model, im
     assert np.abs(p8 - ref).mean() < 0.05
 
 
+def _measure_int8(ckpt, image):
+    """Write the NAME.int8.json tools/calibrate_int8.py would write beside ``ckpt`` (the decoder int8)."""
+    from napari_histoseg.models.onnx import collect_ranges
+
+    loaded = Segmenter.from_checkpoint(ckpt, device="cpu")
+    fp32 = OnnxSegmenter(loaded, threads=1)
+    ckpt.with_suffix(".int8.json").write_text(json.dumps({
+        "weights_hash": _weights_hash(loaded.module), "int8_nodes": ["/decoder/"], "int8_part": "the decoder",
+        "ranges": collect_ranges(fp32.path, [fp32._normalise(image[None, :256, :256])])}))
+
+
 @pytest.mark.parametrize("vnni", ["1", "0"])
 def test_auto_runs_int8_only_where_its_part_was_measured_and_the_cpu_has_vnni(tmp_path, model, image,
                                                                              monkeypatch, vnni):
     from napari_histoseg import testing
-    from napari_histoseg.models.onnx import collect_ranges
 
     monkeypatch.setenv("HISTOSEG_CPU_VNNI", vnni)
     monkeypatch.setenv("HISTOSEG_CPU_BF16", "0")
     ckpt = testing.save_random_checkpoint(tmp_path / "m.safetensors", model, tile_size=256)
     assert load_segmenter(ckpt, device="cpu", engine="auto").engine == "torch"     # nothing measured
-    loaded = Segmenter.from_checkpoint(ckpt, device="cpu")
-    fp32 = OnnxSegmenter(loaded, threads=1)
-    (tmp_path / "m.int8.json").write_text(json.dumps({
-        "weights_hash": _weights_hash(loaded.module), "int8_nodes": ["/decoder/"], "int8_part": "the decoder",
-        "ranges": collect_ranges(fp32.path, [fp32._normalise(image[None, :256, :256])])}))
+    _measure_int8(ckpt, image)
     auto = load_segmenter(ckpt, device="cpu", engine="auto")
     assert auto.engine == ("onnx-int8" if vnni == "1" else "torch")
     assert ("VNNI" in auto.engine_reason) == (vnni == "1")
+
+
+@pytest.fixture()
+def int8_auto(tmp_path, model, image, monkeypatch):
+    """A checkpoint whose int8 part was measured, on a CPU with VNNI: ``auto`` runs ONNX int8."""
+    from napari_histoseg import testing
+
+    monkeypatch.setenv("HISTOSEG_CPU_VNNI", "1")
+    ckpt = testing.save_random_checkpoint(tmp_path / "m.safetensors", model, tile_size=256)
+    _measure_int8(ckpt, image)
+    return ckpt
+
+
+def test_auto_int8_hashes_the_weights_and_reads_the_int8_file_once(int8_auto, monkeypatch):
+    import napari_histoseg.models.onnx as onnx_mod
+
+    calls = {"hash": 0, "read": 0}
+    hash_, read = onnx_mod._weights_hash, onnx_mod.shipped_int8
+    monkeypatch.setattr(onnx_mod, "_weights_hash", lambda m: calls.__setitem__("hash", calls["hash"] + 1) or hash_(m))
+    monkeypatch.setattr(onnx_mod, "shipped_int8",
+                        lambda *a: calls.__setitem__("read", calls["read"] + 1) or read(*a))
+    assert load_segmenter(int8_auto, device="cpu", engine="auto").engine == "onnx-int8"
+    assert calls == {"hash": 1, "read": 1}
+
+
+def test_the_int8_engine_holds_no_torch_network_until_an_explanation_asks(int8_auto, image):
+    auto = load_segmenter(int8_auto, device="cpu", engine="auto")
+    assert auto.engine == "onnx-int8" and auto._torch is None       # segmenting needs the session only
+    twin = auto.torch_model                                          # read again from the file, once
+    assert twin is auto.torch_model and twin.module is not None
+    ref = Segmenter.from_checkpoint(int8_auto, device="cpu")
+    x = ref.to_tensor(image[None, :256, :256])
+    assert np.array_equal(twin.logits(x).detach().numpy(), ref.logits(x).detach().numpy())
+
+
+def test_a_checkpoint_overwritten_since_loading_is_refused_for_explanations(int8_auto, model):
+    from napari_histoseg import testing
+    from napari_histoseg.models.checkpoint import CheckpointError
+
+    auto = load_segmenter(int8_auto, device="cpu", engine="auto")
+    testing.save_random_checkpoint(int8_auto, Segmenter.random(seed=4), tile_size=256)
+    with pytest.raises(CheckpointError, match="changed on disk"):
+        auto.torch_model.module  # noqa: B018 - reading it loads the twin
+
+
+def test_a_model_with_no_file_keeps_its_network(model):
+    assert OnnxSegmenter(model, threads=1).torch_model is model
+
+
+@pytest.mark.parametrize("segment_engine", ["auto", "torch"])
+def test_explaining_after_segmenting_loads_no_second_model(int8_auto, image, segment_engine):
+    """The Segment widget asks the shared backend for ``auto`` (ONNX int8 here), the Explain
+    widget for an explanation of the same model: one model is held, not two."""
+    from napari_histoseg.backends.local import LocalBackend
+    from napari_histoseg.core.runs import drive
+
+    backend = LocalBackend()
+    seg = backend.model(str(int8_auto), "cpu", segment_engine)
+    heat = drive(backend.explain(image[:256, :256], str(int8_auto), "gradcam", device="cpu"))
+    assert heat.shape == (256, 256) and np.isfinite(heat).all()
+    assert list(backend._models.values()) == [seg]

@@ -90,7 +90,24 @@ class LocalBackend:
         if tile is not None:
             options["tile"] = tile
         check_infer_options(t, options, t.EXPLAIN_OPTIONS)
-        return (yield from t.iter_explain(self.model(model_ref, device, task=task), image, method, **options))
+        return (yield from t.iter_explain(self._explained(task, model_ref, device), image, method, **options))
+
+    def _explained(self, task: str, model_ref, device):
+        """The model an explanation runs on: one already held for ``(task, model_ref)`` on that
+        device by any engine, PyTorch first (its network serves gradients as it is; explanations
+        run in float32 whatever its inference precision); else an ONNX one, whose torch network is
+        read again on this first explanation (:attr:`OnnxSegmenter.torch_model`) and then held
+        beside its session; else the model loaded with engine ``torch``. So the Segment widget's
+        ``auto`` model and the Explain widget share one copy of the network."""
+        from napari_histoseg.core.device import resolve_device
+        from napari_histoseg.models.loaded import LoadedModel
+
+        where = resolve_device(device).type
+        with self._lock:
+            held = [m for (t, ref, _, _), m in self._models.items()
+                    if t == task and ref == str(model_ref) and m.device.type == where]
+        torch_first = sorted(held, key=lambda m: not isinstance(m, LoadedModel))
+        return torch_first[0] if torch_first else self.model(model_ref, device, task=task)
 
     def fine_tune(self, dataset, out, init_checkpoint: str = BUNDLED, *, task: str | None = None, progress=None,
                   should_stop=None, **settings) -> dict:

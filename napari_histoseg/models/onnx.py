@@ -14,8 +14,10 @@ set) into a cache folder keyed by a hash of its weights. Requires the ``onnx`` e
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
+import threading
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -180,20 +182,35 @@ def shipped_ranges(source, weights_hash: str) -> Optional[dict]:
     return None if found is None else found["ranges"]
 
 
-def int8_checked(segmenter) -> bool:
-    """Whether the int8 engine of this model was measured to keep its accuracy: ONNX Runtime is
-    installed and a ``NAME.int8.json`` for these very weights names the part to quantise
-    (``int8_nodes``; written by tools/calibrate_int8.py, checked on the held-out splits for the
-    bundled model). ``engine="auto"`` uses int8 only then."""
+def checked_int8(segmenter) -> Optional[dict]:
+    """What :func:`shipped_int8` found for this model's weights where its int8 engine was measured
+    to keep its accuracy (ONNX Runtime installed, a ``NAME.int8.json`` for these very weights that
+    names the part to quantise: ``int8_nodes``; written by tools/calibrate_int8.py, checked on the
+    held-out splits for the bundled model), with the weights' ``"weights_hash"``; else None.
+    Pass it to :class:`OnnxSegmenter` as ``checked`` so the weights are hashed and the file read
+    once per load."""
     import importlib.util
 
     if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None:
-        return False
+        return None
     path = ranges_path(segmenter.source)
     if path is None or not path.is_file():
-        return False
-    found = shipped_int8(segmenter.source, _weights_hash(segmenter.module.float().cpu().eval()))
-    return bool(found and found["int8_nodes"])
+        return None
+    weights = _weights_hash(segmenter.module)
+    found = shipped_int8(segmenter.source, weights)
+    return {**found, "weights_hash": weights} if found and found["int8_nodes"] else None
+
+
+def int8_checked(segmenter) -> bool:
+    """Whether :func:`checked_int8` finds this model's int8 engine measured; ``engine="auto"``
+    uses int8 only then."""
+    return checked_int8(segmenter) is not None
+
+
+def _reloadable(source) -> bool:
+    from napari_histoseg.models.bundled import BUNDLED
+
+    return bool(source) and (str(source) == BUNDLED or Path(str(source)).is_file())
 
 
 class OnnxSegmenter:
@@ -201,11 +218,19 @@ class OnnxSegmenter:
     running on ONNX Runtime's CPU execution provider.
 
     ``precision="int8"`` quantises the network; ``calibration`` is an iterable of uint8 RGB
-    tiles whose activations set the int8 ranges (default: tiles of the bundled sample images).
+    tiles whose activations set the int8 ranges (default: tiles of the bundled sample images);
+    ``checked``: what :func:`checked_int8` returned for ``segmenter`` (its weights are then not
+    hashed again, nor ``NAME.int8.json`` read again).
+
+    It does not keep the PyTorch network it was exported from when that network can be read
+    again from ``segmenter.source`` (the bundled model or a checkpoint file): segmenting needs
+    only the ONNX session, and :attr:`torch_model`, which gradients and dropout (explanations)
+    need, loads the torch copy on the first ask and keeps it. A network with no file behind it
+    is kept.
     """
 
     def __init__(self, segmenter, threads: int | None = None, precision: str = "fp32",
-                 calibration: Optional[Iterable[np.ndarray]] = None):
+                 calibration: Optional[Iterable[np.ndarray]] = None, *, checked: Optional[dict] = None):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         try:
@@ -214,7 +239,6 @@ class OnnxSegmenter:
             raise ImportError(
                 "the ONNX engine needs onnxruntime: pip install 'napari-histoseg[onnx]'"
             ) from e
-        self.torch_model = segmenter
         self.meta = segmenter.meta
         self.source = segmenter.source
         self.device = torch.device("cpu")
@@ -222,14 +246,23 @@ class OnnxSegmenter:
         self.calibration = None
         self._mean = np.asarray(self.meta.mean, np.float32).reshape(1, 3, 1, 1)
         self._std = np.asarray(self.meta.std, np.float32).reshape(1, 3, 1, 1)
-        module = segmenter.module.float().cpu().eval()
-        weights = _weights_hash(module)
+        # the segmenter without its network: its activation, and what reloading the network needs
+        self._shell = copy.copy(segmenter)
+        self._shell.module = None
+        self._torch = None if _reloadable(segmenter.source) else segmenter
+        self._torch_lock = threading.Lock()
+        module = segmenter.module.float().eval()
+        if segmenter.device.type != "cpu":   # the export runs on the cpu; the segmenter stays where it is
+            module = copy.deepcopy(module).cpu()
+        weights = checked["weights_hash"] if checked is not None else _weights_hash(module)
+        self._weights = weights
         stem = f"{segmenter.meta.arch}-{weights}"
         path = _cache_dir() / f"{stem}.onnx"
         if not path.is_file():
             _export(module, path)
         if precision == "int8":
-            shipped = None if calibration is not None else shipped_int8(segmenter.source, weights)
+            shipped = None if calibration is not None else (
+                checked if checked is not None else shipped_int8(segmenter.source, weights))
             ranges = int8_nodes = None
             if shipped is not None:
                 ranges, int8_nodes = shipped["ranges"], shipped["int8_nodes"]
@@ -256,6 +289,26 @@ class OnnxSegmenter:
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
     @property
+    def torch_model(self):
+        """The PyTorch model this one was exported from (explanations and fine-tuning need its
+        gradients): read again from :attr:`source` on the first ask and kept. A file whose weights
+        changed since this model was loaded is refused (:class:`CheckpointError`)."""
+        with self._torch_lock:
+            if self._torch is None:
+                from napari_histoseg.models.bundled import BUNDLED
+                from napari_histoseg.models.checkpoint import CheckpointError
+
+                shell, cls = self._shell, type(self._shell)
+                twin = (cls.bundled(device=shell.device) if str(self.source) == BUNDLED
+                        else cls.from_checkpoint(self.source, device=shell.device, source=self.source))
+                if _weights_hash(twin.module) != self._weights:
+                    raise CheckpointError(f"{self.source}: its weights changed on disk since this model was "
+                                          "loaded; load the model again")
+                twin.precision, twin.engine, twin.engine_reason = shell.precision, "torch", "the network behind the ONNX engine"
+                self._torch = twin
+            return self._torch
+
+    @property
     def out_channels(self) -> int:
         return self.meta.out_channels
 
@@ -271,5 +324,4 @@ class OnnxSegmenter:
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities float32 (N, C, H, W) for uint8 RGB (N, H, W, 3)."""
         (logits,) = self.session.run(None, {"x": self._normalise(batch)})
-        t = torch.from_numpy(logits)
-        return self.torch_model.activate(t).numpy()
+        return self._shell.activate(torch.from_numpy(logits)).numpy()

@@ -91,7 +91,7 @@ def choose_engine(device="auto") -> tuple[str, str]:
     """What ``"auto"`` runs in PyTorch on ``device``, and why: ``"torch-bf16"`` on a CPU that
     computes bfloat16 in hardware (about twice float32's speed, held-out Dice within 0.005), else
     ``"torch"`` (float32 on other CPUs, float16 on cuda). :func:`load_segmenter` prefers
-    ONNX Runtime int8 to either where :func:`~napari_histoseg.models.onnx.int8_checked` says
+    ONNX Runtime int8 to either where :func:`~napari_histoseg.models.onnx.checked_int8` says
     the model's int8 part was measured and the CPU has VNNI."""
     from napari_histoseg.core.device import torch_precision
 
@@ -107,12 +107,13 @@ def _auto_int8(model):
 
     if model.device.type != "cpu" or not cpu_has_vnni():
         return None
-    from napari_histoseg.models.onnx import OnnxSegmenter, int8_checked
+    from napari_histoseg.models.onnx import OnnxSegmenter, checked_int8
 
-    if not int8_checked(model):
+    checked = checked_int8(model)
+    if checked is None:
         return None
     try:
-        return OnnxSegmenter(model, precision="int8")
+        return OnnxSegmenter(model, precision="int8", checked=checked)
     except (ImportError, OSError, RuntimeError, ValueError) as e:
         model.engine_reason += f"; not ONNX Runtime int8: {e}"
         return None
