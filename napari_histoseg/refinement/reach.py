@@ -19,12 +19,15 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["seed_distance", "stroke_flags", "reachable", "held"]
+from napari_histoseg.refinement.seeds import NOT_TUMOUR, TUMOUR
+
+__all__ = ["seed_distance", "stroke_flags", "ReachSearch", "reachable", "held"]
 
 
 def seed_distance(seeded: np.ndarray, cost, limit: float) -> np.ndarray:
     """Geodesic distance of every superpixel from the nearest ``seeded`` one along the
-    edge costs ``cost`` (CSR), ``inf`` beyond ``limit`` (and everywhere without seeds)."""
+    edge costs ``cost`` (symmetric CSR), ``inf`` beyond ``limit`` (and everywhere without
+    seeds)."""
     from scipy.sparse.csgraph import dijkstra
 
     src = np.flatnonzero(seeded)
@@ -32,7 +35,8 @@ def seed_distance(seeded: np.ndarray, cost, limit: float) -> np.ndarray:
         out = np.full(seeded.size, np.inf)
         out[src] = 0.0
         return out
-    return dijkstra(cost, directed=False, indices=src, min_only=True, limit=limit)
+    # the cost matrices are symmetric: as a directed graph scipy need not transpose them
+    return dijkstra(cost, directed=True, indices=src, min_only=True, limit=limit)
 
 
 def stroke_flags(changed: np.ndarray, values: np.ndarray, shape, click_extent: int) -> np.ndarray:
@@ -78,18 +82,55 @@ def stroke_flags(changed: np.ndarray, values: np.ndarray, shape, click_extent: i
     return out
 
 
-def reachable(cost, sources: dict, reach: float, stroke_reach: float) -> dict:
+class ReachSearch:
+    """The geodesic searches of one session, each run once per update and, while its
+    sources only grow (seeds added, none taken away), only from the new sources: the
+    distance from a set is the smaller of the distances from its parts, so the answer is
+    the one a search from all sources gives.
+
+    >>> import scipy.sparse as sp
+    >>> cost = sp.csr_matrix(np.array([[0, 1, 0], [1, 0, 1], [0, 1, 0]], float))
+    >>> r = ReachSearch(); r.distance("a", np.array([True, False, False]), cost, 5).tolist()
+    [0.0, 1.0, 2.0]
+    >>> r.distance("a", np.array([True, False, True]), cost, 5).tolist()
+    [0.0, 1.0, 0.0]
+    """
+
+    def __init__(self):
+        self._memo: dict = {}
+
+    def distance(self, name, sources: np.ndarray, cost, limit: float) -> np.ndarray:
+        """:func:`seed_distance` of ``sources``, remembered under ``name``."""
+        prev = self._memo.get(name)
+        if prev is not None and prev[1] is cost and prev[2] == limit and not (prev[0] & ~sources).any():
+            new = sources & ~prev[0]
+            d = prev[3] if not new.any() else np.minimum(prev[3], seed_distance(new, cost, limit))
+        else:
+            d = seed_distance(sources, cost, limit)
+        self._memo[name] = (sources.copy(), cost, limit, d)
+        return d
+
+    def clicks(self, sources: dict, cost, reach: float) -> dict:
+        """``{class: (n,) bool}``: within ``reach`` of a click of that class."""
+        return {cls: np.isfinite(self.distance(("click", cls), c, cost, reach)) for cls, (c, _) in sources.items()}
+
+
+def reachable(search: ReachSearch, cost, sources: dict, clicks: dict, stroke_reach: float) -> dict:
     """Where each class may be given against the model: within ``reach`` of one of its
-    clicks or ``stroke_reach`` of one of its strokes.
+    clicks (``clicks``, :meth:`ReachSearch.clicks`) or ``stroke_reach`` of one of its
+    strokes.
 
     Parameters
     ----------
+    search : ReachSearch
     cost : (n, n) CSR
         Edge costs of the superpixel graph (colour step + hop cost).
     sources : dict
         ``{class: (clicks, strokes)}``: boolean per superpixel, seeded by a click or by a
         stroke of that class.
-    reach, stroke_reach : float
+    clicks : dict
+        ``{class: (n,) bool}`` within reach of its clicks.
+    stroke_reach : float
 
     Returns
     -------
@@ -97,16 +138,16 @@ def reachable(cost, sources: dict, reach: float, stroke_reach: float) -> dict:
         ``{class: (n,) bool}``.
     """
     out = {}
-    for cls, (clicks, strokes) in sources.items():
-        ok = np.isfinite(seed_distance(clicks, cost, reach))
+    for cls, (_, strokes) in sources.items():
+        ok = clicks[cls]
         if strokes.any():
-            ok |= np.isfinite(seed_distance(strokes, cost, stroke_reach))
+            ok = ok | np.isfinite(search.distance(("stroke", cls), strokes, cost, stroke_reach))
         out[cls] = ok
     return out
 
 
-def held(cost, tally, clamped: np.ndarray, kc: np.ndarray, conf: np.ndarray, positive: np.ndarray,
-         p: dict, has_prior: bool) -> np.ndarray:
+def held(search: ReachSearch, cost, tally, clicks: dict, clamped: np.ndarray, kc: np.ndarray,
+         conf: np.ndarray, positive: np.ndarray, p: dict, has_prior: bool) -> np.ndarray:
     """Superpixels that keep the model's answer (their correction clamped at 0).
 
     Those beyond ``reach`` of every click and ``stroke_hold`` of every stroke (with
@@ -117,9 +158,12 @@ def held(cost, tally, clamped: np.ndarray, kc: np.ndarray, conf: np.ndarray, pos
 
     Parameters
     ----------
+    search : ReachSearch
     cost : (n, n) CSR
         Edge costs of the superpixel graph.
     tally : SeedTally
+    clicks : dict
+        ``{class: (n,) bool}`` within ``reach`` of its clicks (:meth:`ReachSearch.clicks`).
     clamped : (n,) bool
         Seeded superpixels.
     kc : (n,) float
@@ -135,15 +179,15 @@ def held(cost, tally, clamped: np.ndarray, kc: np.ndarray, conf: np.ndarray, pos
     free = kc >= 1e-3
     if p["stroke_hold"] > 0:  # strokes open ground only around them
         t = tally
-        clicks, strokes = (t.nt > t.nts) | (t.nn > t.nns), (t.nts > 0) | (t.nns > 0)
-        near = np.isfinite(seed_distance(clicks, cost, p["reach"]))
-        near |= np.isfinite(seed_distance(strokes, cost, p["stroke_hold"]))
+        strokes = (t.nts > 0) | (t.nns > 0)
+        near = clicks[TUMOUR] | clicks[NOT_TUMOUR]
+        near = near | np.isfinite(search.distance("strokes", strokes, cost, p["stroke_hold"]))
         far = ~near & ~free
     else:
-        far = ~np.isfinite(seed_distance(clamped, cost, p["reach"])) & ~free
+        far = ~np.isfinite(search.distance("seeded", clamped, cost, p["reach"])) & ~free
     if p["hold"] <= 0 or not has_prior:
         return far
     r = p["reach"] * np.clip(1.0 - p["hold"] * conf * (1.0 - kc), 0.0, 1.0)
-    d_t = seed_distance(tally.nt > 0, cost, p["reach"])
-    d_n = seed_distance(tally.nn > 0, cost, p["reach"])
+    d_t = search.distance(("seeded", TUMOUR), tally.nt > 0, cost, p["reach"])
+    d_n = search.distance(("seeded", NOT_TUMOUR), tally.nn > 0, cost, p["reach"])
     return far | ((np.where(positive, d_n, d_t) > r) & ~clamped & ~free)

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["SeedError", "NO_SEED", "TUMOUR", "NOT_TUMOUR", "check_seeds", "check_prior", "check_image"]
+__all__ = ["SeedError", "NO_SEED", "TUMOUR", "NOT_TUMOUR", "NO_SEEDS", "check_seeds", "check_seed_values",
+           "check_prior", "check_image"]
 
 NO_SEED, TUMOUR, NOT_TUMOUR = 0, 1, 2
+
+#: What a seed layer without any seed is told.
+NO_SEEDS = "no seeds: paint at least one tumour (label 1) or not-tumour (label 2) seed"
 
 
 class SeedError(ValueError):
     """Seeds that the refinement cannot use: wrong shape, unknown label values, none at all."""
 
 
-def check_seeds(seeds, shape, require_any: bool = True) -> np.ndarray:
+def check_seeds(seeds, shape, require_any: bool = True, values: bool = True) -> np.ndarray:
     """Validate a seed array and return it as uint8 (no copy where it already is).
 
     Parameters
@@ -29,6 +33,10 @@ def check_seeds(seeds, shape, require_any: bool = True) -> np.ndarray:
         ``(H, W)`` of the image the seeds belong to.
     require_any : bool
         Raise when no pixel is seeded.
+    values : bool
+        Check that every value is 0, 1 or 2. False leaves a uint8 layer unread (a warm
+        session checks only the pixels that changed, :func:`check_seed_values`); other
+        types are still checked as they are converted.
 
     Returns
     -------
@@ -66,13 +74,17 @@ def check_seeds(seeds, shape, require_any: bool = True) -> np.ndarray:
             bad = a[(a < 0) | (a > 2)]
             raise SeedError(_unknown(bad))
         a = a.astype(np.uint8)
+    if values:
+        check_seed_values(a)
+    if require_any and not a.any():
+        raise SeedError(NO_SEEDS)
+    return a
+
+
+def check_seed_values(a: np.ndarray) -> None:
+    """Raise :class:`SeedError` naming the values of uint8 ``a`` other than 0, 1, 2."""
     if a.size and a.max() > NOT_TUMOUR:
         raise SeedError(_unknown(a[a > NOT_TUMOUR]))
-    if require_any and not a.any():
-        raise SeedError(
-            "no seeds: paint at least one tumour (label 1) or not-tumour (label 2) seed"
-        )
-    return a
 
 
 def _unknown(bad: np.ndarray) -> str:

@@ -28,7 +28,6 @@ One update (a new click on top of the earlier ones) does three things:
 
 from __future__ import annotations
 
-import hashlib
 import time
 
 import numpy as np
@@ -44,10 +43,19 @@ from napari_histoseg.refinement.graph import (
 from napari_histoseg.refinement.history import HISTORY_BYTES, History, PixelDeltas
 from napari_histoseg.refinement.index import SuperpixelIndex
 from napari_histoseg.refinement.params import DEFAULTS, METHODS, check_params, resolve
-from napari_histoseg.refinement.reach import held, reachable, seed_distance
-from napari_histoseg.refinement.seeds import NOT_TUMOUR, TUMOUR, check_image, check_prior, check_seeds
+from napari_histoseg.refinement.reach import ReachSearch, held, reachable
+from napari_histoseg.refinement.seeds import (
+    NO_SEEDS,
+    NOT_TUMOUR,
+    TUMOUR,
+    SeedError,
+    check_image,
+    check_prior,
+    check_seed_values,
+    check_seeds,
+)
 from napari_histoseg.refinement.solver import normalise, propagate_grid, solve_clamped, solve_pixels
-from napari_histoseg.refinement.tally import SeedTally
+from napari_histoseg.refinement.tally import SeedTally, layer_key
 
 __all__ = ["RefineSession", "DEFAULTS", "METHODS"]
 
@@ -147,6 +155,7 @@ class RefineSession:
         self._adj = g.weights.copy()
         self._adj.data[:] = 1.0
         self._tally = SeedTally(flat, n, self.shape)
+        self._search = ReachSearch()
         self._ok = {TUMOUR: np.zeros(n, bool), NOT_TUMOUR: np.zeros(n, bool)}
         self._G = None
         self._Gpix = np.zeros(h * w, np.float32)
@@ -257,14 +266,20 @@ class RefineSession:
         """
         t0 = time.perf_counter()
         p = self.params
-        s = check_seeds(seeds, self.shape).ravel()
-        key = (hashlib.blake2b(s.tobytes(), digest_size=16).digest(), None if view is None else tuple(view))
+        n, tally = self.graph.n, self._tally
+        # only the pixels that changed are read twice: checked, keyed, counted
+        s = check_seeds(seeds, self.shape, require_any=False, values=False).ravel()
+        ch = tally.diff(s)
+        check_seed_values(s[ch])
+        if tally.count + np.count_nonzero(s[ch]) - np.count_nonzero(tally.seeds[ch]) == 0:
+            raise SeedError(NO_SEEDS)
+        key = (layer_key(tally.key, ch, tally.seeds[ch], s[ch]), None if view is None else tuple(view))
         if key in self._history:  # undo / redo: the very state this seed layer had
-            self._restore(self._history.get(key), s)
+            self._restore(self._history.get(key), s, ch)
             self.timings.update(total=time.perf_counter() - t0, restored=True)
             return self.labels
-        n, tally = self.graph.n, self._tally
-        touched = tally.apply(s, int(p["click_extent"]), p["stroke_px"], gesture)
+        cap = p["stroke_px"] if p["method"] != "lgc" else 0.0   # lgc has no use for the stroke band
+        touched = tally.apply(s, int(p["click_extent"]), cap, gesture, changed=ch)
         t1 = time.perf_counter()
         tot = tally.nt + tally.nn
         clamped = tot > 0
@@ -277,23 +292,24 @@ class RefineSession:
             touched[moved] = True
         yc = self._yc * (1.0 - self._kc)
         values = target - yc
-        if p["method"] != "lgc":
-            far = held(self._cost, self._tally, clamped, self._kc, self._conf, self._yc > 0, p,
+        if p["method"] != "lgc":  # every search once, and while seeds are only added from the new ones
+            search, src = self._search, tally.sources()
+            clicks = search.clicks(src, self._cost, p["reach"])
+            far = held(search, self._cost, tally, clicks, clamped, self._kc, self._conf, self._yc > 0, p,
                        self.prior is not None)
             values[far] = 0.0
             clamped = clamped | far
             # confidence resists more the more colour lies between a node and the seeds:
             # in the region a stroke was drawn in the stroke wins, across edges the model
-            dc = np.minimum(seed_distance(tot > 0, self._steps, p["reach"]), p["reach"])
+            dc = np.minimum(search.distance("steps", tot > 0, self._steps, p["reach"]), p["reach"])
             leak = self._leak * (1.0 - self._kc) * (dc / p["reach"]) ** 2
         G = solve_clamped(self._S, np.zeros(n), clamped, values, p["alpha"], x0=self._G, tol=p["tol"], leak=leak)
         clamped = tot > 0
         if p["method"] != "lgc":  # a class is given against the model only within reach of its seeds
-            src = tally.sources()
-            ok = reachable(self._cost, src, p["reach"], p["stroke_reach"])
+            ok = reachable(search, self._cost, src, clicks, p["stroke_reach"])
             Lc = np.where(yc > 0, (yc + G > 0) | ~ok[NOT_TUMOUR], (yc + G > 0) & ok[TUMOUR])
             if p["stroke_px"] > 0:  # strokes reach pixels within stroke_px (SeedTally.near)
-                ok = reachable(self._cost, {k: (c, c & False) for k, (c, _) in src.items()}, p["reach"], 0.0)
+                ok = clicks
             # pixels may follow the boundary one superpixel further than the superpixels
             ok = {k: v | (self._adj @ v.astype(np.float64) > 0) for k, v in ok.items()}
             touched |= (ok[TUMOUR] != self._ok[TUMOUR]) | (ok[NOT_TUMOUR] != self._ok[NOT_TUMOUR])
@@ -379,12 +395,12 @@ class RefineSession:
         give exactly these labels."""
         self._history.put(key, (self._G.copy(), self._band.copy(), self._dirty.copy(),
                                 self._pixstate.snapshot((self._Gpix, self._labels)), self._kc.copy(),
-                                np.flatnonzero(self._tally.stroke), self._ok[TUMOUR].copy(), self._ok[NOT_TUMOUR].copy()))
+                                self._tally.stroke_pixels, self._ok[TUMOUR].copy(), self._ok[NOT_TUMOUR].copy()))
 
-    def _restore(self, state, seeds: np.ndarray) -> None:
+    def _restore(self, state, seeds: np.ndarray, changed: np.ndarray) -> None:
         G, band, dirty, pixels, kc, stroke, ok_t, ok_n = state
         self._set_discount(kc, self._index.pixels(np.flatnonzero(kc != self._kc)))
-        self._tally.reset(seeds, stroke)
+        self._tally.reset(seeds, stroke, changed)
         self._ok = {TUMOUR: ok_t.copy(), NOT_TUMOUR: ok_n.copy()}
         self._G, self._band, self._dirty = G.copy(), band.copy(), dirty.copy()
         self._pixstate.restore(pixels, (self._Gpix, self._labels))
