@@ -295,16 +295,21 @@ class TumourHooks(TaskHooks):
             cons = -(teacher.softmax(1) * student.log_softmax(1)).sum(1).mean()
         return sup + self.consistency * cons
 
-    def validate(self, model, train_loss):
-        """Pooled validation Dice; over several folders, the mean of each folder's pooled Dice."""
-        if not self.va_imgs:  # no validation tiles: select by training loss
-            return {"score": -train_loss, "val_dice": -train_loss, "val_dice_mean_per_image": math.nan}
-        parts, i = [], 0   # each folder's validation tiles, in the order load_plan stacked them
+    def _parts(self):
+        """``(folder name, first, end)`` of each folder's validation tiles, in the order load_plan stacked them."""
+        parts, i = [], 0
         for p in self.prov:
             n = p["train_tiles"] if p["validate_on_train"] else p["val_tiles"]
             if n:
                 parts.append((p["name"], i, i + n))
             i += n
+        return parts
+
+    def validate(self, model, train_loss):
+        """Pooled validation Dice; over several folders, the mean of each folder's pooled Dice."""
+        if not self.va_imgs:  # no validation tiles: select by training loss
+            return {"score": -train_loss, "val_dice": -train_loss, "val_dice_mean_per_image": math.nan}
+        parts = self._parts()
         # a folder whose validation truth holds no tumour (benign tissue) has no Dice: it is reported
         # as the fraction of its pixels called tumour and kept out of the score
         free = [(n, a, b) for n, a, b in parts if not any((m[:] == 1).any() for m in self.va_masks[a:b])]
@@ -350,7 +355,11 @@ class TumourHooks(TaskHooks):
         module, meta = load_checkpoint(out)
         if int(meta.arch_kwargs.get("classes", 1)) != 1:
             return {}
-        logits, targets = validation_logits(module, self.va_imgs, self.va_masks, self.plan.ignore_index)
+        # every folder gives the same share of the pixels, so that one of large images does not swamp the fit
+        parts = self._parts() or [("", 0, len(self.va_imgs))]
+        zs, ts = zip(*(validation_logits(module, self.va_imgs[a:b], self.va_masks[a:b], self.plan.ignore_index,
+                                         max_pixels=400_000 // len(parts)) for _, a, b in parts))
+        logits, targets = np.concatenate(zs), np.concatenate(ts)
         cal = fit_temperature(logits, targets)
         log(f"temperature {cal['temperature']:.3f} on {cal['pixels']:,} validation pixels: "
             f"ECE {cal['ece_before']:.4f} -> {cal['ece_after']:.4f}")
