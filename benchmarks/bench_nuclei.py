@@ -58,6 +58,7 @@ def stage_times(module, rgb, score_threshold, floor, tile=640, overlap=128, in_c
     from torchvision.models.detection.roi_heads import maskrcnn_inference
 
     from napari_histoseg.core.windows import tile_starts
+    from napari_histoseg.models.detector import reaching
     from napari_histoseg.nuclei.infer import _cores, paste
 
     H, W = rgb.shape[:2]
@@ -80,10 +81,8 @@ def stage_times(module, rgb, score_threshold, floor, tile=640, overlap=128, in_c
                     cls, reg = heads.box_predictor(heads.box_head(heads.box_roi_pool(feats, props, images.image_sizes)))
                     boxes, scores, labs = heads.postprocess_detections(cls, reg, props, images.image_sizes)
                     if in_core:
-                        y0, y1, x0, x1 = cy[i][0] - ys[i], cy[i][1] - ys[i], cx[j][0] - xs[j], cx[j][1] - xs[j]
-                        b = boxes[0]
-                        k = (b[:, 2] > x0) & (b[:, 0] < x1) & (b[:, 3] > y0) & (b[:, 1] < y1)
-                        boxes, scores, labs = [b[k]], [scores[0][k]], [labs[0][k]]
+                        k = reaching(boxes[0], (cy[i][0] - ys[i], cy[i][1] - ys[i], cx[j][0] - xs[j], cx[j][1] - xs[j]))
+                        boxes, scores, labs = [boxes[0][k]], [scores[0][k]], [labs[0][k]]
                     t.append(time.perf_counter())
                     logits = heads.mask_predictor(heads.mask_head(heads.mask_roi_pool(feats, boxes, images.image_sizes)))
                     masks = maskrcnn_inference(logits, labs)[0][:, 0]

@@ -52,6 +52,12 @@ def detect(module: nn.Module, batch: torch.Tensor, min_score: float | None = Non
     return [{"boxes": d["boxes"], "scores": d["scores"], "masks": d["masks"][:, 0]} for d in dets]
 
 
+def reaching(boxes: torch.Tensor, region) -> torch.Tensor:
+    """Which xyxy ``boxes`` (N, 4) reach into ``region`` ``(y0, y1, x0, x1)``: boolean (N,)."""
+    y0, y1, x0, x1 = region
+    return (boxes[:, 2] > x0) & (boxes[:, 0] < x1) & (boxes[:, 3] > y0) & (boxes[:, 1] < y1)
+
+
 def _heads_within(heads, features, proposals, sizes, regions, min_score=None) -> list[dict]:
     """torchvision's ``RoIHeads`` at inference, with the boxes outside ``regions`` or under
     ``min_score`` left out of the mask head."""
@@ -62,8 +68,7 @@ def _heads_within(heads, features, proposals, sizes, regions, min_score=None) ->
     for i, r in enumerate(regions):
         b, keep = boxes[i], torch.ones(len(boxes[i]), dtype=torch.bool, device=boxes[i].device)
         if r is not None:
-            y0, y1, x0, x1 = r
-            keep &= (b[:, 2] > x0) & (b[:, 0] < x1) & (b[:, 3] > y0) & (b[:, 1] < y1)
+            keep &= reaching(b, r)
         if min_score is not None:
             keep &= scores[i] >= float(min_score)
         boxes[i], scores[i], labels[i] = b[keep], scores[i][keep], labels[i][keep]

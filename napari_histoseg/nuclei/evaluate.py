@@ -30,25 +30,12 @@ def _means(rows):
 
 
 def _detect(t, net, meta, tile, overlap, score_threshold, mask_threshold, split_touching, batch, stain=None):
-    from napari_histoseg.core.runs import drive
-    from napari_histoseg.nuclei.infer import _rescale, iter_detect, stain_normalise, stain_target
+    """:func:`detect_nuclei` on one tile of the dataset, at its mpp, without the measurements."""
+    from napari_histoseg.nuclei.infer import detect_nuclei
 
-    factor = (t.mpp / meta.mpp) if (t.mpp and meta.mpp) else 1.0
-    work = _rescale(t.image, factor) if abs(factor - 1) > 0.05 else t.image
-    target = stain_target(meta, stain)
-    if target:
-        work = stain_normalise(work, target)
-    labels, _ = drive(iter_detect(work, net, tile, overlap, score_threshold, mask_threshold, batch))
-    if split_touching:
-        from napari_histoseg.nuclei.postprocess import split_touching as split
-
-        labels = split(labels)
-    if labels.shape != t.labels.shape:
-        import torch
-        import torch.nn.functional as F
-
-        back = torch.from_numpy(labels).double()[None, None]
-        labels = F.interpolate(back, size=t.labels.shape, mode="nearest")[0, 0].to(torch.int64).numpy()
+    labels, _ = detect_nuclei(t.image, (net, meta), t.mpp or None, tile=tile, overlap=overlap,
+                              score_threshold=score_threshold, mask_threshold=mask_threshold, features=False,
+                              batch=batch, split_touching=split_touching, stain=stain)
     return labels
 
 
