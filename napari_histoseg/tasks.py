@@ -66,11 +66,6 @@ def check_infer_options(task: Task, options: dict, allowed=None) -> None:
                          f"it takes {', '.join(sorted(allowed)) or 'none'}")
 
 
-def dataset_task(folder) -> str:
-    """The ``task`` a training-data folder declares in its dataset.json (default segmentation)."""
-    return _declared_task(folder)
-
-
 # --task NAME -> the module that evaluates it: ``add_evaluate_options(parser)`` (task-only
 # flags, imported without torch) and ``run_evaluate(args)``. Training: TRAINING below.
 TASKS = {
@@ -161,12 +156,12 @@ def _task_of(args) -> str:
     if args.task:
         return args.task
     first = args.dataset[0] if isinstance(args.dataset, list) else args.dataset
-    return _declared_task(first)
+    return dataset_task(first)
 
 
-def _declared_task(folder) -> str:
-    """The registered task a dataset.json declares, else "segmentation" (whose reader then
-    says what is wrong with the file)."""
+def dataset_task(folder) -> str:
+    """The registered ``task`` a training-data folder declares in its dataset.json, else
+    "segmentation" (whose reader then says what is wrong with the file)."""
     try:
         with open(f"{folder}/dataset.json") as f:
             meta = json.load(f)

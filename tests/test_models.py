@@ -141,6 +141,10 @@ def test_what_each_model_says_about_itself(tmp_path):
     assert x.shape == (1, 3, 64, 64) and x.max().item() == pytest.approx(1.0)
     (dets,) = det.detect_batch(x)
     assert set(dets) == {"boxes", "scores", "masks"} and dets["masks"].shape[1:] == (28, 28)
+    assert NucleusDetector.from_checkpoint(_tiny(tmp_path, "instances"), device="cpu",
+                                           precision="fp32").precision == "fp32"
+    with pytest.raises(ValueError, match="nucleus detection model has not been checked in bfloat16"):
+        NucleusDetector.from_checkpoint(_tiny(tmp_path, "instances"), device="cpu", precision="bf16")
 
 
 def test_one_table_of_bundled_checkpoints():

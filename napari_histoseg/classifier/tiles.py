@@ -11,6 +11,7 @@ the same aggregate the temperature was fitted on.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Optional
 
 import numpy as np
@@ -58,25 +59,23 @@ def tile_logits(net, image: np.ndarray, tile: int, region=None, batch: int = 8,
 
     ``autocast``: a callable giving the context the network runs in (a loaded model's
     :meth:`~napari_histoseg.models.loaded.LoadedModel.autocast`, bfloat16 on a fast CPU)."""
-    if autocast is not None:
-        with autocast():
-            return tile_logits(net, image, tile, region, batch, device, mean, std, min_cover, progress, should_stop)
     boxes, weights = tile_boxes(image.shape, tile, region, min_cover)
     out = []
-    for i in range(0, len(boxes), batch):
-        if should_stop is not None and should_stop():
-            raise Cancelled("classification cancelled")
-        chunk = boxes[i:i + batch]
-        shapes = {(bh, bw) for _, _, bh, bw in chunk}
-        if len(shapes) > 1:  # cannot happen with one tile size; kept for safety
-            chunk_out = [net(to_input(image[None, y:y + bh, x:x + bw], mean, std).to(device))
-                         for y, x, bh, bw in chunk]
-            out.append(torch.cat(chunk_out).float().cpu())
-        else:
-            arr = np.stack([image[y:y + bh, x:x + bw] for y, x, bh, bw in chunk])
-            out.append(net(to_input(arr, mean, std).to(device)).float().cpu())
-        if progress is not None:
-            progress(min(i + batch, len(boxes)), len(boxes))
+    with autocast() if autocast is not None else contextlib.nullcontext():
+        for i in range(0, len(boxes), batch):
+            if should_stop is not None and should_stop():
+                raise Cancelled("classification cancelled")
+            chunk = boxes[i:i + batch]
+            shapes = {(bh, bw) for _, _, bh, bw in chunk}
+            if len(shapes) > 1:  # cannot happen with one tile size; kept for safety
+                chunk_out = [net(to_input(image[None, y:y + bh, x:x + bw], mean, std).to(device))
+                             for y, x, bh, bw in chunk]
+                out.append(torch.cat(chunk_out).float().cpu())
+            else:
+                arr = np.stack([image[y:y + bh, x:x + bw] for y, x, bh, bw in chunk])
+                out.append(net(to_input(arr, mean, std).to(device)).float().cpu())
+            if progress is not None:
+                progress(min(i + batch, len(boxes)), len(boxes))
     logits = torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
     return logits, weights, boxes
 

@@ -83,8 +83,8 @@ class NucleusDetector(LoadedModel):
     task = "instances"
     supports_half = True
 
-    def __init__(self, module, meta, device="auto", half=None, source: str = ""):
-        super().__init__(module, meta, device=device, half=half, source=source)
+    def __init__(self, module, meta, device="auto", half=None, source: str = "", precision: str | None = None):
+        super().__init__(module, meta, device=device, half=half, source=source, precision=precision)
         if self.half and self.device.type != "cuda":
             raise ValueError("the nucleus detector runs in half precision on cuda only; pass half=False "
                              f"on {self.device.type}")

@@ -123,8 +123,8 @@ class LoadedModel:
         """
         check_task(read_meta(path), cls.task, str(path))
         module, meta = load_checkpoint(path)
-        kwargs = {} if precision is None else {"precision": precision}
-        return cls(module, meta, device=device, half=half, source=str(path) if source is None else source, **kwargs)
+        return cls(module, meta, device=device, half=half, source=str(path) if source is None else source,
+                   precision=precision)
 
     @classmethod
     def bundled(cls, device="auto", half=None, precision: str | None = None):
