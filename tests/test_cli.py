@@ -87,3 +87,26 @@ def test_a_flag_the_task_does_not_use_is_refused_by_name(task, flag, tmp_path, c
     rc = main(["train", str(tmp_path), "-o", str(tmp_path / "m.safetensors"), "--task", task, *flag])
     assert rc == 2 and f"--task {task} does not use {flag[0]}" in capsys.readouterr().err
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_nuclei_writes_qupath_geojson_detections_with_their_measurements(tmp_path):
+    import json
+
+    import pandas as pd
+
+    from napari_histoseg.testing import disks_image
+
+    img, _ = disks_image((160, 160), [(40, 40), (40, 120), (120, 80)], 14)
+    imsave(tmp_path / "he.png", img, check_contrast=False)
+    out = tmp_path / "qupath" / "nuclei.geojson"
+    assert main(["nuclei", str(tmp_path / "he.png"), "-o", str(tmp_path / "n.tif"), "--classical", "--mpp", "0.25",
+                 "--csv", str(tmp_path / "n.csv"), "--geojson", str(out)]) == 0
+    fc = json.loads(out.read_text())
+    table = pd.read_csv(tmp_path / "n.csv")
+    assert fc["type"] == "FeatureCollection" and len(fc["features"]) == len(table) == 3
+    for f in fc["features"]:
+        props = f["properties"]
+        assert props["objectType"] == "detection" and props["classification"]["name"] == "Nucleus"
+        assert f["geometry"]["type"] == "Polygon" and props["metadata"]["source"] == "he.png"
+    areas = sorted(f["properties"]["measurements"]["Nucleus: Area µm^2"] for f in fc["features"])
+    assert areas == pytest.approx(sorted(table["area_um2"]), rel=0.02)

@@ -1,6 +1,6 @@
 """Command line for nuclei (import-light: no torch at import).
 
-    histoseg nuclei IMAGE -o LABELS.tif [--csv FEATURES.csv]
+    histoseg nuclei IMAGE -o LABELS.tif [--csv FEATURES.csv] [--geojson NUCLEI.geojson]
                     [--region MASK.png] [--mpp M] [--model PATH] [--classical] [--tile N] [--overlap N]
                     [--batch N] [--score-threshold T] [--split-touching | --no-split-touching]
                     [--stain | --no-stain]
@@ -56,6 +56,9 @@ def register(subparsers) -> None:
     p.add_argument("image", help="RGB H&E image (PNG, JPEG, TIFF, ...)")
     p.add_argument("-o", "--output", required=True, help="labels to write (.tif; .png up to 65535 nuclei)")
     p.add_argument("--csv", help="write one row of features per nucleus here")
+    p.add_argument("--geojson", help="also write the nuclei as QuPath GeoJSON (.geojson): one detection per "
+                                     "nucleus, classified Nucleus, with its measurements, as the Nuclei "
+                                     "widget exports them")
     p.add_argument("--region", help="mask (PNG/TIFF, non-zero = tumour): keep nuclei whose centroid "
                                     "is inside, and print tumour vs rest")
     p.add_argument("--mpp", type=float_arg(0.05, 20), default=None,
@@ -72,7 +75,9 @@ def register(subparsers) -> None:
     p.add_argument("--stain", action=argparse.BooleanOptionalAction, default=None,
                    help="normalise the image's stain to the model's training stain first: worth it for "
                         "another lab's or scanner's slides (default: only if the model names a stain target)")
-    p.set_defaults(func=cmd_nuclei)
+    # the GeoJSON writer lives with the other tasks' (tumour.geojson), which this package does not
+    # import: the root CLI hands it in (napari_histoseg.cli.build_parser)
+    p.set_defaults(func=cmd_nuclei, write_geojson=None)
 
 
 def cmd_nuclei(args) -> int:
@@ -83,7 +88,9 @@ def cmd_nuclei(args) -> int:
     from napari_histoseg.io.atomic import output_folder
     from napari_histoseg.io.masks import read_region
 
-    for out in (args.output, args.csv):
+    if args.geojson and args.write_geojson is None:
+        raise ValueError("--geojson needs the GeoJSON writer; run it through `histoseg nuclei`")
+    for out in (args.output, args.csv, args.geojson):
         if out:
             output_folder(out)   # a bad output path fails now, not after the model has run
     with open_image(args.image) as slide:
@@ -115,6 +122,10 @@ def cmd_nuclei(args) -> int:
     if args.csv:
         Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(args.csv, index=False)
+    if args.geojson:
+        method = "classical watershed" if args.classical else (args.model or "bundled")
+        args.write_geojson(args.geojson, labels, table, mpp=mpp,
+                           provenance={"source": Path(args.image).name, "model": method})
     print(f"{args.output}: {int(labels.max())} nuclei in {labels.shape[1]} x {labels.shape[0]} px"
           + (f" at {mpp:.3f} µm/px" if mpp else " (mpp unknown: areas in px²)"))
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
