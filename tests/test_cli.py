@@ -110,3 +110,23 @@ def test_nuclei_writes_qupath_geojson_detections_with_their_measurements(tmp_pat
         assert f["geometry"]["type"] == "Polygon" and props["metadata"]["source"] == "he.png"
     areas = sorted(f["properties"]["measurements"]["Nucleus: Area µm^2"] for f in fc["features"])
     assert areas == pytest.approx(sorted(table["area_um2"]), rel=0.02)
+
+
+def test_train_sets_the_nuclei_warm_up_and_refuses_a_negative_one(monkeypatch, tmp_path, capsys):
+    import importlib
+
+    from napari_histoseg.tasks import TRAINING
+
+    seen = []
+    module = importlib.import_module(TRAINING["instances"][1])
+    monkeypatch.setattr(module, "train", lambda data, out, cfg, **kw: seen.append(cfg) or {})
+    (tmp_path / "data").mkdir()
+    base = ["train", str(tmp_path / "data"), "-o", str(tmp_path / "m.safetensors"), "--task", "instances"]
+    assert main(base) == 0 and main([*base, "--nuclei-warmup", "30"]) == 0
+    assert [cfg.warmup for cfg in seen] == [100, 30]
+    with pytest.raises(SystemExit):
+        main([*base, "--nuclei-warmup", "-5"])
+    assert "--nuclei-warmup" in capsys.readouterr().err and len(seen) == 2
+    rc = main(["train", str(tmp_path), "-o", str(tmp_path / "m.safetensors"), "--task", "segmentation",
+               "--nuclei-warmup", "30"])
+    assert rc == 2 and "--task segmentation does not use --nuclei-warmup" in capsys.readouterr().err

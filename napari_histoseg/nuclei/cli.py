@@ -5,7 +5,7 @@
                     [--batch N] [--score-threshold T] [--split-touching | --no-split-touching]
                     [--stain | --no-stain]
     histoseg train DATASET --task instances -o NUCLEI.safetensors --init-encoder MNV2.safetensors
-                   --time-budget MIN --batch-size 2 --lr 2e-4 [--nuclei-val-every MIN]
+                   --time-budget MIN --batch-size 2 --lr 2e-4 [--nuclei-val-every MIN] [--nuclei-warmup STEPS]
     histoseg evaluate DATASET --task instances [--model PATH] [--split test] [--json OUT]
                       [--no-baseline] [--nuclei-split-touching | --no-nuclei-split-touching]
                       [--nuclei-stain | --no-nuclei-stain]

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Optional
 
+from napari_histoseg.io.checks import int_arg
 from napari_histoseg.training.config import TrainConfig, option
 
 
@@ -26,7 +27,9 @@ class NucleiConfig(TrainConfig):
     lr: float = option(2e-4, "learning rate (peak of the cosine schedule)")
     optimizer: str = option("adamw", "adam, adamw or sgd-adam", choices=("adam", "adamw", "sgd-adam"))
     lr_floor: float = option(0.05, "the cosine ends at lr x this", cli=False)
-    warmup: int = option(100, "steps of linear learning-rate warm-up", cli=False)
+    warmup: int = option(100, "instances: steps of linear learning-rate warm-up (a fine-tune from a trained "
+                              "detector wants fewer: v2 took 30)", type=int_arg(0, 1_000_000),
+                         flag="--nuclei-warmup", metavar="STEPS")
     clip_grad: Optional[float] = option(10.0, "clip the gradient norm to this", cli=False)
     patience: int = option(1000, "early stopping: validations without a better (AJI + PQ) / 2")
     val_every: Optional[float] = option(8.0, "instances: validate on the held-out tiles every MIN minutes",
