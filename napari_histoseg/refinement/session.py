@@ -362,8 +362,10 @@ class RefineSession:
         sp_ = pix[seeded]
         self._Gpix[sp_] = np.where(sd[seeded] == TUMOUR, 1.0, -1.0) - self._yeff[sp_]
         U = pix[~seeded]
+        # warm start: the last pixel answer moved by its superpixel's coarse change
+        x0 = self._Gpix[U] + np.repeat(shift[fine], self._count[fine])[~seeded].astype(np.float32)
         Gu = solve_pixels(U, np.zeros(U.size), self._Gpix, self.affinity, p["alpha_fine"], self._pos,
-                          x0=self._Gpix[U].astype(np.float64), tol=p["tol"])
+                          x0=x0, tol=p["tol"])
         self._Gpix[U] = Gu
         self._labels[U] = self._decide(self._yeff[U] + Gu, U)
         allpix = np.concatenate([plain_pix, moved_pix, pix])

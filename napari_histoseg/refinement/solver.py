@@ -95,13 +95,14 @@ def solve_clamped(S: sp_.csr_matrix, y: np.ndarray, clamped: np.ndarray, values:
     free = np.flatnonzero(~clamped)
     if free.size == 0:
         return F
-    Suu = S[free][:, free]
+    Sf = S[free]   # the free rows once; the clamped columns enter through F (0 at the free nodes)
+    Suu = Sf[:, free]
     diag = np.ones(free.size) if leak is None else 1.0 + leak[free]
     A = (sp_.diags(diag, format="csr") - alpha * Suu).tocsr()
     b = (1.0 - alpha) * y[free]
     if clamped.any():
-        cidx = np.flatnonzero(clamped)
-        b = b + alpha * (S[free][:, cidx] @ F[cidx])
+        Fc = np.where(clamped, F, 0.0)
+        b = b + alpha * (Sf @ Fc)
     F[free] = _cg(A, b, None if x0 is None else x0[free], tol, maxiter)
     return F
 
