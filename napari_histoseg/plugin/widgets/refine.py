@@ -40,8 +40,9 @@ METHOD_TIPS = {  # what each refinement method does (napari_histoseg.refinement.
 AFFINITY_TIPS = {  # what the superpixel graph compares (napari_histoseg.refinement.params.AFFINITIES)
     "colour": "colour and its local contrast (default)",
     "mixed": "colour, contrast and the segmentation model's own features (one pass of the model that "
-             "made the prior at Start)",
-    "features": "the segmentation model's features alone (one pass of the model at Start)",
+             "made the prior at Start; on the test tiles more clicks than colour)",
+    "features": "the segmentation model's features alone (one pass of the model at Start; on the test "
+                "tiles more clicks than colour, strokes as local)",
 }
 
 
