@@ -98,6 +98,8 @@ def run_pattern(size: int, steps: int, pattern: str, method: str, view: int = 0)
     from napari_histoseg.refinement import RefineSession
 
     img, truth, what = test_image(size)
+    import skimage.segmentation  # noqa: F401  (a one-off import of about 0.6 s, not the session's)
+
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
     session = RefineSession(img, method=method)
@@ -110,21 +112,36 @@ def run_pattern(size: int, steps: int, pattern: str, method: str, view: int = 0)
     if view and size > view:
         o = (size - view) // 2
         v, win = (o, o, view, view), (slice(o, o + view), slice(o, o + view))
-    times = []
+    times, layers = [], []
     for k in range(steps):
         nxt = next_seed(pattern, pred[win], truth[win], k, rng)
         if nxt is None:
             break
         seeds[win][nxt[0]] = nxt[1]
+        layers.append((seeds.copy(), nxt[0]))
         t = time.perf_counter()
         pred = session.update(seeds, view=v, gesture="stroke" if pattern == "strokes" else "click")
         times.append(time.perf_counter() - t)
     warm = times[1:]
+    edits = []
+    if len(layers) > 2:  # undo twice, redo, then erase the first interaction (a layer never seen)
+        for layer in (layers[-2][0], layers[-3][0], layers[-2][0]):
+            t = time.perf_counter()
+            session.update(layer, view=v)
+            edits.append(time.perf_counter() - t)
+        erased = layers[-2][0].copy()
+        erased[win][layers[0][1]] = 0
+        t = time.perf_counter()
+        session.update(erased, view=v)
+        edits.append(time.perf_counter() - t)
     mpx = size * size / 1e6
     where = f"{size}^2" + (f", view {view}^2" if v else "")
     print(f"| {where} | {method} | {pattern} | {setup:.2f} s ({setup / mpx:.2f} s/Mpx) | {len(warm)} | "
           f"{pct(warm, 50):.1f} ms | {pct(warm, 95):.1f} ms | {times[0] * 1000:.1f} ms | "
           f"{load:.1f} -> {os.getloadavg()[0]:.1f} |")
+    if edits:
+        print(f"<!-- {where} {method} {pattern}: undo {edits[0] * 1000:.1f} / {edits[1] * 1000:.1f} ms, "
+              f"redo {edits[2] * 1000:.1f} ms, erasing the first {'stroke' if pattern == 'strokes' else 'click'} {edits[3] * 1000:.1f} ms -->")
 
 
 def run(size: int, clicks: int, rw_at, view):
