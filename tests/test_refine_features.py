@@ -143,3 +143,24 @@ def test_the_model_s_decoder_features_cover_every_pixel_and_refine(random_model)
 
     with pytest.raises(InputError, match="PyTorch model"):
         model_features(img, Onnx())
+
+
+def test_histoseg_refine_with_the_model_s_features(tmp_path, capsys, random_checkpoint):
+    from skimage.io import imread, imsave
+
+    from napari_histoseg.cli import main
+
+    img, _ = one_colour_two_tissues(128)
+    imsave(tmp_path / "img.png", img, check_contrast=False)
+    imsave(tmp_path / "seeds.png", click((128, 128), 64, 32, 1) + click((128, 128), 64, 100, 2), check_contrast=False)
+    out = tmp_path / "mask.png"
+    args = ["refine", str(tmp_path / "img.png"), "--seeds", str(tmp_path / "seeds.png"), "-o", str(out),
+            "--affinity", "mixed", "--model", str(random_checkpoint)]
+    assert main(args) == 0
+    m = imread(out)
+    assert m.shape == (128, 128) and m[64, 32] == 1 and m[64, 100] == 0
+    assert "% tumour" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        main(args + ["--feature-weight", "nan"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "--feature-weight" in err and "finite" in err

@@ -1,7 +1,9 @@
-"""``histoseg refine IMAGE --seeds SEEDS.png [--prior PROB.tif] -o OUT.png``.
+"""``histoseg refine IMAGE --seeds SEEDS.png [--prior PROB.tif] [--affinity mixed] -o OUT.png``.
 
 Seeds: 0 no seed, 1 tumour, 2 not tumour (PNG or TIFF of the image's size). The prior is
-the model's float32 tumour probability (``histoseg segment --prob``). Writes 0/1 uint8.
+the model's float32 tumour probability (``histoseg segment --prob``). ``--affinity features``
+or ``mixed`` runs the segmentation model (``--model``, default the bundled one) once for its
+features (:mod:`napari_histoseg.refinement.features`). Writes 0/1 uint8.
 """
 
 from __future__ import annotations
@@ -39,10 +41,17 @@ def cmd_refine(args) -> int:
     prior = _read_plain(args.prior, "the prior").astype(np.float32) if args.prior else None
     params = {k: v for k, v in (("prior_weight", args.prior_weight), ("sigma_colour", args.sigma_colour),
                                 ("colour_sensitivity", args.colour_sensitivity), ("alpha", args.alpha),
-                                ("method", args.method))
+                                ("method", args.method), ("affinity", args.affinity),
+                                ("feature_weight", args.feature_weight))
               if v is not None}
     t0 = time.perf_counter()
-    labels = RefineSession(image, prior, **params).update(seeds)
+    features = None
+    if args.affinity not in (None, "colour"):
+        from napari_histoseg.models.segmenter import load_segmenter
+        from napari_histoseg.refinement.features import session_features
+
+        features = session_features(image, load_segmenter(args.model, device="auto", engine="torch"))
+    labels = RefineSession(image, prior, features=features, **params).update(seeds)
     dt = time.perf_counter() - t0
     from napari_histoseg.io.masks import write_mask
 
@@ -57,7 +66,7 @@ def cmd_refine(args) -> int:
 def register(subparsers) -> None:
     """Add the ``refine`` command to the ``histoseg`` sub-command parsers."""
     from napari_histoseg.io.checks import float_arg
-    from napari_histoseg.refinement.params import DEFAULTS, METHODS, RANGES
+    from napari_histoseg.refinement.params import AFFINITIES, DEFAULTS, METHODS, RANGES
 
     def arg(name):  # the parameter's own range (params.RANGES), checked by io.checks
         lo, hi, lo_open, hi_open = RANGES[name]
@@ -82,4 +91,13 @@ def register(subparsers) -> None:
                    help=f"confined: a seed's reach follows colour and the model's confidence; region: confined, "
                         f"and a correcting seed overrides the model in its region around it; lgc: the plain "
                         f"propagation (default {d['method']})")
+    p.add_argument("--affinity", choices=AFFINITIES, default=None,
+                   help="what tells neighbouring regions apart: colour (and its contrast), the segmentation "
+                        "model's features, or both mixed (one pass of --model; on the bcss and camelyon test "
+                        f"tiles more clicks than colour, see BENCHMARKS.md) (default {d['affinity']})")
+    p.add_argument("--feature-weight", type=arg("feature_weight"), default=None,
+                   help=f"weight of the model's features against colour with --affinity mixed "
+                        f"(default {d['feature_weight']})")
+    p.add_argument("--model", default=None,
+                   help="checkpoint whose features --affinity features/mixed uses (default: bundled)")
     p.set_defaults(func=cmd_refine)
