@@ -343,16 +343,15 @@ def nuclei_to_geojson(labels, table=None, *, object_type: str = "detection", cel
 
 def write_nuclei_geojson(path, labels, table=None, *, object_type: str = "detection", mpp: float | None = None,
                          offset=(0, 0), scale: float = 1.0, provenance: dict | None = None) -> str:
-    """Write :func:`nuclei_to_geojson` to ``path`` (a temporary file renamed into place); returns the path."""
+    """Write :func:`nuclei_to_geojson` to ``path`` (a temporary file renamed into place, strict JSON:
+    no NaN, which QuPath refuses); returns the path."""
     import json
-    import os
     from pathlib import Path
+
+    from napari_histoseg.io.atomic import atomic_write_text
 
     fc = nuclei_to_geojson(labels, table, object_type=object_type, mpp=mpp, offset=offset, scale=scale,
                            provenance=provenance)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(fc))
-    os.replace(tmp, path)
-    return str(path)
+    return str(atomic_write_text(path, json.dumps(fc, allow_nan=False)))
