@@ -107,8 +107,6 @@ def solve_clamped(S: sp_.csr_matrix, y: np.ndarray, clamped: np.ndarray, values:
     return F
 
 
-_OFFSETS = ("right", "left", "down", "up")
-
 
 def solve_pixels(U: np.ndarray, y: np.ndarray, g: np.ndarray, aff, alpha: float, pos: np.ndarray,
                  x0: np.ndarray | None = None, tol: float = 1e-3, maxiter: int = 300) -> np.ndarray:
@@ -138,39 +136,37 @@ def solve_pixels(U: np.ndarray, y: np.ndarray, g: np.ndarray, aff, alpha: float,
     if m == 0:
         return np.zeros(0)
     right, down, deg = aff.right.ravel(), aff.down.ravel(), aff.degree.ravel()
+    # the unknowns in row-major order: each row's columns (up, left, itself, right, down)
+    # then come sorted, A goes straight into CSR, and the band is read in memory order
+    order = np.argsort(U, kind="stable")
+    U = U[order]
     pos[U] = np.arange(m, dtype=np.int32)
     try:
         col = U % w
-        rows, cols, vals = [], [], []
-        b = (1.0 - alpha) * np.asarray(y, np.float64)
+        ok = np.stack([U >= w, col > 0, col < w - 1, U < (h - 1) * w])
+        Q = np.where(ok, np.stack([U - w, U - 1, U + 1, U + w]), 0)
+        wt = np.where(ok, np.stack([down[Q[0]], right[Q[1]], right[U], down[U]]), 0)
         rs = 1.0 / np.sqrt(deg[U].astype(np.float64))
-        for name in _OFFSETS:
-            if name == "right":
-                ok = col < w - 1
-                p = U[ok]; q = p + 1; wt = right[p]
-            elif name == "left":
-                ok = col > 0
-                p = U[ok]; q = p - 1; wt = right[q]
-            elif name == "down":
-                ok = U < (h - 1) * w
-                p = U[ok]; q = p + w; wt = down[p]
-            else:
-                ok = U >= w
-                p = U[ok]; q = p - w; wt = down[q]
-            i = np.flatnonzero(ok)
-            s = wt * rs[i] / np.sqrt(deg[q].astype(np.float64))
-            j = pos[q]
-            inside = j >= 0
-            rows.append(i[inside]); cols.append(j[inside]); vals.append(-alpha * s[inside])
-            out = ~inside
-            np.add.at(b, i[out], alpha * s[out] * g[q[out]])
-        rows.append(np.arange(m)); cols.append(np.arange(m)); vals.append(np.ones(m))
-        A = sp_.csr_matrix((np.concatenate(vals).astype(np.float32), (np.concatenate(rows), np.concatenate(cols))),
-                           shape=(m, m))
+        S = wt * rs / np.sqrt(deg[Q].astype(np.float64))
+        J = np.where(ok, pos[Q], -1)
+        b = (1.0 - alpha) * np.asarray(y, np.float64)[order]
+        out = ok & (J < 0)
+        for d in (2, 1, 3, 0):  # the boundary's known values: right, left, down, up
+            b += np.where(out[d], alpha * S[d] * g[Q[d]], 0.0)
+        cols = np.empty((m, 5), np.int32)
+        vals = np.empty((m, 5), np.float32)
+        for k, d in enumerate((0, 1, None, 2, 3)):
+            cols[:, k] = np.arange(m) if d is None else J[d]
+            vals[:, k] = 1.0 if d is None else -alpha * S[d]
+        keep = cols >= 0
+        indptr = np.concatenate([[0], np.cumsum(keep.sum(1))])
+        A = sp_.csr_matrix((vals[keep], cols[keep], indptr), shape=(m, m))
     finally:
         pos[U] = -1
     # float32: half the memory traffic of each product; the pixel values are float32 anyway
-    return _cg(A, b.astype(np.float32), None if x0 is None else np.asarray(x0, np.float32), tol, maxiter)
+    F = np.empty(m, np.float32)
+    F[order] = _cg(A, b.astype(np.float32), None if x0 is None else np.asarray(x0, np.float32)[order], tol, maxiter)
+    return F
 
 
 def propagate_grid(y: np.ndarray, aff, alpha: float = 0.9, tol: float = 1e-4,
