@@ -44,18 +44,9 @@ from napari_histoseg.refinement.history import HISTORY_BYTES, History, PixelDelt
 from napari_histoseg.refinement.index import SuperpixelIndex
 from napari_histoseg.refinement.params import DEFAULTS, METHODS, check_params, resolve
 from napari_histoseg.refinement.reach import ReachSearch, held, reachable
-from napari_histoseg.refinement.seeds import (
-    NO_SEEDS,
-    NOT_TUMOUR,
-    TUMOUR,
-    SeedError,
-    check_image,
-    check_prior,
-    check_seed_values,
-    check_seeds,
-)
+from napari_histoseg.refinement.seeds import NOT_TUMOUR, TUMOUR, check_image, check_prior, check_seeds
 from napari_histoseg.refinement.solver import normalise, propagate_grid, solve_clamped, solve_pixels
-from napari_histoseg.refinement.tally import SeedTally, layer_key
+from napari_histoseg.refinement.tally import SeedTally
 
 __all__ = ["RefineSession", "DEFAULTS", "METHODS"]
 
@@ -267,13 +258,10 @@ class RefineSession:
         t0 = time.perf_counter()
         p = self.params
         n, tally = self.graph.n, self._tally
-        # only the pixels that changed are read twice: checked, keyed, counted
+        # the layer is read once; its values are checked where they changed (SeedTally.change)
         s = check_seeds(seeds, self.shape, require_any=False, values=False).ravel()
-        ch = tally.diff(s)
-        check_seed_values(s[ch])
-        if tally.count + np.count_nonzero(s[ch]) - np.count_nonzero(tally.seeds[ch]) == 0:
-            raise SeedError(NO_SEEDS)
-        key = (layer_key(tally.key, ch, tally.seeds[ch], s[ch]), None if view is None else tuple(view))
+        ch, layer = tally.change(s)
+        key = (layer, None if view is None else tuple(view))
         if key in self._history:  # undo / redo: the very state this seed layer had
             self._restore(self._history.get(key), s, ch)
             self.timings.update(total=time.perf_counter() - t0, restored=True)

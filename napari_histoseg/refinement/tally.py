@@ -18,7 +18,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from napari_histoseg.refinement.reach import stroke_flags
-from napari_histoseg.refinement.seeds import NOT_TUMOUR, TUMOUR
+from napari_histoseg.refinement.seeds import NO_SEEDS, NOT_TUMOUR, TUMOUR, SeedError, check_seed_values
 
 __all__ = ["SeedTally", "changed_pixels", "layer_key"]
 
@@ -94,6 +94,16 @@ class SeedTally:
     def diff(self, seeds: np.ndarray) -> np.ndarray:
         """Flat indices of the pixels whose seed differs in the (flat uint8) ``seeds``."""
         return changed_pixels(seeds, self.seeds)
+
+    def change(self, seeds: np.ndarray) -> tuple:
+        """``(changed pixels, key of the layer)`` of the (flat uint8) ``seeds``, checking the
+        changed values; :class:`SeedError` for a value other than 0, 1, 2 or no seed at all."""
+        ch = self.diff(seeds)
+        new, old = seeds[ch], self.seeds[ch]
+        check_seed_values(new)
+        if self.count + np.count_nonzero(new) - np.count_nonzero(old) == 0:
+            raise SeedError(NO_SEEDS)
+        return ch, layer_key(self.key, ch, old, new)
 
     def apply(self, seeds: np.ndarray, click_extent: int, cap: float = 0.0, gesture=None,
               changed: np.ndarray | None = None) -> np.ndarray:
