@@ -130,8 +130,12 @@ def test_the_model_s_decoder_features_cover_every_pixel_and_refine(random_model)
     assert whole.shape == (200, 150, 16) and np.isfinite(whole).all()
     tiled = model_features(img, random_model, tile=128, overlap=32)
     assert tiled.shape == whole.shape and np.isfinite(tiled).all()
+    # tiles put back where they came from (an 8 px shift drops this to about 0.7)
+    assert np.corrcoef(whole.ravel(), tiled.ravel())[0, 1] > 0.95
     feats = session_features(img, random_model, channels=3)
     assert feats.shape == (200, 150, 3)
+    rgba = np.concatenate([img, np.full(img.shape[:2] + (1,), 255, np.uint8)], axis=-1)
+    assert np.array_equal(session_features(rgba, random_model, channels=3), feats), "RGBA read as its RGB"
     seeds = click(img.shape[:2], 100, 75, 1) + click(img.shape[:2], 20, 20, 2)
     labels = refine(img, seeds, features=feats, affinity="mixed")
     assert labels[100, 75] == 1 and labels[20, 20] == 0

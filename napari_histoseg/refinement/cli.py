@@ -47,10 +47,11 @@ def cmd_refine(args) -> int:
     t0 = time.perf_counter()
     features = None
     if args.affinity not in (None, "colour"):
-        from napari_histoseg.models.segmenter import load_segmenter
+        from napari_histoseg.models.segmenter import choose_engine, load_segmenter
         from napari_histoseg.refinement.features import session_features
 
-        features = session_features(image, load_segmenter(args.model, device="auto", engine="torch"))
+        model = load_segmenter(args.model, device="auto", engine=choose_engine("auto")[0])
+        features = session_features(image, model)
     labels = RefineSession(image, prior, features=features, **params).update(seeds)
     dt = time.perf_counter() - t0
     from napari_histoseg.io.masks import write_mask

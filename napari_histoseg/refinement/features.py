@@ -17,6 +17,8 @@ few principal components over the image, scaled to the units of the colour featu
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from napari_histoseg.io.checks import InputError, check_int
@@ -75,8 +77,13 @@ def model_features(image: np.ndarray, model, layer: str | None = None, tile: int
         raise InputError(f"the model has no layer {name!r}")
     h, w = image.shape[:2]
     th, tw = fit_tile(h, tile, overlap), fit_tile(w, tile, overlap)
-    got = []
-    hook = target.register_forward_hook(lambda _m, _i, out: got.append(out))
+    got, me = [], threading.get_ident()
+
+    def keep(_m, _i, out):  # the module may be shared: keep only this thread's own passes
+        if threading.get_ident() == me:
+            got.append(out)
+
+    hook = target.register_forward_hook(keep)
     out = acc = None
     try:
         for y in tile_starts(h, th, th - overlap):
@@ -102,7 +109,8 @@ def model_features(image: np.ndarray, model, layer: str | None = None, tile: int
                 acc[y:y + ph, x:x + pw] += wgt
     finally:
         hook.remove()
-    return out / acc
+    out /= acc
+    return out
 
 
 def reduce_features(features: np.ndarray, channels: int = 4, scale_to: np.ndarray | None = None,
@@ -141,7 +149,9 @@ def session_features(image: np.ndarray, model, channels: int = 4, layer: str | N
     (:func:`model_features`) reduced to ``channels`` principal components and scaled to
     the image's CIELAB variance (:func:`reduce_features`)."""
     from napari_histoseg.refinement.graph import colour_features
+    from napari_histoseg.refinement.seeds import check_image
 
+    image = check_image(image)  # RGBA, 16-bit or float as the session reads them
     feats = model_features(image, model, layer=layer)
     return reduce_features(feats, channels, scale_to=colour_features(np.asarray(image), "lab"))
 
