@@ -165,6 +165,25 @@ def test_a_checkpoint_overwritten_since_loading_is_refused_for_explanations(int8
         auto.torch_model.module  # noqa: B018 - reading it loads the twin
 
 
+def test_an_overwritten_checkpoint_is_forgotten_so_segmenting_again_recovers(int8_auto, image):
+    """Explain refuses the changed file with a way out, and the way out works: segmenting
+    again loads the new weights, and explaining then succeeds."""
+    from napari_histoseg import testing
+    from napari_histoseg.backends.local import LocalBackend
+    from napari_histoseg.core.runs import drive
+    from napari_histoseg.models.checkpoint import CheckpointError
+
+    backend = LocalBackend()
+    backend.model(str(int8_auto), "cpu", "auto")
+    testing.save_random_checkpoint(int8_auto, Segmenter.random(seed=4), tile_size=256)
+    with pytest.raises(CheckpointError, match="segmentation again"):
+        drive(backend.explain(image[:256, :256], str(int8_auto), "gradcam", device="cpu"))
+    assert backend._models == {}, "the stale engine is not kept"
+    backend.model(str(int8_auto), "cpu", "auto")
+    heat = drive(backend.explain(image[:256, :256], str(int8_auto), "gradcam", device="cpu"))
+    assert heat.shape == (256, 256) and np.isfinite(heat).all()
+
+
 def test_a_model_with_no_file_keeps_its_network(model):
     assert OnnxSegmenter(model, threads=1).torch_model is model
 
@@ -174,10 +193,15 @@ def test_explaining_after_segmenting_loads_no_second_model(int8_auto, image, seg
     """The Segment widget asks the shared backend for ``auto`` (ONNX int8 here), the Explain
     widget for an explanation of the same model: one model is held, not two."""
     from napari_histoseg.backends.local import LocalBackend
+    from napari_histoseg.core.device import resolve_device
     from napari_histoseg.core.runs import drive
 
+    if resolve_device("auto").type != "cpu":
+        pytest.skip("segments on device 'auto', which is not the CPU here")
     backend = LocalBackend()
-    seg = backend.model(str(int8_auto), "cpu", segment_engine)
+    # device 'auto' for Segment, 'cpu' for Explain: the same device under two names, so a
+    # backend that looked models up by their cache key alone would load a second one
+    seg = backend.model(str(int8_auto), "auto", segment_engine)
     heat = drive(backend.explain(image[:256, :256], str(int8_auto), "gradcam", device="cpu"))
     assert heat.shape == (256, 256) and np.isfinite(heat).all()
     assert list(backend._models.values()) == [seg]

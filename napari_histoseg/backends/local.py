@@ -107,7 +107,20 @@ class LocalBackend:
             held = [m for (t, ref, _, _), m in self._models.items()
                     if t == task and ref == str(model_ref) and m.device.type == where]
         torch_first = sorted(held, key=lambda m: not isinstance(m, LoadedModel))
-        return torch_first[0] if torch_first else self.model(model_ref, device, task=task)
+        if not torch_first:
+            return self.model(model_ref, device, task=task)
+        if not isinstance(torch_first[0], LoadedModel):
+            from napari_histoseg.models.checkpoint import CheckpointError
+
+            try:
+                torch_first[0].torch_model  # noqa: B018  (read again now: a changed file is refused here)
+            except CheckpointError as e:  # forget the stale engine, so the next run loads the file anew
+                with self._lock:
+                    for key in [k for k in self._models if k[0] == task and k[1] == str(model_ref)]:
+                        del self._models[key]
+                raise CheckpointError(f"{e}. Run the segmentation again (it loads the new weights), "
+                                      "then explain it") from e
+        return torch_first[0]
 
     def fine_tune(self, dataset, out, init_checkpoint: str = BUNDLED, *, task: str | None = None, progress=None,
                   should_stop=None, **settings) -> dict:

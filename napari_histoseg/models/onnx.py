@@ -201,12 +201,6 @@ def checked_int8(segmenter) -> Optional[dict]:
     return {**found, "weights_hash": weights} if found and found["int8_nodes"] else None
 
 
-def int8_checked(segmenter) -> bool:
-    """Whether :func:`checked_int8` finds this model's int8 engine measured; ``engine="auto"``
-    uses int8 only then."""
-    return checked_int8(segmenter) is not None
-
-
 def _reloadable(source) -> bool:
     from napari_histoseg.models.bundled import BUNDLED
 
