@@ -6,7 +6,7 @@ call. The hooks read the folders (:func:`~napari_histoseg.training.plan.training
 ``train`` tiles minus a hold-out by ``group``, never ``test``), sample augmented random patches
 (:mod:`napari_histoseg.training.augment`), minimise soft (or generalised) Dice + class-weighted
 cross-entropy (:mod:`napari_histoseg.tumour.losses`) and validate on whole tiles (pooled Dice,
-:func:`validate`). Settings and their defaults: :class:`~napari_histoseg.tumour.config.TumourConfig`.
+:func:`~napari_histoseg.tumour.scoring.validate`). Settings and their defaults: :class:`~napari_histoseg.tumour.config.TumourConfig`.
 
 The model has one scale: every tile is resampled to ``mpp`` µm per pixel (from the tile's
 recorded ``mpp``, else its folder's entry in ``data_mpp``) and the checkpoint says so, so
@@ -37,7 +37,6 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from napari_histoseg.core.scores import dice as dice_score
 from napari_histoseg.io.dataset import class_frequencies
 from napari_histoseg.models import ModelMeta, build_model, load_checkpoint, save_checkpoint
 from napari_histoseg.training.augment import (
@@ -53,19 +52,7 @@ from napari_histoseg.training.plan import TrainingPlan, check_init_checkpoint, t
 from napari_histoseg.tumour.config import TumourConfig
 from napari_histoseg.tumour.data import load_plan, load_unlabelled
 from napari_histoseg.tumour.losses import SegmentationLoss, class_weights
-
-MEAN = STD = 127.5  # inputs scaled to [-1, 1], as the ImageNet MobileNetV2 encoder expects
-
-
-def to_input(batch: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1]."""
-    x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float()
-    return (x - MEAN) / STD
-
-
-def _main_output(out):
-    return out[0] if isinstance(out, (list, tuple)) else out
-
+from napari_histoseg.tumour.scoring import MEAN, STD, _called, to_input, validate, validation_logits
 
 _POOL_DATA: tuple = ()  # (images, masks, unlabelled, augmentation, ignore index): inherited by forked workers
 
@@ -88,73 +75,6 @@ def _patch_job(job):
 
 def _worker_init():
     torch.set_num_threads(1)
-
-
-@torch.no_grad()
-def validate(model, images, masks, threshold=0.5, batch=2, ignore_index=255) -> tuple[float, float]:
-    """``(pooled Dice, mean per-image Dice)`` of whole tiles of any size, in eval mode.
-
-    Pooled Dice sums true/false positives and negatives over all validation tiles
-    before dividing; it is what early stopping and checkpoint selection use, because
-    the per-image mean swings with tiles that hold almost no tumour (a handful of
-    pixels decide their Dice).
-    """
-    from napari_histoseg.core.scores import confusion
-
-    model.eval()
-    scores, tp, fp, fn = [], 0, 0, 0
-    runs, i = [], 0  # consecutive tiles of one size go through the model together
-    while i < len(images):
-        j = i + 1
-        while j < len(images) and j - i < batch and images[j].shape == images[i].shape:
-            j += 1
-        runs.append((i, j))
-        i = j
-    dev = next(model.parameters()).device
-    for i, j in runs:
-        x = to_input(np.stack(images[i:j])).to(dev)
-        out = _main_output(model(x))
-        prob = torch.sigmoid(out[:, 0]) if out.shape[1] == 1 else out.argmax(1).float()
-        for p, m in zip(prob.cpu().numpy(), masks[i:j]):
-            pred = (p >= threshold).astype(np.uint8)
-            a, b, c, _ = confusion(pred, m, ignore_index=ignore_index)
-            tp, fp, fn = tp + a, fp + b, fn + c
-            scores.append(dice_score(pred, m, ignore_index=ignore_index))
-    if not scores:
-        return math.nan, math.nan
-    pooled = 2 * tp / (2 * tp + fp + fn) if (tp + fp + fn) else 1.0
-    return float(pooled), float(np.mean(scores))
-
-
-@torch.no_grad()
-def _called(model, images, masks, ignore_index=255, threshold=0.5) -> float:
-    """Fraction of the valid pixels of ``images`` called tumour (for folders without tumour)."""
-    model.eval()
-    dev = next(model.parameters()).device
-    hit = total = 0
-    for img, m in zip(images, masks):
-        out = _main_output(model(to_input(img[None]).to(dev)))[0]
-        p = (torch.sigmoid(out[0]) if out.shape[0] == 1 else (out.argmax(0) == 1).float()).cpu().numpy()
-        ok = m != ignore_index
-        hit, total = hit + int((p[ok] >= threshold).sum()), total + int(ok.sum())
-    return float(hit / total) if total else math.nan
-
-
-@torch.no_grad()
-def validation_logits(model, images, masks, ignore_index=255, max_pixels: int = 400_000, seed: int = 0):
-    """Raw tumour logits and 0/1 targets of up to ``max_pixels`` valid pixels (a seeded sample)."""
-    model.eval()
-    zs, ts = [], []
-    dev = next(model.parameters()).device
-    for img, m in zip(images, masks):
-        out = _main_output(model(to_input(img[None]).to(dev)))[0, 0].cpu().numpy()
-        ok = m != ignore_index
-        zs.append(out[ok]); ts.append((m[ok] == 1).astype(np.uint8))  # noqa: E702
-    z, t = np.concatenate(zs), np.concatenate(ts)
-    if z.size > max_pixels:
-        pick = np.random.default_rng(seed).choice(z.size, max_pixels, replace=False)
-        z, t = z[pick], t[pick]
-    return z.astype(np.float32), t
 
 
 class TumourHooks(TaskHooks):
