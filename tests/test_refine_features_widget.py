@@ -19,10 +19,10 @@ def start(viewer, qtbot, model_ref):
     w = RefineWidget(viewer)
     viewer.window.add_dock_widget(w)
     w.affinity.value = "mixed"
-    worker = w.start()
-    with qtbot.waitSignal(worker.finished, timeout=120_000):
-        pass
-    qtbot.waitUntil(lambda: w._worker is None, timeout=10_000)
+    assert w.start() is not None
+    # not waitSignal(worker.finished): a worker that fails at once (a missing file) can emit it
+    # before the wait connects, and the signal is lost; the widget's own state cannot be missed
+    qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
     return w
 
 
