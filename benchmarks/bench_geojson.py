@@ -3,7 +3,7 @@
     python3 benchmarks/bench_geojson.py [VERTICES] [RADIUS_PX]
 
 A wavy, jittered circle of VERTICES vertices (two decimals, as QuPath writes them) filled
-into a (2.4 R)^2 mask with :func:`napari_histoseg.tumour.geojson.geojson_to_mask`; prints the
+into a (2.4 R)^2 mask with :func:`napari_histoseg.core.geojson.geojson_to_mask`; prints the
 time and the filled pixel count against the polygon's area.
 """
 
@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from napari_histoseg.tumour.geojson_import import geojson_to_mask
+from napari_histoseg.core.geojson_import import geojson_to_mask
 
 
 def main(n: int = 20000, radius: float = 1000.0) -> None:

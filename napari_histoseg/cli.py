@@ -223,16 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
         module = _optional_module(name)
         if module is not None:
             module.register(sub)
-    if "nuclei" in sub.choices:   # tasks on one layer do not import each other: the CLI joins them
-        sub.choices["nuclei"].set_defaults(write_geojson=_write_nuclei_geojson)
     return p
-
-
-def _write_nuclei_geojson(path, labels, table=None, **kwargs) -> str:
-    """`histoseg nuclei --geojson`: the Nuclei widget's export (QuPath detections with measurements)."""
-    from napari_histoseg.tumour.geojson import write_nuclei_geojson
-
-    return write_nuclei_geojson(path, labels, table, **kwargs)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):

@@ -15,7 +15,7 @@ from napari_histoseg.backends.wire import NPY, NPZ, TooLarge, WireError, decode
 from napari_histoseg.io.checks import InputError
 from napari_histoseg.io.dataset import DatasetError, load_dataset
 from napari_histoseg.testing import tumour_dataset
-from napari_histoseg.tumour.geojson_import import geojson_to_mask_report
+from napari_histoseg.core.geojson_import import geojson_to_mask_report
 
 JUNK = [None, True, 0, -1, 1.5, float("nan"), float("inf"), 1e300, "", "x", "../x", "/etc/hostname",
         [], [1], [[1, 2]], {}, {"a": 1}, [[[0, 0], [1, 0]]], "images/../../etc/hostname"]

@@ -10,8 +10,8 @@ import pytest
 from skimage import draw
 
 from napari_histoseg.core.polygons import ring_area
-from napari_histoseg.tumour.geojson import instances_to_geojson, mask_to_geojson
-from napari_histoseg.tumour.geojson_import import (
+from napari_histoseg.core.geojson import instances_to_geojson, mask_to_geojson
+from napari_histoseg.core.geojson_import import (
     class_codes,
     class_name,
     geojson_to_mask,

@@ -93,8 +93,8 @@ def _specks_and_diagonals():
 
 
 def test_quantify_and_geojson_count_the_same_regions():
-    from napari_histoseg.tumour.geojson import mask_to_geojson_report
-    from napari_histoseg.tumour.geojson_import import geojson_to_mask
+    from napari_histoseg.core.geojson import mask_to_geojson_report
+    from napari_histoseg.core.geojson_import import geojson_to_mask
 
     m = _specks_and_diagonals()
     before = m.copy()

@@ -13,8 +13,8 @@ import pytest
 from conftest import shared_path
 
 from napari_histoseg.core.polygons import ring_area
-from napari_histoseg.tumour.geojson import mask_to_geojson
-from napari_histoseg.tumour.geojson_import import (
+from napari_histoseg.core.geojson import mask_to_geojson
+from napari_histoseg.core.geojson_import import (
     class_codes,
     class_name,
     features_of,
@@ -153,8 +153,8 @@ def _nuclei():
 
 @pytest.mark.parametrize("object_type", ["detection", "cell"])
 def test_nuclei_export_as_qupath_objects_with_their_measurements(tmp_path, object_type):
-    from napari_histoseg.tumour.geojson import write_nuclei_geojson
-    from napari_histoseg.tumour.geojson_import import measurements_of
+    from napari_histoseg.core.geojson import write_nuclei_geojson
+    from napari_histoseg.core.geojson_import import measurements_of
 
     labels, table = _nuclei()
     path = tmp_path / "nuclei.geojson"

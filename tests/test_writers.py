@@ -10,7 +10,7 @@ import tifffile
 from skimage import draw
 
 from napari_histoseg.plugin.writers import write_detections_geojson
-from napari_histoseg.tumour.geojson_import import class_name, features_of, geojson_to_mask, measurements_of
+from napari_histoseg.core.geojson_import import class_name, features_of, geojson_to_mask, measurements_of
 
 
 def _mask():

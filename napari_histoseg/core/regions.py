@@ -1,7 +1,7 @@
 """What a "tumour region" is, for every output that counts or exports regions.
 
 One convention serves :func:`napari_histoseg.tumour.quantify.quantify` (Measure, ``histoseg
-quantify``) and :func:`napari_histoseg.tumour.geojson.mask_to_geojson` (GeoJSON for QuPath), so
+quantify``) and :func:`napari_histoseg.core.geojson.mask_to_geojson` (GeoJSON for QuPath), so
 the number of regions in the table is the number of annotations QuPath shows:
 
 * **4-connectivity** (:data:`CONNECTIVITY` = 1): pixels that touch only at a corner are

@@ -75,9 +75,7 @@ def register(subparsers) -> None:
     p.add_argument("--stain", action=argparse.BooleanOptionalAction, default=None,
                    help="normalise the image's stain to the model's training stain first: worth it for "
                         "another lab's or scanner's slides (default: only if the model names a stain target)")
-    # the GeoJSON writer lives with the other tasks' (tumour.geojson), which this package does not
-    # import: the root CLI hands it in (napari_histoseg.cli.build_parser)
-    p.set_defaults(func=cmd_nuclei, write_geojson=None)
+    p.set_defaults(func=cmd_nuclei)
 
 
 def cmd_nuclei(args) -> int:
@@ -88,8 +86,6 @@ def cmd_nuclei(args) -> int:
     from napari_histoseg.io.atomic import output_folder
     from napari_histoseg.io.masks import read_region
 
-    if args.geojson and args.write_geojson is None:
-        raise ValueError("--geojson needs the GeoJSON writer; run it through `histoseg nuclei`")
     for out in (args.output, args.csv, args.geojson):
         if out:
             output_folder(out)   # a bad output path fails now, not after the model has run
@@ -124,8 +120,10 @@ def cmd_nuclei(args) -> int:
         table.to_csv(args.csv, index=False)
     if args.geojson:
         method = "classical watershed" if args.classical else (args.model or "bundled")
-        args.write_geojson(args.geojson, labels, table, mpp=mpp,
-                           provenance={"source": Path(args.image).name, "model": method})
+        from napari_histoseg.core.geojson import write_nuclei_geojson
+
+        write_nuclei_geojson(args.geojson, labels, table, mpp=mpp,
+                             provenance={"source": Path(args.image).name, "model": method})
     print(f"{args.output}: {int(labels.max())} nuclei in {labels.shape[1]} x {labels.shape[0]} px"
           + (f" at {mpp:.3f} µm/px" if mpp else " (mpp unknown: areas in px²)"))
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))

@@ -11,7 +11,7 @@ GeoJSON coordinates are full-resolution slide pixels as QuPath expects.
 
 Nuclei (a Labels layer of many labels, or one whose ``features`` table is the nucleus
 detector's) are written as QuPath's own cell detection writes them
-(:func:`napari_histoseg.tumour.geojson.nuclei_to_geojson`): ``detection`` objects classified
+(:func:`napari_histoseg.core.geojson.nuclei_to_geojson`): ``detection`` objects classified
 ``Nucleus`` with ``Nucleus: Area µm^2``, ``Nucleus: Perimeter µm``, ``Nucleus: Circularity`` and
 the table's eccentricity, solidity, haematoxylin OD and detection probability under QuPath's
 names. A nucleus painted over since the table was made (its area no longer that of its
@@ -75,7 +75,7 @@ def write_labels_geojson(path: str, data, meta: dict) -> list[str]:
     """Labels -> QuPath GeoJSON: code 1 as ``Tumor`` annotations, other codes as ``Class k``
     (255, unknown, left out); nuclei (many labels, or a nucleus features table) as one
     detection per label with its measurements."""
-    from napari_histoseg.tumour.geojson import mask_to_geojson
+    from napari_histoseg.core.geojson import mask_to_geojson
 
     labels = _level0(data)
     codes = [int(v) for v in np.unique(labels) if v not in (0, _UNKNOWN)]
@@ -95,7 +95,7 @@ def write_detections_geojson(path: str, data, meta: dict) -> list[str]:
     """Labels -> QuPath GeoJSON detections, one per label value (nuclei), classified
     ``Nucleus``, with QuPath's nucleus measurements (those of the layer's features table
     where it still describes the label)."""
-    from napari_histoseg.tumour.geojson import nuclei_to_geojson
+    from napari_histoseg.core.geojson import nuclei_to_geojson
 
     labels = _level0(data)
     factor, offset, mpp = placement(meta)
@@ -110,7 +110,7 @@ def _nucleus_table(meta: dict):
     column and one of the nucleus detector's), else None."""
     import pandas as pd
 
-    from napari_histoseg.tumour.geojson import QUPATH_NUCLEUS_COLUMNS
+    from napari_histoseg.core.geojson import QUPATH_NUCLEUS_COLUMNS
 
     table = meta.get("features")
     if table is None:
@@ -160,7 +160,7 @@ def write_shapes_geojson(path: str, data, meta: dict) -> list[str]:
     """Shapes -> QuPath GeoJSON annotations: polygons, rectangles and ellipses as Polygons
     (ellipses marked ``isEllipse``), lines and paths as LineStrings; a ``class`` or
     ``classification`` feature column gives each shape its class."""
-    from napari_histoseg.tumour.geojson import feature, json_number, provenance_metadata
+    from napari_histoseg.core.geojson import feature, json_number, provenance_metadata
 
     factor, offset, _ = placement(meta)
     types = meta.get("shape_type") or ["polygon"] * len(data)

@@ -22,7 +22,7 @@ import numpy as np
 from napari_histoseg.review.fields import ReviewSource
 from napari_histoseg.review.state import REVIEWED, ReviewState, _atomic_write
 from napari_histoseg.tumour.export import export_tiles
-from napari_histoseg.tumour.geojson import mask_to_geojson
+from napari_histoseg.core.geojson import mask_to_geojson
 
 __all__ = ["export_reviewed", "review_geojson", "field_mask", "STATUS_COLOURS"]
 

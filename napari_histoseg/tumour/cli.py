@@ -95,8 +95,8 @@ def _run_export(args) -> int:
 
 
 def _run_geojson(args) -> int:
-    from napari_histoseg.tumour import geojson as gj
-    from napari_histoseg.tumour import geojson_import as gji
+    from napari_histoseg.core import geojson as gj
+    from napari_histoseg.core import geojson_import as gji
 
     src, out = Path(args.input), Path(args.output)
     offset = args.offset or (0.0, 0.0)

@@ -120,7 +120,7 @@ class ExportWidget(RunsWork, Scrolling, Container):
             path = path or QFileDialog.getSaveFileName(self.native, "Save GeoJSON", "", "GeoJSON (*.geojson)")[0]
             if not path:
                 return None
-            from napari_histoseg.tumour.geojson import mask_to_geojson
+            from napari_histoseg.core.geojson import mask_to_geojson
 
             ds = level_downsample(image, level)
             fc = mask_to_geojson(np.asarray(mask.data), offset=(x0 * ds, y0 * ds), scale=ds)
@@ -137,7 +137,7 @@ class ExportWidget(RunsWork, Scrolling, Container):
             path = path or QFileDialog.getOpenFileName(self.native, "Import GeoJSON", "", "GeoJSON (*.geojson *.json)")[0]
             if not path:
                 return None
-            from napari_histoseg.tumour.geojson_import import geojson_to_mask_report
+            from napari_histoseg.core.geojson_import import geojson_to_mask_report
 
             ds = level_downsample(image, level)
             labels, skipped = geojson_to_mask_report(path, mask.data.shape, offset=(x0 * ds, y0 * ds), scale=ds)

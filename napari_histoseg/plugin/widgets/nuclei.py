@@ -287,7 +287,7 @@ class NucleiWidget(RunsWork, Scrolling, Container):
         if self.result is None:
             show_warning("Run the detection first.")
             return None
-        from napari_histoseg.tumour.geojson import write_nuclei_geojson
+        from napari_histoseg.core.geojson import write_nuclei_geojson
 
         path = str(Path(str(path or self.qupath.value)).expanduser().absolute())
         kind = kind or self.qupath_kind.value

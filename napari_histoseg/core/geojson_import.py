@@ -3,7 +3,7 @@ and fill the polygons with a scanline fill.
 
 :func:`geojson_to_mask` fills polygons with :func:`napari_histoseg.core.polygons.fill_rings`
 (a pixel belongs to a polygon when its centre does, so the masks that
-:func:`napari_histoseg.tumour.geojson.mask_to_geojson` writes come back pixel for pixel) and
+:func:`napari_histoseg.core.geojson.mask_to_geojson` writes come back pixel for pixel) and
 maps class names to codes (:func:`class_codes`; Tumour/Tumor and unclassified -> 1 by
 default). Measurements are read as a map or in QuPath's older list form.
 

@@ -23,13 +23,13 @@ objects (or ``cell`` objects with a cell boundary in ``geometry`` and the nucleu
 ``nucleusGeometry``) classified ``Nucleus``, with the measurements named as QuPath names them
 (``Nucleus: Area µm^2``, ``Nucleus: Perimeter µm``, ``Nucleus: Circularity``, ...,
 ``Detection probability``), so they sort, colour and export in QuPath like its own.
-Reading QuPath's files back into masks is :mod:`napari_histoseg.tumour.geojson_import`.
+Reading QuPath's files back into masks is :mod:`napari_histoseg.core.geojson_import`.
 
 Example
 -------
 >>> fc = mask_to_geojson(mask, classification="Tumor", offset=(x0, y0), scale=4.0)  # doctest: +SKIP
 >>> json.dump(fc, open("tumour.geojson", "w"))                                       # doctest: +SKIP
->>> from napari_histoseg.tumour.geojson_import import geojson_to_mask                  # doctest: +SKIP
+>>> from napari_histoseg.core.geojson_import import geojson_to_mask                  # doctest: +SKIP
 >>> back = geojson_to_mask(fc, mask.shape, offset=(x0, y0), scale=4.0)               # doctest: +SKIP
 """
 
