@@ -15,17 +15,36 @@ Prints median and 95th percentile per interaction and the ratio of medians.
     python benchmarks/bench_refine.py                  # 1024^2 and 4096^2
     python benchmarks/bench_refine.py --sizes 1024 --clicks 30
     python benchmarks/bench_refine.py --sizes 1024 --patterns clicks strokes random   # per method
+    python benchmarks/bench_refine.py --threads 1 --sizes 1024 4096 --setup 3   # set-up only, by stage
+
+``--threads N`` sets the OpenMP / BLAS thread counts before numpy loads (the timings in
+BENCHMARKS.md are on one thread).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
+
+def _threads(argv) -> None:
+    """``--threads N``: the thread-count variables, set before numpy is imported."""
+    for i, a in enumerate(argv):
+        n = argv[i + 1] if a == "--threads" and i + 1 < len(argv) else a.partition("=")[2] if a.startswith(
+            "--threads=") else None
+        if n:
+            for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+                os.environ[var] = n
+
+
+if __name__ == "__main__":
+    _threads(sys.argv[1:])
+
+import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -93,8 +112,6 @@ def run_pattern(size: int, steps: int, pattern: str, method: str, view: int = 0)
     """Time ``steps`` warm updates of ``pattern`` on ``size``^2 (no prior); with ``view``
     a square of that many px around the centre is on screen: the seeds fall in it and
     each update redraws only it."""
-    import os
-
     from napari_histoseg.refinement import RefineSession
 
     img, truth, what = test_image(size)
@@ -142,6 +159,29 @@ def run_pattern(size: int, steps: int, pattern: str, method: str, view: int = 0)
     if edits:
         print(f"<!-- {where} {method} {pattern}: undo {edits[0] * 1000:.1f} / {edits[1] * 1000:.1f} ms, "
               f"redo {edits[2] * 1000:.1f} ms, erasing the first {'stroke' if pattern == 'strokes' else 'click'} {edits[3] * 1000:.1f} ms -->")
+
+
+def run_setup(size: int, reps: int, method: str):
+    """Time ``reps`` session set-ups on ``size``^2 (no prior): median and range in s/Mpx,
+    and the median seconds of each stage (``RefineSession.timings["setup_parts"]``)."""
+    from napari_histoseg.refinement import RefineSession
+
+    img, _, _ = test_image(size)
+    import skimage.segmentation  # noqa: F401  (a one-off import of about 0.6 s, not the session's)
+
+    RefineSession(img[:128, :128], method=method)  # first-call costs (imports, caches) are not the session's
+    mpx = size * size / 1e6
+    total, parts, loads = [], [], []
+    for _ in range(reps):
+        loads.append(os.getloadavg()[0])
+        session = RefineSession(img, method=method)
+        total.append(session.timings["setup"] / mpx)
+        parts.append(session.timings.get("setup_parts", {}))  # (older code: the total alone)
+        del session
+    stages = ", ".join(f"{k} {np.median([p[k] for p in parts]):.3f}" for k in parts[0]) or "-"
+    print(f"| {size}^2 | {method} | {np.median(total):.2f} s/Mpx | {min(total):.2f}-{max(total):.2f} | {reps} | "
+          f"{stages} | {min(loads):.1f}-{max(loads):.1f} |", flush=True)
+    return total
 
 
 def run(size: int, clicks: int, rw_at, view):
@@ -209,12 +249,20 @@ def main(argv=None):
                          "(robot clicks, robot strokes, random clicks of alternating label) per method")
     ap.add_argument("--methods", nargs="+", default=["confined", "lgc"],
                     help="RefineSession methods (confined, region, lgc)")
+    ap.add_argument("--setup", type=int, default=0, metavar="N",
+                    help="only time N session set-ups per size and method (s/Mpx, seconds per stage)")
+    ap.add_argument("--threads", type=int, help="OpenMP / BLAS threads (set before numpy loads)")
     ap.add_argument("--view", type=int, default=0,
                     help="also time 4096^2 with a view of this many px square around the image centre")
     args = ap.parse_args(argv)
-    import os
-
     print(f"# CPU cores: {os.cpu_count()}; numpy {np.__version__}; load average {os.getloadavg()[0]:.1f}")
+    if args.setup:
+        print("| image | method | set-up, median | range | sessions | median seconds per stage | load average |\n"
+              "|---|---|---|---|---|---|---|")
+        for size in args.sizes:
+            for method in args.methods:
+                run_setup(size, args.setup, method)
+        return 0
     if args.patterns:
         print("| image | method | pattern | session setup | warm updates | median | 95th pct | first | "
               "load average (start -> end) |\n|---|---|---|---|---|---|---|---|---|")

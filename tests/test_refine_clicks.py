@@ -105,6 +105,31 @@ def test_view_limits_the_redraw_and_a_later_full_update_catches_up():
     assert full[core & (np.arange(512)[:, None] > 300)].mean() > 0.99
 
 
+def test_more_than_65536_superpixels_redraw_exactly_their_own_pixels():
+    """The superpixel index sorts labels by 16-bit digits: past 65,536 superpixels (a
+    large image or small superpixels) each must still get its own pixels and box, else a
+    click redraws the wrong part of the image."""
+    from napari_histoseg.refinement.index import SuperpixelIndex
+
+    rng = np.random.default_rng(0)
+    n = 70_000
+    labels = np.concatenate([np.arange(n), rng.integers(0, n, 300 * 300 - n)])
+    labels = rng.permutation(labels).reshape(300, 300).astype(np.int32)
+    idx = SuperpixelIndex(labels)
+    flat = labels.ravel()
+    for node in (0, 1, 65_535, 65_536, 65_537, n - 1):
+        assert np.array_equal(idx.pixels(np.array([node])), np.flatnonzero(flat == node))
+        ys, xs = np.nonzero(labels == node)
+        assert idx.box[node].tolist() == [ys.min(), ys.max(), xs.min(), xs.max()]
+    assert np.array_equal(np.sort(idx.pixels(np.arange(n))), np.arange(flat.size))
+    img, inside = disk_image(size=600, radius=180)
+    session = RefineSession(img, superpixel_size=2)
+    assert session.graph.n > 65_536
+    seeds = click(inside.shape, 300, 300, 1, r=8)
+    labels = session.update(seeds)  # a click's reach is counted in superpixels: 2 px ones reach little
+    assert labels[seeds == 1].all() and labels[~inside].sum() == 0 and labels[inside].sum() > (seeds == 1).sum()
+
+
 def test_set_params_recomputes_like_a_new_session(real):
     img, prior = real
     seeds = click(prior.shape, 200, 200, 1) + click(prior.shape, 40, 40, 2)

@@ -1,23 +1,7 @@
 """Graphs and affinities for label propagation: colour features, superpixels, weights.
 
-Colour space
-------------
-Affinities are computed in CIELAB by default. L*a*b* is close to perceptually uniform,
-so one Euclidean ``sigma`` means the same colour step in pale stroma and in dark tumour
-nests; optical density (OD) and its stain decomposition (HED) stretch the dark end (a
-step of 10 grey levels is ten times larger in OD at intensity 25 than at 250), so JPEG
-noise in dense nuclei dominates their distances, and HED drops the residual channel.
-Measured on the shared real tiles: the area under the ROC curve of the colour distance
-between neighbouring superpixels, "tumour on one side, not tumour on the other" against
-"same class on both sides" (``python benchmarks/robot_user.py --colour-spaces``; the
-figures are in BENCHMARKS.md, section Refinement): with the distance used here, Lab
-0.742 / 0.726 (camelyon / bcss), RGB 0.714 / 0.733, OD 0.720 / 0.711, HED 0.690 / 0.648;
-Lab is best or within 0.01 of best on both, HED (which drops the residual channel) last.
-The *regional* colour (smoothed over about one superpixel, the scale of a few nuclei)
-separates far better than the superpixel mean (Lab 0.559 / 0.570). ``"od"`` and
-``"rgb"`` remain available through ``colour_space``. In the simulated annotator without
-a prior (``robot_user.py --no-rw --limit 8 --no-prior-arm --param colour_space=...``),
-NoC@90 camelyon / bcss: Lab 6.2 / 11.1, OD 7.0 / 10.6, RGB 9.0 / 11.4.
+Colour and texture (what the distances are measured on) are in
+:mod:`~napari_histoseg.refinement.channels`; their names are importable from here too.
 
 Two graphs
 ----------
@@ -41,10 +25,17 @@ import numpy as np
 import scipy.sparse as sp_
 from scipy import ndimage
 
-__all__ = ["colour_features", "texture_features", "affinity_channels", "superpixels", "CoarseGraph", "coarse_graph", "PixelAffinity",
-           "pixel_affinity", "regional_colour", "COLOUR_SPACES"]
+from napari_histoseg.refinement.channels import (  # noqa: F401  (the names' old home)
+    COLOUR_SPACES,
+    TEXTURE_STEP,
+    _lab,
+    affinity_channels,
+    colour_features,
+    texture_features,
+)
 
-COLOUR_SPACES = ("lab", "od", "rgb")
+__all__ = ["colour_features", "texture_features", "affinity_channels", "superpixels", "CoarseGraph", "coarse_graph",
+           "PixelAffinity", "pixel_affinity", "regional_colour", "COLOUR_SPACES"]
 
 
 def __getattr__(name):
@@ -54,101 +45,6 @@ def __getattr__(name):
         warnings.warn("COLOR_SPACES is now COLOUR_SPACES", DeprecationWarning, stacklevel=2)
         return COLOUR_SPACES
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-# sRGB -> linear RGB for each uint8 value; D65 RGB -> XYZ (scikit-image's constants).
-_LINEAR = np.where(np.arange(256) / 255.0 > 0.04045,
-                   ((np.arange(256) / 255.0 + 0.055) / 1.055) ** 2.4,
-                   np.arange(256) / 255.0 / 12.92).astype(np.float32)
-_XYZ_FROM_RGB = np.array([[0.412453, 0.357580, 0.180423],
-                          [0.212671, 0.715160, 0.072169],
-                          [0.019334, 0.119193, 0.950227]], np.float32)
-_WHITE = np.array([0.95047, 1.0, 1.08883], np.float32)
-
-
-def _lab(image: np.ndarray) -> np.ndarray:
-    """CIELAB (D65, 2 degrees) of uint8 RGB in float32: a lookup table and one cube
-    root; matches ``skimage.color.rgb2lab`` to 1e-3 and is several times faster."""
-    lin = _LINEAR[image]
-    m = _XYZ_FROM_RGB / _WHITE[:, None]
-    t = lin[..., 0:1] * m[:, 0] + lin[..., 1:2] * m[:, 1] + lin[..., 2:3] * m[:, 2]
-    eps = np.float32(0.008856)
-    f = np.where(t > eps, np.cbrt(t), np.float32(7.787) * t + np.float32(16.0 / 116.0))
-    out = np.empty_like(f)
-    out[..., 0] = np.where(t[..., 1] > eps, 116.0 * f[..., 1] - 16.0, 903.3 * t[..., 1])
-    out[..., 1] = 500.0 * (f[..., 0] - f[..., 1])
-    out[..., 2] = 200.0 * (f[..., 1] - f[..., 2])
-    return out
-
-
-def colour_features(image: np.ndarray, space: str = "lab") -> np.ndarray:
-    """Per-pixel colour in the space the affinities use.
-
-    Parameters
-    ----------
-    image : (H, W, 3) uint8
-    space : {"lab", "od", "rgb"}
-        CIELAB (default), optical density ``-ln((I + 1) / 256)`` scaled by 20 so that
-        its sigmas are of the same order as Lab's, or raw RGB.
-
-    Returns
-    -------
-    (H, W, 3) float32
-    """
-    if space == "lab":
-        return _lab(image)
-    if space == "od":
-        from napari_histoseg.colour.stain import optical_density
-
-        return optical_density(image) * np.float32(20.0)
-    if space == "rgb":
-        return image.astype(np.float32)
-    raise ValueError(f"colour_space must be one of {COLOUR_SPACES}, not {space!r}")
-
-
-def texture_features(features: np.ndarray, scale: float = 3.0) -> np.ndarray:
-    """Local contrast per pixel: the standard deviation of each colour channel over a
-    Gaussian window of sigma ``scale`` px, (H, W, C) float32 in the features' units.
-
-    Two tissues of one mean colour differ here: dense small nuclei (lymphocytes) on a
-    pale background vary strongly over a few pixels, a nest of large pale tumour cells
-    or plain stroma much less.
-    """
-    out = np.empty_like(features, dtype=np.float32)
-    for c in range(features.shape[-1]):
-        f = features[..., c].astype(np.float32)
-        # truncated at 2 sigma (half scipy's kernel): the window's contrast, at half the cost
-        m = ndimage.gaussian_filter(f, scale, mode="nearest", truncate=2.0)
-        m2 = ndimage.gaussian_filter(f * f, scale, mode="nearest", truncate=2.0)
-        out[..., c] = np.sqrt(np.maximum(m2 - m * m, 0.0))
-    return out
-
-
-def affinity_channels(colour: np.ndarray, params: dict, features: np.ndarray | None = None):
-    """What the superpixel graph's distances are computed on, and how many of its first
-    channels set the automatic sigma: ``(channels, sigma_channels)`` for
-    :func:`coarse_graph`.
-
-    ``params["affinity"]`` (:mod:`~napari_histoseg.refinement.params`): ``"colour"``
-    the colour plus ``texture_weight`` times its local contrast (not for ``method="lgc"``,
-    which keeps the plain colour), the colour alone setting sigma; ``"features"`` the
-    given per-pixel ``features`` alone, setting their own sigma; ``"mixed"`` the colour
-    channels plus ``feature_weight`` times the features, the colour setting sigma (so
-    the features only add distance where the network sees a difference).
-    """
-    from napari_histoseg.io.checks import InputError
-
-    kind = params.get("affinity", "colour")
-    if kind != "colour" and features is None:
-        raise InputError(f"affinity={kind!r} needs the network's features (features=, e.g. "
-                         "napari_histoseg.refinement.features.session_features(image, model))")
-    if kind == "features":
-        return features, None
-    parts = [colour]
-    if params["method"] != "lgc" and params["texture_weight"] > 0:
-        parts.append(np.float32(params["texture_weight"]) * texture_features(colour))
-    if kind == "mixed" and params["feature_weight"] > 0:
-        parts.append(np.float32(params["feature_weight"]) * features)
-    return (np.concatenate(parts, -1) if len(parts) > 1 else colour), colour.shape[-1]
 
 
 def superpixels(features: np.ndarray, size: int = 16, compactness: float = 10.0,
@@ -217,7 +113,9 @@ def regional_colour(features: np.ndarray, scale: float) -> np.ndarray:
     if (H, W) != (h, w):
         f = np.pad(f, ((0, H - h), (0, W - w), (0, 0)), mode="edge")
     small = f.reshape(H // k, k, W // k, k, c).mean(axis=(1, 3), dtype=np.float32)
-    sm = np.stack([ndimage.gaussian_filter(small[..., i], scale / k, mode="nearest") for i in range(c)], -1)
+    sm = np.empty_like(small)
+    for i in range(c):
+        sm[..., i] = ndimage.gaussian_filter(small[..., i], scale / k, mode="nearest")
     return sm, k
 
 
@@ -254,24 +152,30 @@ def coarse_graph(labels: np.ndarray, features: np.ndarray, sigma: float | None =
     flat = labels.ravel()
     n = int(flat.max()) + 1
     count = np.bincount(flat, minlength=n).astype(np.float64)
-    yy, xx = np.divmod(np.arange(h * w, dtype=np.int64), w)
-    centroid = np.stack([np.bincount(flat, yy, minlength=n), np.bincount(flat, xx, minlength=n)], 1) / count[:, None]
-    del yy, xx
+    # sums of whole numbers, exact in float64 whatever the order
+    sy = np.bincount(flat, np.repeat(np.arange(h, dtype=np.float64), w), minlength=n)
+    sx = np.bincount(flat, np.tile(np.arange(w, dtype=np.float64), h), minlength=n)
+    centroid = np.stack([sy, sx], 1) / count[:, None]
+    del sy, sx
     spacing = np.sqrt(h * w / n)
     scale = spacing if scale is None else scale
-    fl = features.reshape(-1, features.shape[-1])
-    colour = np.stack([np.bincount(flat, fl[:, c], minlength=n) for c in range(fl.shape[1])], 1) / count[:, None]
+    colour = np.empty((n, features.shape[-1]))
+    for c in range(features.shape[-1]):  # one channel at a time: no (H * W, C) copy
+        colour[:, c] = np.bincount(flat, features[..., c].ravel(), minlength=n)
+    colour /= count[:, None]
     regional = None
     if scale > 0:
         sm, k = regional_colour(features, scale)
         cy = np.clip(np.rint((centroid[:, 0] - (k - 1) / 2) / k).astype(int), 0, sm.shape[0] - 1)
         cx = np.clip(np.rint((centroid[:, 1] - (k - 1) / 2) / k).astype(int), 0, sm.shape[1] - 1)
         regional = sm[cy, cx].astype(np.float64)
-    a = np.concatenate([labels[:, :-1].ravel(), labels[:-1, :].ravel()]).astype(np.int64)
-    b = np.concatenate([labels[:, 1:].ravel(), labels[1:, :].ravel()]).astype(np.int64)
-    keep = a != b
-    a, b = a[keep], b[keep]
-    key = np.unique(np.minimum(a, b) * n + np.maximum(a, b))
+    keys = []
+    for a, b in ((labels[:, :-1], labels[:, 1:]), (labels[:-1, :], labels[1:, :])):
+        cut = a != b  # only the pixel pairs across a boundary become int64 keys
+        a, b = a[cut].astype(np.int64), b[cut].astype(np.int64)
+        keys.append(np.minimum(a, b) * n + np.maximum(a, b))
+    key = np.unique(np.concatenate(keys))
+    del keys
     edges = np.stack(np.divmod(key, n), axis=1)
     def dist2(channels):
         d = ((colour[edges[:, 0], channels] - colour[edges[:, 1], channels]) ** 2).sum(1)
@@ -318,6 +222,22 @@ class PixelAffinity:
         return replace(self, right=right, down=down, degree=degree, sigma=float(sigma))
 
 
+def _square_steps(f: np.ndarray, axis: int) -> np.ndarray:
+    """Squared colour difference of each pixel to the next along ``axis`` (1: right,
+    0: down), summed over the channels one at a time (the same float32 sums as
+    ``(diff ** 2).sum(-1)`` without the (H, W, C) temporaries)."""
+    out = None
+    for c in range(f.shape[-1]):
+        x = f[..., c]
+        d = x[:, 1:] - x[:, :-1] if axis == 1 else x[1:, :] - x[:-1, :]
+        d *= d
+        if out is None:
+            out = d
+        else:
+            out += d
+    return out
+
+
 def pixel_affinity(features: np.ndarray, sigma: float | None = None, sensitivity: float = 1.0,
                    smooth: float = 1.0) -> PixelAffinity:
     """Colour affinities of the pixel grid (see the module docstring).
@@ -331,13 +251,15 @@ def pixel_affinity(features: np.ndarray, sigma: float | None = None, sensitivity
     f = features
     dr = np.zeros(f.shape[:2], np.float32)
     dd = np.zeros(f.shape[:2], np.float32)
-    dr[:, :-1] = ((f[:, 1:] - f[:, :-1]) ** 2).sum(-1)
-    dd[:-1, :] = ((f[1:, :] - f[:-1, :]) ** 2).sum(-1)
+    dr[:, :-1] = _square_steps(f, 1)
+    dd[:-1, :] = _square_steps(f, 0)
     if smooth > 0:
-        f = np.stack([ndimage.gaussian_filter(f[..., c], smooth, mode="nearest") for c in range(f.shape[-1])], -1)
-        np.minimum(dr[:, :-1], ((f[:, 1:] - f[:, :-1]) ** 2).sum(-1), out=dr[:, :-1])
-        np.minimum(dd[:-1, :], ((f[1:, :] - f[:-1, :]) ** 2).sum(-1), out=dd[:-1, :])
-    del f
+        s = np.empty(f.shape, np.float32)
+        for c in range(f.shape[-1]):
+            s[..., c] = ndimage.gaussian_filter(f[..., c], smooth, mode="nearest")
+        np.minimum(dr[:, :-1], _square_steps(s, 1), out=dr[:, :-1])
+        np.minimum(dd[:-1, :], _square_steps(s, 0), out=dd[:-1, :])
+        del s
     m = (dr[:, :-1].sum() + dd[:-1, :].sum()) / max(dr[:, :-1].size + dd[:-1, :].size, 1)
     auto = max(float(np.sqrt(m)), 1e-3)
     a = PixelAffinity(None, None, None, dr, dd, 0.0, auto)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 __all__ = ["SuperpixelIndex"]
 
@@ -23,15 +24,21 @@ class SuperpixelIndex:
     """
 
     def __init__(self, labels: np.ndarray):
-        h, w = labels.shape
         flat = labels.ravel()
-        self.order = np.argsort(flat, kind="stable")
         self.count = np.bincount(flat).astype(np.int64)
+        n = self.count.size
+        # the stable argsort of the labels by 16-bit digits (numpy radix-sorts 16-bit keys):
+        # the same order as argsort(flat, kind="stable"), several times faster
+        if n <= 1 << 16:
+            self.order = np.argsort(flat.astype(np.uint16), kind="stable")
+        else:
+            low = np.argsort((flat & 0xFFFF).astype(np.uint16), kind="stable")
+            self.order = low[np.argsort((flat >> 16).astype(np.uint16)[low], kind="stable")]
         self.starts = np.concatenate([[0], np.cumsum(self.count)[:-1]])
-        ys, xs = np.divmod(self.order, w)
-        s = self.starts
-        self.box = np.stack([np.minimum.reduceat(ys, s), np.maximum.reduceat(ys, s),
-                             np.minimum.reduceat(xs, s), np.maximum.reduceat(xs, s)], 1)
+        # bounding boxes (first row, last row, first column, last column) in one pass
+        objects = ndimage.find_objects(labels + 1, n)
+        self.box = np.array([(s[0].start, s[0].stop - 1, s[1].start, s[1].stop - 1) for s in objects],
+                            np.int64).reshape(-1, 4)
 
     def pixels(self, nodes: np.ndarray) -> np.ndarray:
         """Flat (row-major) indices of the pixels of ``nodes``, superpixel by superpixel."""

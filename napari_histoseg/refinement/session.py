@@ -31,7 +31,6 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import scipy.sparse as sp_
 
 from napari_histoseg.refinement.graph import (
     affinity_channels,
@@ -43,6 +42,7 @@ from napari_histoseg.refinement.graph import (
 from napari_histoseg.refinement.history import HISTORY_BYTES, History, PixelDeltas
 from napari_histoseg.refinement.index import SuperpixelIndex
 from napari_histoseg.refinement.params import DEFAULTS, METHODS, check_params, resolve
+from napari_histoseg.refinement.prior import PriorTerms
 from napari_histoseg.refinement.reach import ReachSearch, held, reachable
 from napari_histoseg.refinement.seeds import NOT_TUMOUR, TUMOUR, check_image, check_prior, check_seeds
 from napari_histoseg.refinement.solver import normalise, propagate_grid, solve_clamped, solve_pixels
@@ -108,7 +108,9 @@ class RefineSession:
     Attributes
     ----------
     timings : dict
-        Seconds spent in ``setup`` and in the parts of the last update.
+        Seconds spent in ``setup`` (``setup_parts``: colour, superpixels, channels (texture
+        and features), coarse_graph, pixel_affinity, index_and_state) and in the parts of
+        the last update.
 
     Examples
     --------
@@ -123,24 +125,35 @@ class RefineSession:
         self.image = check_image(image)
         h, w = self.shape = self.image.shape[:2]
         self.prior = check_prior(prior, self.shape)
+        parts, t = {}, time.perf_counter()
+
+        def lap(name):  # seconds per stage of the set-up, in timings["setup_parts"]
+            nonlocal t
+            parts[name], t = time.perf_counter() - t, time.perf_counter()
+
         feat = colour_features(self.image, p["colour_space"])
+        lap("colour")
         self.superpixels = sp = superpixels(feat, int(p["superpixel_size"]), p["compactness"])
+        lap("superpixels")
         if features is not None:
             from napari_histoseg.refinement.features import check_features
 
             features = check_features(features, self.shape)
         # the colour sets the automatic sigma; texture and the network's features only add distance
         feat_c, sigma_channels = affinity_channels(feat, p, features)
+        lap("channels")
         self.graph = g = coarse_graph(sp, feat_c, p["sigma_colour"], p["colour_sensitivity"],
                                       sigma_channels=sigma_channels)
         del feat_c
         self._S = normalise(g.weights)
+        lap("coarse_graph")
         self.affinity = pixel_affinity(feat, p["sigma_colour"], p["colour_sensitivity"])
         del feat
+        lap("pixel_affinity")
         flat = sp.ravel()
         self._sp = flat
         n = g.n
-        self._set_prior_term()
+        self._terms = PriorTerms(self.graph, self._sp, self.prior, self.params)
         self._index = SuperpixelIndex(sp)
         self._count = self._index.count
         self._adj = g.weights.copy()
@@ -150,53 +163,14 @@ class RefineSession:
         self._ok = {TUMOUR: np.zeros(n, bool), NOT_TUMOUR: np.zeros(n, bool)}
         self._G = None
         self._Gpix = np.zeros(h * w, np.float32)
-        self._labels = (self._y > 0).astype(np.uint8)
+        self._labels = (self._terms.y > 0).astype(np.uint8)
         self._band = np.zeros(n, bool)
         self._dirty = np.zeros(n, bool)
         self._pos = np.full(h * w, -1, np.int32)
         self._history = History(HISTORY_BYTES)
         self._pixstate = PixelDeltas((self._Gpix, self._labels))
-        self.timings = {"setup": time.perf_counter() - t0}
-
-    def _set_prior_term(self) -> None:
-        """``P`` per pixel (``_y``) and its superpixel means (``_yc``)."""
-        p, (h, w) = self.params, self.shape
-        if self.prior is None:
-            self._y = np.full(h * w, -p["no_prior_bias"], np.float32)
-        else:
-            self._y = (np.float32(p["prior_weight"]) * (2.0 * self.prior - 1.0)).ravel().astype(np.float32)
-        self._yc = np.bincount(self._sp, self._y, minlength=self.graph.n) / self.graph.count
-        g = self.graph
-        if self.prior is None:
-            conf = np.zeros(g.n)
-        else:
-            conf = np.bincount(self._sp, np.abs(2.0 * self.prior.ravel() - 1.0), minlength=g.n) / g.count
-        self._conf = conf
-        self._leak = p["confidence_weight"] * conf
-        step = np.sqrt(g.d2) / max(g.sigma_auto, 1e-6) + 1e-6
-        e = g.edges
-        ij = (np.concatenate([e[:, 0], e[:, 1]]), np.concatenate([e[:, 1], e[:, 0]]))
-        self._steps = sp_.coo_matrix((np.concatenate([step, step]), ij), shape=(g.n, g.n)).tocsr()
-        self._cost = self._steps.copy()
-        self._cost.data += p["hop_cost"]
-        self._zones = None
-        if p["method"] == "region" and self.prior is not None:
-            from napari_histoseg.refinement.zones import ZoneGraph
-
-            self._zones = ZoneGraph(e, step, self._yc > 0, conf, p["zone_hop"], p["zone_confidence"])
-        self._kc = np.zeros(g.n)
-        self._yeff = self._y
-
-    def _set_discount(self, kc: np.ndarray, pix: np.ndarray) -> None:
-        """Take the zones' discount ``kc`` per superpixel (:meth:`ZoneGraph.discount`):
-        the prior there is ``(1 - kc) P``; ``pix``: the pixels whose superpixels' value
-        changed."""
-        self._kc = kc
-        if pix.size == 0:
-            return
-        if self._yeff is self._y:
-            self._yeff = self._y.copy()
-        self._yeff[pix] = self._y[pix] * (1.0 - kc[self._sp[pix]]).astype(np.float32)
+        lap("index_and_state")
+        self.timings = {"setup": time.perf_counter() - t0, "setup_parts": parts}
 
     def set_params(self, **params) -> None:
         """Change parameters of a running session; the next :meth:`update` recomputes
@@ -221,7 +195,7 @@ class RefineSession:
             self.graph = self.graph.reweighted(sc if sc is not None else self.graph.sigma_auto / sens)
             self._S = normalise(self.graph.weights)
             self.affinity = self.affinity.reweighted(sc if sc is not None else self.affinity.sigma_auto / sens)
-        self._set_prior_term()
+        self._terms = PriorTerms(self.graph, self._sp, self.prior, self.params)
         self._G = None
         self._dirty[:] = False
         self._history.clear()
@@ -273,28 +247,29 @@ class RefineSession:
         clamped = tot > 0
         target = (tally.nt - tally.nn) / np.maximum(tot, 1)
         leak = None
-        if self._zones is not None:  # the prior yields in the zones of correcting seeds
-            kc = self._zones.discount(tally.nt > 0, tally.nn > 0, p["zone_factor"], max_size=int(p["zone_max"]))
-            moved = np.flatnonzero(np.abs(kc - self._kc) > 1e-9)
-            self._set_discount(kc, self._index.pixels(moved))
+        if self._terms.zones is not None:  # the prior yields in the zones of correcting seeds
+            kc = self._terms.zones.discount(tally.nt > 0, tally.nn > 0, p["zone_factor"], max_size=int(p["zone_max"]))
+            moved = np.flatnonzero(np.abs(kc - self._terms.kc) > 1e-9)
+            self._terms.set_discount(kc, self._index.pixels(moved))
             touched[moved] = True
-        yc = self._yc * (1.0 - self._kc)
+        yc = self._terms.yc * (1.0 - self._terms.kc)
         values = target - yc
         if p["method"] != "lgc":  # every search once, and while seeds are only added from the new ones
             search, src = self._search, tally.sources()
-            clicks = search.clicks(src, self._cost, p["reach"])
-            far = held(search, self._cost, tally, clicks, clamped, self._kc, self._conf, self._yc > 0, p,
+            clicks = search.clicks(src, self._terms.cost, p["reach"])
+            terms = self._terms
+            far = held(search, terms.cost, tally, clicks, clamped, terms.kc, terms.conf, terms.yc > 0, p,
                        self.prior is not None)
             values[far] = 0.0
             clamped = clamped | far
             # confidence resists more the more colour lies between a node and the seeds:
             # in the region a stroke was drawn in the stroke wins, across edges the model
-            dc = np.minimum(search.distance("steps", tot > 0, self._steps, p["reach"]), p["reach"])
-            leak = self._leak * (1.0 - self._kc) * (dc / p["reach"]) ** 2
+            dc = np.minimum(search.distance("steps", tot > 0, self._terms.steps, p["reach"]), p["reach"])
+            leak = self._terms.leak * (1.0 - self._terms.kc) * (dc / p["reach"]) ** 2
         G = solve_clamped(self._S, np.zeros(n), clamped, values, p["alpha"], x0=self._G, tol=p["tol"], leak=leak)
         clamped = tot > 0
         if p["method"] != "lgc":  # a class is given against the model only within reach of its seeds
-            ok = reachable(search, self._cost, src, clicks, p["stroke_reach"])
+            ok = reachable(search, self._terms.cost, src, clicks, p["stroke_reach"])
             Lc = np.where(yc > 0, (yc + G > 0) | ~ok[NOT_TUMOUR], (yc + G > 0) & ok[TUMOUR])
             if p["stroke_px"] > 0:  # strokes reach pixels within stroke_px (SeedTally.near)
                 ok = clicks
@@ -338,24 +313,24 @@ class RefineSession:
         pix = plain_pix = self._index.pixels(plain)
         gp = np.repeat(G[plain], self._count[plain]).astype(np.float32)
         self._Gpix[pix] = gp
-        self._labels[pix] = self._decide(self._yeff[pix] + gp, pix)
+        self._labels[pix] = self._decide(self._terms.yeff[pix] + gp, pix)
         moved = np.flatnonzero(changed & band & ~big)
         pix = moved_pix = self._index.pixels(moved)
         self._Gpix[pix] += np.repeat(shift[moved], self._count[moved]).astype(np.float32)
-        self._labels[pix] = self._decide(self._yeff[pix] + self._Gpix[pix], pix)
+        self._labels[pix] = self._decide(self._terms.yeff[pix] + self._Gpix[pix], pix)
         fine = np.flatnonzero(big & band)
         pix = self._index.pixels(fine)
         sd = tally.seeds[pix]
         seeded = sd > 0
         sp_ = pix[seeded]
-        self._Gpix[sp_] = np.where(sd[seeded] == TUMOUR, 1.0, -1.0) - self._yeff[sp_]
+        self._Gpix[sp_] = np.where(sd[seeded] == TUMOUR, 1.0, -1.0) - self._terms.yeff[sp_]
         U = pix[~seeded]
         # warm start: the last pixel answer moved by its superpixel's coarse change
         x0 = self._Gpix[U] + np.repeat(shift[fine], self._count[fine])[~seeded].astype(np.float32)
         Gu = solve_pixels(U, np.zeros(U.size), self._Gpix, self.affinity, p["alpha_fine"], self._pos,
                           x0=x0, tol=p["tol"])
         self._Gpix[U] = Gu
-        self._labels[U] = self._decide(self._yeff[U] + Gu, U)
+        self._labels[U] = self._decide(self._terms.yeff[U] + Gu, U)
         allpix = np.concatenate([plain_pix, moved_pix, pix])
         sd = tally.seeds[allpix]
         hit = sd > 0
@@ -371,7 +346,7 @@ class RefineSession:
         """Labels ``F > 0``, except that where the model (``model``: its label) is
         overruled, the seeds of the new class must reach superpixel ``nodes``."""
         L = F > 0
-        model, nodes = self._yeff[pix] > 0, self._sp[pix]
+        model, nodes = self._terms.yeff[pix] > 0, self._sp[pix]
         if self.params["method"] == "lgc":
             return L
         ok_t, ok_n = self._ok[TUMOUR][nodes], self._ok[NOT_TUMOUR][nodes]
@@ -384,12 +359,12 @@ class RefineSession:
         """Keep the state after this update so that the same seeds again (undo, redo)
         give exactly these labels."""
         self._history.put(key, (self._G.copy(), self._band.copy(), self._dirty.copy(),
-                                self._pixstate.snapshot((self._Gpix, self._labels)), self._kc.copy(),
+                                self._pixstate.snapshot((self._Gpix, self._labels)), self._terms.kc.copy(),
                                 self._tally.stroke_pixels, self._ok[TUMOUR].copy(), self._ok[NOT_TUMOUR].copy()))
 
     def _restore(self, state, seeds: np.ndarray, changed: np.ndarray) -> None:
         G, band, dirty, pixels, kc, stroke, ok_t, ok_n = state
-        self._set_discount(kc, self._index.pixels(np.flatnonzero(kc != self._kc)))
+        self._terms.set_discount(kc, self._index.pixels(np.flatnonzero(kc != self._terms.kc)))
         self._tally.reset(seeds, stroke, changed)
         self._ok = {TUMOUR: ok_t.copy(), NOT_TUMOUR: ok_n.copy()}
         self._G, self._band, self._dirty = G.copy(), band.copy(), dirty.copy()
