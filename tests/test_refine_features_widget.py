@@ -47,3 +47,26 @@ def test_a_model_that_cannot_give_features_is_a_message_not_a_dead_viewer(make_n
         pass
     qtbot.waitUntil(lambda: w.session is not None, timeout=10_000)
     assert w.session.params["affinity"] == "colour"
+
+
+def test_a_second_start_on_the_same_image_reuses_the_model_s_features(
+        make_napari_viewer, qtbot, random_checkpoint, monkeypatch):
+    from napari_histoseg.refinement import features as feats
+
+    runs = []
+    real = feats.session_features
+    monkeypatch.setattr(feats, "session_features", lambda *a, **k: runs.append(1) or real(*a, **k))
+    w = start(make_napari_viewer(), qtbot, str(random_checkpoint))
+    first = w.session.graph.colour.copy()
+    assert len(runs) == 1
+    w.method.value = "region"  # another method: a new session, the same features
+    assert w.start() is not None
+    qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
+    assert len(runs) == 1, "the second Start did not run the model again"
+    assert w.session.params["method"] == "region"
+    assert np.array_equal(w.session.graph.colour, first), "the same features give the same graph"
+    layer = w.viewer.layers["slide"]
+    layer.data = layer.data[:, ::-1].copy()  # another image in the same layer: its own features
+    assert w.start() is not None
+    qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
+    assert len(runs) == 2 and w.session is not None

@@ -18,12 +18,14 @@ few principal components over the image, scaled to the units of the colour featu
 from __future__ import annotations
 
 import threading
+import weakref
 
 import numpy as np
 
 from napari_histoseg.io.checks import InputError, check_int
 
-__all__ = ["feature_layer", "model_features", "reduce_features", "session_features", "check_features"]
+__all__ = ["feature_layer", "model_features", "reduce_features", "session_features", "check_features",
+           "FeatureCache"]
 
 
 def feature_layer(module) -> str:
@@ -169,3 +171,46 @@ def check_features(features, shape) -> np.ndarray:
     if not np.isfinite(f).all():
         raise InputError("features must be finite (no NaN or infinity)")
     return f
+
+
+class FeatureCache:
+    """The network's features of the last image, kept for the next session on it.
+
+    Starting a refinement again on the same image (another method, other parameters)
+    needs the same features; :meth:`get` runs the model only when the image object or
+    the ``key`` (the model, its engine, the part of the image) changed. One entry: the
+    features of one image, (H, W, channels) float32, not the network's raw ones.
+
+    >>> cache, runs = FeatureCache(), []
+    >>> image = np.zeros((2, 2, 3), np.uint8)
+    >>> f = cache.get(image, "m", lambda: runs.append(1) or np.ones((2, 2, 4), np.float32))
+    >>> g = cache.get(image, "m", lambda: runs.append(1) or np.ones((2, 2, 4), np.float32))
+    >>> g is f, len(runs)
+    (True, 1)
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._source = None   # a weak reference to the image object (or the object, if it takes none)
+        self._key = None
+        self._features = None
+
+    def get(self, source, key, compute):
+        """``compute()`` for ``source`` (the image object, compared by identity) and
+        ``key`` (anything comparable), or the features it gave last time for both."""
+        with self._lock:
+            held = self._source() if self._source is not None else None
+            if held is not None and held is source and self._key == key:
+                return self._features
+        features = compute()
+        try:
+            ref = weakref.ref(source)
+        except TypeError:  # e.g. a list of levels: hold it (a replaced layer's data is a new object)
+            ref = lambda s=source: s  # noqa: E731
+        with self._lock:
+            self._source, self._key, self._features = ref, key, features
+        return features
+
+    def clear(self) -> None:
+        with self._lock:
+            self._source = self._key = self._features = None

@@ -20,6 +20,7 @@ from superqt import QCollapsible
 from napari_histoseg.plugin.widgets._layers import (
     Scrolling,
     image_under,
+    mask_window,
     seeds_colormap,
     unwrap,
     visible_region,
@@ -59,6 +60,9 @@ class RefineWidget(Scrolling, Container):
         self._gestures: set = set()  # "click" / "stroke": what the pending seeds were drawn with
         self._clicking = False
         self.edits = None      # MaskEdits: history, base, pixels a person edited by hand
+        from napari_histoseg.refinement.features import FeatureCache
+
+        self._features = FeatureCache()  # the model's features of the last image, for the next Start
 
         self.image = ComboBox(label="Image", choices=self._layers_of(Image, rgb=True))
         self.mask = ComboBox(label="Mask", choices=self._layers_of(Labels), tooltip="The tumour mask to correct")
@@ -158,6 +162,8 @@ class RefineWidget(Scrolling, Container):
             if image is None or mask is None:
                 raise ValueError("choose an RGB image and the mask to refine (run Segment first)")
             rgb = image_under(mask, image)
+            # which features a Start needs: the image layer's data object and the part under the mask
+            source = (image.data, (mask_window(mask, image), rgb.shape))
             prior_layer = self.prior.value
             prior = None
             # the network's features come from the model that made the prior (else the bundled one)
@@ -176,9 +182,10 @@ class RefineWidget(Scrolling, Container):
         self._make_seeds(mask)
         params = self.params()
         what = "colour graph" if params["affinity"] == "colour" else "colour graph and the model's features"
-        return self._run(f"Preparing the image ({what})…", self._build_session, rgb, prior, params, model_ref)
+        return self._run(f"Preparing the image ({what})…", self._build_session, rgb, prior, params, model_ref,
+                         source)
 
-    def _build_session(self, rgb, prior, params, model_ref=None):
+    def _build_session(self, rgb, prior, params, model_ref=None, source=None):
         from napari_histoseg.refinement import RefineSession
 
         features = None
@@ -191,9 +198,18 @@ class RefineWidget(Scrolling, Container):
             # PyTorch as 'auto' would run it (bfloat16 on a CPU that computes it, unless turned off:
             # 2.3x faster, the features correlate 0.998 with fp32's); ONNX has no layer to read
             engine = choose_engine("auto")[0]
+            ref = model_ref or BUNDLED
+
+            def compute():
+                model = local_backend().model(ref, device="auto", engine=engine)
+                return session_features(rgb, model)
+
             try:  # PyTorch: the features are read from a layer of the network
-                model = local_backend().model(model_ref or BUNDLED, device="auto", engine=engine)
-                features = session_features(rgb, model)
+                if source is None:
+                    features = compute()
+                else:  # a second Start on the same image and model reuses them
+                    data, where = source
+                    features = self._features.get(data, (where, str(ref), _file_stamp(ref), engine), compute)
             except Exception as e:  # noqa: BLE001
                 raise RuntimeError(f"the model's features for 'Compare by: {params['affinity']}' could not be "
                                    f"computed ({e}); choose 'colour' or a local model") from e
@@ -373,3 +389,14 @@ class RefineWidget(Scrolling, Container):
                 show_info(f"{box.label} '{box.value}' applies when you next press Start refining "
                           f"(this session keeps '{current}').")
 
+
+def _file_stamp(ref) -> tuple | None:
+    """(modification time, size) of a checkpoint file, so that one overwritten in place
+    is read again; None for a name that is not a file (the bundled model)."""
+    import os
+
+    try:
+        st = os.stat(str(ref))
+    except (OSError, ValueError):
+        return None
+    return (st.st_mtime_ns, st.st_size)
