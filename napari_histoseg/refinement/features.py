@@ -178,8 +178,9 @@ class FeatureCache:
 
     Starting a refinement again on the same image (another method, other parameters)
     needs the same features; :meth:`get` runs the model only when the image object or
-    the ``key`` (the model, its engine, the part of the image) changed. One entry: the
-    features of one image, (H, W, channels) float32, not the network's raw ones.
+    the ``key`` changed (the part of the image, and the loaded model compared as an object:
+    one the backend loads again is another). One entry: the features of one image,
+    (H, W, channels) float32, not the network's raw ones.
 
     >>> cache, runs = FeatureCache(), []
     >>> image = np.zeros((2, 2, 3), np.uint8)

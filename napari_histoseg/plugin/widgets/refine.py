@@ -63,6 +63,7 @@ class RefineWidget(Scrolling, Container):
         from napari_histoseg.refinement.features import FeatureCache
 
         self._features = FeatureCache()  # the model's features of the last image, for the next Start
+        self._backend = None   # the widgets' shared backend, held once the features need a model
 
         self.image = ComboBox(label="Image", choices=self._layers_of(Image, rgb=True))
         self.mask = ComboBox(label="Mask", choices=self._layers_of(Labels), tooltip="The tumour mask to correct")
@@ -198,18 +199,16 @@ class RefineWidget(Scrolling, Container):
             # PyTorch as 'auto' would run it (bfloat16 on a CPU that computes it, unless turned off:
             # 2.3x faster, the features correlate 0.998 with fp32's); ONNX has no layer to read
             engine = choose_engine("auto")[0]
-            ref = model_ref or BUNDLED
-
-            def compute():
-                model = local_backend().model(ref, device="auto", engine=engine)
-                return session_features(rgb, model)
-
             try:  # PyTorch: the features are read from a layer of the network
+                # held, since the shared backend lives only while a widget holds it: else every Start
+                # would load the model again (and so compute its features again)
+                self._backend = self._backend or local_backend()
+                model = self._backend.model(model_ref or BUNDLED, device="auto", engine=engine)
                 if source is None:
-                    features = compute()
-                else:  # a second Start on the same image and model reuses them
+                    features = session_features(rgb, model)
+                else:  # a second Start on the same image with the model the backend holds reuses them
                     data, where = source
-                    features = self._features.get(data, (where, str(ref), _file_stamp(ref), engine), compute)
+                    features = self._features.get(data, (where, model), lambda: session_features(rgb, model))
             except Exception as e:  # noqa: BLE001
                 raise RuntimeError(f"the model's features for 'Compare by: {params['affinity']}' could not be "
                                    f"computed ({e}); choose 'colour' or a local model") from e
@@ -388,15 +387,3 @@ class RefineWidget(Scrolling, Container):
             if current is not None and current != box.value:
                 show_info(f"{box.label} '{box.value}' applies when you next press Start refining "
                           f"(this session keeps '{current}').")
-
-
-def _file_stamp(ref) -> tuple | None:
-    """(modification time, size) of a checkpoint file, so that one overwritten in place
-    is read again; None for a name that is not a file (the bundled model)."""
-    import os
-
-    try:
-        st = os.stat(str(ref))
-    except (OSError, ValueError):
-        return None
-    return (st.st_mtime_ns, st.st_size)
